@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run): format and lint checks, unit tests, then the
+# integration tests against a real Kafka broker (KRaft), a real S3-compatible server (moto) and Delta
+# tables read back by independent readers (Python deltalake, polars).
+# Soak tests are skipped unless BRONZE_SOAK=1. Extra arguments go to pytest (e.g. -k crash).
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$here"
+source scripts/env.sh
+scripts/setup.sh
+py="$(scripts/pyenv.sh)"
+
+echo "== cargo fmt / clippy / unit tests"
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo build --locked
+cargo test --locked
+
+echo "== integration tests (real Kafka broker)"
+scripts/kafka.sh start
+trap '"$here/scripts/kafka.sh" stop' EXIT
+cd tests
+"$py" -m pytest -q -p no:cacheprovider "$@"

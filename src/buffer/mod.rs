@@ -1,0 +1,396 @@
+//! Buffer: rows of one dataset accumulate in Arrow builders, one set per Kafka partition (so a
+//! revoked partition's rows can be dropped without touching the others), until a flush limit is hit.
+//! A flush concatenates the partitions and keeps only the latest row per key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder,
+    Int32Array, Int32Builder, Int64Builder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondBuilder, UInt32Array,
+};
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+
+use crate::config::FlushLimits;
+use crate::contract::ColumnType;
+use crate::transform::{Cell, OrderValue, Row};
+
+/// Bytes charged per row on top of its values: builders' offsets, validity and side tables.
+const ROW_OVERHEAD_BYTES: usize = 96;
+
+/// Kafka partition identity.
+pub type TopicPartition = (String, i32);
+
+/// The offsets of one Kafka partition that a flush covers. `last` includes messages that produced no
+/// row (tombstones), so the committed position moves past them too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetRange {
+    pub topic: String,
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
+    pub rows: usize,
+}
+
+/// What a flush hands to the sink.
+#[derive(Debug)]
+pub struct FlushBatch {
+    pub batch: Option<RecordBatch>,
+    pub ranges: Vec<OffsetRange>,
+    pub rows_in: usize,
+    pub duplicates_dropped: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushReason {
+    Rows,
+    Bytes,
+    Age,
+    Memory,
+    Shutdown,
+    CaughtUp,
+}
+
+impl FlushReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Rows => "rows",
+            FlushReason::Bytes => "bytes",
+            FlushReason::Age => "age",
+            FlushReason::Memory => "memory",
+            FlushReason::Shutdown => "shutdown",
+            FlushReason::CaughtUp => "caught_up",
+        }
+    }
+}
+
+enum ColumnBuilder {
+    Str(StringBuilder),
+    Bool(BooleanBuilder),
+    Int32(Int32Builder),
+    Int64(Int64Builder),
+    Float32(Float32Builder),
+    Float64(Float64Builder),
+    Date(Date32Builder),
+    Timestamp(TimestampMicrosecondBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(ty: ColumnType) -> Self {
+        match ty {
+            ColumnType::String | ColumnType::Json => ColumnBuilder::Str(StringBuilder::new()),
+            ColumnType::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
+            ColumnType::Int32 => ColumnBuilder::Int32(Int32Builder::new()),
+            ColumnType::Int64 => ColumnBuilder::Int64(Int64Builder::new()),
+            ColumnType::Float32 => ColumnBuilder::Float32(Float32Builder::new()),
+            ColumnType::Float64 => ColumnBuilder::Float64(Float64Builder::new()),
+            ColumnType::Date => ColumnBuilder::Date(Date32Builder::new()),
+            ColumnType::Timestamp => ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new()),
+        }
+    }
+
+    /// The mapper produced `cell` for this column's type, so a mismatch is a bug, not bad input.
+    fn append(&mut self, cell: Cell) {
+        match (self, cell) {
+            (ColumnBuilder::Str(b), Cell::Str(s)) => b.append_value(s),
+            (ColumnBuilder::Bool(b), Cell::Bool(v)) => b.append_value(v),
+            (ColumnBuilder::Int32(b), Cell::Int32(v)) => b.append_value(v),
+            (ColumnBuilder::Int64(b), Cell::Int64(v)) => b.append_value(v),
+            (ColumnBuilder::Float32(b), Cell::Float32(v)) => b.append_value(v),
+            (ColumnBuilder::Float64(b), Cell::Float64(v)) => b.append_value(v),
+            (ColumnBuilder::Date(b), Cell::Date(v)) => b.append_value(v),
+            (ColumnBuilder::Timestamp(b), Cell::Timestamp(v)) => b.append_value(v),
+            (b, Cell::Null) => b.append_null(),
+            (_, cell) => unreachable!("cell {cell:?} does not match its column builder"),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            ColumnBuilder::Str(b) => b.append_null(),
+            ColumnBuilder::Bool(b) => b.append_null(),
+            ColumnBuilder::Int32(b) => b.append_null(),
+            ColumnBuilder::Int64(b) => b.append_null(),
+            ColumnBuilder::Float32(b) => b.append_null(),
+            ColumnBuilder::Float64(b) => b.append_null(),
+            ColumnBuilder::Date(b) => b.append_null(),
+            ColumnBuilder::Timestamp(b) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Str(b) => Arc::new(b.finish()),
+            ColumnBuilder::Bool(b) => Arc::new(b.finish()),
+            ColumnBuilder::Int32(b) => Arc::new(b.finish()),
+            ColumnBuilder::Int64(b) => Arc::new(b.finish()),
+            ColumnBuilder::Float32(b) => Arc::new(b.finish()),
+            ColumnBuilder::Float64(b) => Arc::new(b.finish()),
+            ColumnBuilder::Date(b) => Arc::new(b.finish()),
+            ColumnBuilder::Timestamp(b) => Arc::new(b.finish().with_timezone("UTC")),
+        }
+    }
+}
+
+struct PartitionBuffer {
+    data: Vec<ColumnBuilder>,
+    ingested_at: TimestampMicrosecondBuilder,
+    offsets: Int64Builder,
+    ops: StringBuilder,
+    source_ts: TimestampMicrosecondBuilder,
+    source_pos: StringBuilder,
+    partition_values: Vec<StringBuilder>,
+    dedup: Vec<(Option<String>, OrderValue)>,
+    first_offset: i64,
+    last_offset: i64,
+    bytes: usize,
+}
+
+impl PartitionBuffer {
+    fn new(types: &[ColumnType], partition_columns: usize, first_offset: i64) -> Self {
+        PartitionBuffer {
+            data: types.iter().map(|t| ColumnBuilder::new(*t)).collect(),
+            ingested_at: TimestampMicrosecondBuilder::new(),
+            offsets: Int64Builder::new(),
+            ops: StringBuilder::new(),
+            source_ts: TimestampMicrosecondBuilder::new(),
+            source_pos: StringBuilder::new(),
+            partition_values: (0..partition_columns)
+                .map(|_| StringBuilder::new())
+                .collect(),
+            dedup: Vec::new(),
+            first_offset,
+            last_offset: first_offset,
+            bytes: 0,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.offsets.len()
+    }
+}
+
+/// All buffered rows of one dataset.
+pub struct DatasetBuffer {
+    schema: SchemaRef,
+    types: Vec<ColumnType>,
+    partition_columns: usize,
+    partitions: BTreeMap<TopicPartition, PartitionBuffer>,
+    rows: usize,
+    bytes: usize,
+    /// When the oldest unflushed message arrived.
+    oldest: Option<Instant>,
+}
+
+impl DatasetBuffer {
+    pub fn new(schema: SchemaRef, types: Vec<ColumnType>, partition_columns: usize) -> Self {
+        DatasetBuffer {
+            schema,
+            types,
+            partition_columns,
+            partitions: BTreeMap::new(),
+            rows: 0,
+            bytes: 0,
+            oldest: None,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+    }
+
+    pub fn age(&self, now: Instant) -> Duration {
+        self.oldest
+            .map_or(Duration::ZERO, |t| now.duration_since(t))
+    }
+
+    fn partition(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        now: Instant,
+    ) -> &mut PartitionBuffer {
+        self.oldest.get_or_insert(now);
+        let types = &self.types;
+        let pcols = self.partition_columns;
+        let buf = self
+            .partitions
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| PartitionBuffer::new(types, pcols, offset));
+        buf.last_offset = buf.last_offset.max(offset);
+        buf
+    }
+
+    /// Record that `offset` was consumed but produced no row (tombstone, logical message).
+    pub fn skip(&mut self, topic: &str, partition: i32, offset: i64, now: Instant) {
+        self.partition(topic, partition, offset, now);
+    }
+
+    pub fn push(&mut self, topic: &str, partition: i32, row: Row, now: Instant) {
+        let bytes = ROW_OVERHEAD_BYTES
+            + row.data.iter().map(Cell::approx_bytes).sum::<usize>()
+            + row.source_pos.as_ref().map_or(0, String::len)
+            + row.dedup_key.as_ref().map_or(0, String::len);
+        let buf = self.partition(topic, partition, row.offset, now);
+        for (b, cell) in buf.data.iter_mut().zip(row.data) {
+            b.append(cell);
+        }
+        buf.ingested_at.append_value(row.ingested_at_us);
+        buf.offsets.append_value(row.offset);
+        buf.ops.append_value(row.op.as_str());
+        buf.source_ts.append_option(row.source_ts_us);
+        buf.source_pos.append_option(row.source_pos);
+        for (b, v) in buf.partition_values.iter_mut().zip(row.partition_values) {
+            b.append_value(v);
+        }
+        buf.dedup.push((row.dedup_key, row.order));
+        buf.bytes += bytes;
+        self.rows += 1;
+        self.bytes += bytes;
+    }
+
+    /// Forget a partition's rows (revoked, or to be re-read from the table's offset).
+    pub fn drop_partition(&mut self, topic: &str, partition: i32) {
+        if let Some(buf) = self.partitions.remove(&(topic.to_string(), partition)) {
+            self.rows -= buf.rows();
+            self.bytes -= buf.bytes;
+        }
+        if self.partitions.is_empty() {
+            self.oldest = None;
+        }
+    }
+
+    /// The first limit reached, if any.
+    pub fn due(&self, limits: &FlushLimits, now: Instant) -> Option<FlushReason> {
+        if self.is_empty() {
+            return None;
+        }
+        if self.rows >= limits.max_rows {
+            Some(FlushReason::Rows)
+        } else if self.bytes >= limits.max_bytes {
+            Some(FlushReason::Bytes)
+        } else if self.age(now) >= limits.max_age {
+            Some(FlushReason::Age)
+        } else {
+            None
+        }
+    }
+
+    /// Empty the buffer into one deduplicated batch.
+    pub fn take(&mut self, batch_id: &str) -> Result<Option<FlushBatch>, ArrowError> {
+        if self.partitions.is_empty() {
+            return Ok(None);
+        }
+        let partitions = std::mem::take(&mut self.partitions);
+        self.rows = 0;
+        self.bytes = 0;
+        self.oldest = None;
+        let mut ranges = Vec::with_capacity(partitions.len());
+        let mut batches = Vec::with_capacity(partitions.len());
+        let mut dedup: Vec<(Option<String>, OrderValue, i64, i32)> = Vec::new();
+        for ((topic, partition), mut buf) in partitions {
+            let rows = buf.rows();
+            ranges.push(OffsetRange {
+                topic: topic.clone(),
+                partition,
+                first: buf.first_offset,
+                last: buf.last_offset,
+                rows,
+            });
+            if rows == 0 {
+                continue;
+            }
+            let mut columns: Vec<ArrayRef> =
+                buf.data.iter_mut().map(ColumnBuilder::finish).collect();
+            columns.push(Arc::new(buf.ingested_at.finish().with_timezone("UTC")));
+            columns.push(Arc::new(StringArray::from_iter_values(
+                std::iter::repeat_n(batch_id, rows),
+            )));
+            columns.push(Arc::new(StringArray::from_iter_values(
+                std::iter::repeat_n(topic.as_str(), rows),
+            )));
+            columns.push(Arc::new(Int32Array::from_value(partition, rows)));
+            let offsets = buf.offsets.finish();
+            dedup.extend(
+                buf.dedup
+                    .drain(..)
+                    .zip(offsets.values().iter())
+                    .map(|((k, o), off)| (k, o, *off, partition)),
+            );
+            columns.push(Arc::new(offsets));
+            columns.push(Arc::new(buf.ops.finish()));
+            columns.push(Arc::new(buf.source_ts.finish().with_timezone("UTC")));
+            columns.push(Arc::new(buf.source_pos.finish()));
+            for b in &mut buf.partition_values {
+                columns.push(Arc::new(b.finish()));
+            }
+            batches.push(RecordBatch::try_new(self.schema.clone(), columns)?);
+        }
+        if batches.is_empty() {
+            return Ok(Some(FlushBatch {
+                batch: None,
+                ranges,
+                rows_in: 0,
+                duplicates_dropped: 0,
+            }));
+        }
+        let all = arrow::compute::concat_batches(&self.schema, &batches)?;
+        drop(batches);
+        let rows_in = all.num_rows();
+        let keep = latest_per_key(&dedup);
+        let duplicates_dropped = rows_in - keep.len();
+        let batch = if duplicates_dropped == 0 {
+            all
+        } else {
+            arrow::compute::take_record_batch(&all, &UInt32Array::from(keep))?
+        };
+        Ok(Some(FlushBatch {
+            batch: Some(batch),
+            ranges,
+            rows_in,
+            duplicates_dropped,
+        }))
+    }
+}
+
+/// Indices (ascending) of the rows to keep: every keyless row, and per key the row with the greatest
+/// (order value, offset, partition).
+fn latest_per_key(rows: &[(Option<String>, OrderValue, i64, i32)]) -> Vec<u32> {
+    let mut best: HashMap<&str, usize> = HashMap::new();
+    let mut keep = Vec::with_capacity(rows.len());
+    for (i, (key, order, offset, partition)) in rows.iter().enumerate() {
+        let Some(key) = key else {
+            keep.push(i as u32);
+            continue;
+        };
+        match best.get_mut(key.as_str()) {
+            None => {
+                best.insert(key, i);
+            }
+            Some(j) => {
+                let (_, o2, off2, p2) = &rows[*j];
+                if (order, offset, partition) > (o2, off2, p2) {
+                    *j = i;
+                }
+            }
+        }
+    }
+    keep.extend(best.into_values().map(|i| i as u32));
+    keep.sort_unstable();
+    keep
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, Int64Array, StringArray};
+
+use super::*;
+use crate::contract::{Column, Contract, EpochUnit};
+use crate::decode::Op;
+
+fn contract() -> Contract {
+    Contract {
+        columns: vec![
+            Column {
+                name: "id".into(),
+                ty: ColumnType::Int64,
+                nullable: false,
+                unit: EpochUnit::Ms,
+            },
+            Column {
+                name: "name".into(),
+                ty: ColumnType::String,
+                nullable: true,
+                unit: EpochUnit::Ms,
+            },
+        ],
+    }
+}
+
+fn buffer() -> DatasetBuffer {
+    let c = contract();
+    DatasetBuffer::new(
+        c.table_schema(&["event_date"]),
+        c.columns.iter().map(|c| c.ty).collect(),
+        1,
+    )
+}
+
+fn row(id: i64, name: &str, offset: i64, ts: Option<i64>) -> Row {
+    Row {
+        data: vec![Cell::Int64(id), Cell::Str(name.into())],
+        op: Op::Update,
+        offset,
+        ingested_at_us: 1,
+        source_ts_us: ts,
+        source_pos: None,
+        partition_values: vec!["2024-01-01".into()],
+        dedup_key: Some(format!("{id}\u{1f}")),
+        order: ts.map_or(OrderValue::Null, OrderValue::Int),
+    }
+}
+
+#[test]
+fn flush_keeps_latest_row_per_key_by_order_then_offset() {
+    let mut b = buffer();
+    let now = Instant::now();
+    b.push("t", 0, row(1, "old", 0, Some(10)), now);
+    b.push("t", 0, row(2, "only", 1, Some(10)), now);
+    // Same key, later offset but older source time: the source time wins.
+    b.push("t", 0, row(1, "newest", 2, Some(30)), now);
+    b.push("t", 0, row(1, "stale", 3, Some(20)), now);
+    // Tie on source time: later offset wins.
+    b.push("t", 1, row(3, "a", 5, Some(7)), now);
+    b.push("t", 1, row(3, "b", 6, Some(7)), now);
+    b.skip("t", 1, 7, now);
+    let f = b.take("batch-1").unwrap().unwrap();
+    assert_eq!(f.rows_in, 6);
+    assert_eq!(f.duplicates_dropped, 3);
+    let batch = f.batch.unwrap();
+    let names: Vec<&str> = batch
+        .column_by_name("name")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .iter()
+        .map(|s| s.unwrap())
+        .collect();
+    assert_eq!(names, vec!["only", "newest", "b"]);
+    let offsets = batch
+        .column_by_name("_offset")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert_eq!(offsets.values().to_vec(), vec![1, 2, 6]);
+    let batch_ids = batch.column_by_name("_batch_id").unwrap();
+    assert_eq!(batch_ids.len(), 3);
+    assert_eq!(
+        f.ranges,
+        vec![
+            OffsetRange {
+                topic: "t".into(),
+                partition: 0,
+                first: 0,
+                last: 3,
+                rows: 4
+            },
+            OffsetRange {
+                topic: "t".into(),
+                partition: 1,
+                first: 5,
+                last: 7,
+                rows: 2
+            },
+        ]
+    );
+    assert!(b.is_empty());
+    assert_eq!((b.rows(), b.bytes()), (0, 0));
+}
+
+#[test]
+fn limits_trigger_in_order_rows_bytes_age() {
+    let mut b = buffer();
+    let now = Instant::now();
+    let limits = FlushLimits {
+        max_rows: 3,
+        max_bytes: 1 << 20,
+        max_age: Duration::from_secs(5),
+    };
+    assert_eq!(b.due(&limits, now), None);
+    b.push("t", 0, row(1, "x", 0, None), now);
+    assert_eq!(b.due(&limits, now), None);
+    assert_eq!(
+        b.due(&limits, now + Duration::from_secs(6)),
+        Some(FlushReason::Age)
+    );
+    b.push("t", 0, row(2, "x", 1, None), now);
+    b.push("t", 0, row(3, "x", 2, None), now);
+    assert_eq!(b.due(&limits, now), Some(FlushReason::Rows));
+    let small = FlushLimits {
+        max_rows: 100,
+        max_bytes: 100,
+        ..limits
+    };
+    assert_eq!(b.due(&small, now), Some(FlushReason::Bytes));
+}
+
+#[test]
+fn dropping_a_partition_releases_its_rows_and_bytes() {
+    let mut b = buffer();
+    let now = Instant::now();
+    b.push("t", 0, row(1, "x", 0, None), now);
+    let one = b.bytes();
+    b.push("t", 1, row(2, "y", 0, None), now);
+    b.drop_partition("t", 0);
+    assert_eq!(b.rows(), 1);
+    assert_eq!(b.bytes(), one);
+    let f = b.take("b").unwrap().unwrap();
+    assert_eq!(f.ranges.len(), 1);
+    assert_eq!(f.ranges[0].partition, 1);
+}
+
+#[test]
+fn tombstones_only_give_offsets_without_a_batch() {
+    let mut b = buffer();
+    b.skip("t", 2, 40, Instant::now());
+    b.skip("t", 2, 41, Instant::now());
+    let f = b.take("b").unwrap().unwrap();
+    assert!(f.batch.is_none());
+    assert_eq!(f.ranges[0].first, 40);
+    assert_eq!(f.ranges[0].last, 41);
+}

@@ -1,0 +1,692 @@
+//! Configuration: one TOML template describing the Kafka connection, storage, limits and any number of
+//! datasets. This module is the only place that knows the file format; the rest of the crate sees the
+//! validated [`Config`].
+//!
+//! Loading happens in three steps so that every error can name the file, the key and the reason:
+//! 1. parse the TOML text into a generic tree,
+//! 2. apply `BRONZE__...` environment overrides and `${env:VAR}` interpolation to that tree,
+//! 3. deserialize into typed structs (unknown keys are errors) and check cross-field rules.
+
+mod env;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use env::ENV_PREFIX;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: not valid TOML: {message}")]
+    Syntax { file: PathBuf, message: String },
+    #[error("{file}: key `{key}`: {reason}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from (for messages).
+    pub file: PathBuf,
+    pub kafka: KafkaConfig,
+    pub storage: StorageConfig,
+    pub flush: FlushLimits,
+    pub memory: MemoryConfig,
+    pub metrics: MetricsConfig,
+    pub datasets: Vec<DatasetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    /// Where a partition starts when neither the table nor the group has an offset for it.
+    #[serde(default = "default_offset_reset")]
+    pub auto_offset_reset: OffsetReset,
+    /// Passed to librdkafka as they are (security.protocol, sasl.*, ssl.*, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
+fn default_offset_reset() -> OffsetReset {
+    OffsetReset::Earliest
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Root under which dataset tables live unless a dataset names a full URI:
+    /// a local path (relative to the config file) or `s3://bucket/prefix`.
+    pub root: String,
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Uncommitted data files older than this are removed at start-up (left by a crash between upload and commit).
+    #[serde(default = "default_orphan_grace", with = "humantime_serde_compat")]
+    pub orphan_grace: Duration,
+}
+
+fn default_orphan_grace() -> Duration {
+    Duration::from_secs(3600)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_string()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Snappy,
+    Zstd,
+    Lz4,
+    Gzip,
+    None,
+}
+
+/// When a dataset's buffer is written out: whichever limit is reached first.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FlushLimits {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub max_age: Duration,
+}
+
+impl Default for FlushLimits {
+    fn default() -> Self {
+        FlushLimits {
+            max_rows: 500_000,
+            max_bytes: 64 * 1024 * 1024,
+            max_age: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FlushOverrides {
+    max_rows: Option<usize>,
+    max_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde_compat::option")]
+    max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Bytes all dataset buffers may hold together before partitions are paused.
+    pub budget_bytes: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            budget_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` for `/metrics`, `/healthz` and `/readyz`; metrics are off when absent.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+/// Which input format a dataset's topics carry.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum Format {
+    #[serde(rename = "debezium-json")]
+    DebeziumJson,
+    #[serde(rename = "json")]
+    Json,
+}
+
+/// Time granularity of the partition columns.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum PartitionBy {
+    #[serde(rename = "none")]
+    None,
+    #[serde(rename = "date")]
+    Date,
+    #[serde(rename = "date/hour")]
+    DateHour,
+}
+
+impl PartitionBy {
+    /// The partition columns this granularity adds to the table.
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            PartitionBy::None => &[],
+            PartitionBy::Date => &["event_date"],
+            PartitionBy::DateHour => &["event_date", "event_hour"],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partitioning {
+    #[serde(default = "default_partition_by")]
+    pub by: PartitionBy,
+    /// Column the partition time comes from: a timestamp or date column of the schema, `_source_ts` or
+    /// `_ingested_at`. Rows where it is null fall back to the ingest time.
+    #[serde(default = "default_time_column")]
+    pub time_column: String,
+}
+
+impl Default for Partitioning {
+    fn default() -> Self {
+        Partitioning {
+            by: default_partition_by(),
+            time_column: default_time_column(),
+        }
+    }
+}
+
+fn default_partition_by() -> PartitionBy {
+    PartitionBy::Date
+}
+
+fn default_time_column() -> String {
+    "_source_ts".to_string()
+}
+
+/// One dataset: a set of topics flowing into one Delta table.
+#[derive(Debug, Clone)]
+pub struct DatasetConfig {
+    pub name: String,
+    pub topics: TopicSelector,
+    pub format: Format,
+    /// Full table URI (`file:///...` or `s3://...`).
+    pub table_uri: String,
+    pub schema_file: PathBuf,
+    pub key_columns: Vec<String>,
+    /// Later value wins among rows with the same key in one flush; ties go to the later offset.
+    pub ordering_column: String,
+    pub normalize_names: bool,
+    /// Fill key columns that are missing from the row with the fields of the (JSON) Kafka message key.
+    pub key_from_message_key: bool,
+    /// Column name -> Kafka header name, copied as UTF-8 strings.
+    pub header_columns: BTreeMap<String, String>,
+    pub partitioning: Partitioning,
+    pub flush: FlushLimits,
+}
+
+#[derive(Debug, Clone)]
+pub enum TopicSelector {
+    Names(Vec<String>),
+    Pattern(regex::Regex),
+}
+
+impl TopicSelector {
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicSelector::Names(names) => names.iter().any(|n| n == topic),
+            TopicSelector::Pattern(re) => re.is_match(topic),
+        }
+    }
+
+    /// The strings to hand to `subscribe`; librdkafka treats a leading `^` as a regex.
+    pub fn subscriptions(&self) -> Vec<String> {
+        match self {
+            TopicSelector::Names(names) => names.clone(),
+            TopicSelector::Pattern(re) => {
+                let s = re.as_str();
+                vec![if s.starts_with('^') {
+                    s.to_string()
+                } else {
+                    format!("^{s}")
+                }]
+            }
+        }
+    }
+}
+
+// ---- raw file model -------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    kafka: KafkaConfig,
+    storage: StorageConfig,
+    #[serde(default)]
+    flush: FlushLimits,
+    #[serde(default)]
+    memory: MemoryConfig,
+    #[serde(default)]
+    metrics: MetricsConfig,
+    /// Directory of schema files, relative to the config file.
+    #[serde(default = "default_schema_dir")]
+    schema_dir: String,
+    #[serde(default)]
+    datasets: Vec<RawDataset>,
+}
+
+fn default_schema_dir() -> String {
+    "../schemas".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataset {
+    name: String,
+    #[serde(default)]
+    topics: Vec<String>,
+    #[serde(default)]
+    topic_pattern: Option<String>,
+    format: Format,
+    /// Table name under `storage.root`, or a full URI.
+    #[serde(default)]
+    table: Option<String>,
+    schema: String,
+    #[serde(default)]
+    key_columns: Vec<String>,
+    #[serde(default = "default_ordering")]
+    ordering_column: String,
+    #[serde(default = "default_true")]
+    normalize_names: bool,
+    #[serde(default)]
+    key_from_message_key: bool,
+    #[serde(default)]
+    header_columns: BTreeMap<String, String>,
+    #[serde(default)]
+    partitioning: Partitioning,
+    #[serde(default)]
+    flush: FlushOverrides,
+}
+
+fn default_ordering() -> String {
+    "_source_ts".to_string()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// Load, override from the process environment, and validate.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(file, &vars)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(file: &Path, vars: &[(String, String)]) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        let mut tree: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    file: file.to_path_buf(),
+                    message: e.to_string().trim().to_string(),
+                })?;
+        env::apply_overrides(file, &mut tree, vars)?;
+        env::interpolate(file, &mut tree, vars)?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::invalid(file, key, e.into_inner().to_string())
+            })?;
+        Self::validate(file, raw)
+    }
+
+    fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+        let base = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        if raw.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                file,
+                "kafka.bootstrap_servers",
+                "must not be empty",
+            ));
+        }
+        if raw.kafka.group_id.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                file,
+                "kafka.group_id",
+                "must not be empty",
+            ));
+        }
+        for key in raw.kafka.properties.keys() {
+            if RESERVED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+                return Err(ConfigError::invalid(
+                    file,
+                    format!("kafka.properties.{key}"),
+                    "is managed by bronze (offsets live in the Delta table) and cannot be set",
+                ));
+            }
+        }
+        check_limits(file, "flush", &raw.flush)?;
+        if raw.memory.budget_bytes < 1024 * 1024 {
+            return Err(ConfigError::invalid(
+                file,
+                "memory.budget_bytes",
+                "must be at least 1 MiB",
+            ));
+        }
+        if let Some(addr) = &raw.metrics.address
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::invalid(
+                file,
+                "metrics.address",
+                format!("`{addr}` is not a host:port socket address"),
+            ));
+        }
+        let root = resolve_root(file, &base, &raw.storage.root)?;
+        if root.starts_with("s3://") && raw.storage.s3.is_none() {
+            // Credentials may still come from the standard AWS environment; nothing to check here.
+        }
+        if raw.datasets.is_empty() {
+            return Err(ConfigError::invalid(
+                file,
+                "datasets",
+                "at least one dataset is required",
+            ));
+        }
+        let schema_dir = base.join(&raw.schema_dir);
+        let mut datasets = Vec::with_capacity(raw.datasets.len());
+        for (i, d) in raw.datasets.into_iter().enumerate() {
+            let key = |field: &str| format!("datasets[{i}].{field}");
+            if d.name.is_empty()
+                || !d
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("name"),
+                    format!(
+                        "`{}` must be non-empty and use only letters, digits, `_` and `-`",
+                        d.name
+                    ),
+                ));
+            }
+            if datasets.iter().any(|x: &DatasetConfig| x.name == d.name) {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("name"),
+                    format!("dataset `{}` is defined twice", d.name),
+                ));
+            }
+            let topics = match (d.topics.is_empty(), d.topic_pattern) {
+                (false, None) => TopicSelector::Names(d.topics),
+                (true, Some(p)) => TopicSelector::Pattern(regex::Regex::new(&p).map_err(|e| {
+                    ConfigError::invalid(file, key("topic_pattern"), e.to_string())
+                })?),
+                (true, None) => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key("topics"),
+                        "give `topics` (a list) or `topic_pattern` (a regex)",
+                    ));
+                }
+                (false, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key("topics"),
+                        "`topics` and `topic_pattern` are exclusive",
+                    ));
+                }
+            };
+            let table = d.table.unwrap_or_else(|| d.name.clone());
+            let table_uri = if table.contains("://") {
+                table
+            } else {
+                format!("{}/{}", root.trim_end_matches('/'), table)
+            };
+            let schema_file = schema_dir.join(&d.schema);
+            if !schema_file.is_file() {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("schema"),
+                    format!("schema file {} does not exist", schema_file.display()),
+                ));
+            }
+            let flush = FlushLimits {
+                max_rows: d.flush.max_rows.unwrap_or(raw.flush.max_rows),
+                max_bytes: d.flush.max_bytes.unwrap_or(raw.flush.max_bytes),
+                max_age: d.flush.max_age.unwrap_or(raw.flush.max_age),
+            };
+            check_limits(file, &key("flush"), &flush)?;
+            if d.key_columns.iter().any(|k| k.is_empty()) {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("key_columns"),
+                    "column names must not be empty",
+                ));
+            }
+            datasets.push(DatasetConfig {
+                name: d.name,
+                topics,
+                format: d.format,
+                table_uri,
+                schema_file,
+                key_columns: d.key_columns,
+                ordering_column: d.ordering_column,
+                normalize_names: d.normalize_names,
+                key_from_message_key: d.key_from_message_key,
+                header_columns: d.header_columns,
+                partitioning: d.partitioning,
+                flush,
+            });
+        }
+        // A topic must feed exactly one dataset, or offsets in two tables would race for it.
+        for (i, a) in datasets.iter().enumerate() {
+            for b in &datasets[i + 1..] {
+                if let TopicSelector::Names(names) = &a.topics
+                    && let Some(t) = names.iter().find(|t| b.topics.matches(t))
+                {
+                    return Err(ConfigError::invalid(
+                        file,
+                        "datasets",
+                        format!("topic `{t}` is claimed by `{}` and `{}`", a.name, b.name),
+                    ));
+                }
+            }
+        }
+        Ok(Config {
+            file: file.to_path_buf(),
+            kafka: raw.kafka,
+            storage: StorageConfig {
+                root,
+                ..raw.storage
+            },
+            flush: raw.flush,
+            memory: raw.memory,
+            metrics: raw.metrics,
+            datasets,
+        })
+    }
+
+    /// The dataset a topic belongs to.
+    pub fn dataset_for_topic(&self, topic: &str) -> Option<usize> {
+        self.datasets.iter().position(|d| d.topics.matches(topic))
+    }
+
+    /// Object-store options for delta-rs / object_store, from `storage.s3`.
+    pub fn storage_options(&self) -> std::collections::HashMap<String, String> {
+        let mut opts = std::collections::HashMap::new();
+        if let Some(s3) = &self.storage.s3 {
+            if let Some(e) = &s3.endpoint {
+                opts.insert("AWS_ENDPOINT_URL".to_string(), e.clone());
+            }
+            opts.insert("AWS_REGION".to_string(), s3.region.clone());
+            if let Some(k) = &s3.access_key_id {
+                opts.insert("AWS_ACCESS_KEY_ID".to_string(), k.clone());
+            }
+            if let Some(k) = &s3.secret_access_key {
+                opts.insert("AWS_SECRET_ACCESS_KEY".to_string(), k.clone());
+            }
+            if s3.allow_http {
+                opts.insert("AWS_ALLOW_HTTP".to_string(), "true".to_string());
+            }
+        }
+        opts
+    }
+}
+
+/// librdkafka settings that would break exactly-once if a user changed them.
+const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+];
+
+fn check_limits(file: &Path, key: &str, l: &FlushLimits) -> Result<(), ConfigError> {
+    if l.max_rows == 0 {
+        return Err(ConfigError::invalid(
+            file,
+            format!("{key}.max_rows"),
+            "must be > 0",
+        ));
+    }
+    if l.max_bytes < 1024 {
+        return Err(ConfigError::invalid(
+            file,
+            format!("{key}.max_bytes"),
+            "must be at least 1024",
+        ));
+    }
+    if l.max_age < Duration::from_millis(10) {
+        return Err(ConfigError::invalid(
+            file,
+            format!("{key}.max_age"),
+            "must be at least 10ms",
+        ));
+    }
+    Ok(())
+}
+
+/// Turn `storage.root` into a URI; local paths are made absolute relative to the config file.
+fn resolve_root(file: &Path, base: &Path, root: &str) -> Result<String, ConfigError> {
+    if root.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            file,
+            "storage.root",
+            "must not be empty",
+        ));
+    }
+    if let Some((scheme, _)) = root.split_once("://") {
+        return match scheme {
+            "s3" | "s3a" | "file" => Ok(root.to_string()),
+            other => Err(ConfigError::invalid(
+                file,
+                "storage.root",
+                format!("scheme `{other}` is not supported (use a local path, file:// or s3://)"),
+            )),
+        };
+    }
+    let path = Path::new(root);
+    let joined = std::path::absolute(base.join(path)).map_err(|e| {
+        ConfigError::invalid(file, "storage.root", format!("cannot resolve path: {e}"))
+    })?;
+    // `..` is resolved lexically: the directory may not exist yet, so it cannot be canonicalized.
+    let mut abs = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                abs.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => abs.push(other),
+        }
+    }
+    let url = url::Url::from_directory_path(&abs).map_err(|_| {
+        ConfigError::invalid(
+            file,
+            "storage.root",
+            "cannot turn the path into a file:// URI",
+        )
+    })?;
+    Ok(url.to_string())
+}
+
+/// `max_age = "5s"` in the file, a [`Duration`] in the model.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let s = Option::<String>::deserialize(d)?;
+            s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

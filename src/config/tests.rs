@@ -1,0 +1,170 @@
+use std::path::Path;
+
+use super::*;
+
+const SCHEMA: &str = "[[columns]]\nname = \"id\"\ntype = \"int64\"\n";
+
+fn base(root: &str) -> String {
+    format!(
+        r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+group_id = "g"
+
+[storage]
+root = "{root}"
+
+[flush]
+max_rows = 1000
+max_bytes = 1048576
+max_age = "2s"
+
+[[datasets]]
+name = "customers"
+topics = ["db.customers"]
+format = "debezium-json"
+schema = "customers.toml"
+key_columns = ["id"]
+"#
+    )
+}
+
+/// Write `text` as `config/bronze.toml` beside `schemas/customers.toml` and load it.
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_dir = dir.path().join("config");
+    std::fs::create_dir_all(&cfg_dir).unwrap();
+    std::fs::create_dir_all(dir.path().join("schemas")).unwrap();
+    std::fs::write(dir.path().join("schemas/customers.toml"), SCHEMA).unwrap();
+    let file = cfg_dir.join("bronze.toml");
+    std::fs::write(&file, text).unwrap();
+    let vars: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let cfg = Config::load_with_env(&file, &vars);
+    drop(dir);
+    cfg
+}
+
+#[test]
+fn valid_config_resolves_paths_and_defaults() {
+    let cfg = load(&base("../lake"), &[]).unwrap();
+    let d = &cfg.datasets[0];
+    assert!(
+        cfg.storage.root.starts_with("file:///"),
+        "{}",
+        cfg.storage.root
+    );
+    assert!(d.table_uri.ends_with("/lake/customers"), "{}", d.table_uri);
+    assert_eq!(d.flush.max_age, Duration::from_secs(2));
+    assert_eq!(d.partitioning.by, PartitionBy::Date);
+    assert_eq!(d.ordering_column, "_source_ts");
+    assert_eq!(cfg.dataset_for_topic("db.customers"), Some(0));
+    assert_eq!(cfg.dataset_for_topic("other"), None);
+}
+
+#[test]
+fn env_overrides_any_key_and_datasets_by_name() {
+    let cfg = load(
+        &base("../lake"),
+        &[
+            ("BRONZE__KAFKA__GROUP_ID", "from-env"),
+            ("BRONZE__FLUSH__MAX_ROWS", "77"),
+            ("BRONZE__DATASETS__CUSTOMERS__TABLE", "s3://bucket/c"),
+            ("BRONZE__DATASETS__CUSTOMERS__FLUSH__MAX_AGE", "500ms"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(cfg.kafka.group_id, "from-env");
+    assert_eq!(cfg.flush.max_rows, 77);
+    assert_eq!(cfg.datasets[0].table_uri, "s3://bucket/c");
+    assert_eq!(cfg.datasets[0].flush.max_age, Duration::from_millis(500));
+    assert_eq!(cfg.datasets[0].flush.max_rows, 77);
+}
+
+#[test]
+fn secrets_come_from_env_interpolation() {
+    let text = base("../lake").replace(
+        "group_id = \"g\"",
+        "group_id = \"g\"\n[kafka.properties]\n\"sasl.password\" = \"${env:KAFKA_PW}\"",
+    );
+    let cfg = load(&text, &[("KAFKA_PW", "s3cret")]).unwrap();
+    assert_eq!(cfg.kafka.properties["sasl.password"], "s3cret");
+    let err = load(&text, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("KAFKA_PW") && err.contains("kafka.properties.sasl.password"),
+        "{err}"
+    );
+}
+
+/// Each broken config names the key and the reason.
+#[test]
+fn broken_configs_name_key_and_reason() {
+    let good = base("../lake");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            good.replace("[flush]", "[flush]\ncolour = 1"),
+            "unknown field `colour`",
+        ),
+        (
+            good.replace("group_id = \"g\"", "group_id = \"\""),
+            "kafka.group_id",
+        ),
+        (
+            good.replace("max_age = \"2s\"", "max_age = \"soon\""),
+            "flush.max_age",
+        ),
+        (
+            good.replace("max_rows = 1000", "max_rows = 0"),
+            "flush.max_rows",
+        ),
+        (good.replace("debezium-json", "xml"), "datasets[0].format"),
+        (
+            good.replace("customers.toml", "missing.toml"),
+            "does not exist",
+        ),
+        (
+            good.replace("topics = [\"db.customers\"]", ""),
+            "datasets[0].topics",
+        ),
+        (good.replace("../lake", "ftp://x"), "storage.root"),
+        (
+            good.replace("bootstrap_servers = \"127.0.0.1:9092\"\n", ""),
+            "bootstrap_servers",
+        ),
+        (
+            good.replace(
+                "group_id = \"g\"",
+                "group_id = \"g\"\n[kafka.properties]\n\"enable.auto.commit\" = \"true\"",
+            ),
+            "managed by bronze",
+        ),
+        (
+            format!("{good}\n[metrics]\naddress = \"nope\"\n"),
+            "metrics.address",
+        ),
+        ("[kafka\n".to_string(), "not valid TOML"),
+    ];
+    for (text, needle) in cases {
+        let err = load(&text, &[]).expect_err(needle).to_string();
+        assert!(err.contains(needle), "expected `{needle}` in: {err}");
+        assert!(err.contains("bronze.toml"), "file named: {err}");
+    }
+}
+
+#[test]
+fn a_topic_cannot_feed_two_datasets() {
+    let text = format!(
+        "{}\n[[datasets]]\nname = \"again\"\ntopic_pattern = \"^db\\\\..*\"\nformat = \"json\"\nschema = \"customers.toml\"\n",
+        base("../lake")
+    );
+    let err = load(&text, &[]).unwrap_err().to_string();
+    assert!(err.contains("claimed by"), "{err}");
+}
+
+#[test]
+fn missing_file_is_a_read_error() {
+    let err = Config::load(Path::new("/nonexistent/bronze.toml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+}

@@ -1,0 +1,279 @@
+//! Schema contracts: the expected columns of a dataset, read from a file in `schemas/`.
+//!
+//! A contract is TOML (or JSON with the same shape):
+//! ```toml
+//! [[columns]]
+//! name = "id"
+//! type = "int64"        # string bool int32 int64 float32 float64 date timestamp json
+//! nullable = false
+//!
+//! [[columns]]
+//! name = "updated_at"
+//! type = "timestamp"
+//! unit = "ms"           # unit of integer input: s ms us ns (default ms)
+//! ```
+//! Column names are given in their normalized (snake_case) form. Stored tables also get the metadata
+//! columns in [`METADATA_COLUMNS`] and the partition columns of the dataset.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use serde::Deserialize;
+
+/// Metadata columns appended to every row, in this order.
+pub const METADATA_COLUMNS: &[&str] = &[
+    "_ingested_at",
+    "_batch_id",
+    "_topic",
+    "_partition",
+    "_offset",
+    "_op",
+    "_source_ts",
+    "_source_pos",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: column `{column}`: {reason}")]
+    Column {
+        file: String,
+        column: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    String,
+    Bool,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    /// Days; input as `YYYY-MM-DD` or integer days since the epoch (`io.debezium.time.Date`).
+    Date,
+    /// Stored as microseconds, UTC; input as RFC 3339 text or an integer epoch in the column's `unit`.
+    Timestamp,
+    /// Any JSON value, stored as its JSON text.
+    Json,
+}
+
+impl ColumnType {
+    pub fn arrow(self) -> DataType {
+        match self {
+            ColumnType::String | ColumnType::Json => DataType::Utf8,
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Float32 => DataType::Float32,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Date => DataType::Date32,
+            ColumnType::Timestamp => timestamp_type(),
+        }
+    }
+}
+
+/// The timestamp type of every timestamp column (data and metadata).
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Unit of integer epoch input for a timestamp column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EpochUnit {
+    S,
+    #[default]
+    Ms,
+    Us,
+    Ns,
+}
+
+impl EpochUnit {
+    pub fn to_micros(self, v: i64) -> Option<i64> {
+        match self {
+            EpochUnit::S => v.checked_mul(1_000_000),
+            EpochUnit::Ms => v.checked_mul(1_000),
+            EpochUnit::Us => Some(v),
+            EpochUnit::Ns => Some(v / 1_000),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    #[serde(default = "yes")]
+    pub nullable: bool,
+    #[serde(default)]
+    pub unit: EpochUnit,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contract {
+    pub columns: Vec<Column>,
+}
+
+impl Contract {
+    pub fn load(path: &Path) -> Result<Contract, ContractError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ContractError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let contract: Contract = if path.extension().and_then(|e| e.to_str()) == Some("json") {
+            serde_json::from_str(&text).map_err(|e| ContractError::Parse {
+                file: file.clone(),
+                message: e.to_string(),
+            })?
+        } else {
+            toml::from_str(&text).map_err(|e| ContractError::Parse {
+                file: file.clone(),
+                message: e.to_string().trim().to_string(),
+            })?
+        };
+        contract.check(&file)?;
+        Ok(contract)
+    }
+
+    fn check(&self, file: &str) -> Result<(), ContractError> {
+        if self.columns.is_empty() {
+            return Err(ContractError::Parse {
+                file: file.to_string(),
+                message: "a contract needs at least one column".to_string(),
+            });
+        }
+        for (i, c) in self.columns.iter().enumerate() {
+            let err = |reason: &str| ContractError::Column {
+                file: file.to_string(),
+                column: c.name.clone(),
+                reason: reason.to_string(),
+            };
+            if c.name.is_empty() {
+                return Err(err("name must not be empty"));
+            }
+            if c.name.starts_with('_') {
+                return Err(err(
+                    "names starting with `_` are reserved for metadata columns",
+                ));
+            }
+            if matches!(c.name.as_str(), "event_date" | "event_hour") {
+                return Err(err("is reserved for partition columns"));
+            }
+            if self.columns[..i].iter().any(|o| o.name == c.name) {
+                return Err(err("is defined twice"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The table schema: contract columns, metadata columns, then `partition_columns`.
+    /// All data columns are nullable in storage: deletes may carry only keys and truncates no columns;
+    /// `nullable = false` is enforced on the rows that must have the column.
+    pub fn table_schema(&self, partition_columns: &[&str]) -> Arc<Schema> {
+        let mut fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.ty.arrow(), true))
+            .collect();
+        fields.extend([
+            Field::new("_ingested_at", timestamp_type(), false),
+            Field::new("_batch_id", DataType::Utf8, false),
+            Field::new("_topic", DataType::Utf8, false),
+            Field::new("_partition", DataType::Int32, false),
+            Field::new("_offset", DataType::Int64, false),
+            Field::new("_op", DataType::Utf8, false),
+            Field::new("_source_ts", timestamp_type(), true),
+            Field::new("_source_pos", DataType::Utf8, true),
+        ]);
+        fields.extend(
+            partition_columns
+                .iter()
+                .map(|p| Field::new(*p, DataType::Utf8, false)),
+        );
+        Arc::new(Schema::new(fields))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(name: &str, text: &str) -> Result<Contract, ContractError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        Contract::load(&path)
+    }
+
+    #[test]
+    fn toml_and_json_contracts_load() {
+        let t = load_str(
+            "a.toml",
+            "[[columns]]\nname = \"id\"\ntype = \"int64\"\nnullable = false\n\n[[columns]]\nname = \"ts\"\ntype = \"timestamp\"\nunit = \"us\"\n",
+        )
+        .unwrap();
+        assert_eq!(t.columns.len(), 2);
+        assert_eq!(t.columns[1].unit, EpochUnit::Us);
+        let j = load_str(
+            "a.json",
+            r#"{"columns": [{"name": "id", "type": "int32"}]}"#,
+        )
+        .unwrap();
+        assert!(j.columns[0].nullable);
+    }
+
+    #[test]
+    fn bad_contracts_are_rejected_with_the_column() {
+        for (text, needle) in [
+            (
+                "[[columns]]\nname = \"id\"\ntype = \"uuid\"\n",
+                "unknown variant",
+            ),
+            ("[[columns]]\nname = \"_x\"\ntype = \"int32\"\n", "reserved"),
+            (
+                "[[columns]]\nname = \"a\"\ntype = \"int32\"\n[[columns]]\nname = \"a\"\ntype = \"int32\"\n",
+                "twice",
+            ),
+            ("columns = []\n", "at least one"),
+            (
+                "[[columns]]\nname = \"a\"\ntype = \"int32\"\ncolour = 1\n",
+                "unknown field",
+            ),
+        ] {
+            let err = load_str("c.toml", text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn table_schema_has_metadata_and_partitions_last() {
+        let c = load_str("a.toml", "[[columns]]\nname = \"id\"\ntype = \"int64\"\n").unwrap();
+        let s = c.table_schema(&["event_date"]);
+        let names: Vec<&str> = s.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names[0], "id");
+        assert_eq!(&names[1..9], METADATA_COLUMNS);
+        assert_eq!(names[9], "event_date");
+    }
+}

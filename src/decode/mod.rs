@@ -1,0 +1,245 @@
+//! Decode: Kafka message bytes into a [`Change`] (or a reason to skip the message).
+//!
+//! Supported formats:
+//! * `debezium-json`: the Debezium envelope, bare or inside the Kafka Connect `{"schema", "payload"}`
+//!   wrapper. Rows come from `after`; deletes from `before` (which may carry only the key).
+//! * `json`: one JSON object per message, taken as an insert.
+
+use serde_json::{Map, Value};
+
+use crate::config::Format;
+
+/// The kind of change, as Debezium spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    /// Snapshot read.
+    Read,
+    Truncate,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Read => "r",
+            Op::Truncate => "t",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Op> {
+        Some(match s {
+            "c" => Op::Create,
+            "u" => Op::Update,
+            "d" => Op::Delete,
+            "r" => Op::Read,
+            "t" => Op::Truncate,
+            _ => return None,
+        })
+    }
+}
+
+/// One decoded change event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub op: Op,
+    /// Column values: `after` for c/u/r, `before` for d, none for t.
+    pub row: Option<Map<String, Value>>,
+    /// `source.ts_ms`: when the change happened in the source database.
+    pub source_ts_ms: Option<i64>,
+    /// Position in the source log: Postgres `lsn`, MySQL `file:pos`.
+    pub source_pos: Option<String>,
+}
+
+/// Messages that are valid but carry no row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Null value: Kafka tombstone (log compaction marker after a delete).
+    Tombstone,
+    /// Debezium logical decoding message (`op = "m"`), not a row change.
+    LogicalMessage,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Tombstone => "tombstone",
+            Skip::LogicalMessage => "logical_message",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Decoded {
+    Change(Change),
+    Skip(Skip),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("value is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("value is a JSON {0}, expected an object")]
+    NotAnObject(&'static str),
+    #[error("Debezium envelope has no `op` field")]
+    MissingOp,
+    #[error("Debezium envelope has unknown op `{0}`")]
+    UnknownOp(String),
+    #[error("Debezium `{op}` event has no `{field}` row")]
+    MissingRow {
+        op: &'static str,
+        field: &'static str,
+    },
+    #[error("Debezium `{field}` must be an object or null, found {found}")]
+    RowNotObject {
+        field: &'static str,
+        found: &'static str,
+    },
+}
+
+impl DecodeError {
+    /// Short, stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Json(_) => "invalid_json",
+            DecodeError::NotAnObject(_) => "not_an_object",
+            DecodeError::MissingOp | DecodeError::UnknownOp(_) => "bad_op",
+            DecodeError::MissingRow { .. } | DecodeError::RowNotObject { .. } => "bad_envelope",
+        }
+    }
+}
+
+/// Decode one message value.
+pub fn decode(format: Format, value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
+    let Some(bytes) = value else {
+        return Ok(Decoded::Skip(Skip::Tombstone));
+    };
+    let parsed: Value = serde_json::from_slice(bytes)?;
+    match format {
+        Format::Json => match parsed {
+            Value::Object(row) => Ok(Decoded::Change(Change {
+                op: Op::Create,
+                row: Some(row),
+                source_ts_ms: None,
+                source_pos: None,
+            })),
+            other => Err(DecodeError::NotAnObject(json_kind(&other))),
+        },
+        Format::DebeziumJson => decode_debezium(parsed),
+    }
+}
+
+/// Decode a message key into an object of key fields (Debezium keys may be wrapped too).
+/// Returns `None` for keys that are absent or not JSON objects; such keys simply contribute nothing.
+pub fn decode_key(key: Option<&[u8]>) -> Option<Map<String, Value>> {
+    let parsed: Value = serde_json::from_slice(key?).ok()?;
+    match unwrap_connect(parsed) {
+        Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// Strip the Kafka Connect JsonConverter wrapper `{"schema": ..., "payload": ...}` if present.
+fn unwrap_connect(v: Value) -> Value {
+    match v {
+        Value::Object(mut m)
+            if m.len() == 2 && m.contains_key("schema") && m.contains_key("payload") =>
+        {
+            m.remove("payload").unwrap_or(Value::Null)
+        }
+        other => other,
+    }
+}
+
+fn decode_debezium(parsed: Value) -> Result<Decoded, DecodeError> {
+    let envelope = match unwrap_connect(parsed) {
+        // A wrapped null payload is how the legacy JsonConverter writes a tombstone.
+        Value::Null => return Ok(Decoded::Skip(Skip::Tombstone)),
+        Value::Object(m) => m,
+        other => return Err(DecodeError::NotAnObject(json_kind(&other))),
+    };
+    let op_str = envelope
+        .get("op")
+        .and_then(Value::as_str)
+        .ok_or(DecodeError::MissingOp)?;
+    if op_str == "m" {
+        return Ok(Decoded::Skip(Skip::LogicalMessage));
+    }
+    let op = Op::parse(op_str).ok_or_else(|| DecodeError::UnknownOp(op_str.to_string()))?;
+    let source = envelope.get("source").and_then(Value::as_object);
+    let source_ts_ms = source
+        .and_then(|s| s.get("ts_ms"))
+        .and_then(Value::as_i64)
+        .or_else(|| envelope.get("ts_ms").and_then(Value::as_i64));
+    let source_pos = source.and_then(source_position);
+    let row = match op {
+        Op::Truncate => None,
+        Op::Delete => Some(row_field(&envelope, "before", op)?),
+        Op::Create | Op::Update | Op::Read => Some(row_field(&envelope, "after", op)?),
+    };
+    Ok(Decoded::Change(Change {
+        op,
+        row,
+        source_ts_ms,
+        source_pos,
+    }))
+}
+
+fn row_field(
+    envelope: &Map<String, Value>,
+    field: &'static str,
+    op: Op,
+) -> Result<Map<String, Value>, DecodeError> {
+    match envelope.get(field) {
+        Some(Value::Object(m)) => Ok(m.clone()),
+        // A delete without `before` (e.g. REPLICA IDENTITY NOTHING) still carries its key in the message key.
+        Some(Value::Null) | None if op == Op::Delete => Ok(Map::new()),
+        Some(Value::Null) | None => Err(DecodeError::MissingRow {
+            op: op.as_str(),
+            field,
+        }),
+        Some(other) => Err(DecodeError::RowNotObject {
+            field,
+            found: json_kind(other),
+        }),
+    }
+}
+
+/// Postgres: `lsn`; MySQL/MariaDB: `file:pos` (plus `:row` for multi-row events).
+fn source_position(source: &Map<String, Value>) -> Option<String> {
+    if let Some(lsn) = source.get("lsn").filter(|v| !v.is_null()) {
+        return Some(scalar_text(lsn));
+    }
+    let file = source.get("file").and_then(Value::as_str)?;
+    let pos = source.get("pos").filter(|v| !v.is_null())?;
+    let mut s = format!("{file}:{}", scalar_text(pos));
+    if let Some(row) = source.get("row").and_then(Value::as_i64).filter(|r| *r > 0) {
+        s.push_str(&format!(":{row}"));
+    }
+    Some(s)
+}
+
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests;

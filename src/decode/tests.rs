@@ -1,0 +1,179 @@
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::*;
+
+/// The shared Debezium fixtures live beside the checkout: `../shared/fixtures/debezium/`.
+fn fixture_dir() -> PathBuf {
+    let dir = std::env::var_os("BRONZE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/debezium")
+        });
+    assert!(
+        dir.is_dir(),
+        "fixture directory {} is missing (set BRONZE_FIXTURES)",
+        dir.display()
+    );
+    dir
+}
+
+fn decode_value(v: &Value) -> Result<Decoded, DecodeError> {
+    let bytes = if v.is_null() {
+        None
+    } else {
+        Some(serde_json::to_vec(v).unwrap())
+    };
+    decode(Format::DebeziumJson, bytes.as_deref())
+}
+
+/// The op the file name promises: `debezium-<db>-<op>-...`.
+fn expected_op(name: &str) -> &str {
+    name.split('-')
+        .nth(2)
+        .expect("fixture name has an op segment")
+}
+
+#[test]
+fn every_fixture_decodes_to_what_its_name_says() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(fixture_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let op = expected_op(&name);
+        seen += 1;
+        // Arrays and {key, value} files hold Kafka records in order; anything else is one value.
+        let records: Vec<(Option<Value>, Value)> = match &doc {
+            Value::Array(items) => items
+                .iter()
+                .map(|r| (r.get("key").cloned(), r["value"].clone()))
+                .collect(),
+            Value::Object(m)
+                if m.len() == 2 && m.contains_key("key") && m.contains_key("value") =>
+            {
+                vec![(m.get("key").cloned(), m["value"].clone())]
+            }
+            _ if op == "key" => {
+                let key = decode_key(Some(text.as_bytes())).expect("key decodes");
+                assert!(key.contains_key("id"), "{name}: key has id: {key:?}");
+                continue;
+            }
+            _ => vec![(None, doc.clone())],
+        };
+        for (i, (key, value)) in records.iter().enumerate() {
+            if let Some(k) = key {
+                let k = decode_key(Some(&serde_json::to_vec(k).unwrap()))
+                    .unwrap_or_else(|| panic!("{name}[{i}]: key does not decode"));
+                assert!(!k.is_empty(), "{name}[{i}]: empty key");
+            }
+            let decoded = decode_value(value).unwrap_or_else(|e| panic!("{name}[{i}]: {e}"));
+            match (op, &decoded) {
+                ("tombstone", Decoded::Skip(Skip::Tombstone)) => {}
+                ("m", Decoded::Skip(Skip::LogicalMessage)) => {}
+                // `d-then-tombstone`: the delete, then its tombstone.
+                ("d", Decoded::Skip(Skip::Tombstone)) if i > 0 => {}
+                (op, Decoded::Change(c)) => {
+                    assert_eq!(c.op.as_str(), op, "{name}[{i}]");
+                    assert!(c.source_ts_ms.is_some(), "{name}[{i}]: source ts");
+                    assert!(c.source_pos.is_some(), "{name}[{i}]: source position");
+                    match c.op {
+                        Op::Truncate => assert!(c.row.is_none(), "{name}"),
+                        _ => {
+                            let row = c.row.as_ref().unwrap();
+                            assert!(
+                                row.keys().any(|k| k.trim_start_matches('_') == "id"),
+                                "{name}[{i}]: row has an id column: {row:?}"
+                            );
+                        }
+                    }
+                }
+                (op, other) => panic!("{name}[{i}]: expected {op}, got {other:?}"),
+            }
+        }
+    }
+    assert!(seen >= 19, "only {seen} fixtures found");
+}
+
+#[test]
+fn postgres_update_keeps_after_lsn_and_ts() {
+    let path = fixture_dir().join("debezium-postgres-u-docs-customers-payload-noschema.json");
+    let bytes = std::fs::read(path).unwrap();
+    let Decoded::Change(c) = decode(Format::DebeziumJson, Some(&bytes)).unwrap() else {
+        panic!("not a change")
+    };
+    assert_eq!(c.op, Op::Update);
+    assert_eq!(c.source_ts_ms, Some(1559033904863));
+    assert_eq!(c.source_pos.as_deref(), Some("24023128"));
+    assert_eq!(c.row.unwrap()["first_name"], json!("Anne Marie"));
+}
+
+#[test]
+fn mysql_delete_takes_before_and_file_pos() {
+    let path = fixture_dir().join("debezium-mysql-d-docs-customers-payload-noschema.json");
+    let bytes = std::fs::read(path).unwrap();
+    let Decoded::Change(c) = decode(Format::DebeziumJson, Some(&bytes)).unwrap() else {
+        panic!("not a change")
+    };
+    assert_eq!(c.op, Op::Delete);
+    assert_eq!(c.row.unwrap()["id"], json!(1004));
+    // The docs keep the `{context}` placeholder in the binlog file name.
+    assert_eq!(c.source_pos.as_deref(), Some("{context}-bin.000003:805"));
+}
+
+#[test]
+fn wrapped_and_bare_envelopes_decode_alike() {
+    let bare = json!({"op": "c", "before": null, "after": {"id": 1},
+        "source": {"ts_ms": 5, "lsn": 9}});
+    let wrapped = json!({"schema": {"type": "struct"}, "payload": bare.clone()});
+    let a = decode_value(&bare).unwrap();
+    let b = decode_value(&wrapped).unwrap();
+    match (a, b) {
+        (Decoded::Change(a), Decoded::Change(b)) => assert_eq!(a, b),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn malformed_input_is_an_error_with_a_reason() {
+    let cases: Vec<(&[u8], &str)> = vec![
+        (b"{not json", "invalid_json"),
+        (b"[1,2]", "not_an_object"),
+        (br#"{"after": {"id": 1}}"#, "bad_op"),
+        (br#"{"op": "x", "after": {"id": 1}}"#, "bad_op"),
+        (br#"{"op": "c", "after": null}"#, "bad_envelope"),
+        (br#"{"op": "u", "after": [1]}"#, "bad_envelope"),
+    ];
+    for (bytes, kind) in cases {
+        let err = decode(Format::DebeziumJson, Some(bytes)).unwrap_err();
+        assert_eq!(err.kind(), kind, "{}", String::from_utf8_lossy(bytes));
+        assert!(!err.to_string().is_empty());
+    }
+}
+
+#[test]
+fn delete_without_before_has_an_empty_row() {
+    let v = json!({"op": "d", "before": null, "after": null, "source": {"ts_ms": 1}});
+    let Decoded::Change(c) = decode_value(&v).unwrap() else {
+        panic!()
+    };
+    assert_eq!(c.row, Some(Map::new()));
+}
+
+#[test]
+fn plain_json_is_an_insert_and_must_be_an_object() {
+    let Decoded::Change(c) = decode(Format::Json, Some(br#"{"a": 1}"#)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(c.op, Op::Create);
+    assert!(decode(Format::Json, Some(b"3")).is_err());
+    assert!(matches!(
+        decode(Format::Json, None).unwrap(),
+        Decoded::Skip(Skip::Tombstone)
+    ));
+}

@@ -1,0 +1,17 @@
+//! `bronze`: Kafka change events into exactly-once Delta Lake tables.
+//!
+//! The modules follow one message's path:
+//! [`source`] (Kafka consumer group) → [`decode`] (Debezium / JSON) → [`transform`] (contract,
+//! coercion, metadata) → [`buffer`] (Arrow micro-batches, dedup) → [`sink`] (Parquet + Delta commit with
+//! offsets). [`pipeline`] runs that loop; [`config`] and [`contract`] describe what to run;
+//! [`observability`] installs logs and metrics.
+
+pub mod buffer;
+pub mod config;
+pub mod contract;
+pub mod decode;
+pub mod observability;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod transform;

@@ -1,0 +1,221 @@
+//! The `bronze` binary: command line, signal handling and exit codes. All logic lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bronze::config::Config;
+use bronze::contract::Contract;
+use bronze::pipeline::{self, RunOptions};
+use bronze::sink::{self, Probe, TableSink};
+use bronze::transform::Mapper;
+use clap::{Parser, Subcommand};
+
+/// Exit code for configuration errors (bad file, key or value), as opposed to runtime failures (1).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "bronze",
+    version,
+    about = "Stream change events from Kafka into exactly-once Delta Lake Bronze tables",
+    long_about = "Stream change events (Debezium CDC or plain JSON) from Kafka into time-partitioned Delta \
+                  Lake tables, exactly once: the Kafka offsets are committed in the same Delta transaction \
+                  as the data. One TOML file describes the broker, the storage and any number of datasets."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume the configured topics and commit them to the datasets' Delta tables until stopped
+    /// (SIGINT/SIGTERM flush, commit and exit 0).
+    Run {
+        /// Configuration file (TOML); `BRONZE__SECTION__KEY` variables override its keys.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Ingest up to the high watermarks read at start, commit and exit ("trigger once").
+        #[arg(long)]
+        until_caught_up: bool,
+    },
+    /// Check the configuration, the schema files and that every table location is reachable;
+    /// creates nothing. Exit code 2 on configuration errors.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print version, files, rows and partitions of every dataset's table.
+    Summary {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One JSON object per dataset instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    bronze::observability::init_logging();
+    let cli = Cli::parse();
+    let config_path = match &cli.command {
+        Command::Run { config, .. }
+        | Command::Validate { config }
+        | Command::Summary { config, .. } => config.clone(),
+    };
+    let cfg = match load_config(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bronze: configuration error: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bronze: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run {
+                until_caught_up, ..
+            } => run(cfg, until_caught_up).await,
+            Command::Validate { .. } => validate(&cfg).await,
+            Command::Summary { json, .. } => summary(&cfg, json).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bronze: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let cfg = Config::load(path)?;
+    // Contracts and mappings are configuration too: check them before touching anything.
+    for (i, d) in cfg.datasets.iter().enumerate() {
+        let contract = Contract::load(&d.schema_file)?;
+        Mapper::new(d, contract).map_err(|e| bronze::config::ConfigError::Invalid {
+            file: path.to_path_buf(),
+            key: format!("datasets[{i}].{}", e.key),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(cfg)
+}
+
+async fn run(cfg: Config, until_caught_up: bool) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = &cfg.metrics.address {
+        let addr = addr.parse().context("metrics.address")?;
+        bronze::observability::init_metrics(addr)?;
+    }
+    let summary = pipeline::run(cfg, RunOptions { until_caught_up }, shutdown_signal()).await?;
+    print!("{summary}");
+    if let Some(rss) = bronze::observability::peak_rss_bytes() {
+        println!("peak RSS: {:.1} MiB", rss as f64 / (1024.0 * 1024.0));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn validate(cfg: &Config) -> anyhow::Result<ExitCode> {
+    let options = cfg.storage_options();
+    let mut failed = false;
+    for d in &cfg.datasets {
+        let mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
+        let pcols = mapper.partition_columns();
+        let schema = mapper.contract().table_schema(pcols);
+        match sink::probe(&d.table_uri, schema, pcols, &options).await {
+            Ok(Probe::Absent) => println!(
+                "{}: ok, {} will be created on first write",
+                d.name, d.table_uri
+            ),
+            Ok(Probe::Present(s)) => println!(
+                "{}: ok, {} at version {} ({} files, {} rows)",
+                d.name, d.table_uri, s.version, s.files, s.rows
+            ),
+            Err(e) => {
+                eprintln!("{}: {e}", d.name);
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        println!("{}: valid", cfg.file.display());
+        ExitCode::SUCCESS
+    })
+}
+
+async fn summary(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let options = cfg.storage_options();
+    if !json {
+        println!(
+            "{:<20} {:>8} {:>10} {:>7} {:>11} {:>12}  table",
+            "dataset", "version", "rows", "files", "partitions", "bytes"
+        );
+    }
+    for d in &cfg.datasets {
+        let mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
+        let pcols = mapper.partition_columns();
+        let schema = mapper.contract().table_schema(pcols);
+        let stats = match sink::probe(&d.table_uri, schema.clone(), pcols, &options).await? {
+            Probe::Absent => None,
+            Probe::Present(_) => {
+                let sink = TableSink::open(
+                    &d.table_uri,
+                    schema,
+                    pcols,
+                    &options,
+                    cfg.storage.compression,
+                )
+                .await?;
+                Some(sink.stats()?)
+            }
+        };
+        match (json, stats) {
+            (true, s) => println!(
+                "{}",
+                serde_json::json!({
+                    "dataset": d.name, "table": d.table_uri,
+                    "version": s.as_ref().map(|s| s.version),
+                    "rows": s.as_ref().map(|s| s.rows),
+                    "files": s.as_ref().map(|s| s.files),
+                    "partitions": s.as_ref().map(|s| s.partitions),
+                    "bytes": s.as_ref().map(|s| s.bytes),
+                })
+            ),
+            (false, Some(s)) => println!(
+                "{:<20} {:>8} {:>10} {:>7} {:>11} {:>12}  {}",
+                d.name, s.version, s.rows, s.files, s.partitions, s.bytes, d.table_uri
+            ),
+            (false, None) => println!("{:<20} {:>8}  {} (no table yet)", d.name, "-", d.table_uri),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,58 @@
+//! Logs and metrics. Every stage reports through the `tracing` and `metrics` facades; this module only
+//! installs the subscriber and the Prometheus exporter, so nothing in the data path depends on them.
+
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObservabilityError {
+    #[error("metrics exporter on {addr}: {message}")]
+    Metrics { addr: SocketAddr, message: String },
+}
+
+/// Log to stderr; `RUST_LOG` overrides the default level. The delta kernel logs an ERROR when it opens
+/// an empty directory, which is the normal first start, so it is silenced unless asked for.
+pub fn init_logging() {
+    // The kernel's `#[instrument(err)]` spans log errors that are also returned to bronze (and
+    // reported there), so they are only shown when asked for by name.
+    const QUIET: &str = "buoyant_kernel=off,delta_kernel=off";
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(v) if v.contains("kernel") => v,
+        Ok(v) => format!("{v},{QUIET}"),
+        Err(_) => format!("info,librdkafka=warn,rdkafka=warn,{QUIET}"),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(directives))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Serve Prometheus text on `http://addr/metrics`.
+pub fn init_metrics(addr: SocketAddr) -> Result<(), ObservabilityError> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ])
+        .map_err(|e| ObservabilityError::Metrics {
+            addr,
+            message: e.to_string(),
+        })?
+        .install()
+        .map_err(|e| ObservabilityError::Metrics {
+            addr,
+            message: e.to_string(),
+        })
+}
+
+/// Peak resident set size of this process in bytes (Linux `VmHWM`), for run summaries and benches.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

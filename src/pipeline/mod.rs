@@ -1,0 +1,628 @@
+//! The run loop: source → decode → transform → buffer → sink, with the position bookkeeping that
+//! makes it exactly once.
+//!
+//! Positions: when a partition is assigned its position is unknown. On its first message the loop
+//! reads the partition's txn version from the dataset's table and, if the message is not the one right
+//! after it, seeks there and drops messages until it arrives. So a partition always resumes from the
+//! table, whatever the group offsets say.
+
+mod state;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{BorrowedMessage, Headers};
+use tracing::{debug, error, info, warn};
+
+use crate::buffer::{DatasetBuffer, FlushReason, TopicPartition};
+use crate::config::Config;
+use crate::contract::Contract;
+use crate::decode::{self, Decoded};
+use crate::sink::{self, CommitContext, CommitOutcome, TableSink};
+use crate::source::{self, RebalanceEvent, Source};
+use crate::transform::{Mapper, MessageContext};
+
+use state::{DatasetState, PartitionState, Phase};
+pub use state::{DatasetSummary, RunSummary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Contract(#[from] crate::contract::ContractError),
+    #[error(transparent)]
+    Mapping(#[from] crate::transform::MappingError),
+    #[error(transparent)]
+    Sink(Box<crate::sink::SinkError>),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{0}")]
+    Stopped(String),
+}
+
+impl From<crate::sink::SinkError> for PipelineError {
+    fn from(e: crate::sink::SinkError) -> Self {
+        PipelineError::Sink(Box::new(e))
+    }
+}
+
+/// How a run ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Read the high watermarks at assignment, ingest up to them, commit and return.
+    pub until_caught_up: bool,
+}
+
+/// Open every dataset's table (creating it if needed) and sweep files left by crashed runs.
+pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineError> {
+    let options = cfg.storage_options();
+    let mut out = Vec::with_capacity(cfg.datasets.len());
+    for d in &cfg.datasets {
+        let contract = Contract::load(&d.schema_file)?;
+        let mapper = Mapper::new(d, contract)?;
+        let pcols = mapper.partition_columns();
+        let schema = mapper.contract().table_schema(pcols);
+        let sink = TableSink::open(
+            &d.table_uri,
+            schema.clone(),
+            pcols,
+            &options,
+            cfg.storage.compression,
+        )
+        .await?;
+        match sink::sweep_orphans(&sink, cfg.storage.orphan_grace).await {
+            Ok(n) => {
+                metrics::counter!("bronze_orphan_files_deleted_total", "dataset" => d.name.clone())
+                    .increment(n as u64)
+            }
+            Err(e) => warn!(dataset = %d.name, error = %e, "orphan sweep failed; continuing"),
+        }
+        let types = mapper.contract().columns.iter().map(|c| c.ty).collect();
+        let buffer = DatasetBuffer::new(schema, types, pcols.len());
+        out.push(DatasetState::new(d.clone(), mapper, buffer, sink));
+    }
+    Ok(out)
+}
+
+/// Run until `shutdown` resolves (or, with `until_caught_up`, until the assigned partitions are done).
+pub async fn run(
+    cfg: Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, PipelineError> {
+    let datasets = open_datasets(&cfg).await?;
+    let consumer = source::subscribe(&cfg)?;
+    let run_id = uuid::Uuid::now_v7().to_string();
+    info!(run_id = %run_id, datasets = datasets.len(), "bronze run started");
+    metrics::gauge!("bronze_memory_budget_bytes").set(cfg.memory.budget_bytes as f64);
+    let mut run = Run {
+        group_id: cfg.kafka.group_id.clone(),
+        budget: cfg.memory.budget_bytes,
+        cfg,
+        consumer: Arc::new(consumer),
+        run_id,
+        datasets,
+        partitions: HashMap::new(),
+        targets: HashMap::new(),
+        options,
+        started: Instant::now(),
+        ever_assigned: false,
+    };
+    let result = run.event_loop(shutdown).await;
+    let summary = run.summary();
+    result.map(|()| summary)
+}
+
+struct Run {
+    cfg: Config,
+    group_id: String,
+    budget: usize,
+    consumer: Arc<Source>,
+    run_id: String,
+    datasets: Vec<DatasetState>,
+    partitions: HashMap<TopicPartition, PartitionState>,
+    /// `--until-caught-up`: high watermark per partition, read when it was assigned.
+    targets: HashMap<TopicPartition, i64>,
+    options: RunOptions,
+    started: Instant,
+    ever_assigned: bool,
+}
+
+/// How long `--until-caught-up` waits for a first assignment before giving up.
+const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Run {
+    async fn event_loop(
+        &mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), PipelineError> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let consumer = self.consumer.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    info!("shutdown requested: flushing and committing");
+                    self.handle_rebalance().await?;
+                    return self.flush_all(FlushReason::Shutdown).await;
+                }
+                // Before `recv`: a busy consumer must not starve age flushes and gauges.
+                _ = tick.tick() => {
+                    self.handle_rebalance().await?;
+                    self.flush_due().await?;
+                    self.enforce_budget().await?;
+                    self.update_gauges();
+                    if self.options.until_caught_up && self.caught_up_check().await? {
+                        return Ok(());
+                    }
+                }
+                msg = consumer.recv() => {
+                    // Detach the message from the consumer borrow before taking `&mut self`.
+                    let msg = msg.map(|m| OwnedMessage::from(&m));
+                    self.handle_rebalance().await?;
+                    match msg {
+                        Ok(owned) => self.handle_message(owned).await?,
+                        Err(e) => {
+                            metrics::counter!("bronze_kafka_errors_total").increment(1);
+                            warn!(error = %e, "kafka consumer error");
+                        }
+                    }
+                    self.flush_due().await?;
+                    self.enforce_budget().await?;
+                }
+            }
+        }
+    }
+
+    async fn handle_rebalance(&mut self) -> Result<(), PipelineError> {
+        for event in self.consumer.context().take_events() {
+            match event {
+                RebalanceEvent::Revoked(tps) => {
+                    for tp in tps {
+                        if let Some(ps) = self.partitions.remove(&tp) {
+                            // Whoever owns it next re-reads these rows from the table's position.
+                            self.datasets[ps.dataset].buffer.drop_partition(&tp.0, tp.1);
+                        }
+                        self.targets.remove(&tp);
+                    }
+                }
+                RebalanceEvent::Assigned(tps) => {
+                    self.ever_assigned = true;
+                    for tp in tps {
+                        let Some(d) = self.cfg.dataset_for_topic(&tp.0) else {
+                            warn!(topic = %tp.0, "assigned a topic no dataset claims; ignoring it");
+                            continue;
+                        };
+                        self.datasets[d].needs_refresh = true;
+                        if self.options.until_caught_up {
+                            let (low, high) = source::watermarks(&self.consumer, &tp)?;
+                            debug!(topic = %tp.0, partition = tp.1, low, high, "watermarks");
+                            if high > low {
+                                self.targets.insert(tp.clone(), high);
+                            }
+                        }
+                        self.partitions.insert(tp, PartitionState::new(d));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a partition resumes: the offset after the table's txn version for it.
+    async fn table_position(
+        &mut self,
+        d: usize,
+        tp: &TopicPartition,
+    ) -> Result<Option<i64>, PipelineError> {
+        let ds = &mut self.datasets[d];
+        if ds.needs_refresh {
+            ds.sink.refresh().await?;
+            ds.needs_refresh = false;
+        }
+        let app_id = format!("{}:{}:{}", self.group_id, tp.0, tp.1);
+        Ok(ds.sink.committed_offset(&app_id).await?.map(|v| v + 1))
+    }
+
+    async fn handle_message(&mut self, m: OwnedMessage) -> Result<(), PipelineError> {
+        let tp = (m.topic.clone(), m.partition);
+        let Some(ps) = self.partitions.get(&tp) else {
+            return Ok(());
+        };
+        if ps.stopped {
+            return Ok(());
+        }
+        let d = ps.dataset;
+        match ps.phase {
+            Phase::Unknown => match self.table_position(d, &tp).await? {
+                Some(pos) if m.offset != pos => {
+                    info!(topic = %tp.0, partition = tp.1, from = m.offset, to = pos, "seeking to the table's position");
+                    source::seek(&self.consumer, &tp, pos)?;
+                    self.set_phase(&tp, Phase::Seeking(pos));
+                    return Ok(());
+                }
+                _ => self.set_phase(&tp, Phase::Ready),
+            },
+            Phase::Seeking(target) => {
+                if m.offset < target {
+                    return Ok(());
+                }
+                if m.offset > target {
+                    warn!(topic = %tp.0, partition = tp.1, expected = target, got = m.offset,
+                        "offsets missing from the log (retention or compaction); continuing");
+                }
+                self.set_phase(&tp, Phase::Ready);
+            }
+            Phase::Ready => {}
+        }
+        let ps = self.partitions.get_mut(&tp).expect("checked above");
+        if ps.next_offset.is_some_and(|next| m.offset < next) {
+            return Ok(());
+        }
+        ps.next_offset = Some(m.offset + 1);
+        self.ingest(d, &tp, m)
+    }
+
+    fn set_phase(&mut self, tp: &TopicPartition, phase: Phase) {
+        if let Some(ps) = self.partitions.get_mut(tp) {
+            ps.phase = phase;
+            if phase != Phase::Ready {
+                ps.next_offset = None;
+            }
+        }
+    }
+
+    fn ingest(
+        &mut self,
+        d: usize,
+        tp: &TopicPartition,
+        m: OwnedMessage,
+    ) -> Result<(), PipelineError> {
+        let now = Instant::now();
+        let ds = &mut self.datasets[d];
+        let dataset = ds.cfg.name.clone();
+        metrics::counter!("bronze_events_consumed_total", "dataset" => dataset.clone(), "topic" => tp.0.clone())
+            .increment(1);
+        ds.summary.events += 1;
+        let decoded = decode::decode(ds.cfg.format, m.payload.as_deref());
+        let result = match decoded {
+            Ok(Decoded::Skip(reason)) => {
+                metrics::counter!("bronze_skipped_messages_total", "dataset" => dataset.clone(), "reason" => reason.as_str())
+                    .increment(1);
+                ds.summary.skipped += 1;
+                ds.buffer.skip(&tp.0, tp.1, m.offset, now);
+                return Ok(());
+            }
+            Ok(Decoded::Change(change)) => {
+                let header = |name: &str| m.header(name);
+                let ctx = MessageContext {
+                    partition: tp.1,
+                    offset: m.offset,
+                    key: m.key.as_deref(),
+                    ingested_at_us: chrono::Utc::now().timestamp_micros(),
+                    header: &header,
+                };
+                let mut unknown = 0;
+                let mapped = ds.mapper.map(change, &ctx, &mut unknown);
+                if unknown > 0 {
+                    metrics::counter!("bronze_unknown_fields_total", "dataset" => dataset.clone())
+                        .increment(unknown);
+                }
+                mapped.map_err(|e| (e.kind(), e.to_string()))
+            }
+            Err(e) => Err((e.kind(), e.to_string())),
+        };
+        match result {
+            Ok(row) => {
+                ds.buffer.push(&tp.0, tp.1, row, now);
+                Ok(())
+            }
+            Err((kind, reason)) => {
+                // Until dead letters exist, an undecodable message stops its partition: nothing is
+                // skipped silently, and the offset is never committed past it.
+                metrics::counter!("bronze_decode_errors_total", "dataset" => dataset.clone(), "kind" => kind)
+                    .increment(1);
+                error!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset, kind, %reason,
+                    "cannot ingest message; partition stopped until the input or the contract is fixed");
+                ds.summary.errors += 1;
+                source::pause(&self.consumer, tp);
+                if let Some(ps) = self.partitions.get_mut(tp) {
+                    ps.stopped = true;
+                    ps.next_offset = Some(m.offset);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn flush_due(&mut self) -> Result<(), PipelineError> {
+        let now = Instant::now();
+        for d in 0..self.datasets.len() {
+            let ds = &self.datasets[d];
+            let retry_ready = ds.retry_at.is_none_or(|t| now >= t);
+            if ds.pending.is_some() && retry_ready {
+                self.flush(d, FlushReason::Age).await?;
+            } else if let Some(reason) = ds.buffer.due(&ds.cfg.flush, now)
+                && ds.pending.is_none()
+            {
+                self.flush(d, reason).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write and commit dataset `d`'s buffer (or its pending batch from a failed attempt).
+    async fn flush(&mut self, d: usize, reason: FlushReason) -> Result<(), PipelineError> {
+        let ds = &mut self.datasets[d];
+        if ds.pending.is_none() {
+            let batch_id = uuid::Uuid::now_v7().to_string();
+            let started = Instant::now();
+            let taken = tokio::task::block_in_place(|| ds.buffer.take(&batch_id));
+            match taken {
+                Ok(Some(batch)) => {
+                    metrics::histogram!("bronze_flush_build_seconds", "dataset" => ds.cfg.name.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    ds.pending = Some((batch, batch_id));
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    return Err(PipelineError::Stopped(format!(
+                        "dataset `{}`: cannot build the Arrow batch: {e}",
+                        ds.cfg.name
+                    )));
+                }
+            }
+        }
+        let Some((batch, batch_id)) = ds.pending.take() else {
+            return Ok(());
+        };
+        let ctx = CommitContext {
+            group_id: self.group_id.clone(),
+            run_id: self.run_id.clone(),
+            dataset: ds.cfg.name.clone(),
+        };
+        let started = Instant::now();
+        match ds.sink.commit(&batch, &ctx, &batch_id).await {
+            Ok(CommitOutcome::Committed {
+                version,
+                files,
+                bytes,
+                conflicts,
+            }) => {
+                let rows = batch.batch.as_ref().map_or(0, |b| b.num_rows());
+                let name = ds.cfg.name.clone();
+                metrics::counter!("bronze_flushes_total", "dataset" => name.clone(), "reason" => reason.as_str()).increment(1);
+                metrics::counter!("bronze_rows_written_total", "dataset" => name.clone())
+                    .increment(rows as u64);
+                metrics::counter!("bronze_bytes_written_total", "dataset" => name.clone())
+                    .increment(bytes.max(0) as u64);
+                metrics::counter!("bronze_files_written_total", "dataset" => name.clone())
+                    .increment(files as u64);
+                metrics::counter!("bronze_duplicates_dropped_total", "dataset" => name.clone())
+                    .increment(batch.duplicates_dropped as u64);
+                metrics::histogram!("bronze_flush_duration_seconds", "dataset" => name.clone())
+                    .record(started.elapsed().as_secs_f64());
+                metrics::gauge!("bronze_last_commit_timestamp_seconds", "dataset" => name.clone())
+                    .set(chrono::Utc::now().timestamp() as f64);
+                ds.summary.rows_written += rows as u64;
+                ds.summary.duplicates_dropped += batch.duplicates_dropped as u64;
+                ds.summary.files += files as u64;
+                ds.summary.bytes += bytes.max(0) as u64;
+                ds.summary.commits += 1;
+                ds.retry_at = None;
+                ds.failures = 0;
+                info!(dataset = %name, version, rows, files, bytes, conflicts, duplicates = batch.duplicates_dropped,
+                    reason = reason.as_str(), batch_id = %batch_id, "committed");
+                let positions: Vec<(TopicPartition, i64)> = batch
+                    .ranges
+                    .iter()
+                    .map(|r| ((r.topic.clone(), r.partition), r.last + 1))
+                    .filter(|(tp, _)| self.partitions.contains_key(tp))
+                    .collect();
+                for (tp, next) in &positions {
+                    if let Some(ps) = self.partitions.get_mut(tp) {
+                        ps.committed = Some(*next);
+                    }
+                }
+                source::commit_group_offsets(&self.consumer, &positions);
+            }
+            Ok(CommitOutcome::Stale { partitions }) => {
+                warn!(dataset = %ds.cfg.name, stale = ?partitions,
+                    "another member already committed some of these offsets; batch dropped, re-reading from the table");
+                metrics::counter!("bronze_stale_batches_total", "dataset" => ds.cfg.name.clone())
+                    .increment(1);
+                ds.needs_refresh = true;
+                // The whole batch is gone, so every partition in it restarts from the table.
+                for r in &batch.ranges {
+                    let tp = (r.topic.clone(), r.partition);
+                    self.datasets[d].buffer.drop_partition(&tp.0, tp.1);
+                    if self.partitions.contains_key(&tp) {
+                        match self.table_position(d, &tp).await? {
+                            Some(pos) => {
+                                source::seek(&self.consumer, &tp, pos)?;
+                                self.set_phase(&tp, Phase::Seeking(pos));
+                            }
+                            None => self.set_phase(&tp, Phase::Unknown),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                ds.failures += 1;
+                let backoff = Duration::from_millis(250 * 2u64.pow(ds.failures.min(7)));
+                metrics::counter!("bronze_commit_errors_total", "dataset" => ds.cfg.name.clone())
+                    .increment(1);
+                error!(dataset = %ds.cfg.name, error = %e, retry_in = ?backoff, "commit failed; batch kept for retry");
+                ds.retry_at = Some(Instant::now() + backoff);
+                ds.pending = Some((batch, batch_id));
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_all(&mut self, reason: FlushReason) -> Result<(), PipelineError> {
+        for d in 0..self.datasets.len() {
+            for attempt in 0..5 {
+                self.flush(d, reason).await?;
+                if self.datasets[d].pending.is_none() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+            }
+            if self.datasets[d].pending.is_some() {
+                return Err(PipelineError::Stopped(format!(
+                    "dataset `{}`: could not commit its last batch; it will be re-read on restart",
+                    self.datasets[d].cfg.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep buffered bytes under the budget: flush the largest buffer, and pause the partitions of
+    /// datasets whose batches cannot be committed right now, until they can.
+    async fn enforce_budget(&mut self) -> Result<(), PipelineError> {
+        let used = |ds: &[DatasetState]| ds.iter().map(DatasetState::memory_bytes).sum::<usize>();
+        let mut attempts = 0;
+        while used(&self.datasets) >= self.budget && attempts < self.datasets.len() {
+            attempts += 1;
+            let Some(largest) = (0..self.datasets.len())
+                .filter(|&d| {
+                    self.datasets[d].pending.is_none() && !self.datasets[d].buffer.is_empty()
+                })
+                .max_by_key(|&d| self.datasets[d].buffer.bytes())
+            else {
+                break;
+            };
+            self.flush(largest, FlushReason::Memory).await?;
+        }
+        let over = used(&self.datasets) >= self.budget;
+        for (tp, ps) in self.partitions.iter_mut() {
+            let blocked = over && self.datasets[ps.dataset].pending.is_some();
+            if blocked && !ps.paused_for_memory && !ps.stopped {
+                source::pause(&self.consumer, tp);
+                ps.paused_for_memory = true;
+            } else if !blocked && ps.paused_for_memory {
+                source::resume(&self.consumer, tp);
+                ps.paused_for_memory = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn update_gauges(&self) {
+        let used: usize = self.datasets.iter().map(DatasetState::memory_bytes).sum();
+        metrics::gauge!("bronze_buffer_bytes").set(used as f64);
+        let paused = self
+            .partitions
+            .values()
+            .filter(|p| p.paused_for_memory || p.stopped)
+            .count();
+        metrics::gauge!("bronze_paused_partitions").set(paused as f64);
+        metrics::gauge!("bronze_assigned_partitions").set(self.partitions.len() as f64);
+    }
+
+    /// `--until-caught-up`: done when every assigned partition has reached the high watermark it had
+    /// at assignment and everything is committed.
+    async fn caught_up_check(&mut self) -> Result<bool, PipelineError> {
+        if !self.ever_assigned {
+            if self.started.elapsed() > ASSIGNMENT_TIMEOUT {
+                return Err(PipelineError::Stopped(format!(
+                    "no partitions were assigned within {ASSIGNMENT_TIMEOUT:?}: do the topics exist?"
+                )));
+            }
+            return Ok(false);
+        }
+        let mut all = true;
+        let targets: Vec<(TopicPartition, i64)> =
+            self.targets.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        for (tp, high) in targets {
+            let Some(ps) = self.partitions.get(&tp) else {
+                continue;
+            };
+            if ps.stopped {
+                return Err(PipelineError::Stopped(format!(
+                    "{}[{}] stopped on a message it cannot ingest; see the error above",
+                    tp.0, tp.1
+                )));
+            }
+            let position = match ps.next_offset {
+                Some(next) => Some(next),
+                // Nothing read yet: maybe the table is already there.
+                None if ps.phase == Phase::Unknown => {
+                    let d = ps.dataset;
+                    self.table_position(d, &tp).await?
+                }
+                None => None,
+            };
+            if position.is_none_or(|p| p < high) {
+                all = false;
+            }
+        }
+        if !all {
+            return Ok(false);
+        }
+        self.flush_all(FlushReason::CaughtUp).await?;
+        info!("caught up with the high watermarks read at assignment");
+        Ok(true)
+    }
+
+    fn summary(&self) -> RunSummary {
+        RunSummary {
+            run_id: self.run_id.clone(),
+            elapsed: self.started.elapsed(),
+            datasets: self
+                .datasets
+                .iter()
+                .map(|d| (d.cfg.name.clone(), d.summary.clone(), d.sink.version()))
+                .collect(),
+        }
+    }
+}
+
+/// What the loop needs of a Kafka message, without the consumer borrow.
+struct OwnedMessage {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl OwnedMessage {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+impl From<&BorrowedMessage<'_>> for OwnedMessage {
+    fn from(m: &BorrowedMessage<'_>) -> Self {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        OwnedMessage {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+}

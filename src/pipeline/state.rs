@@ -1,0 +1,150 @@
+//! Per-dataset and per-partition bookkeeping of a run.
+
+use std::time::{Duration, Instant};
+
+use crate::buffer::{DatasetBuffer, FlushBatch};
+use crate::config::DatasetConfig;
+use crate::sink::TableSink;
+use crate::transform::Mapper;
+
+/// Where a partition's fetch position stands relative to its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Just assigned: the next message decides whether to seek.
+    Unknown,
+    /// A seek to this offset was issued; earlier messages still in flight are dropped.
+    Seeking(i64),
+    Ready,
+}
+
+pub(super) struct PartitionState {
+    pub dataset: usize,
+    pub phase: Phase,
+    /// Offset of the next message to ingest.
+    pub next_offset: Option<i64>,
+    /// Next offset after the last commit of this run.
+    pub committed: Option<i64>,
+    /// Stopped on a message that cannot be ingested.
+    pub stopped: bool,
+    pub paused_for_memory: bool,
+}
+
+impl PartitionState {
+    pub fn new(dataset: usize) -> Self {
+        PartitionState {
+            dataset,
+            phase: Phase::Unknown,
+            next_offset: None,
+            committed: None,
+            stopped: false,
+            paused_for_memory: false,
+        }
+    }
+}
+
+/// Counters of one dataset over a run.
+#[derive(Debug, Clone, Default)]
+pub struct DatasetSummary {
+    pub events: u64,
+    pub skipped: u64,
+    pub errors: u64,
+    pub rows_written: u64,
+    pub duplicates_dropped: u64,
+    pub commits: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// What a run did, printed when it ends.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub elapsed: Duration,
+    /// Name, counters and table version at the end.
+    pub datasets: Vec<(String, DatasetSummary, Option<u64>)>,
+}
+
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "run {} finished in {:.1}s",
+            self.run_id,
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "{:<20} {:>10} {:>10} {:>8} {:>10} {:>8} {:>7} {:>12} {:>8}",
+            "dataset",
+            "events",
+            "rows",
+            "skipped",
+            "duplicates",
+            "errors",
+            "files",
+            "bytes",
+            "version"
+        )?;
+        for (name, s, version) in &self.datasets {
+            writeln!(
+                f,
+                "{:<20} {:>10} {:>10} {:>8} {:>10} {:>8} {:>7} {:>12} {:>8}",
+                name,
+                s.events,
+                s.rows_written,
+                s.skipped,
+                s.duplicates_dropped,
+                s.errors,
+                s.files,
+                s.bytes,
+                version.map_or("-".to_string(), |v| v.to_string())
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub struct DatasetState {
+    pub(super) cfg: DatasetConfig,
+    pub(super) mapper: Mapper,
+    pub(super) buffer: DatasetBuffer,
+    pub(super) sink: TableSink,
+    /// A taken batch whose commit failed, kept to retry (its rows are no longer in `buffer`).
+    pub(super) pending: Option<(FlushBatch, String)>,
+    pub(super) retry_at: Option<Instant>,
+    pub(super) failures: u32,
+    /// The table must be re-read before its txn versions are trusted (after a rebalance).
+    pub(super) needs_refresh: bool,
+    pub(super) summary: DatasetSummary,
+}
+
+impl DatasetState {
+    pub(super) fn new(
+        cfg: DatasetConfig,
+        mapper: Mapper,
+        buffer: DatasetBuffer,
+        sink: TableSink,
+    ) -> Self {
+        DatasetState {
+            cfg,
+            mapper,
+            buffer,
+            sink,
+            pending: None,
+            retry_at: None,
+            failures: 0,
+            needs_refresh: true,
+            summary: DatasetSummary::default(),
+        }
+    }
+
+    /// Buffered bytes plus the Arrow memory of a batch waiting to be committed.
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.buffer.bytes()
+            + self
+                .pending
+                .as_ref()
+                .and_then(|(b, _)| b.batch.as_ref())
+                .map_or(0, |b| b.get_array_memory_size())
+    }
+}

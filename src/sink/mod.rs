@@ -1,0 +1,514 @@
+//! Sink: Parquet files into a Delta table, committed together with the Kafka offsets they cover.
+//!
+//! Exactly-once rests on three rules:
+//! * every commit carries one `txn` action per Kafka partition, app id `<group>:<topic>:<partition>`,
+//!   version = the last offset included, in the same atomic log entry as the data files;
+//! * before committing, each partition's txn version in the newest snapshot must be below the first
+//!   offset of the batch; otherwise another process already wrote (some of) these offsets, and the
+//!   batch is dropped and its files deleted (the caller re-reads from the table's position);
+//! * a concurrent commit that touched the same app ids between our read and our write makes delta-rs
+//!   refuse ours (conflict checking), and the verification runs again on the new snapshot.
+
+mod orphans;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::parquet::basic::{Compression as ParquetCompression, ZstdLevel};
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use object_store::ObjectStoreExt;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::buffer::{FlushBatch, OffsetRange, TopicPartition};
+use crate::config::Compression;
+
+pub use orphans::sweep_orphans;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("table {uri}: {source}")]
+    Delta {
+        uri: String,
+        #[source]
+        source: DeltaTableError,
+    },
+    #[error("table {uri} exists with a different schema: {detail}")]
+    SchemaMismatch { uri: String, detail: String },
+    #[error("table {uri}: commit still conflicting after {attempts} attempts")]
+    TooManyConflicts { uri: String, attempts: usize },
+    #[error("table {uri}: {source}")]
+    Storage {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// Identity of the writer, recorded in every commit.
+#[derive(Debug, Clone)]
+pub struct CommitContext {
+    pub group_id: String,
+    pub run_id: String,
+    pub dataset: String,
+}
+
+impl CommitContext {
+    pub fn app_id(&self, topic: &str, partition: i32) -> String {
+        format!("{}:{}:{}", self.group_id, topic, partition)
+    }
+}
+
+#[derive(Debug)]
+pub enum CommitOutcome {
+    Committed {
+        version: u64,
+        files: usize,
+        bytes: i64,
+        conflicts: usize,
+    },
+    /// Some partitions' offsets were already in the table: nothing was committed.
+    Stale { partitions: Vec<TopicPartition> },
+}
+
+/// Failure injection for crash tests: `BRONZE_FAILPOINT=after_upload` aborts the process after the
+/// Parquet files are written and before the Delta commit.
+fn failpoint(name: &str) {
+    if std::env::var("BRONZE_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("bronze: failpoint `{name}` hit, aborting");
+        std::process::abort();
+    }
+}
+
+/// Size of a table at its loaded version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub version: u64,
+    pub files: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    pub partitions: usize,
+}
+
+/// What `bronze validate` learns about a dataset's table location.
+#[derive(Debug)]
+pub enum Probe {
+    /// The location is reachable and holds no table yet; the first write creates it.
+    Absent,
+    /// A table with the expected schema exists.
+    Present(TableStats),
+}
+
+/// Check a table location without creating anything.
+pub async fn probe(
+    uri: &str,
+    schema: SchemaRef,
+    partition_columns: &[&str],
+    storage_options: &HashMap<String, String>,
+) -> Result<Probe, SinkError> {
+    let delta = |source| SinkError::Delta {
+        uri: uri.to_string(),
+        source,
+    };
+    let url = url::Url::parse(uri)
+        .map_err(|e| delta(DeltaTableError::InvalidTableLocation(e.to_string())))?;
+    if url.scheme() == "file" {
+        let path = url
+            .to_file_path()
+            .map_err(|()| delta(DeltaTableError::InvalidTableLocation(uri.to_string())))?;
+        if !path.exists() {
+            // Created on first write: the nearest existing ancestor must be a writable directory.
+            let ancestor = path.ancestors().find(|p| p.exists()).unwrap_or(&path);
+            let writable = std::fs::metadata(ancestor)
+                .map(|m| m.is_dir() && !m.permissions().readonly())
+                .unwrap_or(false);
+            if !writable {
+                return Err(delta(DeltaTableError::InvalidTableLocation(format!(
+                    "{} is not a writable directory",
+                    ancestor.display()
+                ))));
+            }
+            return Ok(Probe::Absent);
+        }
+    }
+    let builder = DeltaTableBuilder::from_url(url)
+        .map_err(delta)?
+        .with_storage_options(storage_options.clone());
+    let table = builder.build().map_err(delta)?;
+    match table.log_store().is_delta_table_location().await {
+        Ok(false) => {
+            // Reachability: listing must work even where no table exists yet.
+            use futures::TryStreamExt;
+            let store = table.object_store();
+            let mut listing = store.list(None);
+            listing
+                .try_next()
+                .await
+                .map_err(|source| SinkError::Storage {
+                    uri: uri.to_string(),
+                    source,
+                })?;
+            return Ok(Probe::Absent);
+        }
+        Ok(true) => {}
+        Err(e) => return Err(delta(e)),
+    }
+    let mut table = table;
+    table.load().await.map_err(delta)?;
+    let sink = TableSink {
+        uri: uri.to_string(),
+        table,
+        writer_properties: writer_properties(Compression::default()),
+        target_file_size: 0,
+    };
+    sink.check_schema(&schema, partition_columns)?;
+    Ok(Probe::Present(sink.stats()?))
+}
+
+/// One dataset's Delta table.
+pub struct TableSink {
+    uri: String,
+    table: DeltaTable,
+    writer_properties: WriterProperties,
+    target_file_size: u64,
+}
+
+const MAX_COMMIT_ATTEMPTS: usize = 20;
+
+impl TableSink {
+    /// Open the table, creating it with `schema` and `partition_columns` if it does not exist.
+    pub async fn open(
+        uri: &str,
+        schema: SchemaRef,
+        partition_columns: &[&str],
+        storage_options: &HashMap<String, String>,
+        compression: Compression,
+    ) -> Result<TableSink, SinkError> {
+        let delta = |source| SinkError::Delta {
+            uri: uri.to_string(),
+            source,
+        };
+        let url = if uri.starts_with("file://") {
+            deltalake::ensure_table_uri(uri).map_err(delta)?
+        } else {
+            url::Url::parse(uri)
+                .map_err(|e| delta(DeltaTableError::InvalidTableLocation(e.to_string())))?
+        };
+        let builder = || {
+            DeltaTableBuilder::from_url(url.clone())
+                .map(|b| b.with_storage_options(storage_options.clone()))
+        };
+        let table = match builder().map_err(delta)?.load().await {
+            Ok(t) => t,
+            Err(DeltaTableError::NotATable(_)) => {
+                let fields: deltalake::kernel::StructType = schema
+                    .as_ref()
+                    .try_into_kernel()
+                    .map_err(|e| delta(DeltaTableError::Generic(e.to_string())))?;
+                let fresh = builder().map_err(delta)?.build().map_err(delta)?;
+                let created = fresh
+                    .create()
+                    .with_columns(fields.fields().cloned())
+                    .with_partition_columns(partition_columns.iter().map(|s| s.to_string()))
+                    .with_save_mode(SaveMode::Ignore)
+                    .await;
+                match created {
+                    Ok(t) => {
+                        info!(table = uri, "created Delta table");
+                        t
+                    }
+                    // Another process created it first.
+                    Err(_) => builder().map_err(delta)?.load().await.map_err(delta)?,
+                }
+            }
+            Err(e) => return Err(delta(e)),
+        };
+        let sink = TableSink {
+            uri: uri.to_string(),
+            table,
+            writer_properties: writer_properties(compression),
+            target_file_size: 128 * 1024 * 1024,
+        };
+        sink.check_schema(&schema, partition_columns)?;
+        Ok(sink)
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn delta_err(&self, source: DeltaTableError) -> SinkError {
+        SinkError::Delta {
+            uri: self.uri.clone(),
+            source,
+        }
+    }
+
+    fn check_schema(
+        &self,
+        schema: &SchemaRef,
+        partition_columns: &[&str],
+    ) -> Result<(), SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        let existing: Vec<String> = snapshot
+            .schema()
+            .fields()
+            .map(|f| f.name().to_string())
+            .collect();
+        let wanted: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let parts: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+        if existing != wanted || parts != partition_columns {
+            return Err(SinkError::SchemaMismatch {
+                uri: self.uri.clone(),
+                detail: format!(
+                    "table has columns {existing:?} partitioned by {parts:?}, the dataset expects {wanted:?} partitioned by {partition_columns:?}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Read the newest table version.
+    pub async fn refresh(&mut self) -> Result<(), SinkError> {
+        self.table
+            .update_state()
+            .await
+            .map_err(|e| self.delta_err(e))
+    }
+
+    pub fn version(&self) -> Option<u64> {
+        self.table.version()
+    }
+
+    /// Last offset of `app_id` recorded in the loaded snapshot.
+    pub async fn committed_offset(&self, app_id: &str) -> Result<Option<i64>, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        snapshot
+            .transaction_version(self.table.log_store().as_ref(), app_id)
+            .await
+            .map_err(|e| self.delta_err(e))
+    }
+
+    /// Write `flush` as Parquet and commit it with its offsets.
+    pub async fn commit(
+        &mut self,
+        flush: &FlushBatch,
+        ctx: &CommitContext,
+        batch_id: &str,
+    ) -> Result<CommitOutcome, SinkError> {
+        let adds = match &flush.batch {
+            Some(batch) => {
+                let mut writer = RecordBatchWriter::for_table(&self.table)
+                    .map_err(|e| self.delta_err(e))?
+                    .with_writer_properties(self.writer_properties.clone())
+                    .with_target_file_size(self.target_file_size);
+                writer
+                    .write(batch.clone())
+                    .await
+                    .map_err(|e| self.delta_err(e))?;
+                writer.flush().await.map_err(|e| self.delta_err(e))?
+            }
+            None => Vec::new(),
+        };
+        failpoint("after_upload");
+        match self.commit_adds(&adds, flush, ctx, batch_id).await {
+            Ok(CommitOutcome::Stale { partitions }) => {
+                self.delete_files(&adds).await;
+                Ok(CommitOutcome::Stale { partitions })
+            }
+            Ok(done) => Ok(done),
+            Err(e) => {
+                // The caller keeps the batch and retries with fresh files; these would be orphans.
+                self.delete_files(&adds).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit_adds(
+        &mut self,
+        adds: &[Add],
+        flush: &FlushBatch,
+        ctx: &CommitContext,
+        batch_id: &str,
+    ) -> Result<CommitOutcome, SinkError> {
+        let started = Instant::now();
+        let mut conflicts = 0;
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            self.refresh().await?;
+            let stale = self.stale_partitions(&flush.ranges, ctx).await?;
+            if !stale.is_empty() {
+                return Ok(CommitOutcome::Stale { partitions: stale });
+            }
+            let txns: Vec<Transaction> = flush
+                .ranges
+                .iter()
+                .map(|r| {
+                    Transaction::new_with_last_update(
+                        ctx.app_id(&r.topic, r.partition),
+                        r.last,
+                        Some(chrono::Utc::now().timestamp_millis()),
+                    )
+                })
+                .collect();
+            let properties = CommitProperties::default()
+                .with_application_transactions(txns)
+                // Retrying is ours: it must re-verify offsets against every new version.
+                .with_max_retries(0)
+                .with_metadata(commit_metadata(flush, ctx, batch_id));
+            let operation = DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            };
+            let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+            let result = CommitBuilder::from(properties)
+                .with_actions(adds.iter().cloned().map(Action::Add).collect())
+                .build(Some(snapshot), self.table.log_store(), operation)
+                .await;
+            match result {
+                Ok(finalized) => {
+                    let version = finalized.version();
+                    self.table.update_incremental(Some(version)).await.ok();
+                    metrics::histogram!("bronze_commit_duration_seconds", "dataset" => ctx.dataset.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(CommitOutcome::Committed {
+                        version,
+                        files: adds.len(),
+                        bytes: adds.iter().map(|a| a.size).sum(),
+                        conflicts,
+                    });
+                }
+                Err(e) if is_conflict(&e) => {
+                    conflicts += 1;
+                    metrics::counter!("bronze_commit_conflicts_total", "dataset" => ctx.dataset.clone())
+                        .increment(1);
+                    warn!(table = %self.uri, error = %e, "commit conflict, re-checking offsets and retrying");
+                }
+                Err(e) => return Err(self.delta_err(e)),
+            }
+        }
+        Err(SinkError::TooManyConflicts {
+            uri: self.uri.clone(),
+            attempts: MAX_COMMIT_ATTEMPTS,
+        })
+    }
+
+    async fn stale_partitions(
+        &self,
+        ranges: &[OffsetRange],
+        ctx: &CommitContext,
+    ) -> Result<Vec<TopicPartition>, SinkError> {
+        let mut stale = Vec::new();
+        for r in ranges {
+            if let Some(v) = self
+                .committed_offset(&ctx.app_id(&r.topic, r.partition))
+                .await?
+                && v >= r.first
+            {
+                stale.push((r.topic.clone(), r.partition));
+            }
+        }
+        Ok(stale)
+    }
+
+    async fn delete_files(&self, adds: &[Add]) {
+        let store = self.table.object_store();
+        for add in adds {
+            let path = match object_store::path::Path::from_url_path(&add.path) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(file = %add.path, error = %e, "cannot parse path of an uncommitted file");
+                    continue;
+                }
+            };
+            if let Err(e) = store.delete(&path).await {
+                warn!(file = %add.path, error = %e, "could not delete an uncommitted file; the start-up sweep will");
+            }
+        }
+    }
+
+    /// Version, file, row and partition counts of the loaded snapshot.
+    pub fn stats(&self) -> Result<TableStats, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        let mut stats = TableStats {
+            version: snapshot.version(),
+            ..TableStats::default()
+        };
+        let mut partitions = std::collections::BTreeSet::new();
+        for f in snapshot.log_data().iter() {
+            stats.files += 1;
+            stats.bytes += f.size().max(0) as u64;
+            stats.rows += f.num_records().unwrap_or(0) as u64;
+            let mut values: Vec<(String, Option<String>)> =
+                f.partition_values_map().into_iter().collect();
+            values.sort();
+            partitions.insert(values);
+        }
+        stats.partitions = partitions.len();
+        Ok(stats)
+    }
+
+    pub(crate) fn table(&self) -> &DeltaTable {
+        &self.table
+    }
+}
+
+fn is_conflict(e: &DeltaTableError) -> bool {
+    matches!(
+        e,
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(_)
+                | TransactionError::VersionAlreadyExists(_)
+                | TransactionError::MaxCommitAttempts(_)
+        }
+    ) || matches!(e, DeltaTableError::VersionAlreadyExists(_))
+}
+
+fn commit_metadata(
+    flush: &FlushBatch,
+    ctx: &CommitContext,
+    batch_id: &str,
+) -> Vec<(String, serde_json::Value)> {
+    let ranges: Vec<serde_json::Value> = flush
+        .ranges
+        .iter()
+        .map(|r| {
+            json!({"topic": r.topic, "partition": r.partition, "first_offset": r.first,
+                   "last_offset": r.last, "rows": r.rows})
+        })
+        .collect();
+    vec![(
+        "bronze".to_string(),
+        json!({
+            "run_id": ctx.run_id,
+            "batch_id": batch_id,
+            "dataset": ctx.dataset,
+            "offsets": ranges,
+            "rows_in": flush.rows_in,
+            "rows_written": flush.batch.as_ref().map_or(0, |b| b.num_rows()),
+            "duplicates_dropped": flush.duplicates_dropped,
+        }),
+    )]
+}
+
+fn writer_properties(compression: Compression) -> WriterProperties {
+    let codec = match compression {
+        Compression::Snappy => ParquetCompression::SNAPPY,
+        Compression::Zstd => ParquetCompression::ZSTD(ZstdLevel::default()),
+        Compression::Lz4 => ParquetCompression::LZ4_RAW,
+        Compression::Gzip => ParquetCompression::GZIP(Default::default()),
+        Compression::None => ParquetCompression::UNCOMPRESSED,
+    };
+    WriterProperties::builder()
+        .set_compression(codec)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build()
+}

@@ -1,0 +1,168 @@
+//! Source: the Kafka consumer group. Offsets are never auto-committed: the Delta table is the source
+//! of truth for positions, and group offsets are written after each Delta commit only so that lag
+//! tools see progress.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, info, warn};
+
+use crate::buffer::TopicPartition;
+use crate::config::Config;
+
+/// A partition assignment change, recorded by the rebalance callback and handled by the run loop
+/// before it looks at the next message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    Assigned(Vec<TopicPartition>),
+    Revoked(Vec<TopicPartition>),
+}
+
+/// Consumer context that queues rebalance events instead of acting inside librdkafka's callback.
+#[derive(Default)]
+pub struct SourceContext {
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl SourceContext {
+    pub fn take_events(&self) -> Vec<RebalanceEvent> {
+        match self.events.lock() {
+            Ok(mut e) => std::mem::take(&mut *e),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+
+    fn push(&self, e: RebalanceEvent) {
+        match self.events.lock() {
+            Ok(mut q) => q.push(e),
+            Err(poisoned) => poisoned.into_inner().push(e),
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let p = partitions(tpl);
+            info!(partitions = ?p, "partitions revoked");
+            self.push(RebalanceEvent::Revoked(p));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let p = partitions(tpl);
+                info!(partitions = ?p, "partitions assigned");
+                self.push(RebalanceEvent::Assigned(p));
+            }
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+pub type Source = StreamConsumer<SourceContext>;
+
+/// librdkafka settings for a consumer group member.
+pub fn client_config(cfg: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    // Defaults first, so `kafka.properties` can override them.
+    c.set("partition.assignment.strategy", "cooperative-sticky")
+        // librdkafka's 45 s default keeps a crashed member's partitions idle for that long.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
+        .set(
+            "queued.max.messages.kbytes",
+            (cfg.memory.budget_bytes / 4 / 1024)
+                .clamp(1024, 65536)
+                .to_string(),
+        );
+    for (k, v) in &cfg.kafka.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &cfg.kafka.bootstrap_servers)
+        .set("group.id", &cfg.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", cfg.kafka.auto_offset_reset.as_str());
+    c
+}
+
+/// Create the consumer and subscribe to every dataset's topics.
+pub fn subscribe(cfg: &Config) -> Result<Source, KafkaError> {
+    let consumer: Source = client_config(cfg).create_with_context(SourceContext::default())?;
+    let topics: Vec<String> = cfg
+        .datasets
+        .iter()
+        .flat_map(|d| d.topics.subscriptions())
+        .collect();
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs)?;
+    info!(topics = ?topics, group = %cfg.kafka.group_id, "subscribed");
+    Ok(consumer)
+}
+
+/// Tell the group how far the tables are, for lag tools. Best effort: the tables are the truth.
+pub fn commit_group_offsets(consumer: &Source, positions: &[(TopicPartition, i64)]) {
+    if positions.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in positions {
+        if tpl
+            .add_partition_offset(topic, *partition, Offset::Offset(*next))
+            .is_err()
+        {
+            return;
+        }
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        debug!(error = %e, "group offset commit failed (lag metrics only)");
+    }
+}
+
+/// Move a partition's fetch position.
+pub fn seek(consumer: &Source, tp: &TopicPartition, offset: i64) -> Result<(), KafkaError> {
+    consumer.seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(10))
+}
+
+fn single(tp: &TopicPartition) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&tp.0, tp.1);
+    tpl
+}
+
+pub fn pause(consumer: &Source, tp: &TopicPartition) {
+    if let Err(e) = consumer.pause(&single(tp)) {
+        warn!(topic = %tp.0, partition = tp.1, error = %e, "pause failed");
+    }
+}
+
+pub fn resume(consumer: &Source, tp: &TopicPartition) {
+    if let Err(e) = consumer.resume(&single(tp)) {
+        warn!(topic = %tp.0, partition = tp.1, error = %e, "resume failed");
+    }
+}
+
+/// Low and high watermark of a partition (blocking request to the broker).
+pub fn watermarks(consumer: &Source, tp: &TopicPartition) -> Result<(i64, i64), KafkaError> {
+    tokio::task::block_in_place(|| consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(10)))
+}

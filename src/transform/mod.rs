@@ -1,0 +1,337 @@
+//! Transform: a decoded [`Change`] plus its Kafka context into a typed [`Row`] that matches the
+//! dataset's contract: normalized names, coerced values, metadata, partition values and the dedup key.
+
+mod coerce;
+mod names;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Timelike};
+use serde_json::{Map, Value};
+
+use crate::config::{DatasetConfig, PartitionBy};
+use crate::contract::{ColumnType, Contract};
+use crate::decode::{Change, Op};
+
+pub use coerce::{Cell, CoerceError};
+pub use names::snake_case;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    #[error("column `{column}`: {source}")]
+    Coerce {
+        column: String,
+        #[source]
+        source: CoerceError,
+    },
+    #[error("column `{column}` is not nullable but the `{op}` event has no value for it")]
+    MissingValue { column: String, op: &'static str },
+}
+
+impl TransformError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransformError::Coerce { .. } => "type_mismatch",
+            TransformError::MissingValue { .. } => "missing_value",
+        }
+    }
+}
+
+/// Why a dataset's mapping cannot be set up (reported by `bronze validate`).
+#[derive(Debug, thiserror::Error)]
+#[error("dataset `{dataset}`: {reason}")]
+pub struct MappingError {
+    pub dataset: String,
+    /// The dataset key at fault, e.g. `key_columns`.
+    pub key: &'static str,
+    pub reason: String,
+}
+
+/// Value compared to keep the latest row per key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OrderValue {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+/// Where the partition time of a row comes from.
+#[derive(Debug, Clone, Copy)]
+enum TimeSource {
+    SourceTs,
+    IngestedAt,
+    Column(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum OrderSource {
+    SourceTs,
+    IngestedAt,
+    Offset,
+    Column(usize),
+}
+
+/// Kafka coordinates and extras of one message.
+#[derive(Clone, Copy)]
+pub struct MessageContext<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub ingested_at_us: i64,
+    /// Header lookup: name -> first value.
+    pub header: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// One row ready for a buffer.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub data: Vec<Cell>,
+    pub op: Op,
+    pub offset: i64,
+    pub ingested_at_us: i64,
+    pub source_ts_us: Option<i64>,
+    pub source_pos: Option<String>,
+    pub partition_values: Vec<String>,
+    /// `None` when the dataset has no keys or the row has none (truncate): never deduplicated.
+    pub dedup_key: Option<String>,
+    pub order: OrderValue,
+}
+
+/// Maps changes of one dataset onto its contract.
+pub struct Mapper {
+    contract: Contract,
+    normalize: bool,
+    /// Incoming field name -> contract column, memoized because field names repeat on every message.
+    lookup: HashMap<String, Option<usize>>,
+    key_columns: Vec<usize>,
+    key_from_message_key: bool,
+    headers: Vec<(usize, String)>,
+    partition_by: PartitionBy,
+    time: TimeSource,
+    order: OrderSource,
+}
+
+impl Mapper {
+    pub fn new(dataset: &DatasetConfig, contract: Contract) -> Result<Mapper, MappingError> {
+        let err = |key: &'static str, reason: String| MappingError {
+            dataset: dataset.name.clone(),
+            key,
+            reason,
+        };
+        let column = |name: &str, key: &'static str, what: &str| {
+            contract.index_of(name).ok_or_else(|| {
+                err(
+                    key,
+                    format!(
+                        "{what} `{name}` is not a column of {}",
+                        dataset.schema_file.display()
+                    ),
+                )
+            })
+        };
+        let key_columns = dataset
+            .key_columns
+            .iter()
+            .map(|k| column(k, "key_columns", "key column"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let headers = dataset
+            .header_columns
+            .iter()
+            .map(|(col, header)| {
+                let i = column(col, "header_columns", "header column")?;
+                match contract.columns[i].ty {
+                    ColumnType::String | ColumnType::Json => Ok((i, header.clone())),
+                    other => Err(err(
+                        "header_columns",
+                        format!("header column `{col}` must be a string column, not {other:?}"),
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let time = match dataset.partitioning.time_column.as_str() {
+            "_source_ts" => TimeSource::SourceTs,
+            "_ingested_at" => TimeSource::IngestedAt,
+            name => {
+                let i = column(name, "partitioning.time_column", "partition time column")?;
+                let ty = contract.columns[i].ty;
+                if !matches!(ty, ColumnType::Timestamp | ColumnType::Date) {
+                    return Err(err(
+                        "partitioning.time_column",
+                        format!(
+                            "partition time column `{name}` must be a timestamp or date, not {ty:?}"
+                        ),
+                    ));
+                }
+                if dataset.partitioning.by == PartitionBy::DateHour && ty == ColumnType::Date {
+                    return Err(err(
+                        "partitioning.time_column",
+                        format!("partition time column `{name}` is a date and cannot give an hour"),
+                    ));
+                }
+                TimeSource::Column(i)
+            }
+        };
+        let order = match dataset.ordering_column.as_str() {
+            "_source_ts" => OrderSource::SourceTs,
+            "_ingested_at" => OrderSource::IngestedAt,
+            "_offset" => OrderSource::Offset,
+            name => OrderSource::Column(column(name, "ordering_column", "ordering column")?),
+        };
+        Ok(Mapper {
+            contract,
+            normalize: dataset.normalize_names,
+            lookup: HashMap::new(),
+            key_columns,
+            key_from_message_key: dataset.key_from_message_key,
+            headers,
+            partition_by: dataset.partitioning.by,
+            time,
+            order,
+        })
+    }
+
+    pub fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    pub fn partition_columns(&self) -> &'static [&'static str] {
+        self.partition_by.columns()
+    }
+
+    fn column_of(&mut self, field: &str) -> Option<usize> {
+        if let Some(hit) = self.lookup.get(field) {
+            return *hit;
+        }
+        let name = if self.normalize {
+            snake_case(field)
+        } else {
+            field.to_string()
+        };
+        let idx = self.contract.index_of(&name);
+        self.lookup.insert(field.to_string(), idx);
+        idx
+    }
+
+    /// Build the row for one change. `unknown_fields` counts fields the contract does not name.
+    pub fn map(
+        &mut self,
+        change: Change,
+        ctx: &MessageContext<'_>,
+        unknown_fields: &mut u64,
+    ) -> Result<Row, TransformError> {
+        let ncols = self.contract.columns.len();
+        let mut data = vec![Cell::Null; ncols];
+        let mut present = vec![false; ncols];
+        if let Some(row) = change.row {
+            self.fill(row, &mut data, &mut present, unknown_fields)?;
+        }
+        if self.key_from_message_key
+            && change.op != Op::Truncate
+            && self.key_columns.iter().any(|&k| !present[k])
+            && let Some(key) = crate::decode::decode_key(ctx.key)
+        {
+            let mut ignored = 0;
+            let mut key_cells = vec![Cell::Null; ncols];
+            let mut key_present = vec![false; ncols];
+            self.fill(key, &mut key_cells, &mut key_present, &mut ignored)?;
+            for &k in &self.key_columns {
+                if !present[k] && key_present[k] {
+                    data[k] = std::mem::replace(&mut key_cells[k], Cell::Null);
+                    present[k] = true;
+                }
+            }
+        }
+        for (i, header) in &self.headers {
+            if let Some(v) = (ctx.header)(header) {
+                data[*i] = Cell::Str(v);
+            }
+        }
+        // Deletes may carry only the key and truncates nothing, so only full rows are held to `nullable`.
+        let full_row = matches!(change.op, Op::Create | Op::Update | Op::Read);
+        for (i, c) in self.contract.columns.iter().enumerate() {
+            let required = !c.nullable && (full_row || self.key_columns.contains(&i));
+            if required && change.op != Op::Truncate && matches!(data[i], Cell::Null) {
+                return Err(TransformError::MissingValue {
+                    column: c.name.clone(),
+                    op: change.op.as_str(),
+                });
+            }
+        }
+        let source_ts_us = change.source_ts_ms.and_then(|ms| ms.checked_mul(1000));
+        let dedup_key = if self.key_columns.is_empty() || change.op == Op::Truncate {
+            None
+        } else {
+            let mut k = String::new();
+            for &i in &self.key_columns {
+                data[i].write_key(&mut k);
+                k.push('\u{1f}');
+            }
+            Some(k)
+        };
+        let order = match self.order {
+            OrderSource::SourceTs => source_ts_us.map_or(OrderValue::Null, OrderValue::Int),
+            OrderSource::IngestedAt => OrderValue::Int(ctx.ingested_at_us),
+            OrderSource::Offset => OrderValue::Int(ctx.offset),
+            OrderSource::Column(i) => data[i].order_value(),
+        };
+        let time_us = match self.time {
+            TimeSource::SourceTs => source_ts_us,
+            TimeSource::IngestedAt => None,
+            TimeSource::Column(i) => match data[i] {
+                Cell::Timestamp(us) => Some(us),
+                Cell::Date(days) => Some(i64::from(days) * 86_400_000_000),
+                _ => None,
+            },
+        }
+        .unwrap_or(ctx.ingested_at_us);
+        let partition_values = partition_values(self.partition_by, time_us);
+        Ok(Row {
+            data,
+            op: change.op,
+            offset: ctx.offset,
+            ingested_at_us: ctx.ingested_at_us,
+            source_ts_us,
+            source_pos: change.source_pos,
+            partition_values,
+            dedup_key,
+            order,
+        })
+    }
+
+    fn fill(
+        &mut self,
+        row: Map<String, Value>,
+        data: &mut [Cell],
+        present: &mut [bool],
+        unknown_fields: &mut u64,
+    ) -> Result<(), TransformError> {
+        for (field, value) in row {
+            let Some(i) = self.column_of(&field) else {
+                *unknown_fields += 1;
+                continue;
+            };
+            let col = &self.contract.columns[i];
+            data[i] = coerce::coerce(col.ty, col.unit, value).map_err(|source| {
+                TransformError::Coerce {
+                    column: col.name.clone(),
+                    source,
+                }
+            })?;
+            present[i] = !matches!(data[i], Cell::Null);
+        }
+        Ok(())
+    }
+}
+
+/// `event_date` (and `event_hour`) of a time in microseconds since the epoch, UTC.
+fn partition_values(by: PartitionBy, time_us: i64) -> Vec<String> {
+    let t = DateTime::from_timestamp_micros(time_us).unwrap_or_default();
+    match by {
+        PartitionBy::None => Vec::new(),
+        PartitionBy::Date => vec![t.format("%Y-%m-%d").to_string()],
+        PartitionBy::DateHour => vec![t.format("%Y-%m-%d").to_string(), format!("{:02}", t.hour())],
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::*;
+use crate::config::{FlushLimits, Format, Partitioning, TopicSelector};
+use crate::contract::{Column, EpochUnit};
+
+fn col(name: &str, ty: ColumnType, nullable: bool) -> Column {
+    Column {
+        name: name.into(),
+        ty,
+        nullable,
+        unit: EpochUnit::Ms,
+    }
+}
+
+fn dataset() -> DatasetConfig {
+    DatasetConfig {
+        name: "customers".into(),
+        topics: TopicSelector::Names(vec!["t".into()]),
+        format: Format::DebeziumJson,
+        table_uri: "file:///tmp/x".into(),
+        schema_file: PathBuf::from("x"),
+        key_columns: vec!["id".into()],
+        ordering_column: "_source_ts".into(),
+        normalize_names: true,
+        key_from_message_key: true,
+        header_columns: BTreeMap::from([("trace".to_string(), "traceparent".to_string())]),
+        partitioning: Partitioning {
+            by: PartitionBy::DateHour,
+            time_column: "_source_ts".into(),
+        },
+        flush: FlushLimits::default(),
+    }
+}
+
+fn mapper() -> Mapper {
+    let contract = Contract {
+        columns: vec![
+            col("id", ColumnType::Int64, false),
+            col("first_name", ColumnType::String, false),
+            col("trace", ColumnType::String, true),
+        ],
+    };
+    Mapper::new(&dataset(), contract).unwrap()
+}
+
+fn ctx<'a>(
+    key: Option<&'a [u8]>,
+    header: &'a dyn Fn(&str) -> Option<String>,
+) -> MessageContext<'a> {
+    MessageContext {
+        partition: 0,
+        offset: 10,
+        key,
+        ingested_at_us: 1_700_000_000_000_000,
+        header,
+    }
+}
+
+fn change(op: Op, row: serde_json::Value) -> Change {
+    Change {
+        op,
+        row: row.as_object().cloned(),
+        // 2019-05-28T09:38:24.863Z
+        source_ts_ms: Some(1559036304863),
+        source_pos: Some("1".into()),
+    }
+}
+
+#[test]
+fn maps_normalized_names_headers_partitions_and_key() {
+    let mut m = mapper();
+    let headers = |h: &str| (h == "traceparent").then(|| "abc".to_string());
+    let mut unknown = 0;
+    let row = m
+        .map(
+            change(
+                Op::Create,
+                json!({"id": 1, "firstName": "Ann", "extra": true}),
+            ),
+            &ctx(None, &headers),
+            &mut unknown,
+        )
+        .unwrap();
+    assert_eq!(
+        row.data,
+        vec![
+            Cell::Int64(1),
+            Cell::Str("Ann".into()),
+            Cell::Str("abc".into())
+        ]
+    );
+    assert_eq!(unknown, 1);
+    assert_eq!(
+        row.partition_values,
+        vec!["2019-05-28".to_string(), "09".to_string()]
+    );
+    assert_eq!(row.dedup_key.as_deref(), Some("1\u{1f}"));
+    assert_eq!(row.order, OrderValue::Int(1559036304863000));
+}
+
+#[test]
+fn delete_with_key_only_takes_key_from_message_key() {
+    let mut m = mapper();
+    let no_headers = |_: &str| None;
+    let key = br#"{"schema": {}, "payload": {"id": 7}}"#;
+    let mut unknown = 0;
+    let row = m
+        .map(
+            change(Op::Delete, json!({})),
+            &ctx(Some(key), &no_headers),
+            &mut unknown,
+        )
+        .unwrap();
+    assert_eq!(row.data[0], Cell::Int64(7));
+    assert_eq!(row.data[1], Cell::Null);
+    assert_eq!(row.op, Op::Delete);
+}
+
+#[test]
+fn missing_required_value_and_bad_type_are_errors() {
+    let mut m = mapper();
+    let no_headers = |_: &str| None;
+    let mut unknown = 0;
+    let e = m
+        .map(
+            change(Op::Create, json!({"id": 1})),
+            &ctx(None, &no_headers),
+            &mut unknown,
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), "missing_value");
+    assert!(e.to_string().contains("first_name"), "{e}");
+    let e = m
+        .map(
+            change(Op::Update, json!({"id": "x1", "first_name": "a"})),
+            &ctx(None, &no_headers),
+            &mut unknown,
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), "type_mismatch");
+    assert!(e.to_string().contains("`id`"), "{e}");
+}
+
+#[test]
+fn truncate_has_no_key_and_falls_back_to_ingest_time_without_source_ts() {
+    let mut m = mapper();
+    let no_headers = |_: &str| None;
+    let mut unknown = 0;
+    let mut c = change(Op::Truncate, serde_json::Value::Null);
+    c.source_ts_ms = None;
+    let row = m.map(c, &ctx(None, &no_headers), &mut unknown).unwrap();
+    assert!(row.dedup_key.is_none());
+    // 1_700_000_000 s = 2023-11-14T22:13:20Z
+    assert_eq!(
+        row.partition_values,
+        vec!["2023-11-14".to_string(), "22".to_string()]
+    );
+}
+
+#[test]
+fn unknown_key_or_ordering_columns_are_rejected() {
+    let contract = Contract {
+        columns: vec![col("id", ColumnType::Int64, false)],
+    };
+    let mut d = dataset();
+    d.header_columns.clear();
+    d.key_columns = vec!["nope".into()];
+    let e = Mapper::new(&d, contract.clone()).err().unwrap();
+    assert!(e.to_string().contains("key column `nope`"), "{e}");
+    let mut d = dataset();
+    d.header_columns.clear();
+    d.ordering_column = "missing".into();
+    assert!(Mapper::new(&d, contract).is_err());
+}

@@ -1,0 +1,214 @@
+"""Helpers shared by the integration tests, the demo and the benchmarks: a real Kafka broker
+(started by scripts/kafka.sh), the `bronze` binary, and independent Delta readers (deltalake, polars).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMAS = REPO / "schemas"
+
+
+def bootstrap() -> str:
+    return os.environ.get("BRONZE_KAFKA_BOOTSTRAP", "127.0.0.1:39092")
+
+
+def bronze_bin() -> str:
+    path = os.environ.get("BRONZE_BIN")
+    if not path:
+        raise RuntimeError("BRONZE_BIN is not set (scripts/test.sh sets it)")
+    return path
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def create_topics(topics: dict[str, int]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap()})
+    futures = admin.create_topics([NewTopic(t, num_partitions=p, replication_factor=1) for t, p in topics.items()])
+    for f in futures.values():
+        f.result(timeout=30)
+    # Metadata propagates asynchronously even on one broker.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        md = admin.list_topics(timeout=10)
+        if all(t in md.topics and len(md.topics[t].partitions) == p for t, p in topics.items()):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"topics {list(topics)} not visible")
+
+
+@dataclass(frozen=True)
+class Produced:
+    topic: str
+    partition: int
+    offset: int
+    table: str
+    op: str | None
+    row_id: int
+    source_ts_ms: int | None
+    value_len: int
+
+
+def produce(events, topic_of: dict[str, str], headers: list | None = None) -> list[Produced]:
+    """Produce `events` (harness.cdc.Event) keyed by row id; returns where each one landed."""
+    producer = Producer({
+        "bootstrap.servers": bootstrap(),
+        "linger.ms": 20,
+        "batch.num.messages": 10000,
+        "compression.type": "lz4",
+        "enable.idempotence": True,
+        "queue.buffering.max.messages": 500000,
+    })
+    out: list[Produced] = []
+
+    def make_cb(ev):
+        def cb(err, msg):
+            if err is not None:
+                raise RuntimeError(f"produce failed: {err}")
+            out.append(Produced(msg.topic(), msg.partition(), msg.offset(), ev.table, ev.op, ev.row_id,
+                                ev.source_ts_ms, len(ev.value or b"")))
+        return cb
+
+    for ev in events:
+        while True:
+            try:
+                producer.produce(topic_of[ev.table], key=ev.key, value=ev.value, on_delivery=make_cb(ev),
+                                 headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    remaining = producer.flush(60)
+    assert remaining == 0, f"{remaining} messages not delivered"
+    return out
+
+
+def write_config(directory: Path, *, group: str, root: str, datasets: list[dict], extra: str = "",
+                 flush_age: str = "1s", max_rows: int = 100000, budget: int = 256 * 1024 * 1024) -> Path:
+    """A bronze config for a test; `datasets` are dicts of TOML key -> already-quoted value."""
+    blocks = []
+    for d in datasets:
+        lines = "\n".join(f"{k} = {v}" for k, v in d.items())
+        blocks.append(f"[[datasets]]\n{lines}\n")
+    text = textwrap.dedent(f"""\
+        schema_dir = "{SCHEMAS}"
+
+        [kafka]
+        bootstrap_servers = "{bootstrap()}"
+        group_id = "{group}"
+        auto_offset_reset = "earliest"
+
+        [storage]
+        root = "{root}"
+        orphan_grace = "0s"
+
+        [flush]
+        max_rows = {max_rows}
+        max_bytes = 67108864
+        max_age = "{flush_age}"
+
+        [memory]
+        budget_bytes = {budget}
+        """) + extra + "\n" + "\n".join(blocks)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "bronze.toml"
+    path.write_text(text)
+    return path
+
+
+def cdc_datasets(customers_topic: str, orders_topic: str) -> list[dict]:
+    return [
+        {"name": '"customers"', "topics": f'["{customers_topic}"]', "format": '"debezium-json"',
+         "schema": '"customers.toml"', "key_columns": '["id"]', "key_from_message_key": "true"},
+        {"name": '"orders"', "topics": f'["{orders_topic}"]', "format": '"debezium-json"',
+         "schema": '"orders.toml"', "key_columns": '["id"]', "key_from_message_key": "true",
+         "partitioning": '{ by = "date/hour" }'},
+    ]
+
+
+def run_bronze(config: Path, *args: str, env: dict | None = None, timeout: float = 300,
+               check: bool = True) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.setdefault("RUST_LOG", "info,buoyant_kernel=off,delta_kernel=off")
+    e.update(env or {})
+    proc = subprocess.run([bronze_bin(), *args, "--config", str(config)], env=e, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bronze {args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def start_bronze(config: Path, *args: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+    e = dict(os.environ)
+    e.setdefault("RUST_LOG", "info,buoyant_kernel=off,delta_kernel=off")
+    e.update(env or {})
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    return subprocess.Popen([bronze_bin(), "run", *args, "--config", str(config)], env=e, stdout=out,
+                            stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return proc.wait(timeout=timeout)
+
+
+# ---- independent readers ------------------------------------------------------------------------
+
+def storage_options() -> dict | None:
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        return {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_REGION", "AWS_ALLOW_HTTP") if k in os.environ}
+    return None
+
+
+def read_delta(uri: str):
+    """The table as a pyarrow Table, read by the Python deltalake package (delta-rs, not bronze)."""
+    from deltalake import DeltaTable
+    return DeltaTable(uri, storage_options=storage_options()).to_pyarrow_table()
+
+
+def read_polars(uri: str):
+    import polars as pl
+    return pl.read_delta(uri, storage_options=storage_options())
+
+
+def offsets_of(table) -> list[tuple[str, int, int]]:
+    cols = table.select(["_topic", "_partition", "_offset"]).to_pydict()
+    return list(zip(cols["_topic"], cols["_partition"], cols["_offset"]))
+
+
+def assert_no_duplicate_offsets(table) -> None:
+    counts = Counter(offsets_of(table))
+    dupes = {k: v for k, v in counts.items() if v > 1}
+    assert not dupes, f"{len(dupes)} offsets stored more than once, e.g. {list(dupes.items())[:5]}"
+
+
+def delta_history(uri: str) -> list[dict]:
+    from deltalake import DeltaTable
+    return DeltaTable(uri, storage_options=storage_options()).history()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last})")
