@@ -114,11 +114,12 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 }
 
 async fn run(cfg: Config, until_caught_up: bool) -> anyhow::Result<ExitCode> {
+    let shutdown = shutdown_signal();
     if let Some(addr) = &cfg.metrics.address {
         let addr = addr.parse().context("metrics.address")?;
         bronze::observability::init_metrics(addr)?;
     }
-    let summary = pipeline::run(cfg, RunOptions { until_caught_up }, shutdown_signal()).await?;
+    let summary = pipeline::run(cfg, RunOptions { until_caught_up }, shutdown).await?;
     print!("{summary}");
     if let Some(rss) = bronze::observability::peak_rss_bytes() {
         println!("peak RSS: {:.1} MiB", rss as f64 / (1024.0 * 1024.0));
@@ -126,19 +127,24 @@ async fn run(cfg: Config, until_caught_up: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is
+/// first polled, so a signal during start-up (opening tables) still leads to a clean exit.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 

@@ -17,7 +17,8 @@ pub enum ObservabilityError {
 pub fn init_logging() {
     // The kernel's `#[instrument(err)]` spans log errors that are also returned to bronze (and
     // reported there), so they are only shown when asked for by name.
-    const QUIET: &str = "buoyant_kernel=off,delta_kernel=off";
+    const QUIET: &str =
+        "buoyant_kernel=off,delta_kernel=off,deltalake_core::kernel::transaction=off";
     let directives = match std::env::var("RUST_LOG") {
         Ok(v) if v.contains("kernel") => v,
         Ok(v) => format!("{v},{QUIET}"),
