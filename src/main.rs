@@ -57,6 +57,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    pin_mmap_threshold();
     bronze::observability::init_logging();
     let cli = Cli::parse();
     let config_path = match &cli.command {
@@ -96,6 +97,18 @@ fn main() -> ExitCode {
             eprintln!("bronze: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Buffers of a flush (column builders, Parquet pages) are large and short-lived. glibc raises its mmap
+/// threshold after the first such buffer is freed, so later ones are carved from the heap and their pages
+/// stay resident after the flush: RSS then grows far past the memory budget. A fixed threshold keeps them
+/// mmapped, so freeing them returns the memory to the system.
+fn pin_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

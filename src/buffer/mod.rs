@@ -35,10 +35,11 @@ pub struct OffsetRange {
     pub rows: usize,
 }
 
-/// What a flush hands to the sink.
+/// What a flush hands to the sink: one deduplicated Arrow batch per Kafka partition (not concatenated,
+/// which would copy every value once more at the memory peak of a flush).
 #[derive(Debug)]
 pub struct FlushBatch {
-    pub batch: Option<RecordBatch>,
+    pub batches: Vec<RecordBatch>,
     pub ranges: Vec<OffsetRange>,
     pub rows_in: usize,
     pub duplicates_dropped: usize,
@@ -298,7 +299,7 @@ impl DatasetBuffer {
         self.bytes = 0;
         self.oldest = None;
         let mut ranges = Vec::with_capacity(partitions.len());
-        let mut batches = Vec::with_capacity(partitions.len());
+        let mut batches: Vec<RecordBatch> = Vec::with_capacity(partitions.len());
         let mut dedup: Vec<(Option<String>, OrderValue, i64, i32)> = Vec::new();
         for ((topic, partition), mut buf) in partitions {
             let rows = buf.rows();
@@ -338,30 +339,47 @@ impl DatasetBuffer {
             }
             batches.push(RecordBatch::try_new(self.schema.clone(), columns)?);
         }
-        if batches.is_empty() {
-            return Ok(Some(FlushBatch {
-                batch: None,
-                ranges,
-                rows_in: 0,
-                duplicates_dropped: 0,
-            }));
-        }
-        let all = arrow::compute::concat_batches(&self.schema, &batches)?;
-        drop(batches);
-        let rows_in = all.num_rows();
+        let rows_in: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let keep = latest_per_key(&dedup);
         let duplicates_dropped = rows_in - keep.len();
-        let batch = if duplicates_dropped == 0 {
-            all
-        } else {
-            arrow::compute::take_record_batch(&all, &UInt32Array::from(keep))?
-        };
+        if duplicates_dropped > 0 {
+            // `keep` holds ascending global row numbers; split them by batch.
+            let mut start = 0usize;
+            let mut next = keep.into_iter().peekable();
+            for batch in &mut batches {
+                let end = start + batch.num_rows();
+                let mut local = Vec::new();
+                while let Some(i) = next.next_if(|&i| (i as usize) < end) {
+                    local.push(i - start as u32);
+                }
+                if local.len() < batch.num_rows() {
+                    *batch = arrow::compute::take_record_batch(batch, &UInt32Array::from(local))?;
+                }
+                start = end;
+            }
+            batches.retain(|b| b.num_rows() > 0);
+        }
         Ok(Some(FlushBatch {
-            batch: Some(batch),
+            batches,
             ranges,
             rows_in,
             duplicates_dropped,
         }))
+    }
+}
+
+impl FlushBatch {
+    /// Rows left after dedup.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// Arrow memory held by the batches.
+    pub fn memory_bytes(&self) -> usize {
+        self.batches
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum()
     }
 }
 

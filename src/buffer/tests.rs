@@ -64,7 +64,9 @@ fn flush_keeps_latest_row_per_key_by_order_then_offset() {
     let f = b.take("batch-1").unwrap().unwrap();
     assert_eq!(f.rows_in, 6);
     assert_eq!(f.duplicates_dropped, 3);
-    let batch = f.batch.unwrap();
+    assert_eq!(f.batches.len(), 2, "one batch per Kafka partition");
+    assert_eq!(f.rows(), 3);
+    let batch = arrow::compute::concat_batches(&f.batches[0].schema(), &f.batches).unwrap();
     let names: Vec<&str> = batch
         .column_by_name("name")
         .unwrap()
@@ -155,7 +157,7 @@ fn tombstones_only_give_offsets_without_a_batch() {
     b.skip("t", 2, 40, Instant::now());
     b.skip("t", 2, 41, Instant::now());
     let f = b.take("b").unwrap().unwrap();
-    assert!(f.batch.is_none());
+    assert!(f.batches.is_empty());
     assert_eq!(f.ranges[0].first, 40);
     assert_eq!(f.ranges[0].last, 41);
 }

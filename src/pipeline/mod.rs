@@ -395,7 +395,7 @@ impl Run {
                 bytes,
                 conflicts,
             }) => {
-                let rows = batch.batch.as_ref().map_or(0, |b| b.num_rows());
+                let rows = batch.rows();
                 let name = ds.cfg.name.clone();
                 metrics::counter!("bronze_flushes_total", "dataset" => name.clone(), "reason" => reason.as_str()).increment(1);
                 metrics::counter!("bronze_rows_written_total", "dataset" => name.clone())
@@ -485,17 +485,18 @@ impl Run {
         Ok(())
     }
 
-    /// Keep buffered bytes under the budget: flush the largest buffer, and pause the partitions of
-    /// datasets whose batches cannot be committed right now, until they can.
+    /// Keep memory under the budget. Buffers get half of it: a flush briefly holds its rows twice (builders
+    /// and encoded Parquet), and builders over-allocate as they grow. Over half, the largest buffer is
+    /// flushed; over the whole budget (batches that cannot be committed right now), the partitions of
+    /// those datasets are paused until their batches are committed.
     async fn enforce_budget(&mut self) -> Result<(), PipelineError> {
         let used = |ds: &[DatasetState]| ds.iter().map(DatasetState::memory_bytes).sum::<usize>();
+        let flush_at = self.budget / 2;
         let mut attempts = 0;
-        while used(&self.datasets) >= self.budget && attempts < self.datasets.len() {
+        while used(&self.datasets) >= flush_at && attempts < self.datasets.len() {
             attempts += 1;
             let Some(largest) = (0..self.datasets.len())
-                .filter(|&d| {
-                    self.datasets[d].pending.is_none() && !self.datasets[d].buffer.is_empty()
-                })
+                .filter(|&d| self.datasets[d].pending.is_none() && !self.datasets[d].buffer.is_empty())
                 .max_by_key(|&d| self.datasets[d].buffer.bytes())
             else {
                 break;

@@ -140,11 +140,6 @@ impl DatasetState {
 
     /// Buffered bytes plus the Arrow memory of a batch waiting to be committed.
     pub(super) fn memory_bytes(&self) -> usize {
-        self.buffer.bytes()
-            + self
-                .pending
-                .as_ref()
-                .and_then(|(b, _)| b.batch.as_ref())
-                .map_or(0, |b| b.get_array_memory_size())
+        self.buffer.bytes() + self.pending.as_ref().map_or(0, |(b, _)| b.memory_bytes())
     }
 }

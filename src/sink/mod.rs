@@ -303,19 +303,20 @@ impl TableSink {
         ctx: &CommitContext,
         batch_id: &str,
     ) -> Result<CommitOutcome, SinkError> {
-        let adds = match &flush.batch {
-            Some(batch) => {
-                let mut writer = RecordBatchWriter::for_table(&self.table)
-                    .map_err(|e| self.delta_err(e))?
-                    .with_writer_properties(self.writer_properties.clone())
-                    .with_target_file_size(self.target_file_size);
+        let adds = if flush.batches.is_empty() {
+            Vec::new()
+        } else {
+            let mut writer = RecordBatchWriter::for_table(&self.table)
+                .map_err(|e| self.delta_err(e))?
+                .with_writer_properties(self.writer_properties.clone())
+                .with_target_file_size(self.target_file_size);
+            for batch in &flush.batches {
                 writer
                     .write(batch.clone())
                     .await
                     .map_err(|e| self.delta_err(e))?;
-                writer.flush().await.map_err(|e| self.delta_err(e))?
             }
-            None => Vec::new(),
+            writer.flush().await.map_err(|e| self.delta_err(e))?
         };
         failpoint("after_upload");
         match self.commit_adds(&adds, flush, ctx, batch_id).await {
@@ -493,7 +494,7 @@ fn commit_metadata(
             "dataset": ctx.dataset,
             "offsets": ranges,
             "rows_in": flush.rows_in,
-            "rows_written": flush.batch.as_ref().map_or(0, |b| b.num_rows()),
+            "rows_written": flush.rows(),
             "duplicates_dropped": flush.duplicates_dropped,
         }),
     )]
@@ -510,5 +511,8 @@ fn writer_properties(compression: Compression) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(codec)
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Long text values would otherwise be copied whole into footers and Delta stats.
+        .set_statistics_truncate_length(Some(64))
+        .set_column_index_truncate_length(Some(64))
         .build()
 }

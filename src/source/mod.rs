@@ -88,11 +88,19 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
         // librdkafka's 45 s default keeps a crashed member's partitions idle for that long.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
+        // librdkafka's prefetch queue lives outside bronze's buffers but inside its memory. Its limit
+        // applies per partition and counts bytes as fetched (compressed), so it gets a small share.
         .set(
             "queued.max.messages.kbytes",
-            (cfg.memory.budget_bytes / 4 / 1024)
-                .clamp(1024, 65536)
+            (cfg.memory.budget_bytes / 32 / 1024)
+                .clamp(256, 65536)
                 .to_string(),
+        )
+        // With a small queue, librdkafka's default 1 s back-off once the queue is full throttles reading.
+        .set("fetch.queue.backoff.ms", "20")
+        .set(
+            "fetch.max.bytes",
+            (cfg.memory.budget_bytes / 8).clamp(1 << 20, 50 << 20).to_string(),
         );
     for (k, v) in &cfg.kafka.properties {
         c.set(k, v);
