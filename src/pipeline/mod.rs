@@ -496,7 +496,9 @@ impl Run {
         while used(&self.datasets) >= flush_at && attempts < self.datasets.len() {
             attempts += 1;
             let Some(largest) = (0..self.datasets.len())
-                .filter(|&d| self.datasets[d].pending.is_none() && !self.datasets[d].buffer.is_empty())
+                .filter(|&d| {
+                    self.datasets[d].pending.is_none() && !self.datasets[d].buffer.is_empty()
+                })
                 .max_by_key(|&d| self.datasets[d].buffer.bytes())
             else {
                 break;

@@ -100,7 +100,9 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
         .set("fetch.queue.backoff.ms", "20")
         .set(
             "fetch.max.bytes",
-            (cfg.memory.budget_bytes / 8).clamp(1 << 20, 50 << 20).to_string(),
+            (cfg.memory.budget_bytes / 8)
+                .clamp(1 << 20, 50 << 20)
+                .to_string(),
         );
     for (k, v) in &cfg.kafka.properties {
         c.set(k, v);

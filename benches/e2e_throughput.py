@@ -1,0 +1,120 @@
+"""End-to-end throughput of bronze against the local broker (run through scripts/bench.sh).
+
+Produces N Debezium change events of a realistic 20-column shape (ints, strings, doubles, timestamps, a
+date, a boolean, a JSON column) to a fresh topic, then times `bronze run --until-caught-up` until every
+event is committed to a local Delta table. Prints events/s, MB/s, events/s per CPU core (from the
+process's CPU time), peak RSS, files and mean file size. `--smoke` runs a small N for CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import harness as h  # noqa: E402
+
+SCHEMA = HERE / "schemas" / "wide_orders.toml"
+
+
+class Event:
+    def __init__(self, i: int, rng: random.Random, base_ms: int):
+        ts = base_ms + i * 7
+        row = {
+            "id": i, "customer_id": rng.randint(1, 200_000), "store_id": rng.randint(1, 500),
+            "status": rng.choice(["new", "paid", "shipped", "delivered"]),
+            "currency": rng.choice(["EUR", "USD", "GBP"]), "amount": round(rng.uniform(1, 5000), 2),
+            "tax": round(rng.uniform(0, 500), 2), "discount": round(rng.uniform(0, 50), 2),
+            "quantity": rng.randint(1, 20), "sku": f"SKU-{rng.randint(1, 99999):05d}",
+            "channel": rng.choice(["web", "app", "store"]), "country": rng.choice(["DE", "FR", "US", "GB", "NL"]),
+            "city": rng.choice(["Berlin", "Paris", "Austin", "Leeds", "Utrecht"]),
+            "email": f"user{rng.randint(1, 10**6)}@example.com", "is_gift": rng.random() < 0.1,
+            "order_date": ts // 86_400_000, "created_at": (ts - 60_000) * 1000, "updated_at": ts * 1000,
+            "notes": rng.choice([None, "leave at door", "gift wrap", "call first"]),
+            "attributes": json.dumps({"promo": rng.choice(["", "BF", "XMAS"]), "items": rng.randint(1, 9)}),
+        }
+        self.table = "orders"
+        self.key = json.dumps({"id": i}).encode()
+        payload = {"before": None, "after": row, "op": "c", "ts_ms": ts + 3, "transaction": None,
+                   "source": {"version": "3.0.0.Final", "connector": "postgresql", "name": "shop", "ts_ms": ts,
+                              "snapshot": "false", "db": "shop", "schema": "public", "table": "orders",
+                              "txId": i, "lsn": 10_000_000 + i * 64, "xmin": None}}
+        self.value = json.dumps(payload).encode()
+        self.op, self.row_id, self.source_ts_ms = "c", i, ts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--smoke", action="store_true", help="20k events, for CI")
+    ap.add_argument("--bin", default=os.environ.get("BRONZE_BIN"))
+    args = ap.parse_args()
+    n = 20_000 if args.smoke else args.events
+    rng = random.Random(42)
+    base_ms = 1_767_225_600_000
+    topic = h.unique("bench.orders")
+    h.create_topics({topic: args.partitions})
+    t0 = time.time()
+    chunk = 100_000
+    produced = 0
+    payload_bytes = 0
+    for start in range(0, n, chunk):
+        events = [Event(i, rng, base_ms) for i in range(start, min(n, start + chunk))]
+        payload_bytes += sum(len(e.value) for e in events)
+        produced += len(h.produce(events, {"orders": topic}))
+    produce_s = time.time() - t0
+
+    work = Path(tempfile.mkdtemp(prefix="bronze-bench-"))
+    dataset = {"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": f'"{SCHEMA}"',
+               "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
+    cfg = h.write_config(work, group=h.unique("bench"), root=str(work / "lake"), datasets=[dataset],
+                         flush_age="5s", max_rows=500_000, budget=512 * 1024 * 1024)
+    cfg.write_text(cfg.read_text().replace("max_bytes = 67108864", "max_bytes = 134217728"))
+    env = dict(os.environ, RUST_LOG="info")
+    started = time.time()
+    proc = subprocess.Popen([args.bin, "run", "--until-caught-up", "--config", str(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    wall = time.time() - started
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"bronze failed ({proc.returncode}):\n{err[-4000:]}")
+    cpu = usage.ru_utime + usage.ru_stime
+    # Ingest time: from the partition assignment (after the group join) to the last commit.
+    stamps = [(line[:27], line) for line in err.splitlines() if line[:4].isdigit()]
+    assigned = next(datetime.fromisoformat(s.rstrip("Z")) for s, l in stamps if "partitions assigned" in l)
+    finished = [datetime.fromisoformat(s.rstrip("Z")) for s, l in stamps if "caught up" in l][-1]
+    ingest = (finished - assigned).total_seconds()
+    table = h.read_delta(str(work / "lake" / "orders"))
+    assert table.num_rows == n, (table.num_rows, n)
+    from deltalake import DeltaTable
+    dt = DeltaTable(str(work / "lake" / "orders"))
+    files = dt.file_uris()
+    sizes = [os.path.getsize(u.replace("file://", "")) for u in files]
+    rss = re.search(r"peak RSS: ([0-9.]+) MiB", out).group(1)
+    mb = payload_bytes / 1e6
+    print(f"bronze end-to-end bench ({'smoke' if args.smoke else 'full'}), {n} events, {args.partitions} partitions,"
+          f" {mb:.1f} MB of JSON (mean {payload_bytes / n:.0f} B/event); produced in {produce_s:.1f}s")
+    print(f"  wall time (incl. start-up and group join)  {wall:8.2f} s")
+    print(f"  ingest time (assignment -> last commit)    {ingest:8.2f} s")
+    print(f"  throughput                                 {n / ingest:10.0f} events/s  {mb / ingest:7.1f} MB/s")
+    print(f"  CPU time                                   {cpu:8.2f} s  -> {n / cpu:10.0f} events per CPU-second")
+    print(f"  peak RSS                                   {rss:>8} MiB")
+    print(f"  files                                      {len(files):8d}  mean {sum(sizes) / len(sizes) / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Benchmarks (not tests): end-to-end throughput against the local broker with a release build.
+#   scripts/bench.sh [--events N] [--partitions P]     full run (default 1,000,000 events)
+#   scripts/bench.sh --smoke                            small run
+# BRONZE_BENCH_PROFILE=debug uses the debug build (no 27-minute cold release build).
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$here"
+source scripts/env.sh
+scripts/setup.sh
+py="$(scripts/pyenv.sh)"
+profile="${BRONZE_BENCH_PROFILE:-release}"
+if [[ "$profile" == release ]]; then
+  cargo build --release --locked --quiet
+  export BRONZE_BIN="$CARGO_TARGET_DIR/release/bronze"
+else
+  cargo build --locked --quiet
+fi
+scripts/kafka.sh start
+trap '"$here/scripts/kafka.sh" stop' EXIT
+"$py" benches/e2e_throughput.py --bin "$BRONZE_BIN" "$@"

@@ -1,0 +1,15 @@
+"""The end-to-end bench still runs (smoke mode, debug build): numbers are not asserted, only that it
+ingests every event and prints its report."""
+
+import subprocess
+import sys
+
+import harness as h
+
+
+def test_bench_smoke():
+    out = subprocess.run([sys.executable, str(h.REPO / "benches" / "e2e_throughput.py"), "--smoke",
+                          "--bin", h.bronze_bin()], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for needle in ("events/s", "MB/s", "events per CPU-second", "peak RSS", "files"):
+        assert needle in out.stdout, out.stdout
