@@ -59,10 +59,11 @@ auto.create.topics.enable=false
 message.max.bytes=10485760
 log.retention.hours=-1
 PROPS
-  java -cp "$jars/*" kafka.tools.StorageTool format -t "$(cat /proc/sys/kernel/random/uuid | tr -d '-' | cut -c1-22)" \
-    -c "$state/server.properties" --standalone >"$state/format.log" 2>&1 \
-    || java -cp "$jars/*" kafka.tools.StorageTool format -t "$(python3 -c 'import uuid,base64;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
-      -c "$state/server.properties" >"$state/format.log" 2>&1 \
+  # Cluster ids are base64 and may start with `-`, so pass them as --cluster-id=ID.
+  local cluster_id
+  cluster_id="$(java -cp "$jars/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"
+  java -cp "$jars/*" kafka.tools.StorageTool format --cluster-id="$cluster_id" \
+    -c "$state/server.properties" >"$state/format.log" 2>&1 \
     || { cat "$state/format.log" >&2; exit 1; }
   nohup java -Xms256m -Xmx512m -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$jars/*" kafka.Kafka "$state/server.properties" \
     >"$state/kafka.log" 2>&1 &
