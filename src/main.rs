@@ -170,7 +170,7 @@ async fn validate(cfg: &Config) -> anyhow::Result<ExitCode> {
         let schema = mapper.contract().table_schema(pcols);
         match sink::probe(&d.table_uri, schema, pcols, &options).await {
             Ok(Probe::Absent) => println!(
-                "{}: ok, {} will be created on first write",
+                "{}: ok, {} will be created when `bronze run` starts",
                 d.name, d.table_uri
             ),
             Ok(Probe::Present(s)) => println!(

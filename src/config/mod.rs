@@ -438,9 +438,6 @@ impl Config {
             ));
         }
         let root = resolve_root(file, &base, &raw.storage.root)?;
-        if root.starts_with("s3://") && raw.storage.s3.is_none() {
-            // Credentials may still come from the standard AWS environment; nothing to check here.
-        }
         if raw.datasets.is_empty() {
             return Err(ConfigError::invalid(
                 file,

@@ -226,7 +226,7 @@ impl Run {
             ds.sink.refresh().await?;
             ds.needs_refresh = false;
         }
-        let app_id = format!("{}:{}:{}", self.group_id, tp.0, tp.1);
+        let app_id = sink::app_id(&self.group_id, &tp.0, tp.1);
         Ok(ds.sink.committed_offset(&app_id).await?.map(|v| v + 1))
     }
 
@@ -302,7 +302,6 @@ impl Run {
             Ok(Decoded::Change(change)) => {
                 let header = |name: &str| m.header(name);
                 let ctx = MessageContext {
-                    partition: tp.1,
                     offset: m.offset,
                     key: m.key.as_deref(),
                     ingested_at_us: chrono::Utc::now().timestamp_micros(),
@@ -425,11 +424,6 @@ impl Run {
                     .map(|r| ((r.topic.clone(), r.partition), r.last + 1))
                     .filter(|(tp, _)| self.partitions.contains_key(tp))
                     .collect();
-                for (tp, next) in &positions {
-                    if let Some(ps) = self.partitions.get_mut(tp) {
-                        ps.committed = Some(*next);
-                    }
-                }
                 source::commit_group_offsets(&self.consumer, &positions);
             }
             Ok(CommitOutcome::Stale { partitions }) => {

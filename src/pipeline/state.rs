@@ -22,8 +22,6 @@ pub(super) struct PartitionState {
     pub phase: Phase,
     /// Offset of the next message to ingest.
     pub next_offset: Option<i64>,
-    /// Next offset after the last commit of this run.
-    pub committed: Option<i64>,
     /// Stopped on a message that cannot be ingested.
     pub stopped: bool,
     pub paused_for_memory: bool,
@@ -35,7 +33,6 @@ impl PartitionState {
             dataset,
             phase: Phase::Unknown,
             next_offset: None,
-            committed: None,
             stopped: false,
             paused_for_memory: false,
         }

@@ -62,8 +62,13 @@ pub struct CommitContext {
 
 impl CommitContext {
     pub fn app_id(&self, topic: &str, partition: i32) -> String {
-        format!("{}:{}:{}", self.group_id, topic, partition)
+        app_id(&self.group_id, topic, partition)
     }
+}
+
+/// The Delta `txn` application id under which a consumer group records a Kafka partition's offset.
+pub fn app_id(group_id: &str, topic: &str, partition: i32) -> String {
+    format!("{group_id}:{topic}:{partition}")
 }
 
 #[derive(Debug)]
@@ -100,7 +105,7 @@ pub struct TableStats {
 /// What `bronze validate` learns about a dataset's table location.
 #[derive(Debug)]
 pub enum Probe {
-    /// The location is reachable and holds no table yet; the first write creates it.
+    /// The location is reachable and holds no table yet; `bronze run` creates it at start.
     Absent,
     /// A table with the expected schema exists.
     Present(TableStats),

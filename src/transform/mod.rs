@@ -74,7 +74,6 @@ enum OrderSource {
 /// Kafka coordinates and extras of one message.
 #[derive(Clone, Copy)]
 pub struct MessageContext<'a> {
-    pub partition: i32,
     pub offset: i64,
     pub key: Option<&'a [u8]>,
     pub ingested_at_us: i64,

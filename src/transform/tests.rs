@@ -52,7 +52,6 @@ fn ctx<'a>(
     header: &'a dyn Fn(&str) -> Option<String>,
 ) -> MessageContext<'a> {
     MessageContext {
-        partition: 0,
         offset: 10,
         key,
         ingested_at_us: 1_700_000_000_000_000,
