@@ -449,7 +449,7 @@ impl Run {
             }
             Err(e) => {
                 ds.failures += 1;
-                let backoff = Duration::from_millis(250 * 2u64.pow(ds.failures.min(7)));
+                let backoff = Duration::from_millis(250 * 2u64.pow(ds.failures.min(4)));
                 metrics::counter!("bronze_commit_errors_total", "dataset" => ds.cfg.name.clone())
                     .increment(1);
                 error!(dataset = %ds.cfg.name, error = %e, retry_in = ?backoff, "commit failed; batch kept for retry");

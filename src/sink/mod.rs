@@ -44,6 +44,8 @@ pub enum SinkError {
     SchemaMismatch { uri: String, detail: String },
     #[error("table {uri}: commit still conflicting after {attempts} attempts")]
     TooManyConflicts { uri: String, attempts: usize },
+    #[error("table {uri}: commit refused: storage outage injected by BRONZE_FAIL_COMMITS_WHILE")]
+    InjectedOutage { uri: String },
     #[error("table {uri}: {source}")]
     Storage {
         uri: String,
@@ -90,6 +92,12 @@ fn failpoint(name: &str) {
         eprintln!("bronze: failpoint `{name}` hit, aborting");
         std::process::abort();
     }
+}
+
+/// Failure injection for backpressure tests: while the file named by `BRONZE_FAIL_COMMITS_WHILE`
+/// exists, every commit fails as a storage outage would (after the upload, like a failed log write).
+fn injected_outage() -> bool {
+    std::env::var_os("BRONZE_FAIL_COMMITS_WHILE").is_some_and(|p| std::path::Path::new(&p).exists())
 }
 
 /// Size of a table at its loaded version.
@@ -324,7 +332,14 @@ impl TableSink {
             writer.flush().await.map_err(|e| self.delta_err(e))?
         };
         failpoint("after_upload");
-        match self.commit_adds(&adds, flush, ctx, batch_id).await {
+        let result = if injected_outage() {
+            Err(SinkError::InjectedOutage {
+                uri: self.uri.clone(),
+            })
+        } else {
+            self.commit_adds(&adds, flush, ctx, batch_id).await
+        };
+        match result {
             Ok(CommitOutcome::Stale { partitions }) => {
                 self.delete_files(&adds).await;
                 Ok(CommitOutcome::Stale { partitions })
