@@ -432,18 +432,17 @@ impl Run {
                 metrics::counter!("bronze_stale_batches_total", "dataset" => ds.cfg.name.clone())
                     .increment(1);
                 ds.needs_refresh = true;
-                // The whole batch is gone, so every partition in it restarts from the table.
+                ds.retry_at = None;
+                ds.failures = 0;
+                // The whole batch is gone, so every partition in it that is still ours is read again from
+                // the table's position, or from the batch's first offset where the table has none.
                 for r in &batch.ranges {
                     let tp = (r.topic.clone(), r.partition);
                     self.datasets[d].buffer.drop_partition(&tp.0, tp.1);
                     if self.partitions.contains_key(&tp) {
-                        match self.table_position(d, &tp).await? {
-                            Some(pos) => {
-                                source::seek(&self.consumer, &tp, pos)?;
-                                self.set_phase(&tp, Phase::Seeking(pos));
-                            }
-                            None => self.set_phase(&tp, Phase::Unknown),
-                        }
+                        let pos = self.table_position(d, &tp).await?.unwrap_or(r.first);
+                        source::seek(&self.consumer, &tp, pos)?;
+                        self.set_phase(&tp, Phase::Seeking(pos));
                     }
                 }
             }
