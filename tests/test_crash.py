@@ -5,39 +5,9 @@ event is in the table exactly once."""
 import random
 import signal
 import time
-from pathlib import Path
 
 import harness as h
 from harness import cdc
-
-
-def keyless_orders(topic: str) -> list[dict]:
-    # No key columns: no in-batch dedup, so the stored offsets must equal the produced ones exactly.
-    return [{"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": '"orders.toml"',
-             "partitioning": '{ by = "date" }'}]
-
-
-def data_offsets(produced) -> set:
-    return {(p.topic, p.partition, p.offset) for p in produced if p.op is not None}
-
-
-def stored_offsets(uri: str) -> list:
-    """Offsets in the table; none while the table does not exist yet."""
-    from deltalake.exceptions import TableNotFoundError
-    try:
-        return h.offsets_of(h.read_delta(uri))
-    except TableNotFoundError:
-        return []
-
-
-def parquet_files_on_disk(table_dir: Path) -> set:
-    return {str(p.relative_to(table_dir)) for p in table_dir.rglob("*.parquet")}
-
-
-def referenced_files(table_dir: Path) -> set:
-    from deltalake import DeltaTable
-    dt = DeltaTable(str(table_dir))
-    return {u.split(str(table_dir) + "/", 1)[-1] for u in dt.file_uris()}
 
 
 def events_for(topic_plan_seed: int, n: int):
@@ -52,7 +22,7 @@ def test_kill_9_at_random_points_and_between_upload_and_commit(tmp_path):
     produced = h.produce(events_for(1, 24_000), {"orders": topic})
     root = tmp_path / "lake"
     table_dir = root / "orders"
-    cfg = h.write_config(tmp_path, group=h.unique("crash"), root=str(root), datasets=keyless_orders(topic),
+    cfg = h.write_config(tmp_path, group=h.unique("crash"), root=str(root), datasets=h.keyless_orders(topic),
                          flush_age="150ms", max_rows=600)
     log = tmp_path / "bronze.log"
     progress = []
@@ -60,36 +30,36 @@ def test_kill_9_at_random_points_and_between_upload_and_commit(tmp_path):
     for round_ in range(6):
         proc = h.start_bronze(cfg, log=log)
         # Wait until this incarnation has committed something, then kill it at a random moment.
-        before = len(stored_offsets(str(table_dir))) if (table_dir / "_delta_log").exists() else 0
-        h.wait_until(lambda: (table_dir / "_delta_log").exists() and len(stored_offsets(str(table_dir))) > before,
+        before = len(h.stored_offsets(str(table_dir))) if (table_dir / "_delta_log").exists() else 0
+        h.wait_until(lambda: (table_dir / "_delta_log").exists() and len(h.stored_offsets(str(table_dir))) > before,
                      120, interval=0.1, what="a commit")
         time.sleep(rng.uniform(0.05, 1.0))
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
         kills += 1
-        rows = stored_offsets(str(table_dir))
+        rows = h.stored_offsets(str(table_dir))
         progress.append(len(rows))
         assert len(rows) == len(set(rows)), f"duplicates after kill {round_}"
         if round_ % 2 == 1:
             # More traffic arrives while bronze is down.
             produced += h.produce(events_for(100 + round_, 3_000), {"orders": topic})
     assert kills >= 5
-    expected = data_offsets(produced)
+    expected = h.data_offsets(produced)
     assert progress[-1] < len(expected), f"the kills happened after ingestion finished: {progress}"
 
     # Failpoint: abort after the Parquet files are written, before the Delta commit.
     proc = h.start_bronze(cfg, env={"BRONZE_FAILPOINT": "after_upload"}, log=log)
     assert proc.wait(timeout=120) == -signal.SIGABRT
-    orphans = parquet_files_on_disk(table_dir) - referenced_files(table_dir)
+    orphans = h.parquet_files_on_disk(table_dir) - h.referenced_files(table_dir)
     assert orphans, "the failpoint should leave uploaded, uncommitted files"
-    assert len(stored_offsets(str(table_dir))) == progress[-1], "nothing may be committed at the failpoint"
+    assert len(h.stored_offsets(str(table_dir))) == progress[-1], "nothing may be committed at the failpoint"
 
     # Restart and finish: every event exactly once, and the orphans of the aborted commit are gone.
     out = h.run_bronze(cfg, "run", "--until-caught-up").stdout
-    rows = stored_offsets(str(table_dir))
+    rows = h.stored_offsets(str(table_dir))
     assert len(rows) == len(set(rows)), "an offset was stored twice"
     assert set(rows) == expected, (len(set(rows)), len(expected))
-    assert parquet_files_on_disk(table_dir) == referenced_files(table_dir)
+    assert h.parquet_files_on_disk(table_dir) == h.referenced_files(table_dir)
     assert "orders" in out
     # The polars reader agrees.
     assert h.read_polars(str(table_dir)).height == len(expected)

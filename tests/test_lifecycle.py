@@ -2,26 +2,18 @@
 and exits 0, topic patterns, and a message that cannot be ingested stops only its partition, loudly."""
 
 import signal
-import socket
 import time
-import urllib.request
 
 from confluent_kafka import Producer
 
 import harness as h
 from harness import cdc
-from test_crash import keyless_orders, stored_offsets
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metrics_config(tmp_path, topic_line: str, **kw):
-    port = free_port()
-    datasets = keyless_orders("unused")
+    port = h.free_port()
+    datasets = h.keyless_orders("unused")
     del datasets[0]["topics"]
     key, value = topic_line.split(" = ", 1)
     datasets[0][key] = value
@@ -30,19 +22,6 @@ def metrics_config(tmp_path, topic_line: str, **kw):
     return cfg, f"http://127.0.0.1:{port}/metrics"
 
 
-def scrape(url: str) -> str:
-    try:
-        return urllib.request.urlopen(url, timeout=5).read().decode()
-    except OSError:
-        return ""
-
-
-def metric(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def orders(n: int, seed: int):
@@ -57,23 +36,24 @@ def test_age_flush_without_new_messages_and_sigterm_commits(tmp_path):
     cfg, url = metrics_config(tmp_path, f'topic_pattern = "^{prefix}\\\\..*"', flush_age="2s", max_rows=1_000_000)
     proc = h.start_bronze(cfg, log=tmp_path / "bronze.log")
     try:
-        h.wait_until(lambda: metric(scrape(url), "bronze_assigned_partitions") >= 2, 60, what="assignment")
+        h.wait_until(lambda: h.metric(h.scrape(url), "bronze_assigned_partitions") >= 2, 60, what="assignment")
         first = h.produce(orders(300, 1), {"orders": topic})
         # No further message arrives, yet the age limit commits the rows.
-        h.wait_until(lambda: len(stored_offsets(str(tmp_path / "lake" / "orders"))) == len(first), 30,
+        h.wait_until(lambda: len(h.stored_offsets(str(tmp_path / "lake" / "orders"))) == len(first), 30,
                      what="age flush")
-        text = scrape(url)
-        assert metric(text, "bronze_flushes_total", reason="age") >= 1
-        assert metric(text, "bronze_rows_written_total", dataset="orders") == len(first)
+        # The counters move right after the commit becomes visible.
+        h.wait_until(lambda: h.metric(h.scrape(url), "bronze_rows_written_total", dataset="orders") == len(first),
+                     10, what="rows metric")
+        assert h.metric(h.scrape(url), "bronze_flushes_total", reason="age") >= 1
         # Rows still buffered at SIGTERM are committed before exit 0.
         cfg_age_long = h.produce(orders(200, 2), {"orders": topic})
-        h.wait_until(lambda: metric(scrape(url), "bronze_events_consumed_total") >= len(first) + len(cfg_age_long),
+        h.wait_until(lambda: h.metric(h.scrape(url), "bronze_events_consumed_total") >= len(first) + len(cfg_age_long),
                      30, what="second batch consumed")
         assert h.stop(proc, signal.SIGTERM) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    rows = stored_offsets(str(tmp_path / "lake" / "orders"))
+    rows = h.stored_offsets(str(tmp_path / "lake" / "orders"))
     assert len(rows) == len(set(rows)) == len(first) + len(cfg_age_long)
 
 
@@ -95,13 +75,13 @@ def test_undecodable_message_stops_only_its_partition(tmp_path):
     try:
         uri = str(tmp_path / "lake" / "orders")
         # Partition 1 gets all its 100 rows; partition 0 stops at the bad message, after 50 rows.
-        h.wait_until(lambda: len(stored_offsets(uri)) == 150, 60, what="good rows")
+        h.wait_until(lambda: len(h.stored_offsets(uri)) == 150, 60, what="good rows")
         time.sleep(2)
-        assert len(stored_offsets(uri)) == 150, "nothing after the bad message may be ingested"
-        text = scrape(url)
-        assert metric(text, "bronze_decode_errors_total", dataset="orders", kind="invalid_json") == 1
-        assert metric(text, "bronze_paused_partitions") == 1
-        rows = stored_offsets(uri)
+        assert len(h.stored_offsets(uri)) == 150, "nothing after the bad message may be ingested"
+        text = h.scrape(url)
+        assert h.metric(text, "bronze_decode_errors_total", dataset="orders", kind="invalid_json") == 1
+        assert h.metric(text, "bronze_paused_partitions") == 1
+        rows = h.stored_offsets(uri)
         by_part = {p: max(o for t, pp, o in rows if pp == p) for p in (0, 1)}
         assert by_part[0] == 49 and by_part[1] == 99, by_part
         assert h.stop(proc, signal.SIGTERM) == 0

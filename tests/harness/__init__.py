@@ -203,6 +203,61 @@ def delta_history(uri: str) -> list[dict]:
     return DeltaTable(uri, storage_options=storage_options()).history()
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(url: str) -> str:
+    """Prometheus text from bronze's metrics endpoint; empty while it is not up."""
+    import urllib.request
+    try:
+        return urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return ""
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def keyless_orders(topic: str) -> list[dict]:
+    """The orders dataset without key columns: no in-batch dedup, so stored offsets equal produced ones."""
+    return [{"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": '"orders.toml"',
+             "partitioning": '{ by = "date" }'}]
+
+
+def data_offsets(produced) -> set:
+    """Offsets of produced messages that make rows (tombstones make none)."""
+    return {(p.topic, p.partition, p.offset) for p in produced if p.op is not None}
+
+
+def stored_offsets(uri: str) -> list:
+    """Offsets in the table; none while the table does not exist yet."""
+    from deltalake.exceptions import TableNotFoundError
+    try:
+        return offsets_of(read_delta(uri))
+    except TableNotFoundError:
+        return []
+
+
+def parquet_files_on_disk(table_dir: Path) -> set:
+    return {str(p.relative_to(table_dir)) for p in table_dir.rglob("*.parquet")}
+
+
+def referenced_files(table_dir: Path) -> set:
+    """Data files of the current table version, relative to the table directory."""
+    from deltalake import DeltaTable
+    return {u.split(str(table_dir) + "/", 1)[-1] for u in DeltaTable(str(table_dir)).file_uris()}
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
     deadline = time.time() + timeout
     last = None
