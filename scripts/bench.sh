@@ -7,8 +7,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 source scripts/env.sh
-scripts/setup.sh
-py="$(scripts/pyenv.sh)"
+prepare_machine
 profile="${BRONZE_BENCH_PROFILE:-release}"
 if [[ "$profile" == release ]]; then
   cargo build --release --locked --quiet
@@ -16,6 +15,5 @@ if [[ "$profile" == release ]]; then
 else
   cargo build --locked --quiet
 fi
-scripts/kafka.sh start
-trap '"$here/scripts/kafka.sh" stop' EXIT
+start_broker
 "$py" benches/e2e_throughput.py --bin "$BRONZE_BIN" "$@"

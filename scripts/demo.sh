@@ -7,11 +7,9 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 source scripts/env.sh
 events="${1:-40000}"
-scripts/setup.sh
-py="$(scripts/pyenv.sh)"
+prepare_machine
 cargo build --locked --quiet
-scripts/kafka.sh start
-trap '"$here/scripts/kafka.sh" stop' EXIT
+start_broker
 
 "$py" tests/harness/demo.py produce --events "$events"
 rm -rf var/lake

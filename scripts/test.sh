@@ -7,8 +7,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 source scripts/env.sh
-scripts/setup.sh
-py="$(scripts/pyenv.sh)"
+prepare_machine
 
 echo "== cargo fmt / clippy / unit tests"
 cargo fmt --all -- --check
@@ -17,7 +16,6 @@ cargo build --locked
 cargo test --locked
 
 echo "== integration tests (real Kafka broker)"
-scripts/kafka.sh start
-trap '"$here/scripts/kafka.sh" stop' EXIT
+start_broker
 cd tests
 "$py" -m pytest -q -p no:cacheprovider "$@"
