@@ -128,11 +128,16 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
 
 async fn run(cfg: Config, until_caught_up: bool) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_signal();
+    let health = std::sync::Arc::new(bronze::observability::Health::default());
     if let Some(addr) = &cfg.metrics.address {
         let addr = addr.parse().context("metrics.address")?;
-        bronze::observability::init_metrics(addr)?;
+        bronze::observability::serve(addr, health.clone()).await?;
     }
-    let summary = pipeline::run(cfg, RunOptions { until_caught_up }, shutdown).await?;
+    let options = RunOptions {
+        until_caught_up,
+        health,
+    };
+    let summary = pipeline::run(cfg, options, shutdown).await?;
     print!("{summary}");
     if let Some(rss) = bronze::observability::peak_rss_bytes() {
         println!("peak RSS: {:.1} MiB", rss as f64 / (1024.0 * 1024.0));

@@ -37,6 +37,10 @@ def test_age_flush_without_new_messages_and_sigterm_commits(tmp_path):
     proc = h.start_bronze(cfg, log=tmp_path / "bronze.log")
     try:
         h.wait_until(lambda: h.metric(h.scrape(url), "bronze_assigned_partitions") >= 2, 60, what="assignment")
+        base = url.rsplit("/", 1)[0]
+        assert h.http_json(f"{base}/healthz") == (200, {"status": "alive"})
+        status, body = h.http_json(f"{base}/readyz")
+        assert (status, body["status"], body["reasons"]) == (200, "ready", []), body
         first = h.produce(orders(300, 1), {"orders": topic})
         # No further message arrives, yet the age limit commits the rows.
         h.wait_until(lambda: len(h.stored_offsets(str(tmp_path / "lake" / "orders"))) == len(first), 30,
@@ -81,6 +85,11 @@ def test_undecodable_message_stops_only_its_partition(tmp_path):
         text = h.scrape(url)
         assert h.metric(text, "bronze_decode_errors_total", dataset="orders", kind="invalid_json") == 1
         assert h.metric(text, "bronze_paused_partitions") == 1
+        # Loud, not just lagging: readiness fails and names the partition.
+        status, body = h.http_json(url.replace("/metrics", "/readyz"))
+        assert status == 503 and body["status"] == "not_ready", body
+        assert any(f"{topic}[0]" in r for r in body["reasons"]), body
+        assert h.http_json(url.replace("/metrics", "/healthz"))[0] == 200
         rows = h.stored_offsets(uri)
         by_part = {p: max(o for t, pp, o in rows if pp == p) for p in (0, 1)}
         assert by_part[0] == 49 and by_part[1] == 99, by_part
@@ -94,3 +103,20 @@ def test_undecodable_message_stops_only_its_partition(tmp_path):
     out = h.run_bronze(cfg, "run", "--until-caught-up", check=False)
     assert out.returncode == 1
     assert "stopped on a message it cannot ingest" in out.stderr
+
+
+def test_unreachable_broker_makes_readiness_fail(tmp_path):
+    cfg, url = metrics_config(tmp_path, 'topics = ["nowhere"]')
+    dead = h.free_port()  # nothing listens there
+    proc = h.start_bronze(cfg, env={"BRONZE__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{dead}"},
+                          log=tmp_path / "bronze.log")
+    readyz = url.replace("/metrics", "/readyz")
+    try:
+        status, body = h.wait_until(lambda: (lambda r: r if r[0] == 503 else None)(h.http_json(readyz))
+                                    if h.scrape(url) else None, 60, what="not ready")
+        assert any("broker unreachable" in r for r in body["reasons"]), body
+        assert h.http_json(url.replace("/metrics", "/healthz"))[0] == 200
+        assert h.stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -101,10 +101,14 @@ def test_storage_outage_pauses_partitions_within_budget_then_recovers(tmp_path):
         # when the pause landed) and most of the burst waits in Kafka.
         assert h.metric(text, "bronze_buffer_bytes") <= budget + budget // 4
         assert h.metric(text, "bronze_events_consumed_total") < len(produced)
+        readyz = url.replace("/metrics", "/readyz")
+        status, body = h.http_json(readyz)
+        assert status == 503 and "commits failing" in " ".join(body["reasons"]), body
         outage.unlink()
         uri = str(tmp_path / "lake" / "blobs")
         h.wait_until(lambda: len(h.offsets_of(h.read_delta(uri))) >= len(produced), 120, what="recovery")
         h.wait_until(lambda: h.metric(h.scrape(url), "bronze_paused_partitions") == 0, 10, what="resume")
+        assert h.http_json(readyz)[0] == 200
         assert h.stop(proc) == 0
     finally:
         if proc.poll() is None:

@@ -1,10 +1,15 @@
 //! Logs and metrics. Every stage reports through the `tracing` and `metrics` facades; this module only
 //! installs the subscriber and the Prometheus exporter, so nothing in the data path depends on them.
 
+mod health;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tracing_subscriber::EnvFilter;
+
+pub use health::Health;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObservabilityError {
@@ -32,22 +37,27 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Serve Prometheus text on `http://addr/metrics`.
-pub fn init_metrics(addr: SocketAddr) -> Result<(), ObservabilityError> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+/// Serve `/metrics` (Prometheus text), `/healthz` (the process answers) and `/readyz` (broker reachable,
+/// storage accepting commits, no partition stopped) on `addr`, in the background.
+pub async fn serve(addr: SocketAddr, health: Arc<Health>) -> Result<(), ObservabilityError> {
+    let err = |message: String| ObservabilityError::Metrics { addr, message };
+    let handle = PrometheusBuilder::new()
         .set_buckets(&[
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
         ])
-        .map_err(|e| ObservabilityError::Metrics {
-            addr,
-            message: e.to_string(),
-        })?
-        .install()
-        .map_err(|e| ObservabilityError::Metrics {
-            addr,
-            message: e.to_string(),
-        })
+        .map_err(|e| err(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| err(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let app = health::router(handle, health);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics and health endpoint stopped");
+        }
+    });
+    Ok(())
 }
 
 /// Peak resident set size of this process in bytes (Linux `VmHWM`), for run summaries and benches.

@@ -23,6 +23,7 @@ use crate::buffer::{DatasetBuffer, FlushReason, TopicPartition};
 use crate::config::Config;
 use crate::contract::Contract;
 use crate::decode::{self, Decoded};
+use crate::observability::Health;
 use crate::sink::{self, CommitContext, CommitOutcome, TableSink};
 use crate::source::{self, RebalanceEvent, Source};
 use crate::transform::{Mapper, MessageContext};
@@ -50,11 +51,12 @@ impl From<crate::sink::SinkError> for PipelineError {
     }
 }
 
-/// How a run ends.
-#[derive(Debug, Clone, Copy, Default)]
+/// How a run ends, and where it reports its health.
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Read the high watermarks at assignment, ingest up to them, commit and return.
     pub until_caught_up: bool,
+    pub health: Arc<Health>,
 }
 
 /// Open every dataset's table (creating it if needed) and sweep files left by crashed runs.
@@ -95,7 +97,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, PipelineError> {
     let datasets = open_datasets(&cfg).await?;
-    let consumer = source::subscribe(&cfg)?;
+    let consumer = source::subscribe(&cfg, options.health.clone())?;
     let run_id = uuid::Uuid::now_v7().to_string();
     info!(run_id = %run_id, datasets = datasets.len(), "bronze run started");
     metrics::gauge!("bronze_memory_budget_bytes").set(cfg.memory.budget_bytes as f64);
@@ -111,6 +113,7 @@ pub async fn run(
         options,
         started: Instant::now(),
         ever_assigned: false,
+        last_broker_probe: Instant::now(),
     };
     let result = run.event_loop(shutdown).await;
     let summary = run.summary();
@@ -130,6 +133,7 @@ struct Run {
     options: RunOptions,
     started: Instant,
     ever_assigned: bool,
+    last_broker_probe: Instant,
 }
 
 /// How long `--until-caught-up` waits for a first assignment before giving up.
@@ -158,6 +162,7 @@ impl Run {
                     self.flush_due().await?;
                     self.enforce_budget().await?;
                     self.update_gauges();
+                    self.check_broker();
                     if self.options.until_caught_up && self.caught_up_check().await? {
                         return Ok(());
                     }
@@ -330,6 +335,7 @@ impl Run {
                 error!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset, kind, %reason,
                     "cannot ingest message; partition stopped until the input or the contract is fixed");
                 ds.summary.errors += 1;
+                self.options.health.partition_stopped(&dataset, &tp.0, tp.1);
                 source::pause(&self.consumer, tp);
                 if let Some(ps) = self.partitions.get_mut(tp) {
                     ps.stopped = true;
@@ -416,6 +422,7 @@ impl Run {
                 ds.summary.commits += 1;
                 ds.retry_at = None;
                 ds.failures = 0;
+                self.options.health.commit_result(&name, None);
                 info!(dataset = %name, version, rows, files, bytes, conflicts, duplicates = batch.duplicates_dropped,
                     reason = reason.as_str(), batch_id = %batch_id, "committed");
                 let positions: Vec<(TopicPartition, i64)> = batch
@@ -452,6 +459,9 @@ impl Run {
                 metrics::counter!("bronze_commit_errors_total", "dataset" => ds.cfg.name.clone())
                     .increment(1);
                 error!(dataset = %ds.cfg.name, error = %e, retry_in = ?backoff, "commit failed; batch kept for retry");
+                self.options
+                    .health
+                    .commit_result(&ds.cfg.name, Some(e.to_string()));
                 ds.retry_at = Some(Instant::now() + backoff);
                 ds.pending = Some((batch, batch_id));
             }
@@ -510,6 +520,18 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// A broker outage is reported by librdkafka, but its end is not: probe while one is on record.
+    fn check_broker(&mut self) {
+        if self.options.health.has_broker_error()
+            && self.last_broker_probe.elapsed() >= Duration::from_secs(5)
+        {
+            self.last_broker_probe = Instant::now();
+            if source::broker_reachable(&self.consumer) {
+                self.options.health.broker_error(None);
+            }
+        }
     }
 
     fn update_gauges(&self) {

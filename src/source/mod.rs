@@ -2,7 +2,7 @@
 //! of truth for positions, and group offsets are written after each Delta commit only so that lag
 //! tools see progress.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -10,12 +10,13 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use crate::buffer::TopicPartition;
 use crate::config::Config;
+use crate::observability::Health;
 
 /// A partition assignment change, recorded by the rebalance callback and handled by the run loop
 /// before it looks at the next message.
@@ -25,10 +26,11 @@ pub enum RebalanceEvent {
     Revoked(Vec<TopicPartition>),
 }
 
-/// Consumer context that queues rebalance events instead of acting inside librdkafka's callback.
-#[derive(Default)]
+/// Consumer context that queues rebalance events instead of acting inside librdkafka's callback, and
+/// reports broker outages to the health state.
 pub struct SourceContext {
     events: Mutex<Vec<RebalanceEvent>>,
+    health: Arc<Health>,
 }
 
 impl SourceContext {
@@ -54,7 +56,14 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.broker_error(Some(reason.to_string()));
+        }
+        warn!(error = %error, reason, "kafka client error");
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -117,8 +126,12 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
 }
 
 /// Create the consumer and subscribe to every dataset's topics.
-pub fn subscribe(cfg: &Config) -> Result<Source, KafkaError> {
-    let consumer: Source = client_config(cfg).create_with_context(SourceContext::default())?;
+pub fn subscribe(cfg: &Config, health: Arc<Health>) -> Result<Source, KafkaError> {
+    let context = SourceContext {
+        events: Mutex::default(),
+        health,
+    };
+    let consumer: Source = client_config(cfg).create_with_context(context)?;
     let topics: Vec<String> = cfg
         .datasets
         .iter()
@@ -175,4 +188,13 @@ pub fn resume(consumer: &Source, tp: &TopicPartition) {
 /// Low and high watermark of a partition (blocking request to the broker).
 pub fn watermarks(consumer: &Source, tp: &TopicPartition) -> Result<(i64, i64), KafkaError> {
     tokio::task::block_in_place(|| consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(10)))
+}
+
+/// Whether the cluster answers a metadata request (used to clear a broker outage while idle).
+pub fn broker_reachable(consumer: &Source) -> bool {
+    tokio::task::block_in_place(|| {
+        consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_ok()
+    })
 }

@@ -219,6 +219,18 @@ def scrape(url: str) -> str:
         return ""
 
 
+def http_json(url: str) -> tuple[int, dict]:
+    """Status and JSON body of a GET, error statuses included."""
+    import json
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def metric(text: str, name: str, **labels) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
     total = 0.0
