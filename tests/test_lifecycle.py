@@ -17,8 +17,9 @@ def metrics_config(tmp_path, topic_line: str, **kw):
     del datasets[0]["topics"]
     key, value = topic_line.split(" = ", 1)
     datasets[0][key] = value
+    extra = f'\n[metrics]\naddress = "127.0.0.1:{port}"\n\n[kafka.properties]\n"statistics.interval.ms" = "1000"\n'
     cfg = h.write_config(tmp_path, group=h.unique("life"), root=str(tmp_path / "lake"), datasets=datasets,
-                         extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n', **kw)
+                         extra=extra, **kw)
     return cfg, f"http://127.0.0.1:{port}/metrics"
 
 
@@ -49,6 +50,9 @@ def test_age_flush_without_new_messages_and_sigterm_commits(tmp_path):
         h.wait_until(lambda: h.metric(h.scrape(url), "bronze_rows_written_total", dataset="orders") == len(first),
                      10, what="rows metric")
         assert h.metric(h.scrape(url), "bronze_flushes_total", reason="age") >= 1
+        # Everything produced is committed: the lag of both partitions drops to 0 (statistics every 1 s).
+        h.wait_until(lambda: [l for l in h.scrape(url).splitlines() if l.startswith("bronze_consumer_lag_messages")
+                              and l.endswith(" 0")].__len__() == 2, 30, what="lag 0 on both partitions")
         # Rows still buffered at SIGTERM are committed before exit 0.
         cfg_age_long = h.produce(orders(200, 2), {"orders": topic})
         h.wait_until(lambda: h.metric(h.scrape(url), "bronze_events_consumed_total") >= len(first) + len(cfg_age_long),

@@ -86,7 +86,8 @@ def test_storage_outage_pauses_partitions_within_budget_then_recovers(tmp_path):
     datasets = blobs_dataset(topic)
     datasets[0]["flush"] = '{ max_age = "200ms" }'
     cfg = h.write_config(tmp_path, group=h.unique("outage"), root=str(tmp_path / "lake"), datasets=datasets,
-                         budget=budget, extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n')
+                         budget=budget, extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n'
+                         '\n[kafka.properties]\n"statistics.interval.ms" = "1000"\n')
     outage = tmp_path / "storage-down"
     outage.touch()
     produced = h.produce([Blob(i, 64 * 1024, rng) for i in range(400)], {"blobs": topic})  # 25 MiB
@@ -104,6 +105,9 @@ def test_storage_outage_pauses_partitions_within_budget_then_recovers(tmp_path):
         readyz = url.replace("/metrics", "/readyz")
         status, body = h.http_json(readyz)
         assert status == 503 and "commits failing" in " ".join(body["reasons"]), body
+        # Nothing committed yet: the lag counts every produced message (watermarks every 1 s).
+        h.wait_until(lambda: h.metric(h.scrape(url), "bronze_consumer_lag_messages") == len(produced), 30,
+                     what="lag while storage is down")
         outage.unlink()
         uri = str(tmp_path / "lake" / "blobs")
         h.wait_until(lambda: len(h.offsets_of(h.read_delta(uri))) >= len(produced), 120, what="recovery")

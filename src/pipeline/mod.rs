@@ -190,6 +190,9 @@ impl Run {
             match event {
                 RebalanceEvent::Revoked(tps) => {
                     for tp in tps {
+                        // Another member reports this partition's lag from now on.
+                        metrics::gauge!("bronze_consumer_lag_messages", "topic" => tp.0.clone(), "partition" => tp.1.to_string())
+                            .set(0.0);
                         if let Some(ps) = self.partitions.remove(&tp) {
                             // Whoever owns it next re-reads these rows from the table's position.
                             self.datasets[ps.dataset].buffer.drop_partition(&tp.0, tp.1);
@@ -245,7 +248,11 @@ impl Run {
         }
         let d = ps.dataset;
         match ps.phase {
-            Phase::Unknown => match self.table_position(d, &tp).await? {
+            Phase::Unknown => match self.table_position(d, &tp).await.inspect(|pos| {
+                if let (Some(p), Some(ps)) = (pos, self.partitions.get_mut(&tp)) {
+                    ps.committed = Some(*p);
+                }
+            })? {
                 Some(pos) if m.offset != pos => {
                     info!(topic = %tp.0, partition = tp.1, from = m.offset, to = pos, "seeking to the table's position");
                     source::seek(&self.consumer, &tp, pos)?;
@@ -431,6 +438,11 @@ impl Run {
                     .map(|r| ((r.topic.clone(), r.partition), r.last + 1))
                     .filter(|(tp, _)| self.partitions.contains_key(tp))
                     .collect();
+                for (tp, next) in &positions {
+                    if let Some(ps) = self.partitions.get_mut(tp) {
+                        ps.committed = Some(*next);
+                    }
+                }
                 source::commit_group_offsets(&self.consumer, &positions);
             }
             Ok(CommitOutcome::Stale { partitions }) => {
@@ -535,6 +547,16 @@ impl Run {
     }
 
     fn update_gauges(&self) {
+        // Lag in messages: high watermark minus the table's position (the low watermark before the
+        // table has one for the partition).
+        let watermarks = self.consumer.context().watermarks();
+        for (tp, ps) in &self.partitions {
+            if let Some((low, high)) = watermarks.get(tp) {
+                let lag = (high - ps.committed.unwrap_or(*low)).max(0);
+                metrics::gauge!("bronze_consumer_lag_messages", "topic" => tp.0.clone(), "partition" => tp.1.to_string())
+                    .set(lag as f64);
+            }
+        }
         let used: usize = self.datasets.iter().map(DatasetState::memory_bytes).sum();
         metrics::gauge!("bronze_buffer_bytes").set(used as f64);
         let paused = self

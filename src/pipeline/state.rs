@@ -22,6 +22,8 @@ pub(super) struct PartitionState {
     pub phase: Phase,
     /// Offset of the next message to ingest.
     pub next_offset: Option<i64>,
+    /// The table's position for this partition (next offset to commit), once known.
+    pub committed: Option<i64>,
     /// Stopped on a message that cannot be ingested.
     pub stopped: bool,
     pub paused_for_memory: bool,
@@ -33,6 +35,7 @@ impl PartitionState {
             dataset,
             phase: Phase::Unknown,
             next_offset: None,
+            committed: None,
             stopped: false,
             paused_for_memory: false,
         }

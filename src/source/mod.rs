@@ -2,6 +2,7 @@
 //! of truth for positions, and group offsets are written after each Delta commit only so that lag
 //! tools see progress.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
@@ -31,9 +33,19 @@ pub enum RebalanceEvent {
 pub struct SourceContext {
     events: Mutex<Vec<RebalanceEvent>>,
     health: Arc<Health>,
+    /// Low and high watermark per partition, from librdkafka's periodic statistics.
+    watermarks: Mutex<HashMap<TopicPartition, (i64, i64)>>,
 }
 
 impl SourceContext {
+    /// The latest low and high watermarks librdkafka reported (every `statistics.interval.ms`).
+    pub fn watermarks(&self) -> HashMap<TopicPartition, (i64, i64)> {
+        self.watermarks
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
     pub fn take_events(&self) -> Vec<RebalanceEvent> {
         match self.events.lock() {
             Ok(mut e) => std::mem::take(&mut *e),
@@ -57,6 +69,21 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 }
 
 impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut w = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
+        for (topic, t) in statistics.topics {
+            // Partition -1 is librdkafka's internal unassigned queue.
+            for (partition, p) in t.partitions.into_iter().filter(|(id, _)| *id >= 0) {
+                if p.hi_offset >= 0 {
+                    w.insert(
+                        (topic.clone(), partition),
+                        (p.lo_offset.max(0), p.hi_offset),
+                    );
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.health.broker_error(Some(reason.to_string()));
@@ -97,6 +124,8 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
         // librdkafka's 45 s default keeps a crashed member's partitions idle for that long.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
+        // Watermarks for the lag metrics arrive with the statistics.
+        .set("statistics.interval.ms", "5000")
         // librdkafka's prefetch queue lives outside bronze's buffers but inside its memory. Its limit
         // applies per partition and counts bytes as fetched (compressed), so it gets a small share.
         .set(
@@ -130,6 +159,7 @@ pub fn subscribe(cfg: &Config, health: Arc<Health>) -> Result<Source, KafkaError
     let context = SourceContext {
         events: Mutex::default(),
         health,
+        watermarks: Mutex::default(),
     };
     let consumer: Source = client_config(cfg).create_with_context(context)?;
     let topics: Vec<String> = cfg
