@@ -248,19 +248,21 @@ impl Run {
         }
         let d = ps.dataset;
         match ps.phase {
-            Phase::Unknown => match self.table_position(d, &tp).await.inspect(|pos| {
-                if let (Some(p), Some(ps)) = (pos, self.partitions.get_mut(&tp)) {
-                    ps.committed = Some(*p);
+            Phase::Unknown => {
+                let position = self.table_position(d, &tp).await?;
+                if let Some(ps) = self.partitions.get_mut(&tp) {
+                    ps.committed = position;
                 }
-            })? {
-                Some(pos) if m.offset != pos => {
-                    info!(topic = %tp.0, partition = tp.1, from = m.offset, to = pos, "seeking to the table's position");
-                    source::seek(&self.consumer, &tp, pos)?;
-                    self.set_phase(&tp, Phase::Seeking(pos));
-                    return Ok(());
+                match position {
+                    Some(pos) if m.offset != pos => {
+                        info!(topic = %tp.0, partition = tp.1, from = m.offset, to = pos, "seeking to the table's position");
+                        source::seek(&self.consumer, &tp, pos)?;
+                        self.set_phase(&tp, Phase::Seeking(pos));
+                        return Ok(());
+                    }
+                    _ => self.set_phase(&tp, Phase::Ready),
                 }
-                _ => self.set_phase(&tp, Phase::Ready),
-            },
+            }
             Phase::Seeking(target) => {
                 if m.offset < target {
                     return Ok(());
