@@ -191,8 +191,7 @@ impl Run {
                 RebalanceEvent::Revoked(tps) => {
                     for tp in tps {
                         // Another member reports this partition's lag from now on.
-                        metrics::gauge!("bronze_consumer_lag_messages", "topic" => tp.0.clone(), "partition" => tp.1.to_string())
-                            .set(0.0);
+                        lag_gauge(&tp).set(0.0);
                         if let Some(ps) = self.partitions.remove(&tp) {
                             // Whoever owns it next re-reads these rows from the table's position.
                             self.datasets[ps.dataset].buffer.drop_partition(&tp.0, tp.1);
@@ -223,7 +222,8 @@ impl Run {
         Ok(())
     }
 
-    /// Where a partition resumes: the offset after the table's txn version for it.
+    /// Where a partition resumes: the offset after the table's txn version for it. Also recorded as the
+    /// partition's committed position (for the lag gauge).
     async fn table_position(
         &mut self,
         d: usize,
@@ -235,7 +235,11 @@ impl Run {
             ds.needs_refresh = false;
         }
         let app_id = sink::app_id(&self.group_id, &tp.0, tp.1);
-        Ok(ds.sink.committed_offset(&app_id).await?.map(|v| v + 1))
+        let position = ds.sink.committed_offset(&app_id).await?.map(|v| v + 1);
+        if let Some(ps) = self.partitions.get_mut(tp) {
+            ps.committed = position;
+        }
+        Ok(position)
     }
 
     async fn handle_message(&mut self, m: OwnedMessage) -> Result<(), PipelineError> {
@@ -248,21 +252,15 @@ impl Run {
         }
         let d = ps.dataset;
         match ps.phase {
-            Phase::Unknown => {
-                let position = self.table_position(d, &tp).await?;
-                if let Some(ps) = self.partitions.get_mut(&tp) {
-                    ps.committed = position;
+            Phase::Unknown => match self.table_position(d, &tp).await? {
+                Some(pos) if m.offset != pos => {
+                    info!(topic = %tp.0, partition = tp.1, from = m.offset, to = pos, "seeking to the table's position");
+                    source::seek(&self.consumer, &tp, pos)?;
+                    self.set_phase(&tp, Phase::Seeking(pos));
+                    return Ok(());
                 }
-                match position {
-                    Some(pos) if m.offset != pos => {
-                        info!(topic = %tp.0, partition = tp.1, from = m.offset, to = pos, "seeking to the table's position");
-                        source::seek(&self.consumer, &tp, pos)?;
-                        self.set_phase(&tp, Phase::Seeking(pos));
-                        return Ok(());
-                    }
-                    _ => self.set_phase(&tp, Phase::Ready),
-                }
-            }
+                _ => self.set_phase(&tp, Phase::Ready),
+            },
             Phase::Seeking(target) => {
                 if m.offset < target {
                     return Ok(());
@@ -551,12 +549,11 @@ impl Run {
     fn update_gauges(&self) {
         // Lag in messages: high watermark minus the table's position (the low watermark before the
         // table has one for the partition).
-        let watermarks = self.consumer.context().watermarks();
+        let watermarks = self.consumer.context().reported_watermarks();
         for (tp, ps) in &self.partitions {
             if let Some((low, high)) = watermarks.get(tp) {
                 let lag = (high - ps.committed.unwrap_or(*low)).max(0);
-                metrics::gauge!("bronze_consumer_lag_messages", "topic" => tp.0.clone(), "partition" => tp.1.to_string())
-                    .set(lag as f64);
+                lag_gauge(tp).set(lag as f64);
             }
         }
         let used: usize = self.datasets.iter().map(DatasetState::memory_bytes).sum();
@@ -626,6 +623,11 @@ impl Run {
                 .collect(),
         }
     }
+}
+
+/// `bronze_consumer_lag_messages` of one partition.
+fn lag_gauge(tp: &TopicPartition) -> metrics::Gauge {
+    metrics::gauge!("bronze_consumer_lag_messages", "topic" => tp.0.clone(), "partition" => tp.1.to_string())
 }
 
 /// What the loop needs of a Kafka message, without the consumer borrow.

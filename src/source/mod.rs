@@ -3,7 +3,7 @@
 //! tools see progress.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -38,27 +38,24 @@ pub struct SourceContext {
 }
 
 impl SourceContext {
-    /// The latest low and high watermarks librdkafka reported (every `statistics.interval.ms`).
-    pub fn watermarks(&self) -> HashMap<TopicPartition, (i64, i64)> {
-        self.watermarks
-            .lock()
-            .map(|w| w.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+    /// The latest low and high watermarks librdkafka reported (every `statistics.interval.ms`); unlike
+    /// [`watermarks`], no request to the broker.
+    pub fn reported_watermarks(&self) -> HashMap<TopicPartition, (i64, i64)> {
+        lock(&self.watermarks).clone()
     }
 
     pub fn take_events(&self) -> Vec<RebalanceEvent> {
-        match self.events.lock() {
-            Ok(mut e) => std::mem::take(&mut *e),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        }
+        std::mem::take(&mut *lock(&self.events))
     }
 
     fn push(&self, e: RebalanceEvent) {
-        match self.events.lock() {
-            Ok(mut q) => q.push(e),
-            Err(poisoned) => poisoned.into_inner().push(e),
-        }
+        lock(&self.events).push(e);
     }
+}
+
+/// A panic elsewhere must not take the consumer callbacks down with it: the data stays usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
@@ -70,7 +67,7 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
-        let mut w = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = lock(&self.watermarks);
         for (topic, t) in statistics.topics {
             // Partition -1 is librdkafka's internal unassigned queue.
             for (partition, p) in t.partitions.into_iter().filter(|(id, _)| *id >= 0) {
