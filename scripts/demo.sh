@@ -21,3 +21,7 @@ echo "== bronze run --until-caught-up --config config/demo.toml"
 echo "== bronze summary --config config/demo.toml"
 "$BRONZE_BIN" summary --config config/demo.toml
 "$py" tests/harness/demo.py report var/lake
+echo "== bronze status --config config/demo.toml"
+"$BRONZE_BIN" status --config config/demo.toml
+echo "== bronze runs --config config/demo.toml --limit 6   (the audit ledger, var/lake/_bronze_runs)"
+"$BRONZE_BIN" runs --config config/demo.toml --limit 6

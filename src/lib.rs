@@ -6,6 +6,7 @@
 //! offsets). [`pipeline`] runs that loop; [`config`] and [`contract`] describe what to run;
 //! [`observability`] installs logs and metrics.
 
+pub mod audit;
 pub mod buffer;
 pub mod config;
 pub mod contract;

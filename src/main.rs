@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use bronze::audit::RunsFilter;
 use bronze::config::Config;
 use bronze::contract::Contract;
+use bronze::observability::LogFormat;
 use bronze::pipeline::{self, RunOptions};
 use bronze::sink::{self, Probe, TableSink};
 use bronze::transform::Mapper;
@@ -24,6 +26,15 @@ const EXIT_CONFIG: u8 = 2;
                   as the data. One TOML file describes the broker, the storage and any number of datasets."
 )]
 struct Cli {
+    /// Log line format on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "BRONZE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,6 +57,37 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Where every dataset stands: lag in messages and seconds, last commit, files, small files, drift,
+    /// dead letters and failed commits in the last hour. Reads Kafka, the tables and the audit ledger;
+    /// works while `bronze run` runs elsewhere.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One JSON object per dataset (with per-partition detail) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit ledger, newest first: every commit, run start and end, failed commit and dropped batch.
+    Runs {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        dataset: Option<String>,
+        /// A duration back from now (`1h`, `30m`) or an RFC 3339 time.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<i64>,
+        /// `succeeded`, `failed` or `running`.
+        #[arg(long)]
+        status: Option<String>,
+        /// `commit`, `run_started`, `run_finished`, `commit_failed`, `batch_dropped`, ...
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per row instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print version, files, rows and partitions of every dataset's table.
     Summary {
         #[arg(long, short)]
@@ -58,11 +100,13 @@ enum Command {
 
 fn main() -> ExitCode {
     pin_mmap_threshold();
-    bronze::observability::init_logging();
     let cli = Cli::parse();
+    bronze::observability::init_logging(cli.log_format);
     let config_path = match &cli.command {
         Command::Run { config, .. }
         | Command::Validate { config }
+        | Command::Status { config, .. }
+        | Command::Runs { config, .. }
         | Command::Summary { config, .. } => config.clone(),
     };
     let cfg = match load_config(&config_path) {
@@ -89,6 +133,25 @@ fn main() -> ExitCode {
             } => run(cfg, until_caught_up).await,
             Command::Validate { .. } => validate(&cfg).await,
             Command::Summary { json, .. } => summary(&cfg, json).await,
+            Command::Status { json, .. } => status(&cfg, json).await,
+            Command::Runs {
+                dataset,
+                since,
+                status,
+                kind,
+                limit,
+                json,
+                ..
+            } => {
+                let filter = RunsFilter {
+                    dataset,
+                    since_us: since,
+                    status,
+                    kind,
+                    limit,
+                };
+                runs(&cfg, &filter, json).await
+            }
         }
     });
     match result {
@@ -196,6 +259,55 @@ async fn validate(cfg: &Config) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `--since`: `1h`-style durations back from now, or an RFC 3339 time; µs since the epoch.
+fn parse_since(s: &str) -> Result<i64, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        let d = chrono::Duration::from_std(d).map_err(|e| e.to_string())?;
+        return Ok((chrono::Utc::now() - d).timestamp_micros());
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_micros())
+        .map_err(|_| format!("`{s}` is neither a duration (1h, 30m) nor an RFC 3339 time"))
+}
+
+async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let datasets = bronze::observability::status::collect(cfg).await?;
+    if json {
+        for d in &datasets {
+            println!("{}", serde_json::to_string(d)?);
+        }
+    } else {
+        println!("{}", bronze::observability::status::header());
+        for d in &datasets {
+            println!("{d}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn runs(cfg: &Config, filter: &RunsFilter, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(batches) = bronze::audit::runs(cfg, filter).await? else {
+        eprintln!(
+            "no audit ledger at {} yet (it is created by `bronze run`)",
+            cfg.audit.table_uri
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    if json {
+        let mut writer = arrow::json::LineDelimitedWriter::new(std::io::stdout().lock());
+        for b in &batches {
+            writer.write(b)?;
+        }
+        writer.finish()?;
+    } else {
+        println!(
+            "{}",
+            deltalake::datafusion::arrow::util::pretty::pretty_format_batches(&batches)?
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn summary(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let options = cfg.storage_options();
     if !json {
@@ -219,7 +331,7 @@ async fn summary(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
                     cfg.storage.compression,
                 )
                 .await?;
-                Some(sink.stats()?)
+                Some(sink.stats(cfg.storage.small_file_bytes)?)
             }
         };
         match (json, stats) {

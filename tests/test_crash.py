@@ -63,4 +63,6 @@ def test_kill_9_at_random_points_and_between_upload_and_commit(tmp_path):
     assert "orders" in out
     # The polars reader agrees.
     assert h.read_polars(str(table_dir)).height == len(expected)
+    # Commits of killed runs reach the ledger through later runs, each exactly once.
+    h.assert_ledger_complete(str(root), "orders")
     print(f"rows after each kill: {progress}; final {len(rows)}")

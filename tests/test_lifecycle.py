@@ -1,6 +1,7 @@
 """Run-time behaviour of a long-running `bronze run`: age flushes without new traffic, SIGTERM flushes
 and exits 0, topic patterns, and a message that cannot be ingested stops only its partition, loudly."""
 
+import json
 import signal
 import time
 
@@ -35,7 +36,8 @@ def test_age_flush_without_new_messages_and_sigterm_commits(tmp_path):
     h.create_topics({topic: 2})
     # A regex subscription; rows, bytes limits far away: only age (2 s) can flush.
     cfg, url = metrics_config(tmp_path, f'topic_pattern = "^{prefix}\\\\..*"', flush_age="2s", max_rows=1_000_000)
-    proc = h.start_bronze(cfg, log=tmp_path / "bronze.log")
+    log = tmp_path / "bronze.log"
+    proc = h.start_bronze(cfg, log=log, env={"BRONZE_LOG_FORMAT": "json"})
     try:
         h.wait_until(lambda: h.metric(h.scrape(url), "bronze_assigned_partitions") >= 2, 60, what="assignment")
         base = url.rsplit("/", 1)[0]
@@ -43,6 +45,9 @@ def test_age_flush_without_new_messages_and_sigterm_commits(tmp_path):
         status, body = h.http_json(f"{base}/readyz")
         assert (status, body["status"], body["reasons"]) == (200, "ready", []), body
         first = h.produce(orders(300, 1), {"orders": topic})
+        # Buffered but not committed: the oldest event's age is the lag in seconds, and it grows.
+        h.wait_until(lambda: h.metric(h.scrape(url), "bronze_consumer_lag_seconds", dataset="orders") > 0.5, 10,
+                     what="lag seconds while buffered")
         # No further message arrives, yet the age limit commits the rows.
         h.wait_until(lambda: len(h.stored_offsets(str(tmp_path / "lake" / "orders"))) == len(first), 30,
                      what="age flush")
@@ -53,6 +58,7 @@ def test_age_flush_without_new_messages_and_sigterm_commits(tmp_path):
         # Everything produced is committed: the lag of both partitions drops to 0 (statistics every 1 s).
         h.wait_until(lambda: [l for l in h.scrape(url).splitlines() if l.startswith("bronze_consumer_lag_messages")
                               and l.endswith(" 0")].__len__() == 2, 30, what="lag 0 on both partitions")
+        assert h.metric(h.scrape(url), "bronze_consumer_lag_seconds", dataset="orders") == 0
         # Rows still buffered at SIGTERM are committed before exit 0.
         cfg_age_long = h.produce(orders(200, 2), {"orders": topic})
         h.wait_until(lambda: h.metric(h.scrape(url), "bronze_events_consumed_total") >= len(first) + len(cfg_age_long),
@@ -63,6 +69,12 @@ def test_age_flush_without_new_messages_and_sigterm_commits(tmp_path):
             proc.kill()
     rows = h.stored_offsets(str(tmp_path / "lake" / "orders"))
     assert len(rows) == len(set(rows)) == len(first) + len(cfg_age_long)
+    # JSON logs: one object per line; the run's lines carry its id and commits name their dataset.
+    lines = [json.loads(l) for l in log.read_text().splitlines() if l.startswith("{")]
+    commits = [l for l in lines if l.get("message") == "committed"]
+    assert commits and all(l["dataset"] == "orders" for l in commits), lines[-5:]
+    run_ids = {s["run_id"] for l in commits for s in l.get("spans", []) if "run_id" in s}
+    assert len(run_ids) == 1, commits[:2]
 
 
 def test_undecodable_message_stops_only_its_partition(tmp_path):
@@ -88,7 +100,14 @@ def test_undecodable_message_stops_only_its_partition(tmp_path):
         assert len(h.stored_offsets(uri)) == 150, "nothing after the bad message may be ingested"
         text = h.scrape(url)
         assert h.metric(text, "bronze_decode_errors_total", dataset="orders", kind="invalid_json") == 1
-        assert h.metric(text, "bronze_paused_partitions") == 1
+        assert h.metric(text, "bronze_stopped_partitions", dataset="orders") == 1
+        assert h.metric(text, "bronze_paused_partitions") == 0
+        # The stopped message is the oldest uncommitted event: its age keeps growing; partition 1 is done.
+        age = h.metric(text, "bronze_consumer_lag_seconds", dataset="orders", partition="0")
+        assert age >= 2, text
+        time.sleep(1.5)
+        assert h.metric(h.scrape(url), "bronze_consumer_lag_seconds", dataset="orders", partition="0") >= age + 1
+        assert h.metric(h.scrape(url), "bronze_consumer_lag_seconds", dataset="orders", partition="1") == 0
         # Loud, not just lagging: readiness fails and names the partition.
         status, body = h.http_json(url.replace("/metrics", "/readyz"))
         assert status == 503 and body["status"] == "not_ready", body

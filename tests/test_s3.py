@@ -119,5 +119,7 @@ def test_two_processes_commit_concurrently_to_one_s3_table(tmp_path, s3):
     assert switches >= 5, runs
     # No commit was lost: the rows the commits report add up to the table.
     assert sum(c["bronze"]["rows_written"] for c in history) == len(rows)
+    # Both processes transcribe the table's log into one ledger, racing: each version lands once.
+    h.assert_ledger_complete(f"s3://{BUCKET}/{prefix}", "orders")
     text = "".join(l.read_text() for l in logs)
     print(f"commits={len(history)} interleavings={switches} conflicts retried={text.count('commit conflict')}")

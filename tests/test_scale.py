@@ -1,6 +1,7 @@
 """Scale-out: two bronze processes in one group, a third joining mid-stream (rebalance), one killed with
 SIGKILL; traffic keeps flowing the whole time. At the end every event is stored exactly once."""
 
+import json
 import signal
 import threading
 import time
@@ -54,6 +55,8 @@ def test_three_members_rebalance_and_a_crash(tmp_path):
     runs = {c["bronze"]["run_id"] for c in h.delta_history(uri) if c.get("bronze")}
     assert len(runs) >= 3, runs
     assert h.read_polars(uri).height == len(expected)
+    # Three processes followed the same table into one ledger: each version is in it once.
+    h.assert_ledger_complete(str(root), "orders")
 
 
 def test_zombie_batch_after_rebalance_is_dropped_not_doubled(tmp_path):
@@ -102,3 +105,10 @@ def test_zombie_batch_after_rebalance_is_dropped_not_doubled(tmp_path):
     assert "already committed some of these offsets" in (tmp_path / "a.log").read_text()
     # The stale batch's files were deleted.
     assert h.parquet_files_on_disk(root / "orders") == h.referenced_files(root / "orders")
+    # The ledger has every commit once, and A's failed commits and dropped batch, also through `bronze runs`.
+    h.assert_ledger_complete(str(root), "orders")
+    out = h.run_bronze(cfgs[0], "runs", "--status", "failed", "--json").stdout
+    failed = [json.loads(l) for l in out.splitlines()]
+    assert {r["kind"] for r in failed} == {"commit_failed", "batch_dropped"}, failed
+    assert all(r["dataset"] == "orders" and r["error"] for r in failed)
+    assert any("outage injected" in r["error"] for r in failed if r["kind"] == "commit_failed")

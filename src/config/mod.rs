@@ -55,7 +55,47 @@ pub struct Config {
     pub flush: FlushLimits,
     pub memory: MemoryConfig,
     pub metrics: MetricsConfig,
+    pub audit: AuditConfig,
     pub datasets: Vec<DatasetConfig>,
+}
+
+/// The audit ledger (`[audit]`): a Delta table recording every commit and run.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// Resolved like a dataset's `table`: a name under `storage.root` or a full URI.
+    pub table_uri: String,
+    /// How often the ledger transcribes new commits and pending events.
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    #[serde(default = "default_audit_table")]
+    table: String,
+    #[serde(default = "default_audit_interval", with = "humantime_serde_compat")]
+    interval: Duration,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            enabled: true,
+            table: default_audit_table(),
+            interval: default_audit_interval(),
+        }
+    }
+}
+
+fn default_audit_table() -> String {
+    "_bronze_runs".to_string()
+}
+
+fn default_audit_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +144,13 @@ pub struct StorageConfig {
     /// Uncommitted data files older than this are removed at start-up (left by a crash between upload and commit).
     #[serde(default = "default_orphan_grace", with = "humantime_serde_compat")]
     pub orphan_grace: Duration,
+    /// Files below this size count as small (`bronze status`, compaction candidates).
+    #[serde(default = "default_small_file_bytes")]
+    pub small_file_bytes: u64,
+}
+
+fn default_small_file_bytes() -> u64 {
+    32 * 1024 * 1024
 }
 
 fn default_orphan_grace() -> Duration {
@@ -315,6 +362,8 @@ struct RawConfig {
     memory: MemoryConfig,
     #[serde(default)]
     metrics: MetricsConfig,
+    #[serde(default)]
+    audit: RawAudit,
     /// Directory of schema files, relative to the config file.
     #[serde(default = "default_schema_dir")]
     schema_dir: String,
@@ -491,12 +540,7 @@ impl Config {
                     ));
                 }
             };
-            let table = d.table.unwrap_or_else(|| d.name.clone());
-            let table_uri = if table.contains("://") {
-                table
-            } else {
-                format!("{}/{}", root.trim_end_matches('/'), table)
-            };
+            let table_uri = table_uri(&root, d.table.as_deref().unwrap_or(&d.name));
             let schema_file = schema_dir.join(&d.schema);
             if !schema_file.is_file() {
                 return Err(ConfigError::invalid(
@@ -547,8 +591,35 @@ impl Config {
                 }
             }
         }
+        if raw.audit.interval < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                file,
+                "audit.interval",
+                "must be at least 100ms",
+            ));
+        }
+        if raw.audit.table.is_empty() {
+            return Err(ConfigError::invalid(
+                file,
+                "audit.table",
+                "must not be empty",
+            ));
+        }
+        let audit = AuditConfig {
+            enabled: raw.audit.enabled,
+            table_uri: table_uri(&root, &raw.audit.table),
+            interval: raw.audit.interval,
+        };
+        if let Some(d) = datasets.iter().find(|d| d.table_uri == audit.table_uri) {
+            return Err(ConfigError::invalid(
+                file,
+                "audit.table",
+                format!("is the table of dataset `{}`", d.name),
+            ));
+        }
         Ok(Config {
             file: file.to_path_buf(),
+            audit,
             kafka: raw.kafka,
             storage: StorageConfig {
                 root,
@@ -585,6 +656,15 @@ impl Config {
             }
         }
         opts
+    }
+}
+
+/// A table name under `root`, or a full URI as it is.
+fn table_uri(root: &str, table: &str) -> String {
+    if table.contains("://") {
+        table.to_string()
+    } else {
+        format!("{}/{}", root.trim_end_matches('/'), table)
     }
 }
 

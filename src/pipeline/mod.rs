@@ -17,8 +17,9 @@ use std::sync::Arc;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Headers};
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
+use crate::audit::{AuditHandle, AuditRecord, Ledger};
 use crate::buffer::{DatasetBuffer, FlushReason, TopicPartition};
 use crate::config::Config;
 use crate::contract::Contract;
@@ -28,7 +29,7 @@ use crate::sink::{self, CommitContext, CommitOutcome, TableSink};
 use crate::source::{self, RebalanceEvent, Source};
 use crate::transform::{Mapper, MessageContext};
 
-use state::{DatasetState, PartitionState, Phase};
+use state::{DatasetState, PartitionState, PendingBatch, Phase};
 pub use state::{DatasetSummary, RunSummary};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,8 @@ pub enum PipelineError {
     Mapping(#[from] crate::transform::MappingError),
     #[error(transparent)]
     Sink(Box<crate::sink::SinkError>),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("{0}")]
@@ -99,6 +102,16 @@ pub async fn run(
     let datasets = open_datasets(&cfg).await?;
     let consumer = source::subscribe(&cfg, options.health.clone())?;
     let run_id = uuid::Uuid::now_v7().to_string();
+    let started_us = chrono::Utc::now().timestamp_micros();
+    let audit = if cfg.audit.enabled {
+        let ledger = Ledger::open(&cfg).await?;
+        let handle = AuditHandle::spawn(ledger, cfg.audit.interval);
+        let names: Vec<String> = cfg.datasets.iter().map(|d| d.name.clone()).collect();
+        handle.record(AuditRecord::run_started(&run_id, &names));
+        Some(handle)
+    } else {
+        None
+    };
     info!(run_id = %run_id, datasets = datasets.len(), "bronze run started");
     metrics::gauge!("bronze_memory_budget_bytes").set(cfg.memory.budget_bytes as f64);
     let mut run = Run {
@@ -114,11 +127,27 @@ pub async fn run(
         started: Instant::now(),
         ever_assigned: false,
         last_broker_probe: Instant::now(),
+        audit,
     };
-    let result = run.event_loop(shutdown).await;
+    // Every line of the run carries its id (a field of the span in JSON logs).
+    let span = tracing::info_span!("run", run_id = %run.run_id);
+    let result = run.event_loop(shutdown).instrument(span).await;
     let summary = run.summary();
+    if let Some(audit) = run.audit.take() {
+        let error = result.as_ref().err().map(ToString::to_string);
+        audit.record(AuditRecord::run_finished(
+            &summary.run_id,
+            started_us,
+            summary.totals(),
+            error.as_deref(),
+        ));
+        audit.close(AUDIT_CLOSE_TIMEOUT).await;
+    }
     result.map(|()| summary)
 }
+
+/// How long a finishing run waits for its last ledger write.
+const AUDIT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Run {
     cfg: Config,
@@ -134,6 +163,7 @@ struct Run {
     started: Instant,
     ever_assigned: bool,
     last_broker_probe: Instant,
+    audit: Option<AuditHandle>,
 }
 
 /// How long `--until-caught-up` waits for a first assignment before giving up.
@@ -190,9 +220,11 @@ impl Run {
             match event {
                 RebalanceEvent::Revoked(tps) => {
                     for tp in tps {
-                        // Another member reports this partition's lag from now on.
-                        lag_gauge(&tp).set(0.0);
                         if let Some(ps) = self.partitions.remove(&tp) {
+                            // Another member reports this partition's lag from now on.
+                            let dataset = &self.datasets[ps.dataset].cfg.name;
+                            lag_gauge(dataset, &tp).set(0.0);
+                            lag_seconds_gauge(dataset, &tp).set(0.0);
                             // Whoever owns it next re-reads these rows from the table's position.
                             self.datasets[ps.dataset].buffer.drop_partition(&tp.0, tp.1);
                         }
@@ -278,6 +310,7 @@ impl Run {
             return Ok(());
         }
         ps.next_offset = Some(m.offset + 1);
+        ps.buffered_ts.get_or_insert(m.timestamp_ms);
         self.ingest(d, &tp, m)
     }
 
@@ -346,6 +379,7 @@ impl Run {
                 source::pause(&self.consumer, tp);
                 if let Some(ps) = self.partitions.get_mut(tp) {
                     ps.stopped = true;
+                    ps.stopped_ts = Some(m.timestamp_ms);
                     ps.next_offset = Some(m.offset);
                 }
                 Ok(())
@@ -374,13 +408,23 @@ impl Run {
         let ds = &mut self.datasets[d];
         if ds.pending.is_none() {
             let batch_id = uuid::Uuid::now_v7().to_string();
+            let started_ms = chrono::Utc::now().timestamp_millis();
             let started = Instant::now();
             let taken = tokio::task::block_in_place(|| ds.buffer.take(&batch_id));
             match taken {
                 Ok(Some(batch)) => {
                     metrics::histogram!("bronze_flush_build_seconds", "dataset" => ds.cfg.name.clone())
                         .record(started.elapsed().as_secs_f64());
-                    ds.pending = Some((batch, batch_id));
+                    ds.pending = Some(PendingBatch {
+                        batch,
+                        id: batch_id,
+                        started_ms,
+                    });
+                    for ps in self.partitions.values_mut().filter(|p| p.dataset == d) {
+                        if let Some(ts) = ps.buffered_ts.take() {
+                            ps.pending_ts = Some(ts);
+                        }
+                    }
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -391,13 +435,19 @@ impl Run {
                 }
             }
         }
-        let Some((batch, batch_id)) = ds.pending.take() else {
+        let Some(PendingBatch {
+            batch,
+            id: batch_id,
+            started_ms,
+        }) = ds.pending.take()
+        else {
             return Ok(());
         };
         let ctx = CommitContext {
             group_id: self.group_id.clone(),
             run_id: self.run_id.clone(),
             dataset: ds.cfg.name.clone(),
+            started_ms,
         };
         let started = Instant::now();
         match ds.sink.commit(&batch, &ctx, &batch_id).await {
@@ -406,6 +456,7 @@ impl Run {
                 files,
                 bytes,
                 conflicts,
+                table_files,
             }) => {
                 let rows = batch.rows();
                 let name = ds.cfg.name.clone();
@@ -415,7 +466,15 @@ impl Run {
                 metrics::counter!("bronze_bytes_written_total", "dataset" => name.clone())
                     .increment(bytes.max(0) as u64);
                 metrics::counter!("bronze_files_written_total", "dataset" => name.clone())
-                    .increment(files as u64);
+                    .increment(files.len() as u64);
+                for size in &files {
+                    metrics::histogram!("bronze_file_size_bytes", "dataset" => name.clone())
+                        .record(*size as f64);
+                }
+                if let Some(n) = table_files {
+                    metrics::gauge!("bronze_table_files", "dataset" => name.clone()).set(n as f64);
+                }
+                let files = files.len();
                 metrics::counter!("bronze_duplicates_dropped_total", "dataset" => name.clone())
                     .increment(batch.duplicates_dropped as u64);
                 metrics::histogram!("bronze_flush_duration_seconds", "dataset" => name.clone())
@@ -443,6 +502,13 @@ impl Run {
                         ps.committed = Some(*next);
                     }
                 }
+                let now = Instant::now();
+                for ps in self.partitions.values_mut().filter(|p| p.dataset == d) {
+                    ps.pending_ts = None;
+                    if ps.buffered_ts.is_none() {
+                        ps.settled_since = now;
+                    }
+                }
                 source::commit_group_offsets(&self.consumer, &positions);
             }
             Ok(CommitOutcome::Stale { partitions }) => {
@@ -450,6 +516,14 @@ impl Run {
                     "another member already committed some of these offsets; batch dropped, re-reading from the table");
                 metrics::counter!("bronze_stale_batches_total", "dataset" => ds.cfg.name.clone())
                     .increment(1);
+                if let Some(a) = &self.audit {
+                    a.record(AuditRecord::batch_dropped(
+                        &self.run_id,
+                        &ds.cfg.name,
+                        &batch_id,
+                        batch.rows_in,
+                    ));
+                }
                 ds.needs_refresh = true;
                 ds.retry_at = None;
                 ds.failures = 0;
@@ -458,6 +532,10 @@ impl Run {
                 for r in &batch.ranges {
                     let tp = (r.topic.clone(), r.partition);
                     self.datasets[d].buffer.drop_partition(&tp.0, tp.1);
+                    if let Some(ps) = self.partitions.get_mut(&tp) {
+                        ps.buffered_ts = None;
+                        ps.pending_ts = None;
+                    }
                     if self.partitions.contains_key(&tp) {
                         let pos = self.table_position(d, &tp).await?.unwrap_or(r.first);
                         source::seek(&self.consumer, &tp, pos)?;
@@ -471,11 +549,23 @@ impl Run {
                 metrics::counter!("bronze_commit_errors_total", "dataset" => ds.cfg.name.clone())
                     .increment(1);
                 error!(dataset = %ds.cfg.name, error = %e, retry_in = ?backoff, "commit failed; batch kept for retry");
+                if let Some(a) = &self.audit {
+                    a.record(AuditRecord::commit_failed(
+                        &self.run_id,
+                        &ds.cfg.name,
+                        &batch_id,
+                        &e.to_string(),
+                    ));
+                }
                 self.options
                     .health
                     .commit_result(&ds.cfg.name, Some(e.to_string()));
                 ds.retry_at = Some(Instant::now() + backoff);
-                ds.pending = Some((batch, batch_id));
+                ds.pending = Some(PendingBatch {
+                    batch,
+                    id: batch_id,
+                    started_ms,
+                });
             }
         }
         Ok(())
@@ -550,21 +640,38 @@ impl Run {
         // Lag in messages: high watermark minus the table's position (the low watermark before the
         // table has one for the partition).
         let watermarks = self.consumer.context().reported_watermarks();
+        let now_ms = chrono::Utc::now().timestamp_millis();
         for (tp, ps) in &self.partitions {
-            if let Some((low, high)) = watermarks.get(tp) {
-                let lag = (high - ps.committed.unwrap_or(*low)).max(0);
-                lag_gauge(tp).set(lag as f64);
+            let lag = watermarks
+                .get(tp)
+                .map(|(low, high)| (high - ps.committed.unwrap_or(*low)).max(0));
+            let dataset = &self.datasets[ps.dataset].cfg.name;
+            if let Some(lag) = lag {
+                lag_gauge(dataset, tp).set(lag as f64);
             }
+            lag_seconds_gauge(dataset, tp).set(ps.lag_seconds(lag.unwrap_or(0), now_ms));
         }
         let used: usize = self.datasets.iter().map(DatasetState::memory_bytes).sum();
         metrics::gauge!("bronze_buffer_bytes").set(used as f64);
         let paused = self
             .partitions
             .values()
-            .filter(|p| p.paused_for_memory || p.stopped)
+            .filter(|p| p.paused_for_memory)
             .count();
         metrics::gauge!("bronze_paused_partitions").set(paused as f64);
+        for (d, ds) in self.datasets.iter().enumerate() {
+            let stopped = self
+                .partitions
+                .values()
+                .filter(|p| p.dataset == d && p.stopped)
+                .count();
+            metrics::gauge!("bronze_stopped_partitions", "dataset" => ds.cfg.name.clone())
+                .set(stopped as f64);
+        }
         metrics::gauge!("bronze_assigned_partitions").set(self.partitions.len() as f64);
+        metrics::gauge!("bronze_up").set(1.0);
+        let (ready, _) = self.options.health.readiness();
+        metrics::gauge!("bronze_ready").set(if ready { 1.0 } else { 0.0 });
     }
 
     /// `--until-caught-up`: done when every assigned partition has reached the high watermark it had
@@ -626,8 +733,13 @@ impl Run {
 }
 
 /// `bronze_consumer_lag_messages` of one partition.
-fn lag_gauge(tp: &TopicPartition) -> metrics::Gauge {
-    metrics::gauge!("bronze_consumer_lag_messages", "topic" => tp.0.clone(), "partition" => tp.1.to_string())
+fn lag_gauge(dataset: &str, tp: &TopicPartition) -> metrics::Gauge {
+    metrics::gauge!("bronze_consumer_lag_messages", "dataset" => dataset.to_string(), "topic" => tp.0.clone(), "partition" => tp.1.to_string())
+}
+
+/// `bronze_consumer_lag_seconds` of one partition: age of its oldest uncommitted event.
+fn lag_seconds_gauge(dataset: &str, tp: &TopicPartition) -> metrics::Gauge {
+    metrics::gauge!("bronze_consumer_lag_seconds", "dataset" => dataset.to_string(), "topic" => tp.0.clone(), "partition" => tp.1.to_string())
 }
 
 /// What the loop needs of a Kafka message, without the consumer borrow.
@@ -635,6 +747,8 @@ struct OwnedMessage {
     topic: String,
     partition: i32,
     offset: i64,
+    /// Kafka timestamp (create or log-append time) in ms, or the time it was read when absent.
+    timestamp_ms: i64,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     headers: Vec<(String, Option<Vec<u8>>)>,
@@ -664,6 +778,10 @@ impl From<&BorrowedMessage<'_>> for OwnedMessage {
             topic: m.topic().to_string(),
             partition: m.partition(),
             offset: m.offset(),
+            timestamp_ms: m
+                .timestamp()
+                .to_millis()
+                .unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
             headers,

@@ -27,6 +27,13 @@ pub(super) struct PartitionState {
     /// Stopped on a message that cannot be ingested.
     pub stopped: bool,
     pub paused_for_memory: bool,
+    /// Kafka timestamps (ms) of the oldest uncommitted message: in the buffer, in the batch being
+    /// committed, and the message the partition stopped on. They make `bronze_consumer_lag_seconds`.
+    pub buffered_ts: Option<i64>,
+    pub pending_ts: Option<i64>,
+    pub stopped_ts: Option<i64>,
+    /// Since when everything consumed from this partition is committed (assignment or last commit).
+    pub settled_since: Instant,
 }
 
 impl PartitionState {
@@ -38,6 +45,25 @@ impl PartitionState {
             committed: None,
             stopped: false,
             paused_for_memory: false,
+            buffered_ts: None,
+            pending_ts: None,
+            stopped_ts: None,
+            settled_since: Instant::now(),
+        }
+    }
+
+    /// Age in seconds of the oldest message of this partition not yet committed. With `lag` messages
+    /// waiting in Kafka but none consumed (paused, or not fetched yet), the time since the partition was
+    /// last fully committed: an upper bound, so an alert on it never fires late.
+    pub fn lag_seconds(&self, lag: i64, now_ms: i64) -> f64 {
+        let oldest = [self.buffered_ts, self.pending_ts, self.stopped_ts]
+            .into_iter()
+            .flatten()
+            .min();
+        match oldest {
+            Some(ts) => ((now_ms - ts).max(0)) as f64 / 1000.0,
+            None if lag > 0 => self.settled_since.elapsed().as_secs_f64(),
+            None => 0.0,
         }
     }
 }
@@ -62,6 +88,21 @@ pub struct RunSummary {
     pub elapsed: Duration,
     /// Name, counters and table version at the end.
     pub datasets: Vec<(String, DatasetSummary, Option<u64>)>,
+}
+
+impl RunSummary {
+    /// Sums over all datasets, for the ledger's `run_finished` row.
+    pub fn totals(&self) -> crate::audit::RunTotals {
+        let mut t = crate::audit::RunTotals::default();
+        for (_, s, _) in &self.datasets {
+            t.rows_in += s.events;
+            t.rows_written += s.rows_written;
+            t.rows_deduplicated += s.duplicates_dropped;
+            t.files += s.files;
+            t.bytes += s.bytes;
+        }
+        t
+    }
 }
 
 impl std::fmt::Display for RunSummary {
@@ -104,13 +145,21 @@ impl std::fmt::Display for RunSummary {
     }
 }
 
+/// A batch taken from the buffer and not committed yet.
+pub(super) struct PendingBatch {
+    pub batch: FlushBatch,
+    pub id: String,
+    /// When it was taken from the buffer, ms since the epoch.
+    pub started_ms: i64,
+}
+
 pub struct DatasetState {
     pub(super) cfg: DatasetConfig,
     pub(super) mapper: Mapper,
     pub(super) buffer: DatasetBuffer,
     pub(super) sink: TableSink,
     /// A taken batch whose commit failed, kept to retry (its rows are no longer in `buffer`).
-    pub(super) pending: Option<(FlushBatch, String)>,
+    pub(super) pending: Option<PendingBatch>,
     pub(super) retry_at: Option<Instant>,
     pub(super) failures: u32,
     /// The table must be re-read before its txn versions are trusted (after a rebalance).
@@ -140,6 +189,6 @@ impl DatasetState {
 
     /// Buffered bytes plus the Arrow memory of a batch waiting to be committed.
     pub(super) fn memory_bytes(&self) -> usize {
-        self.buffer.bytes() + self.pending.as_ref().map_or(0, |(b, _)| b.memory_bytes())
+        self.buffer.bytes() + self.pending.as_ref().map_or(0, |p| p.batch.memory_bytes())
     }
 }

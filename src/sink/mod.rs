@@ -9,6 +9,7 @@
 //! * a concurrent commit that touched the same app ids between our read and our write makes delta-rs
 //!   refuse ours (conflict checking), and the verification runs again on the new snapshot.
 
+pub mod delta_log;
 mod orphans;
 
 use std::collections::HashMap;
@@ -60,6 +61,8 @@ pub struct CommitContext {
     pub group_id: String,
     pub run_id: String,
     pub dataset: String,
+    /// When the flush began (ms since the epoch), so the ledger can tell how long it took.
+    pub started_ms: i64,
 }
 
 impl CommitContext {
@@ -77,9 +80,12 @@ pub fn app_id(group_id: &str, topic: &str, partition: i32) -> String {
 pub enum CommitOutcome {
     Committed {
         version: u64,
-        files: usize,
+        /// Size in bytes of each file added.
+        files: Vec<i64>,
         bytes: i64,
         conflicts: usize,
+        /// Live files in the table after this commit, when the snapshot could tell.
+        table_files: Option<usize>,
     },
     /// Some partitions' offsets were already in the table: nothing was committed.
     Stale { partitions: Vec<TopicPartition> },
@@ -108,6 +114,8 @@ pub struct TableStats {
     pub rows: u64,
     pub bytes: u64,
     pub partitions: usize,
+    /// Files smaller than the threshold given to [`TableSink::stats`].
+    pub small_files: usize,
 }
 
 /// What `bronze validate` learns about a dataset's table location.
@@ -117,6 +125,56 @@ pub enum Probe {
     Absent,
     /// A table with the expected schema exists.
     Present(TableStats),
+}
+
+/// The URL of a table URI (`file://` paths are normalized the way delta-rs expects).
+fn table_url(uri: &str) -> Result<url::Url, SinkError> {
+    let delta = |source| SinkError::Delta {
+        uri: uri.to_string(),
+        source,
+    };
+    if uri.starts_with("file://") {
+        deltalake::ensure_table_uri(uri).map_err(delta)
+    } else {
+        url::Url::parse(uri)
+            .map_err(|e| delta(DeltaTableError::InvalidTableLocation(e.to_string())))
+    }
+}
+
+/// The log of the table at `uri`, for reading single commits without loading a snapshot.
+pub fn open_log(
+    uri: &str,
+    storage_options: &HashMap<String, String>,
+) -> Result<deltalake::logstore::LogStoreRef, SinkError> {
+    let delta = |source| SinkError::Delta {
+        uri: uri.to_string(),
+        source,
+    };
+    let table = DeltaTableBuilder::from_url(table_url(uri)?)
+        .map_err(delta)?
+        .with_storage_options(storage_options.clone())
+        .build()
+        .map_err(delta)?;
+    Ok(table.log_store())
+}
+
+/// The table at `uri` at its newest version, or `None` when there is no table there (yet).
+pub async fn load_existing(
+    uri: &str,
+    storage_options: &HashMap<String, String>,
+) -> Result<Option<DeltaTable>, SinkError> {
+    let delta = |source| SinkError::Delta {
+        uri: uri.to_string(),
+        source,
+    };
+    let builder = DeltaTableBuilder::from_url(table_url(uri)?)
+        .map_err(delta)?
+        .with_storage_options(storage_options.clone());
+    match builder.load().await {
+        Ok(t) => Ok(Some(t)),
+        Err(DeltaTableError::NotATable(_)) => Ok(None),
+        Err(e) => Err(delta(e)),
+    }
 }
 
 /// Check a table location without creating anything.
@@ -182,7 +240,7 @@ pub async fn probe(
         target_file_size: 0,
     };
     sink.check_schema(&schema, partition_columns)?;
-    Ok(Probe::Present(sink.stats()?))
+    Ok(Probe::Present(sink.stats(0)?))
 }
 
 /// One dataset's Delta table.
@@ -208,12 +266,7 @@ impl TableSink {
             uri: uri.to_string(),
             source,
         };
-        let url = if uri.starts_with("file://") {
-            deltalake::ensure_table_uri(uri).map_err(delta)?
-        } else {
-            url::Url::parse(uri)
-                .map_err(|e| delta(DeltaTableError::InvalidTableLocation(e.to_string())))?
-        };
+        let url = table_url(uri)?;
         let builder = || {
             DeltaTableBuilder::from_url(url.clone())
                 .map(|b| b.with_storage_options(storage_options.clone()))
@@ -316,21 +369,7 @@ impl TableSink {
         ctx: &CommitContext,
         batch_id: &str,
     ) -> Result<CommitOutcome, SinkError> {
-        let adds = if flush.batches.is_empty() {
-            Vec::new()
-        } else {
-            let mut writer = RecordBatchWriter::for_table(&self.table)
-                .map_err(|e| self.delta_err(e))?
-                .with_writer_properties(self.writer_properties.clone())
-                .with_target_file_size(self.target_file_size);
-            for batch in &flush.batches {
-                writer
-                    .write(batch.clone())
-                    .await
-                    .map_err(|e| self.delta_err(e))?;
-            }
-            writer.flush().await.map_err(|e| self.delta_err(e))?
-        };
+        let adds = self.write_files(&flush.batches).await?;
         failpoint("after_upload");
         let result = if injected_outage() {
             Err(SinkError::InjectedOutage {
@@ -341,15 +380,70 @@ impl TableSink {
         };
         match result {
             Ok(CommitOutcome::Stale { partitions }) => {
-                self.delete_files(&adds).await;
+                self.discard_files(&adds).await;
                 Ok(CommitOutcome::Stale { partitions })
             }
             Ok(done) => Ok(done),
             Err(e) => {
                 // The caller keeps the batch and retries with fresh files; these would be orphans.
-                self.delete_files(&adds).await;
+                self.discard_files(&adds).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Write `batches` as Parquet files under the table (not committed yet).
+    pub async fn write_files(
+        &self,
+        batches: &[arrow::array::RecordBatch],
+    ) -> Result<Vec<Add>, SinkError> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut writer = RecordBatchWriter::for_table(&self.table)
+            .map_err(|e| self.delta_err(e))?
+            .with_writer_properties(self.writer_properties.clone())
+            .with_target_file_size(self.target_file_size);
+        for batch in batches {
+            writer
+                .write(batch.clone())
+                .await
+                .map_err(|e| self.delta_err(e))?;
+        }
+        writer.flush().await.map_err(|e| self.delta_err(e))
+    }
+
+    /// One commit attempt of `adds` with `txns`, against the loaded snapshot: `Ok(None)` when a
+    /// concurrent commit won (the caller re-reads and decides again).
+    pub async fn try_commit(
+        &mut self,
+        adds: &[Add],
+        txns: Vec<Transaction>,
+        metadata: Vec<(String, serde_json::Value)>,
+    ) -> Result<Option<u64>, SinkError> {
+        let properties = CommitProperties::default()
+            .with_application_transactions(txns)
+            // Retrying is the caller's: it must re-verify its txn versions against every new version.
+            .with_max_retries(0)
+            .with_metadata(metadata);
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        };
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        let result = CommitBuilder::from(properties)
+            .with_actions(adds.iter().cloned().map(Action::Add).collect())
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .await;
+        match result {
+            Ok(finalized) => {
+                let version = finalized.version();
+                self.table.update_incremental(Some(version)).await.ok();
+                Ok(Some(version))
+            }
+            Err(e) if is_conflict(&e) => Ok(None),
+            Err(e) => Err(self.delta_err(e)),
         }
     }
 
@@ -379,41 +473,28 @@ impl TableSink {
                     )
                 })
                 .collect();
-            let properties = CommitProperties::default()
-                .with_application_transactions(txns)
-                // Retrying is ours: it must re-verify offsets against every new version.
-                .with_max_retries(0)
-                .with_metadata(commit_metadata(flush, ctx, batch_id));
-            let operation = DeltaOperation::Write {
-                mode: SaveMode::Append,
-                partition_by: None,
-                predicate: None,
-            };
-            let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
-            let result = CommitBuilder::from(properties)
-                .with_actions(adds.iter().cloned().map(Action::Add).collect())
-                .build(Some(snapshot), self.table.log_store(), operation)
-                .await;
-            match result {
-                Ok(finalized) => {
-                    let version = finalized.version();
-                    self.table.update_incremental(Some(version)).await.ok();
+            match self
+                .try_commit(adds, txns, commit_metadata(flush, ctx, batch_id))
+                .await?
+            {
+                Some(version) => {
                     metrics::histogram!("bronze_commit_duration_seconds", "dataset" => ctx.dataset.clone())
                         .record(started.elapsed().as_secs_f64());
+                    let table_files = self.table.snapshot().ok().map(|s| s.log_data().num_files());
                     return Ok(CommitOutcome::Committed {
                         version,
-                        files: adds.len(),
+                        files: adds.iter().map(|a| a.size).collect(),
                         bytes: adds.iter().map(|a| a.size).sum(),
                         conflicts,
+                        table_files,
                     });
                 }
-                Err(e) if is_conflict(&e) => {
+                None => {
                     conflicts += 1;
                     metrics::counter!("bronze_commit_conflicts_total", "dataset" => ctx.dataset.clone())
                         .increment(1);
-                    warn!(table = %self.uri, error = %e, "commit conflict, re-checking offsets and retrying");
+                    warn!(table = %self.uri, "commit conflict, re-checking offsets and retrying");
                 }
-                Err(e) => return Err(self.delta_err(e)),
             }
         }
         Err(SinkError::TooManyConflicts {
@@ -440,7 +521,8 @@ impl TableSink {
         Ok(stale)
     }
 
-    async fn delete_files(&self, adds: &[Add]) {
+    /// Delete files written by [`TableSink::write_files`] that will not be committed.
+    pub async fn discard_files(&self, adds: &[Add]) {
         let store = self.table.object_store();
         for add in adds {
             let path = match object_store::path::Path::from_url_path(&add.path) {
@@ -456,8 +538,34 @@ impl TableSink {
         }
     }
 
-    /// Version, file, row and partition counts of the loaded snapshot.
-    pub fn stats(&self) -> Result<TableStats, SinkError> {
+    /// The existing table at `uri` (newest version), or `None` when there is none; for readers.
+    pub async fn existing(
+        uri: &str,
+        storage_options: &HashMap<String, String>,
+    ) -> Result<Option<TableSink>, SinkError> {
+        Ok(load_existing(uri, storage_options)
+            .await?
+            .map(|table| TableSink {
+                uri: uri.to_string(),
+                table,
+                writer_properties: writer_properties(Compression::default()),
+                target_file_size: 0,
+            }))
+    }
+
+    /// The newest commit's log entry (time, operation, what bronze recorded).
+    pub async fn last_commit(&self) -> Result<Option<delta_log::LogEntry>, SinkError> {
+        let Some(version) = self.version() else {
+            return Ok(None);
+        };
+        delta_log::read_entry(self.table.log_store().as_ref(), version)
+            .await
+            .map_err(|e| self.delta_err(e))
+    }
+
+    /// Version, file, row and partition counts of the loaded snapshot; files under `small_file_bytes`
+    /// are counted as small.
+    pub fn stats(&self, small_file_bytes: u64) -> Result<TableStats, SinkError> {
         let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
         let mut stats = TableStats {
             version: snapshot.version(),
@@ -467,6 +575,9 @@ impl TableSink {
         for f in snapshot.log_data().iter() {
             stats.files += 1;
             stats.bytes += f.size().max(0) as u64;
+            if (f.size().max(0) as u64) < small_file_bytes {
+                stats.small_files += 1;
+            }
             stats.rows += f.num_records().unwrap_or(0) as u64;
             let mut values: Vec<(String, Option<String>)> =
                 f.partition_values_map().into_iter().collect();
@@ -512,6 +623,7 @@ fn commit_metadata(
             "run_id": ctx.run_id,
             "batch_id": batch_id,
             "dataset": ctx.dataset,
+            "flush_started_ms": ctx.started_ms,
             "offsets": ranges,
             "rows_in": flush.rows_in,
             "rows_written": flush.rows(),

@@ -16,6 +16,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
+mod inspect;
+pub use inspect::Inspector;
+
 use crate::buffer::TopicPartition;
 use crate::config::Config;
 use crate::observability::Health;

@@ -260,6 +260,35 @@ def stored_offsets(uri: str) -> list:
         return []
 
 
+def ledger(root: str) -> list[dict]:
+    """Rows of the audit ledger (`<root>/_bronze_runs`), read by the Python deltalake package."""
+    return read_delta(f"{root.rstrip('/')}/_bronze_runs").to_pylist()
+
+
+def assert_ledger_complete(root: str, dataset: str) -> list[dict]:
+    """The ledger holds every version of the dataset's table exactly once, and its commit rows account
+    for every row and offset in the table. Returns the commit rows."""
+    from deltalake import DeltaTable
+    import json
+    uri = f"{root.rstrip('/')}/{dataset}"
+    rows = [r for r in ledger(root) if r["dataset"] == dataset and r["table_version"] is not None]
+    versions = sorted(r["table_version"] for r in rows)
+    table = DeltaTable(uri, storage_options=storage_options())
+    assert versions == list(range(table.version() + 1)), f"ledger versions {versions} vs table {table.version()}"
+    assert len({r["record_id"] for r in rows}) == len(rows)
+    commits = [r for r in rows if r["kind"] == "commit"]
+    data = table.to_pyarrow_table()
+    assert sum(r["rows_written"] for r in commits) == data.num_rows
+    covered = Counter()
+    for r in commits:
+        for rng in json.loads(r["offsets"]):
+            for o in range(rng["first_offset"], rng["last_offset"] + 1):
+                covered[(rng["topic"], rng["partition"], o)] += 1
+    assert max(covered.values(), default=1) == 1, "an offset range was recorded twice"
+    assert set(offsets_of(data)) <= set(covered), "a stored row is not covered by any ledger commit"
+    return commits
+
+
 def parquet_files_on_disk(table_dir: Path) -> set:
     return {str(p.relative_to(table_dir)) for p in table_dir.rglob("*.parquet")}
 

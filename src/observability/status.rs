@@ -1,0 +1,194 @@
+//! `bronze status`: where every dataset stands, computed from Kafka, the tables and the audit ledger
+//! only, so it answers while `bronze run` is running elsewhere (or not at all).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::audit;
+use crate::config::Config;
+use crate::sink::{self, TableSink};
+use crate::source::Inspector;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Sink(Box<sink::SinkError>),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+}
+
+impl From<sink::SinkError> for StatusError {
+    fn from(e: sink::SinkError) -> Self {
+        StatusError::Sink(Box::new(e))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// Next offset the table expects (`None`: the table has nothing from this partition yet).
+    pub position: Option<i64>,
+    pub high_watermark: i64,
+    pub lag_messages: i64,
+    /// Age of the first message not in the table, when there is one.
+    pub lag_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetStatus {
+    pub dataset: String,
+    pub table: String,
+    pub version: Option<u64>,
+    /// Time of the table's newest commit, ms since the epoch.
+    pub last_commit_ms: Option<i64>,
+    pub lag_messages: i64,
+    pub lag_seconds: Option<f64>,
+    pub rows: u64,
+    pub files: usize,
+    pub small_files: usize,
+    pub table_partitions: usize,
+    pub bytes: u64,
+    /// From the audit ledger, over the last hour.
+    pub drift_events_1h: i64,
+    pub dead_letters_1h: i64,
+    pub commit_failures_1h: i64,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// How long `status` waits to read the first unread message of the lagging partitions.
+const TIMESTAMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
+    let inspector = tokio::task::block_in_place(|| Inspector::new(cfg))?;
+    let options = cfg.storage_options();
+    let hour_ago = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
+    let recent = if cfg.audit.enabled {
+        audit::recent_counts(cfg, hour_ago).await?
+    } else {
+        Default::default()
+    };
+    let count = |d: &str, kind: &str| recent.get(&(d.to_string(), kind.to_string())).copied();
+    let mut out = Vec::with_capacity(cfg.datasets.len());
+    for d in &cfg.datasets {
+        let table = TableSink::existing(&d.table_uri, &options).await?;
+        let stats = match &table {
+            Some(t) => Some(t.stats(cfg.storage.small_file_bytes)?),
+            None => None,
+        };
+        let last_commit = match &table {
+            Some(t) => t.last_commit().await?.and_then(|e| e.timestamp_ms),
+            None => None,
+        };
+        let tps = tokio::task::block_in_place(|| inspector.partitions(&d.topics))?;
+        let mut partitions = Vec::with_capacity(tps.len());
+        for tp in tps {
+            let (low, high) = tokio::task::block_in_place(|| inspector.watermarks(&tp))?;
+            let position = match &table {
+                Some(t) => t
+                    .committed_offset(&sink::app_id(&cfg.kafka.group_id, &tp.0, tp.1))
+                    .await?
+                    .map(|v| v + 1),
+                None => None,
+            };
+            partitions.push(PartitionStatus {
+                lag_messages: (high - position.unwrap_or(low).max(low)).max(0),
+                topic: tp.0,
+                partition: tp.1,
+                position,
+                high_watermark: high,
+                lag_seconds: None,
+            });
+        }
+        let behind: Vec<_> = partitions
+            .iter()
+            .filter(|p| p.lag_messages > 0)
+            .map(|p| {
+                let from = p.high_watermark - p.lag_messages;
+                ((p.topic.clone(), p.partition), from)
+            })
+            .collect();
+        let stamps =
+            tokio::task::block_in_place(|| inspector.timestamps_at(&behind, TIMESTAMP_TIMEOUT))?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for p in &mut partitions {
+            if p.lag_messages == 0 {
+                p.lag_seconds = Some(0.0);
+            } else if let Some(ts) = stamps.get(&(p.topic.clone(), p.partition)) {
+                p.lag_seconds = Some((now_ms - ts).max(0) as f64 / 1000.0);
+            }
+        }
+        let stats = stats.unwrap_or_default();
+        out.push(DatasetStatus {
+            dataset: d.name.clone(),
+            table: d.table_uri.clone(),
+            version: table.as_ref().and_then(TableSink::version),
+            last_commit_ms: last_commit,
+            lag_messages: partitions.iter().map(|p| p.lag_messages).sum(),
+            lag_seconds: partitions
+                .iter()
+                .map(|p| p.lag_seconds)
+                .try_fold(0.0f64, |acc, s| s.map(|s| acc.max(s))),
+            rows: stats.rows,
+            files: stats.files,
+            small_files: stats.small_files,
+            table_partitions: stats.partitions,
+            bytes: stats.bytes,
+            drift_events_1h: count(&d.name, "drift").map_or(0, |c| c.0),
+            dead_letters_1h: count(&d.name, "dead_letters").map_or(0, |c| c.1),
+            commit_failures_1h: count(&d.name, "commit_failed").map_or(0, |c| c.0),
+            partitions,
+        });
+    }
+    Ok(out)
+}
+
+impl std::fmt::Display for DatasetStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let last = self.last_commit_ms.map_or("never".to_string(), |ms| {
+            let age = (chrono::Utc::now().timestamp_millis() - ms).max(0) / 1000;
+            format!("{}s ago", age)
+        });
+        let lag_s = self
+            .lag_seconds
+            .map_or("?".to_string(), |s| format!("{s:.1}"));
+        write!(
+            f,
+            "{:<20} {:>8} {:>12} {:>10} {:>9} {:>10} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6}",
+            self.dataset,
+            self.version.map_or("-".to_string(), |v| v.to_string()),
+            last,
+            self.lag_messages,
+            lag_s,
+            self.rows,
+            self.files,
+            self.small_files,
+            self.table_partitions,
+            self.drift_events_1h,
+            self.dead_letters_1h,
+            self.commit_failures_1h,
+        )
+    }
+}
+
+/// Header line matching [`DatasetStatus`]'s `Display`.
+pub fn header() -> String {
+    format!(
+        "{:<20} {:>8} {:>12} {:>10} {:>9} {:>10} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "dataset",
+        "version",
+        "last commit",
+        "lag msgs",
+        "lag s",
+        "rows",
+        "files",
+        "small",
+        "parts",
+        "drift",
+        "dlq",
+        "fails"
+    )
+}
