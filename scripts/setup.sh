@@ -11,10 +11,12 @@ for pkg in build-essential pkg-config libssl-dev zlib1g-dev python3-venv; do
 done
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
+# promtool checks and unit-tests the alert rules; the server scrapes bronze in an integration test.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if ((${#need[@]})); then
   echo "setup.sh: installing ${need[*]}" >&2
   apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup.sh: cargo (rustc >= 1.95) is required" >&2; exit 1; }
 "$here/scripts/kafka.sh" fetch

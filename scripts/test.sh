@@ -15,6 +15,10 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo build --locked
 cargo test --locked
 
+echo "== alert rules (promtool)"
+promtool check rules config/prometheus/alerts.yml
+(cd config/prometheus && promtool test rules alerts_test.yml)
+
 echo "== integration tests (real Kafka broker)"
 start_broker
 cd tests

@@ -86,6 +86,12 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
             }
             Err(e) => warn!(dataset = %d.name, error = %e, "orphan sweep failed; continuing"),
         }
+        // The "no commit while lagging" alert needs a last commit time from the start, not only after
+        // this run's first commit.
+        if let Ok(Some(ms)) = sink.last_commit().await.map(|e| e.and_then(|e| e.timestamp_ms)) {
+            metrics::gauge!("bronze_last_commit_timestamp_seconds", "dataset" => d.name.clone())
+                .set(ms as f64 / 1000.0);
+        }
         let types = mapper.contract().columns.iter().map(|c| c.ty).collect();
         let buffer = DatasetBuffer::new(schema, types, pcols.len());
         out.push(DatasetState::new(d.clone(), mapper, buffer, sink));
