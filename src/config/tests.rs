@@ -62,6 +62,13 @@ fn valid_config_resolves_paths_and_defaults() {
     assert_eq!(d.ordering_column, "_source_ts");
     assert_eq!(cfg.dataset_for_topic("db.customers"), Some(0));
     assert_eq!(cfg.dataset_for_topic("other"), None);
+    assert!(cfg.audit.enabled);
+    assert!(
+        cfg.audit.table_uri.ends_with("/lake/_bronze_runs"),
+        "{}",
+        cfg.audit.table_uri
+    );
+    assert_eq!(cfg.audit.interval, Duration::from_secs(10));
 }
 
 #[test]
@@ -143,6 +150,14 @@ fn broken_configs_name_key_and_reason() {
         (
             format!("{good}\n[metrics]\naddress = \"nope\"\n"),
             "metrics.address",
+        ),
+        (
+            format!("{good}\n[audit]\ninterval = \"1ms\"\n"),
+            "audit.interval",
+        ),
+        (
+            format!("{good}\n[audit]\ntable = \"customers\"\n"),
+            "is the table of dataset `customers`",
         ),
         ("[kafka\n".to_string(), "not valid TOML"),
     ];

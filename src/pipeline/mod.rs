@@ -88,7 +88,11 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
         }
         // The "no commit while lagging" alert needs a last commit time from the start, not only after
         // this run's first commit.
-        if let Ok(Some(ms)) = sink.last_commit().await.map(|e| e.and_then(|e| e.timestamp_ms)) {
+        if let Ok(Some(ms)) = sink
+            .last_commit()
+            .await
+            .map(|e| e.and_then(|e| e.timestamp_ms))
+        {
             metrics::gauge!("bronze_last_commit_timestamp_seconds", "dataset" => d.name.clone())
                 .set(ms as f64 / 1000.0);
         }
