@@ -12,12 +12,14 @@ from harness import cdc
 
 
 
-def metrics_config(tmp_path, topic_line: str, **kw):
+def metrics_config(tmp_path, topic_line: str, dead_letters: str | None = None, **kw):
     port = h.free_port()
     datasets = h.keyless_orders("unused")
     del datasets[0]["topics"]
     key, value = topic_line.split(" = ", 1)
     datasets[0][key] = value
+    if dead_letters:
+        datasets[0]["dead_letters"] = dead_letters
     extra = f'\n[metrics]\naddress = "127.0.0.1:{port}"\n\n[kafka.properties]\n"statistics.interval.ms" = "1000"\n'
     cfg = h.write_config(tmp_path, group=h.unique("life"), root=str(tmp_path / "lake"), datasets=datasets,
                          extra=extra, **kw)
@@ -89,7 +91,10 @@ def test_undecodable_message_stops_only_its_partition(tmp_path):
     for i, e in enumerate(good[100:]):
         p.produce(topic, key=e.key, value=e.value, partition=i % 2)
     assert p.flush(30) == 0
-    cfg, url = metrics_config(tmp_path, f'topics = ["{topic}"]', flush_age="500ms")
+    # `on_invalid = "fail"`: a message that cannot be decoded stops its partition instead of being
+    # dead-lettered (the default; see test_dead_letters.py).
+    cfg, url = metrics_config(tmp_path, f'topics = ["{topic}"]', flush_age="500ms",
+                              dead_letters='{ on_invalid = "fail" }')
     log = tmp_path / "bronze.log"
     proc = h.start_bronze(cfg, log=log)
     try:

@@ -59,6 +59,8 @@ pub struct AuditRecord {
     pub status: String,
     pub run_id: Option<String>,
     pub dataset: Option<String>,
+    /// The table a transcribed commit belongs to (the dataset's, or its dead-letter table).
+    pub table_uri: Option<String>,
     pub table_version: Option<i64>,
     pub operation: Option<String>,
     pub batch_id: Option<String>,
@@ -100,6 +102,7 @@ pub struct RunTotals {
     pub rows_in: u64,
     pub rows_written: u64,
     pub rows_deduplicated: u64,
+    pub rows_dead_lettered: u64,
     pub files: u64,
     pub bytes: u64,
 }
@@ -142,6 +145,7 @@ impl AuditRecord {
         r.rows_in = Some(totals.rows_in as i64);
         r.rows_written = Some(totals.rows_written as i64);
         r.rows_deduplicated = Some(totals.rows_deduplicated as i64);
+        r.rows_dead_lettered = Some(totals.rows_dead_lettered as i64);
         r.files_added = Some(totals.files as i64);
         r.bytes = Some(totals.bytes as i64);
         r.error = error.map(str::to_string);
@@ -167,8 +171,9 @@ impl AuditRecord {
         r
     }
 
-    /// The row of one version of a dataset table's log.
-    fn transcribe(dataset: &str, e: &LogEntry) -> Self {
+    /// The row of one version of a followed table's log.
+    fn transcribe(f: &Followed, e: &LogEntry) -> Self {
+        let dataset = f.dataset.as_str();
         let finished_at = e.timestamp_ms.map_or_else(now_us, |ms| ms * 1000);
         let b = e.bronze.as_ref();
         let text = |k: &str| b.and_then(|b| b.get(k)?.as_str().map(str::to_string));
@@ -185,11 +190,12 @@ impl AuditRecord {
                 .replace(' ', "_"),
         };
         AuditRecord {
-            record_id: format!("{dataset}@{}", e.version),
+            record_id: format!("{}@{}", f.name(), e.version),
             kind,
             status: "succeeded".to_string(),
             run_id: text("run_id"),
             dataset: Some(dataset.to_string()),
+            table_uri: Some(f.uri.clone()),
             table_version: Some(e.version as i64),
             operation: e.operation.clone(),
             batch_id: text("batch_id"),
@@ -223,6 +229,7 @@ pub fn schema() -> SchemaRef {
         s("status", false),
         s("run_id", true),
         s("dataset", true),
+        s("table_uri", true),
         i("table_version"),
         s("operation", true),
         s("batch_id", true),
@@ -254,20 +261,33 @@ fn to_batch(records: &[AuditRecord]) -> Result<RecordBatch, AuditError> {
         .unwrap_or_else(|| RecordBatch::new_empty(schema())))
 }
 
-/// The txn app id under which the ledger records how far it transcribed a dataset's table.
-fn app_id(dataset: &str) -> String {
-    format!("bronze-audit:{dataset}")
-}
-
 /// Most log versions transcribed per dataset in one sync, so a long backlog lands in steps.
 const MAX_VERSIONS_PER_SYNC: u64 = 2000;
 const MAX_SYNC_ATTEMPTS: usize = 10;
 
 struct Followed {
     dataset: String,
+    uri: String,
+    dead_letters: bool,
     log: LogStoreRef,
     /// Entries read but not yet recorded, so a retried sync does not read them again.
     cache: HashMap<u64, LogEntry>,
+}
+
+impl Followed {
+    /// `orders` for a dataset's table, `orders/dead_letters` for its dead-letter table.
+    fn name(&self) -> String {
+        if self.dead_letters {
+            format!("{}/dead_letters", self.dataset)
+        } else {
+            self.dataset.clone()
+        }
+    }
+
+    /// The txn app id under which the ledger records how far it transcribed this table.
+    fn app_id(&self) -> String {
+        format!("bronze-audit:{}", self.name())
+    }
 }
 
 /// The ledger table and the dataset tables it follows.
@@ -288,17 +308,18 @@ impl Ledger {
             Compression::Zstd,
         )
         .await?;
-        let followed = cfg
-            .datasets
-            .iter()
-            .map(|d| {
-                Ok(Followed {
+        let mut followed = Vec::with_capacity(cfg.datasets.len() * 2);
+        for d in &cfg.datasets {
+            for (uri, dead_letters) in [(&d.table_uri, false), (&d.dead_letters.table_uri, true)] {
+                followed.push(Followed {
                     dataset: d.name.clone(),
-                    log: crate::sink::open_log(&d.table_uri, &options)?,
+                    uri: uri.clone(),
+                    dead_letters,
+                    log: crate::sink::open_log(uri, &options)?,
                     cache: HashMap::new(),
-                })
-            })
-            .collect::<Result<Vec<_>, SinkError>>()?;
+                });
+            }
+        }
         Ok(Ledger { sink, followed })
     }
 
@@ -312,7 +333,7 @@ impl Ledger {
             for f in &mut self.followed {
                 let from = self
                     .sink
-                    .committed_offset(&app_id(&f.dataset))
+                    .committed_offset(&f.app_id())
                     .await?
                     .map_or(0, |v| v as u64 + 1);
                 f.cache.retain(|v, _| *v >= from);
@@ -335,12 +356,12 @@ impl Ledger {
                             }
                         },
                     };
-                    records.push(AuditRecord::transcribe(&f.dataset, &entry));
+                    records.push(AuditRecord::transcribe(f, &entry));
                     next += 1;
                 }
                 if next > from {
                     txns.push(Transaction::new_with_last_update(
-                        app_id(&f.dataset),
+                        f.app_id(),
                         next as i64 - 1,
                         Some(chrono::Utc::now().timestamp_millis()),
                     ));
@@ -442,6 +463,17 @@ impl AuditHandle {
 mod tests {
     use super::*;
 
+    fn followed(dead_letters: bool) -> Followed {
+        let uri = "memory:///orders";
+        Followed {
+            dataset: "orders".into(),
+            uri: uri.into(),
+            dead_letters,
+            log: crate::sink::open_log(uri, &HashMap::new()).unwrap(),
+            cache: HashMap::new(),
+        }
+    }
+
     #[test]
     fn a_bronze_commit_becomes_a_commit_row() {
         let entry = LogEntry {
@@ -457,7 +489,7 @@ mod tests {
             bytes_added: 2048,
             files_removed: 0,
         };
-        let r = AuditRecord::transcribe("orders", &entry);
+        let r = AuditRecord::transcribe(&followed(false), &entry);
         assert_eq!(r.record_id, "orders@12");
         assert_eq!(
             (r.kind.as_str(), r.status.as_str()),
@@ -481,8 +513,10 @@ mod tests {
             operation: Some("CREATE TABLE".into()),
             ..LogEntry::default()
         };
-        let r = AuditRecord::transcribe("orders", &entry);
+        let r = AuditRecord::transcribe(&followed(false), &entry);
         assert_eq!(r.kind, "create_table");
         assert_eq!(r.run_id, None);
+        let dlq = AuditRecord::transcribe(&followed(true), &entry);
+        assert_eq!(dlq.record_id, "orders/dead_letters@0");
     }
 }

@@ -14,6 +14,10 @@ use arrow::array::{
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 
+mod dead_letter;
+
+pub use dead_letter::DeadLetter;
+
 use crate::config::FlushLimits;
 use crate::contract::ColumnType;
 use crate::transform::{Cell, OrderValue, Row};
@@ -43,6 +47,8 @@ pub struct FlushBatch {
     pub ranges: Vec<OffsetRange>,
     pub rows_in: usize,
     pub duplicates_dropped: usize,
+    /// Messages of these ranges that could not be ingested, in offset order per partition.
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +151,7 @@ struct PartitionBuffer {
     source_pos: StringBuilder,
     partition_values: Vec<StringBuilder>,
     dedup: Vec<(Option<String>, OrderValue)>,
+    dead_letters: Vec<DeadLetter>,
     first_offset: i64,
     last_offset: i64,
     bytes: usize,
@@ -163,6 +170,7 @@ impl PartitionBuffer {
                 .map(|_| StringBuilder::new())
                 .collect(),
             dedup: Vec::new(),
+            dead_letters: Vec::new(),
             first_offset,
             last_offset: first_offset,
             bytes: 0,
@@ -239,6 +247,15 @@ impl DatasetBuffer {
         self.partition(topic, partition, offset, now);
     }
 
+    /// Hold a message that cannot be ingested; it is committed with the flush that covers its offset.
+    pub fn dead_letter(&mut self, letter: DeadLetter, now: Instant) {
+        let bytes = letter.bytes();
+        let buf = self.partition(&letter.topic.clone(), letter.partition, letter.offset, now);
+        buf.dead_letters.push(letter);
+        buf.bytes += bytes;
+        self.bytes += bytes;
+    }
+
     pub fn push(&mut self, topic: &str, partition: i32, row: Row, now: Instant) {
         let bytes = ROW_OVERHEAD_BYTES
             + row.data.iter().map(Cell::approx_bytes).sum::<usize>()
@@ -301,7 +318,9 @@ impl DatasetBuffer {
         let mut ranges = Vec::with_capacity(partitions.len());
         let mut batches: Vec<RecordBatch> = Vec::with_capacity(partitions.len());
         let mut dedup: Vec<(Option<String>, OrderValue, i64, i32)> = Vec::new();
+        let mut dead_letters = Vec::new();
         for ((topic, partition), mut buf) in partitions {
+            dead_letters.append(&mut buf.dead_letters);
             let rows = buf.rows();
             ranges.push(OffsetRange {
                 topic: topic.clone(),
@@ -364,6 +383,7 @@ impl DatasetBuffer {
             ranges,
             rows_in,
             duplicates_dropped,
+            dead_letters,
         }))
     }
 }
@@ -374,12 +394,17 @@ impl FlushBatch {
         self.batches.iter().map(RecordBatch::num_rows).sum()
     }
 
-    /// Arrow memory held by the batches.
+    /// Memory held by the batches and the dead letters.
     pub fn memory_bytes(&self) -> usize {
         self.batches
             .iter()
             .map(RecordBatch::get_array_memory_size)
-            .sum()
+            .sum::<usize>()
+            + self
+                .dead_letters
+                .iter()
+                .map(DeadLetter::bytes)
+                .sum::<usize>()
     }
 }
 

@@ -3,23 +3,26 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, Int64Array, StringArray};
 
 use super::*;
-use crate::contract::{Column, Contract, EpochUnit};
+use crate::contract::{Column, Contract, EpochUnit, OnError};
 use crate::decode::Op;
 
 fn contract() -> Contract {
     Contract {
+        on_error: OnError::default(),
         columns: vec![
             Column {
                 name: "id".into(),
                 ty: ColumnType::Int64,
                 nullable: false,
                 unit: EpochUnit::Ms,
+                on_error: None,
             },
             Column {
                 name: "name".into(),
                 ty: ColumnType::String,
                 nullable: true,
                 unit: EpochUnit::Ms,
+                on_error: None,
             },
         ],
     }
@@ -160,4 +163,40 @@ fn tombstones_only_give_offsets_without_a_batch() {
     assert!(f.batches.is_empty());
     assert_eq!(f.ranges[0].first, 40);
     assert_eq!(f.ranges[0].last, 41);
+}
+
+fn letter(partition: i32, offset: i64) -> DeadLetter {
+    DeadLetter {
+        topic: "t".into(),
+        partition,
+        offset,
+        timestamp_ms: 0,
+        key: None,
+        value: Some(vec![b'{'; 100]),
+        headers: Vec::new(),
+        reason: "invalid_json",
+        error: "EOF".into(),
+    }
+}
+
+#[test]
+fn dead_letters_travel_with_the_flush_that_covers_them() {
+    let mut b = buffer();
+    let now = Instant::now();
+    b.push("t", 0, row(1, "a", 0, Some(1)), now);
+    b.dead_letter(letter(0, 1), now);
+    b.dead_letter(letter(1, 9), now);
+    assert!(b.bytes() > 200, "dead letters count against the budget");
+    // Dropping a revoked partition drops its dead letters too: the next owner re-reads them.
+    b.drop_partition("t", 1);
+    let f = b.take("b").unwrap().unwrap();
+    assert_eq!(f.rows(), 1);
+    assert_eq!(f.dead_letters, vec![letter(0, 1)]);
+    assert_eq!((f.ranges[0].first, f.ranges[0].last), (0, 1));
+    assert!(f.memory_bytes() >= f.dead_letters[0].bytes());
+    // A partition with only dead letters still moves its position.
+    b.dead_letter(letter(2, 4), now);
+    let f = b.take("c").unwrap().unwrap();
+    assert!(f.batches.is_empty());
+    assert_eq!((f.ranges[0].partition, f.ranges[0].last), (2, 4));
 }

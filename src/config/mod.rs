@@ -317,7 +317,47 @@ pub struct DatasetConfig {
     pub header_columns: BTreeMap<String, String>,
     pub partitioning: Partitioning,
     pub flush: FlushLimits,
+    /// Messages that cannot be ingested: where they go and which ones count as such.
+    pub dead_letters: DeadLetterConfig,
 }
+
+/// `dead_letters = { ... }` of a dataset.
+#[derive(Debug, Clone)]
+pub struct DeadLetterConfig {
+    /// Full URI of the dead-letter Delta table (default `_dead_letters/<dataset>` under the root).
+    pub table_uri: String,
+    /// What a message that cannot be decoded at all gets (column errors follow the contract's
+    /// `on_error`).
+    pub on_invalid: InvalidMessage,
+    /// Larger values are dead-lettered (reason `oversized`) without being decoded.
+    pub max_message_bytes: usize,
+    /// Messages without a Kafka key are dead-lettered (reason `null_key`).
+    pub require_key: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidMessage {
+    #[default]
+    DeadLetter,
+    Fail,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDeadLetters {
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    on_invalid: InvalidMessage,
+    #[serde(default)]
+    max_message_bytes: Option<usize>,
+    #[serde(default)]
+    require_key: bool,
+}
+
+/// Default `max_message_bytes`: far above Kafka's default 1 MiB message limit.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub enum TopicSelector {
@@ -402,6 +442,8 @@ struct RawDataset {
     partitioning: Partitioning,
     #[serde(default)]
     flush: FlushOverrides,
+    #[serde(default)]
+    dead_letters: RawDeadLetters,
 }
 
 fn default_ordering() -> String {
@@ -540,7 +582,14 @@ impl Config {
                     ));
                 }
             };
-            let table_uri = table_uri(&root, d.table.as_deref().unwrap_or(&d.name));
+            let data_uri = table_uri(&root, d.table.as_deref().unwrap_or(&d.name));
+            let dead_letter_uri = table_uri(
+                &root,
+                d.dead_letters
+                    .table
+                    .as_deref()
+                    .unwrap_or(&format!("_dead_letters/{}", d.name)),
+            );
             let schema_file = schema_dir.join(&d.schema);
             if !schema_file.is_file() {
                 return Err(ConfigError::invalid(
@@ -566,7 +615,7 @@ impl Config {
                 name: d.name,
                 topics,
                 format: d.format,
-                table_uri,
+                table_uri: data_uri,
                 schema_file,
                 key_columns: d.key_columns,
                 ordering_column: d.ordering_column,
@@ -575,6 +624,15 @@ impl Config {
                 header_columns: d.header_columns,
                 partitioning: d.partitioning,
                 flush,
+                dead_letters: DeadLetterConfig {
+                    table_uri: dead_letter_uri,
+                    on_invalid: d.dead_letters.on_invalid,
+                    max_message_bytes: d
+                        .dead_letters
+                        .max_message_bytes
+                        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+                    require_key: d.dead_letters.require_key,
+                },
             });
         }
         // A topic must feed exactly one dataset, or offsets in two tables would race for it.
@@ -610,6 +668,19 @@ impl Config {
             table_uri: table_uri(&root, &raw.audit.table),
             interval: raw.audit.interval,
         };
+        let mut tables: Vec<(&str, &str)> = Vec::new();
+        for d in &datasets {
+            for uri in [&d.table_uri, &d.dead_letters.table_uri] {
+                if let Some((other, _)) = tables.iter().find(|(_, u)| u == uri) {
+                    return Err(ConfigError::invalid(
+                        file,
+                        "datasets",
+                        format!("`{}` and `{other}` both use the table {uri}", d.name),
+                    ));
+                }
+                tables.push((&d.name, uri));
+            }
+        }
         if let Some(d) = datasets.iter().find(|d| d.table_uri == audit.table_uri) {
             return Err(ConfigError::invalid(
                 file,

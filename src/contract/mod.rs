@@ -11,6 +11,8 @@
 //! name = "updated_at"
 //! type = "timestamp"
 //! unit = "ms"           # unit of integer input: s ms us ns (default ms)
+//! on_error = "null"     # dead_letter (default) | null | fail; the contract-wide default is a
+//!                       # top-level `on_error = ...`
 //! ```
 //! Column names are given in their normalized (snake_case) form. Stored tables also get the metadata
 //! columns in [`METADATA_COLUMNS`] and the partition columns of the dataset.
@@ -109,6 +111,30 @@ impl EpochUnit {
     }
 }
 
+/// What happens to a message whose value for a column cannot be coerced to the column's type (or that
+/// lacks a value the column requires).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The message goes to the dataset's dead-letter table with the reason; the partition goes on.
+    #[default]
+    DeadLetter,
+    /// The value becomes null and the row lands (only for nullable columns).
+    Null,
+    /// The partition stops on the message, loudly, until the input or the contract is fixed.
+    Fail,
+}
+
+impl OnError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::DeadLetter => "dead_letter",
+            OnError::Null => "null",
+            OnError::Fail => "fail",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Column {
@@ -119,6 +145,16 @@ pub struct Column {
     pub nullable: bool,
     #[serde(default)]
     pub unit: EpochUnit,
+    /// Defaults to the contract's `on_error`.
+    #[serde(default)]
+    pub on_error: Option<OnError>,
+}
+
+impl Column {
+    /// The rule for this column's errors, given the contract-wide default.
+    pub fn on_error(&self, default: OnError) -> OnError {
+        self.on_error.unwrap_or(default)
+    }
 }
 
 fn yes() -> bool {
@@ -128,6 +164,9 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Contract {
+    /// The rule for columns that do not set their own `on_error`.
+    #[serde(default)]
+    pub on_error: OnError,
     pub columns: Vec<Column>,
 }
 
@@ -179,6 +218,11 @@ impl Contract {
             }
             if self.columns[..i].iter().any(|o| o.name == c.name) {
                 return Err(err("is defined twice"));
+            }
+            if !c.nullable && c.on_error(self.on_error) == OnError::Null {
+                return Err(err(
+                    "`on_error = \"null\"` needs a nullable column (it is `nullable = false`)",
+                ));
             }
         }
         Ok(())
@@ -257,6 +301,14 @@ mod tests {
                 "twice",
             ),
             ("columns = []\n", "at least one"),
+            (
+                "[[columns]]\nname = \"a\"\ntype = \"int32\"\nnullable = false\non_error = \"null\"\n",
+                "needs a nullable column",
+            ),
+            (
+                "[[columns]]\nname = \"a\"\ntype = \"int32\"\non_error = \"ignore\"\n",
+                "unknown variant",
+            ),
             (
                 "[[columns]]\nname = \"a\"\ntype = \"int32\"\ncolour = 1\n",
                 "unknown field",

@@ -20,11 +20,12 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::audit::{AuditHandle, AuditRecord, Ledger};
-use crate::buffer::{DatasetBuffer, FlushReason, TopicPartition};
-use crate::config::Config;
-use crate::contract::Contract;
+use crate::buffer::{DatasetBuffer, DeadLetter, FlushReason, TopicPartition};
+use crate::config::{Config, InvalidMessage};
+use crate::contract::{Contract, OnError};
 use crate::decode::{self, Decoded};
 use crate::observability::Health;
+use crate::sink::dead_letters::DeadLetterSink;
 use crate::sink::{self, CommitContext, CommitOutcome, TableSink};
 use crate::source::{self, RebalanceEvent, Source};
 use crate::transform::{Mapper, MessageContext};
@@ -98,7 +99,14 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
         }
         let types = mapper.contract().columns.iter().map(|c| c.ty).collect();
         let buffer = DatasetBuffer::new(schema, types, pcols.len());
-        out.push(DatasetState::new(d.clone(), mapper, buffer, sink));
+        let dead_letter_sink = DeadLetterSink::new(&d.dead_letters.table_uri, &options);
+        out.push(DatasetState::new(
+            d.clone(),
+            mapper,
+            buffer,
+            sink,
+            dead_letter_sink,
+        ));
     }
     Ok(out)
 }
@@ -345,56 +353,100 @@ impl Run {
         metrics::counter!("bronze_events_consumed_total", "dataset" => dataset.clone(), "topic" => tp.0.clone())
             .increment(1);
         ds.summary.events += 1;
-        let decoded = decode::decode(ds.cfg.format, m.payload.as_deref());
-        let result = match decoded {
-            Ok(Decoded::Skip(reason)) => {
-                metrics::counter!("bronze_skipped_messages_total", "dataset" => dataset.clone(), "reason" => reason.as_str())
-                    .increment(1);
-                ds.summary.skipped += 1;
-                ds.buffer.skip(&tp.0, tp.1, m.offset, now);
-                return Ok(());
-            }
-            Ok(Decoded::Change(change)) => {
-                let header = |name: &str| m.header(name);
-                let ctx = MessageContext {
-                    offset: m.offset,
-                    key: m.key.as_deref(),
-                    ingested_at_us: chrono::Utc::now().timestamp_micros(),
-                    header: &header,
-                };
-                let mut unknown = 0;
-                let mapped = ds.mapper.map(change, &ctx, &mut unknown);
-                if unknown > 0 {
-                    metrics::counter!("bronze_unknown_fields_total", "dataset" => dataset.clone())
-                        .increment(unknown);
+        let rules = &ds.cfg.dead_letters;
+        let invalid_fails = rules.on_invalid == InvalidMessage::Fail;
+        let size = m.payload.as_ref().map_or(0, Vec::len);
+        let result = if size > rules.max_message_bytes {
+            Err(Rejection {
+                reason: "oversized",
+                error: format!(
+                    "value is {size} bytes, over the dataset's max_message_bytes ({})",
+                    rules.max_message_bytes
+                ),
+                fail: invalid_fails,
+            })
+        } else if rules.require_key && m.key.is_none() {
+            Err(Rejection {
+                reason: "null_key",
+                error: "message has no key and the dataset requires one".to_string(),
+                fail: invalid_fails,
+            })
+        } else {
+            match decode::decode(ds.cfg.format, m.payload.as_deref()) {
+                Ok(Decoded::Skip(reason)) => {
+                    metrics::counter!("bronze_skipped_messages_total", "dataset" => dataset.clone(), "reason" => reason.as_str())
+                        .increment(1);
+                    ds.summary.skipped += 1;
+                    ds.buffer.skip(&tp.0, tp.1, m.offset, now);
+                    return Ok(());
                 }
-                mapped.map_err(|e| (e.kind(), e.to_string()))
+                Ok(Decoded::Change(change)) => {
+                    let header = |name: &str| m.header(name);
+                    let ctx = MessageContext {
+                        offset: m.offset,
+                        key: m.key.as_deref(),
+                        ingested_at_us: chrono::Utc::now().timestamp_micros(),
+                        header: &header,
+                    };
+                    let mut unknown = 0;
+                    let mapped = ds.mapper.map(change, &ctx, &mut unknown);
+                    if unknown > 0 {
+                        metrics::counter!("bronze_unknown_fields_total", "dataset" => dataset.clone())
+                            .increment(unknown);
+                    }
+                    mapped.map_err(|e| Rejection {
+                        reason: e.kind(),
+                        error: e.to_string(),
+                        fail: e.action() == OnError::Fail,
+                    })
+                }
+                Err(e) => Err(Rejection {
+                    reason: e.kind(),
+                    error: e.to_string(),
+                    fail: invalid_fails,
+                }),
             }
-            Err(e) => Err((e.kind(), e.to_string())),
         };
-        match result {
+        let rejection = match result {
             Ok(row) => {
                 ds.buffer.push(&tp.0, tp.1, row, now);
-                Ok(())
+                return Ok(());
             }
-            Err((kind, reason)) => {
-                // Until dead letters exist, an undecodable message stops its partition: nothing is
-                // skipped silently, and the offset is never committed past it.
-                metrics::counter!("bronze_decode_errors_total", "dataset" => dataset.clone(), "kind" => kind)
-                    .increment(1);
-                error!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset, kind, %reason,
-                    "cannot ingest message; partition stopped until the input or the contract is fixed");
-                ds.summary.errors += 1;
-                self.options.health.partition_stopped(&dataset, &tp.0, tp.1);
-                source::pause(&self.consumer, tp);
-                if let Some(ps) = self.partitions.get_mut(tp) {
-                    ps.stopped = true;
-                    ps.stopped_ts = Some(m.timestamp_ms);
-                    ps.next_offset = Some(m.offset);
-                }
-                Ok(())
-            }
+            Err(r) => r,
+        };
+        metrics::counter!("bronze_decode_errors_total", "dataset" => dataset.clone(), "kind" => rejection.reason)
+            .increment(1);
+        if !rejection.fail {
+            debug!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset,
+                reason = rejection.reason, error = %rejection.error, "dead letter");
+            ds.buffer.dead_letter(
+                DeadLetter {
+                    topic: m.topic,
+                    partition: m.partition,
+                    offset: m.offset,
+                    timestamp_ms: m.timestamp_ms,
+                    key: m.key,
+                    value: m.payload,
+                    headers: m.headers,
+                    reason: rejection.reason,
+                    error: rejection.error,
+                },
+                now,
+            );
+            return Ok(());
         }
+        // `fail`: nothing is skipped silently, and the offset is never committed past the message.
+        error!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset, kind = rejection.reason,
+            reason = %rejection.error, "cannot ingest message; partition stopped until the input or the contract is fixed");
+        ds.summary.errors += 1;
+        self.options.health.partition_stopped(&dataset, &tp.0, tp.1);
+        source::pause(&self.consumer, tp);
+        if let Some(ps) = self.partitions.get_mut(tp) {
+            ps.stopped = true;
+            ps.stopped_ts = Some(m.timestamp_ms);
+            ps.next_offset = Some(m.offset);
+        }
+        Ok(())
     }
 
     async fn flush_due(&mut self) -> Result<(), PipelineError> {
@@ -429,6 +481,7 @@ impl Run {
                         batch,
                         id: batch_id,
                         started_ms,
+                        dead_letters_done: false,
                     });
                     for ps in self.partitions.values_mut().filter(|p| p.dataset == d) {
                         if let Some(ts) = ps.buffered_ts.take() {
@@ -449,6 +502,7 @@ impl Run {
             batch,
             id: batch_id,
             started_ms,
+            mut dead_letters_done,
         }) = ds.pending.take()
         else {
             return Ok(());
@@ -460,7 +514,31 @@ impl Run {
             started_ms,
         };
         let started = Instant::now();
-        match ds.sink.commit(&batch, &ctx, &batch_id).await {
+        // Dead letters first: if the process dies before the rows' commit, the next owner re-reads
+        // these offsets and finds their dead letters already recorded.
+        let dead_letters = if dead_letters_done || batch.dead_letters.is_empty() {
+            Ok(())
+        } else {
+            ds.dead_letter_sink
+                .record(&batch.dead_letters, &ctx, &batch_id)
+                .await
+                .map(|recorded| {
+                    for (reason, n) in &recorded.by_reason {
+                        metrics::counter!("bronze_dead_letters_total", "dataset" => ctx.dataset.clone(), "reason" => *reason)
+                            .increment(*n as u64);
+                    }
+                    ds.summary.dead_lettered += recorded.written() as u64;
+                    info!(dataset = %ctx.dataset, written = recorded.written(), already_recorded = recorded.already_recorded,
+                        reasons = ?recorded.by_reason, batch_id = %batch_id, "dead letters committed");
+                    dead_letters_done = true;
+                    sink::failpoint("after_dead_letters");
+                })
+        };
+        let result = match dead_letters {
+            Ok(()) => ds.sink.commit(&batch, &ctx, &batch_id).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(CommitOutcome::Committed {
                 version,
                 files,
@@ -575,6 +653,7 @@ impl Run {
                     batch,
                     id: batch_id,
                     started_ms,
+                    dead_letters_done,
                 });
             }
         }
@@ -750,6 +829,13 @@ fn lag_gauge(dataset: &str, tp: &TopicPartition) -> metrics::Gauge {
 /// `bronze_consumer_lag_seconds` of one partition: age of its oldest uncommitted event.
 fn lag_seconds_gauge(dataset: &str, tp: &TopicPartition) -> metrics::Gauge {
     metrics::gauge!("bronze_consumer_lag_seconds", "dataset" => dataset.to_string(), "topic" => tp.0.clone(), "partition" => tp.1.to_string())
+}
+
+/// Why a message cannot be ingested, and whether its partition must stop (else it is dead-lettered).
+struct Rejection {
+    reason: &'static str,
+    error: String,
+    fail: bool,
 }
 
 /// What the loop needs of a Kafka message, without the consumer borrow.

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use crate::buffer::{DatasetBuffer, FlushBatch};
 use crate::config::DatasetConfig;
 use crate::sink::TableSink;
+use crate::sink::dead_letters::DeadLetterSink;
 use crate::transform::Mapper;
 
 /// Where a partition's fetch position stands relative to its table.
@@ -74,6 +75,7 @@ pub struct DatasetSummary {
     pub events: u64,
     pub skipped: u64,
     pub errors: u64,
+    pub dead_lettered: u64,
     pub rows_written: u64,
     pub duplicates_dropped: u64,
     pub commits: u64,
@@ -98,6 +100,7 @@ impl RunSummary {
             t.rows_in += s.events;
             t.rows_written += s.rows_written;
             t.rows_deduplicated += s.duplicates_dropped;
+            t.rows_dead_lettered += s.dead_lettered;
             t.files += s.files;
             t.bytes += s.bytes;
         }
@@ -115,12 +118,13 @@ impl std::fmt::Display for RunSummary {
         )?;
         writeln!(
             f,
-            "{:<20} {:>10} {:>10} {:>8} {:>10} {:>8} {:>7} {:>12} {:>8}",
+            "{:<20} {:>10} {:>10} {:>8} {:>10} {:>8} {:>8} {:>7} {:>12} {:>8}",
             "dataset",
             "events",
             "rows",
             "skipped",
             "duplicates",
+            "dead",
             "errors",
             "files",
             "bytes",
@@ -129,12 +133,13 @@ impl std::fmt::Display for RunSummary {
         for (name, s, version) in &self.datasets {
             writeln!(
                 f,
-                "{:<20} {:>10} {:>10} {:>8} {:>10} {:>8} {:>7} {:>12} {:>8}",
+                "{:<20} {:>10} {:>10} {:>8} {:>10} {:>8} {:>8} {:>7} {:>12} {:>8}",
                 name,
                 s.events,
                 s.rows_written,
                 s.skipped,
                 s.duplicates_dropped,
+                s.dead_lettered,
                 s.errors,
                 s.files,
                 s.bytes,
@@ -151,6 +156,8 @@ pub(super) struct PendingBatch {
     pub id: String,
     /// When it was taken from the buffer, ms since the epoch.
     pub started_ms: i64,
+    /// Its dead letters are committed (only the rows are left to commit).
+    pub dead_letters_done: bool,
 }
 
 pub struct DatasetState {
@@ -158,6 +165,7 @@ pub struct DatasetState {
     pub(super) mapper: Mapper,
     pub(super) buffer: DatasetBuffer,
     pub(super) sink: TableSink,
+    pub(super) dead_letter_sink: DeadLetterSink,
     /// A taken batch whose commit failed, kept to retry (its rows are no longer in `buffer`).
     pub(super) pending: Option<PendingBatch>,
     pub(super) retry_at: Option<Instant>,
@@ -173,12 +181,14 @@ impl DatasetState {
         mapper: Mapper,
         buffer: DatasetBuffer,
         sink: TableSink,
+        dead_letter_sink: DeadLetterSink,
     ) -> Self {
         DatasetState {
             cfg,
             mapper,
             buffer,
             sink,
+            dead_letter_sink,
             pending: None,
             retry_at: None,
             failures: 0,

@@ -9,6 +9,7 @@
 //! * a concurrent commit that touched the same app ids between our read and our write makes delta-rs
 //!   refuse ours (conflict checking), and the verification runs again on the new snapshot.
 
+pub mod dead_letters;
 pub mod delta_log;
 mod orphans;
 
@@ -91,9 +92,10 @@ pub enum CommitOutcome {
     Stale { partitions: Vec<TopicPartition> },
 }
 
-/// Failure injection for crash tests: `BRONZE_FAILPOINT=after_upload` aborts the process after the
-/// Parquet files are written and before the Delta commit.
-fn failpoint(name: &str) {
+/// Failure injection for crash tests: `BRONZE_FAILPOINT=<name>` aborts the process at that point:
+/// `after_upload` (Parquet files written, Delta commit not made), `after_dead_letters` (dead letters
+/// committed, rows not).
+pub(crate) fn failpoint(name: &str) {
     if std::env::var("BRONZE_FAILPOINT").is_ok_and(|v| v == name) {
         eprintln!("bronze: failpoint `{name}` hit, aborting");
         std::process::abort();

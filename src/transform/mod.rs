@@ -10,7 +10,7 @@ use chrono::{DateTime, Timelike};
 use serde_json::{Map, Value};
 
 use crate::config::{DatasetConfig, PartitionBy};
-use crate::contract::{ColumnType, Contract};
+use crate::contract::{ColumnType, Contract, OnError};
 use crate::decode::{Change, Op};
 
 pub use coerce::{Cell, CoerceError};
@@ -23,9 +23,14 @@ pub enum TransformError {
         column: String,
         #[source]
         source: CoerceError,
+        action: OnError,
     },
     #[error("column `{column}` is not nullable but the `{op}` event has no value for it")]
-    MissingValue { column: String, op: &'static str },
+    MissingValue {
+        column: String,
+        op: &'static str,
+        action: OnError,
+    },
 }
 
 impl TransformError {
@@ -35,6 +40,22 @@ impl TransformError {
             TransformError::MissingValue { .. } => "missing_value",
         }
     }
+
+    /// The column's `on_error` rule: dead-letter the message or stop the partition.
+    pub fn action(&self) -> OnError {
+        match self {
+            TransformError::Coerce { action, .. } | TransformError::MissingValue { action, .. } => {
+                *action
+            }
+        }
+    }
+}
+
+/// `bronze_coercion_errors_total`: every value that broke its column's contract, by the rule applied.
+fn count_column_error(dataset: &str, column: &str, action: OnError) {
+    metrics::counter!("bronze_coercion_errors_total", "dataset" => dataset.to_string(),
+        "column" => column.to_string(), "action" => action.as_str())
+    .increment(1);
 }
 
 /// Why a dataset's mapping cannot be set up (reported by `bronze validate`).
@@ -98,6 +119,7 @@ pub struct Row {
 
 /// Maps changes of one dataset onto its contract.
 pub struct Mapper {
+    dataset: String,
     contract: Contract,
     normalize: bool,
     /// Incoming field name -> contract column, memoized because field names repeat on every message.
@@ -177,6 +199,7 @@ impl Mapper {
             name => OrderSource::Column(column(name, "ordering_column", "ordering column")?),
         };
         Ok(Mapper {
+            dataset: dataset.name.clone(),
             contract,
             normalize: dataset.normalize_names,
             lookup: HashMap::new(),
@@ -250,9 +273,13 @@ impl Mapper {
         for (i, c) in self.contract.columns.iter().enumerate() {
             let required = !c.nullable && (full_row || self.key_columns.contains(&i));
             if required && change.op != Op::Truncate && matches!(data[i], Cell::Null) {
+                // `null` is refused for non-nullable columns when the contract loads.
+                let action = c.on_error(self.contract.on_error);
+                count_column_error(&self.dataset, &c.name, action);
                 return Err(TransformError::MissingValue {
                     column: c.name.clone(),
                     op: change.op.as_str(),
+                    action,
                 });
             }
         }
@@ -310,12 +337,21 @@ impl Mapper {
                 continue;
             };
             let col = &self.contract.columns[i];
-            data[i] = coerce::coerce(col.ty, col.unit, value).map_err(|source| {
-                TransformError::Coerce {
-                    column: col.name.clone(),
-                    source,
+            data[i] = match coerce::coerce(col.ty, col.unit, value) {
+                Ok(cell) => cell,
+                Err(source) => {
+                    let action = col.on_error(self.contract.on_error);
+                    count_column_error(&self.dataset, &col.name, action);
+                    if action != OnError::Null {
+                        return Err(TransformError::Coerce {
+                            column: col.name.clone(),
+                            source,
+                            action,
+                        });
+                    }
+                    Cell::Null
                 }
-            })?;
+            };
             present[i] = !matches!(data[i], Cell::Null);
         }
         Ok(())

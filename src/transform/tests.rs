@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use super::*;
-use crate::config::{FlushLimits, Format, Partitioning, TopicSelector};
+use crate::config::{
+    DeadLetterConfig, FlushLimits, Format, InvalidMessage, Partitioning, TopicSelector,
+};
 use crate::contract::{Column, EpochUnit};
 
 fn col(name: &str, ty: ColumnType, nullable: bool) -> Column {
@@ -13,6 +15,7 @@ fn col(name: &str, ty: ColumnType, nullable: bool) -> Column {
         ty,
         nullable,
         unit: EpochUnit::Ms,
+        on_error: None,
     }
 }
 
@@ -33,11 +36,18 @@ fn dataset() -> DatasetConfig {
             time_column: "_source_ts".into(),
         },
         flush: FlushLimits::default(),
+        dead_letters: DeadLetterConfig {
+            table_uri: "file:///tmp/dlq".into(),
+            on_invalid: InvalidMessage::DeadLetter,
+            max_message_bytes: 1 << 20,
+            require_key: false,
+        },
     }
 }
 
 fn mapper() -> Mapper {
     let contract = Contract {
+        on_error: OnError::default(),
         columns: vec![
             col("id", ColumnType::Int64, false),
             col("first_name", ColumnType::String, false),
@@ -163,6 +173,7 @@ fn truncate_has_no_key_and_falls_back_to_ingest_time_without_source_ts() {
 #[test]
 fn unknown_key_or_ordering_columns_are_rejected() {
     let contract = Contract {
+        on_error: OnError::default(),
         columns: vec![col("id", ColumnType::Int64, false)],
     };
     let mut d = dataset();
@@ -174,4 +185,65 @@ fn unknown_key_or_ordering_columns_are_rejected() {
     d.header_columns.clear();
     d.ordering_column = "missing".into();
     assert!(Mapper::new(&d, contract).is_err());
+}
+
+#[test]
+fn on_error_rules_decide_per_column() {
+    let mut lenient = col("trace", ColumnType::Int32, true);
+    lenient.on_error = Some(OnError::Null);
+    let mut strict = col("first_name", ColumnType::Bool, true);
+    strict.on_error = Some(OnError::Fail);
+    let contract = Contract {
+        on_error: OnError::DeadLetter,
+        columns: vec![col("id", ColumnType::Int64, false), strict, lenient],
+    };
+    let mut d = dataset();
+    d.header_columns.clear();
+    let mut m = Mapper::new(&d, contract).unwrap();
+    let no_header = |_: &str| None;
+    let change = |after: serde_json::Value| Change {
+        op: Op::Create,
+        row: after.as_object().cloned(),
+        source_ts_ms: Some(1),
+        source_pos: None,
+    };
+    let mut unknown = 0;
+    // `null`: the bad value becomes null and the row lands.
+    let row = m
+        .map(
+            change(json!({"id": 1, "trace": "x"})),
+            &ctx(None, &no_header),
+            &mut unknown,
+        )
+        .unwrap();
+    assert!(matches!(row.data[2], Cell::Null));
+    // `fail` on its column stops the partition.
+    let e = m
+        .map(
+            change(json!({"id": 1, "first_name": "maybe"})),
+            &ctx(None, &no_header),
+            &mut unknown,
+        )
+        .unwrap_err();
+    assert_eq!((e.kind(), e.action()), ("type_mismatch", OnError::Fail));
+    // The contract-wide default dead-letters the rest.
+    let e = m
+        .map(
+            change(json!({"id": "one"})),
+            &ctx(None, &no_header),
+            &mut unknown,
+        )
+        .unwrap_err();
+    assert_eq!(e.action(), OnError::DeadLetter);
+    let e = m
+        .map(
+            change(json!({"trace": 1})),
+            &ctx(None, &no_header),
+            &mut unknown,
+        )
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.action()),
+        ("missing_value", OnError::DeadLetter)
+    );
 }

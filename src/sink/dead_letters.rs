@@ -1,0 +1,345 @@
+//! Dead letters: messages a dataset cannot ingest, kept byte for byte (key, value, headers) with the
+//! reason, in a Delta table per dataset (`_dead_letters/<dataset>` under the root by default).
+//!
+//! Exactly once: a flush commits its dead letters here *before* committing its rows to the dataset
+//! table, with one `txn` per Kafka partition (app id `<group>:<topic>:<partition>:dead_letters`,
+//! version = the last offset dead-lettered). A crash between the two commits makes the next owner
+//! re-read those offsets from the dataset table's position; their dead letters are already recorded
+//! (offset ≤ the txn version) and are not written again, while their good rows land with the data
+//! commit. So every message ends up in the dataset table or here, once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder,
+    StructBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+use deltalake::kernel::Transaction;
+use tracing::warn;
+
+use super::{CommitContext, SinkError, TableSink};
+use crate::buffer::DeadLetter;
+use crate::config::Compression;
+use crate::contract::timestamp_type;
+
+/// What a dead-letter commit did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Dead letters written, by reason.
+    pub by_reason: BTreeMap<&'static str, usize>,
+    /// Dead letters already in the table from an earlier attempt at the same offsets.
+    pub already_recorded: usize,
+    pub version: Option<u64>,
+}
+
+impl Recorded {
+    pub fn written(&self) -> usize {
+        self.by_reason.values().sum()
+    }
+}
+
+fn header_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, true),
+        Field::new("value", DataType::Binary, true),
+    ])
+}
+
+fn headers_type() -> DataType {
+    DataType::List(Arc::new(Field::new(
+        "element",
+        DataType::Struct(header_fields()),
+        true,
+    )))
+}
+
+/// The dead-letter table's schema.
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("dataset", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("topic", DataType::Utf8, true),
+        Field::new("partition", DataType::Int32, true),
+        Field::new("offset", DataType::Int64, true),
+        Field::new("kafka_timestamp", timestamp_type(), true),
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, true),
+        Field::new("headers", headers_type(), true),
+        Field::new("run_id", DataType::Utf8, true),
+        Field::new("batch_id", DataType::Utf8, true),
+        Field::new("dead_lettered_at", timestamp_type(), true),
+        Field::new("event_date", DataType::Utf8, true),
+    ]))
+}
+
+const PARTITION_COLUMNS: &[&str] = &["event_date"];
+
+fn to_batch(
+    letters: &[&DeadLetter],
+    ctx: &CommitContext,
+    batch_id: &str,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let now = chrono::Utc::now();
+    let date = now.format("%Y-%m-%d").to_string();
+    let n = letters.len();
+    let constant = |v: &str| {
+        let mut b = StringBuilder::with_capacity(n, n * v.len());
+        for _ in 0..n {
+            b.append_value(v);
+        }
+        Arc::new(b.finish()) as ArrayRef
+    };
+    let mut reason = StringBuilder::new();
+    let mut error = StringBuilder::new();
+    let mut topic = StringBuilder::new();
+    let mut partition = Int32Builder::with_capacity(n);
+    let mut offset = Int64Builder::with_capacity(n);
+    let mut ts = TimestampMicrosecondBuilder::with_capacity(n);
+    let mut key = BinaryBuilder::new();
+    let mut value = BinaryBuilder::new();
+    let struct_builder = StructBuilder::new(
+        header_fields(),
+        vec![
+            Box::new(StringBuilder::new()) as Box<dyn arrow::array::ArrayBuilder>,
+            Box::new(BinaryBuilder::new()),
+        ],
+    );
+    let DataType::List(item) = headers_type() else {
+        unreachable!("headers_type is a list")
+    };
+    let mut headers = ListBuilder::new(struct_builder).with_field(item);
+    let mut at = TimestampMicrosecondBuilder::with_capacity(n);
+    for l in letters {
+        reason.append_value(l.reason);
+        error.append_value(&l.error);
+        topic.append_value(&l.topic);
+        partition.append_value(l.partition);
+        offset.append_value(l.offset);
+        ts.append_value(l.timestamp_ms.saturating_mul(1000));
+        key.append_option(l.key.as_deref());
+        value.append_option(l.value.as_deref());
+        let entries = headers.values();
+        for (k, v) in &l.headers {
+            entries
+                .field_builder::<StringBuilder>(0)
+                .expect("header key builder")
+                .append_value(k);
+            entries
+                .field_builder::<BinaryBuilder>(1)
+                .expect("header value builder")
+                .append_option(v.as_deref());
+            entries.append(true);
+        }
+        headers.append(true);
+        at.append_value(now.timestamp_micros());
+    }
+    let columns: Vec<ArrayRef> = vec![
+        constant(&ctx.dataset),
+        Arc::new(reason.finish()),
+        Arc::new(error.finish()),
+        Arc::new(topic.finish()),
+        Arc::new(partition.finish()),
+        Arc::new(offset.finish()),
+        Arc::new(ts.finish().with_timezone("UTC")),
+        Arc::new(key.finish()),
+        Arc::new(value.finish()),
+        Arc::new(headers.finish()),
+        constant(&ctx.run_id),
+        constant(batch_id),
+        Arc::new(at.finish().with_timezone("UTC")),
+        constant(&date),
+    ];
+    RecordBatch::try_new(schema(), columns)
+}
+
+/// The txn app id under which a group records the last dead-lettered offset of a partition.
+pub fn app_id(group_id: &str, topic: &str, partition: i32) -> String {
+    format!("{}:dead_letters", super::app_id(group_id, topic, partition))
+}
+
+const MAX_ATTEMPTS: usize = 20;
+
+/// A dataset's dead-letter table, created on its first dead letter.
+pub struct DeadLetterSink {
+    uri: String,
+    storage_options: HashMap<String, String>,
+    table: Option<TableSink>,
+}
+
+impl DeadLetterSink {
+    pub fn new(uri: &str, storage_options: &HashMap<String, String>) -> Self {
+        DeadLetterSink {
+            uri: uri.to_string(),
+            storage_options: storage_options.clone(),
+            table: None,
+        }
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    async fn table(&mut self) -> Result<&mut TableSink, SinkError> {
+        if self.table.is_none() {
+            let t = TableSink::open(
+                &self.uri,
+                schema(),
+                PARTITION_COLUMNS,
+                &self.storage_options,
+                Compression::Zstd,
+            )
+            .await?;
+            self.table = Some(t);
+        }
+        Ok(self.table.as_mut().expect("opened above"))
+    }
+
+    /// Commit `letters` (in offset order per partition), skipping those an earlier attempt at the same
+    /// offsets already recorded.
+    pub async fn record(
+        &mut self,
+        letters: &[DeadLetter],
+        ctx: &CommitContext,
+        batch_id: &str,
+    ) -> Result<Recorded, SinkError> {
+        if letters.is_empty() {
+            return Ok(Recorded::default());
+        }
+        let uri = self.uri.clone();
+        let table = self.table().await?;
+        for _ in 0..MAX_ATTEMPTS {
+            table.refresh().await?;
+            let mut recorded_up_to: HashMap<(&str, i32), Option<i64>> = HashMap::new();
+            for l in letters {
+                let k = (l.topic.as_str(), l.partition);
+                if let std::collections::hash_map::Entry::Vacant(e) = recorded_up_to.entry(k) {
+                    let v = table
+                        .committed_offset(&app_id(&ctx.group_id, &l.topic, l.partition))
+                        .await?;
+                    e.insert(v);
+                }
+            }
+            let fresh: Vec<&DeadLetter> = letters
+                .iter()
+                .filter(|l| {
+                    recorded_up_to
+                        .get(&(l.topic.as_str(), l.partition))
+                        .copied()
+                        .flatten()
+                        .is_none_or(|v| l.offset > v)
+                })
+                .collect();
+            let already_recorded = letters.len() - fresh.len();
+            if fresh.is_empty() {
+                return Ok(Recorded {
+                    already_recorded,
+                    ..Recorded::default()
+                });
+            }
+            let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+            let mut by_reason: BTreeMap<&'static str, usize> = BTreeMap::new();
+            for l in &fresh {
+                let e = last
+                    .entry((l.topic.as_str(), l.partition))
+                    .or_insert(l.offset);
+                *e = (*e).max(l.offset);
+                *by_reason.entry(l.reason).or_default() += 1;
+            }
+            let batch = to_batch(&fresh, ctx, batch_id).map_err(|e| SinkError::Delta {
+                uri: uri.clone(),
+                source: e.into(),
+            })?;
+            let adds = table.write_files(&[batch]).await?;
+            let txns = last
+                .iter()
+                .map(|((topic, partition), offset)| {
+                    Transaction::new_with_last_update(
+                        app_id(&ctx.group_id, topic, *partition),
+                        *offset,
+                        Some(chrono::Utc::now().timestamp_millis()),
+                    )
+                })
+                .collect();
+            let metadata = vec![(
+                "bronze".to_string(),
+                serde_json::json!({
+                    "kind": "dead_letters",
+                    "run_id": ctx.run_id,
+                    "batch_id": batch_id,
+                    "dataset": ctx.dataset,
+                    "flush_started_ms": ctx.started_ms,
+                    "dead_lettered": fresh.len(),
+                    "reasons": by_reason,
+                }),
+            )];
+            match table.try_commit(&adds, txns, metadata).await {
+                Ok(Some(version)) => {
+                    return Ok(Recorded {
+                        by_reason,
+                        already_recorded,
+                        version: Some(version),
+                    });
+                }
+                Ok(None) => {
+                    table.discard_files(&adds).await;
+                    warn!(table = %uri, "dead-letter commit conflict; re-checking and retrying");
+                }
+                Err(e) => {
+                    table.discard_files(&adds).await;
+                    return Err(e);
+                }
+            }
+        }
+        Err(SinkError::TooManyConflicts {
+            uri,
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_keep_bytes_and_headers() {
+        let l = DeadLetter {
+            topic: "t".into(),
+            partition: 2,
+            offset: 7,
+            timestamp_ms: 1_000,
+            key: Some(vec![0, 159, 146, 150]),
+            value: None,
+            headers: vec![("h".into(), Some(vec![1, 2])), ("empty".into(), None)],
+            reason: "invalid_json",
+            error: "expected value".into(),
+        };
+        let ctx = CommitContext {
+            group_id: "g".into(),
+            run_id: "r".into(),
+            dataset: "d".into(),
+            started_ms: 0,
+        };
+        let b = to_batch(&[&l, &l], &ctx, "b").unwrap();
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(b.schema(), schema());
+        let key = b
+            .column_by_name("key")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::BinaryArray>()
+            .unwrap();
+        assert_eq!(key.value(0), &[0, 159, 146, 150]);
+        let headers = b
+            .column_by_name("headers")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::ListArray>()
+            .unwrap();
+        assert_eq!(headers.value_length(1), 2);
+        assert_eq!(app_id("g", "t", 2), "g:t:2:dead_letters");
+    }
+}

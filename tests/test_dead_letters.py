@@ -1,0 +1,148 @@
+"""Bad input: a corpus of broken messages mixed into good Debezium traffic on the real broker. Every
+message ends up exactly once in the dataset table, in its dead-letter table (byte for byte, with the
+reason) or counted as a tombstone; the other dataset is untouched; a crash between the dead-letter commit
+and the data commit changes nothing."""
+
+import json
+import signal
+
+from confluent_kafka import Producer
+
+import harness as h
+from harness import cdc
+
+MAX_BYTES = 64 * 1024
+HEADERS = [("trace", b"\x00\x01bad"), ("empty", None)]
+
+
+def envelope(after, op="c"):
+    return json.dumps({"op": op, "ts_ms": 1, "source": {"ts_ms": 1_700_000_000_000, "lsn": 1},
+                       "before": None, "after": after}).encode()
+
+
+def good_row(i):
+    return {"id": 900_000 + i, "customer_id": 1, "amount": 1.5, "currency": "EUR", "status": "new",
+            "order_date": 19000, "attributes": "{}", "is_gift": False, "updated_at": 1_700_000_000_000}
+
+
+def corpus():
+    """(reason expected, key, value) of each bad message; values are bytes exactly as produced."""
+    nested = b'{"op":"c","source":{"ts_ms":1},"after":{"id":1,"attributes":' + b"[" * 300 + b"]" * 300 + b"}}"
+    whole = envelope(good_row(1))
+    return [
+        ("invalid_json", b"k1", b'{"op": "c", "after": {"id": 1,'),                      # malformed
+        ("invalid_json", b"k2", whole[: len(whole) // 2]),                                 # truncated
+        ("invalid_json", b"k3", b""),                                                       # empty value
+        ("invalid_json", b"k4", whole.replace(b'"EUR"', b'"\xff\xfeUR"')),                 # invalid UTF-8
+        ("invalid_json", b"k5", nested),                                                    # nested too deep
+        ("not_an_object", b"k6", b"[1, 2, 3]"),                                             # wrong shape
+        ("bad_op", b"k7", b'{"hello": "world"}'),                                           # not an envelope
+        ("bad_op", b"k8", envelope(good_row(2), op="x")),                                   # unknown op
+        ("bad_envelope", b"k9", b'{"op": "c", "after": "text"}'),                           # row not an object
+        ("bad_envelope", b"k10", b'{"op": "u"}'),                                           # missing row
+        ("type_mismatch", b"k11", envelope({**good_row(3), "customer_id": "abc"})),        # wrong type
+        ("type_mismatch", b"k12", envelope({**good_row(4), "id": 10**20})),                # out of int64 range
+        ("type_mismatch", b"k13", envelope({**good_row(5), "is_gift": "maybe"})),          # wrong bool
+        ("type_mismatch", b"k14", envelope({**good_row(6), "amount": "1,5"})),  # decimal comma
+        ("missing_value", b"k15", envelope({k: v for k, v in good_row(7).items() if k != "id"})),
+        ("oversized", b"k16", envelope({**good_row(8), "status": "x" * (MAX_BYTES + 10)})),
+        ("null_key", None, envelope(good_row(9))),                                          # key required
+    ]
+
+
+def setup(tmp_path, name):
+    orders_topic, customers_topic = h.unique(f"{name}.orders"), h.unique(f"{name}.customers")
+    h.create_topics({orders_topic: 2, customers_topic: 1})
+    plan = cdc.generate(3_000, seed=21)
+    good = [e for e in plan.events if e.table == "orders"]
+    customers = h.produce([e for e in plan.events if e.table == "customers"], {"customers": customers_topic})
+    producer = Producer({"bootstrap.servers": h.bootstrap(), "message.max.bytes": 4 * MAX_BYTES})
+    bad = []
+    produced = []
+
+    def record(reason):
+        def cb(err, msg):
+            assert err is None, err
+            # Delivery reports do not carry headers: bad messages all have HEADERS.
+            produced.append((reason, msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                             HEADERS if reason else None))
+        return cb
+
+    cases = corpus()
+    step = len(good) // (len(cases) + 1)
+    for i, e in enumerate(good):
+        producer.produce(orders_topic, key=e.key, value=e.value, partition=i % 2, on_delivery=record(None))
+        if i % step == step - 1 and cases:
+            reason, key, value = cases.pop(0)
+            producer.produce(orders_topic, key=key, value=value, partition=(i + 1) % 2,
+                             headers=HEADERS, on_delivery=record(reason))
+        producer.poll(0)
+    assert not cases and producer.flush(30) == 0
+    bad = [p for p in produced if p[0] is not None]
+    datasets = [
+        {**h.keyless_orders(orders_topic)[0],
+         "dead_letters": f'{{ max_message_bytes = {MAX_BYTES}, require_key = true }}'},
+        {"name": '"customers"', "topics": f'["{customers_topic}"]', "format": '"debezium-json"',
+         "schema": '"customers.toml"', "partitioning": '{ by = "date" }'},
+    ]
+    root = tmp_path / "lake"
+    cfg = h.write_config(tmp_path, group=h.unique(name), root=str(root), datasets=datasets, flush_age="300ms",
+                         max_rows=500)
+    return cfg, root, produced, bad, customers
+
+
+def check(root, produced, bad, customers):
+    table = h.read_delta(str(root / "orders"))
+    dlq = h.read_delta(str(root / "_dead_letters" / "orders")).to_pylist()
+    rows = h.offsets_of(table)
+    assert len(rows) == len(set(rows)), "a row was stored twice"
+    dead = [(r["topic"], r["partition"], r["offset"]) for r in dlq]
+    assert len(dead) == len(set(dead)) == len(bad), f"{len(dead)} dead letters for {len(bad)} bad messages"
+    by_offset = {(r["topic"], r["partition"], r["offset"]): r for r in dlq}
+    for reason, topic, partition, offset, key, value, headers in bad:
+        r = by_offset[(topic, partition, offset)]
+        assert r["reason"] == reason, (reason, r["reason"], r["error"])
+        assert r["error"] and r["dataset"] == "orders"
+        assert r["key"] == key and r["value"] == value, f"{reason}: bytes changed"
+        assert [(x["key"], x["value"]) for x in r["headers"]] == headers
+    tombstones = [p for p in produced if p[0] is None and p[5] is None]
+    good = {(p[1], p[2], p[3]) for p in produced if p[0] is None and p[5] is not None}
+    assert set(rows) == good
+    # Nothing lost, nothing doubled: every produced message is a row, a dead letter or a counted tombstone.
+    assert len(produced) == len(rows) + len(dead) + len(tombstones)
+    # The other dataset went on untouched.
+    assert set(h.stored_offsets(str(root / "customers"))) == h.data_offsets(customers)
+    return dlq
+
+
+def test_bad_input_corpus_is_dead_lettered_and_the_pipeline_goes_on(tmp_path):
+    cfg, root, produced, bad, customers = setup(tmp_path, "dlq")
+    assert len(bad) >= 15
+    out = h.run_bronze(cfg, "run", "--until-caught-up").stdout
+    check(root, produced, bad, customers)
+    assert "orders" in out
+    # The ledger and the status view report the dead letters.
+    ledger = [r for r in h.ledger(str(root)) if r["kind"] == "dead_letters"]
+    assert sum(r["rows_dead_lettered"] for r in ledger) == len(bad)
+    assert all("_dead_letters/orders" in r["table_uri"] for r in ledger)
+    status = {d["dataset"]: d for d in map(json.loads, h.run_bronze(cfg, "status", "--json").stdout.splitlines())}
+    assert status["orders"]["dead_letters_1h"] == len(bad) and status["orders"]["lag_messages"] == 0
+    finished = [r for r in h.ledger(str(root)) if r["kind"] == "run_finished"]
+    assert finished[0]["rows_dead_lettered"] == len(bad)
+    # A rerun changes nothing.
+    h.run_bronze(cfg, "run", "--until-caught-up")
+    check(root, produced, bad, customers)
+
+
+def test_crash_between_dead_letter_and_data_commit_keeps_each_message_once(tmp_path):
+    cfg, root, produced, bad, customers = setup(tmp_path, "dlqcrash")
+    proc = h.start_bronze(cfg, env={"BRONZE_FAILPOINT": "after_dead_letters"}, log=tmp_path / "bronze.log")
+    assert proc.wait(timeout=120) == -signal.SIGABRT
+    first = h.read_delta(str(root / "_dead_letters" / "orders")).num_rows
+    assert first >= 1, "the failpoint fires after a dead-letter commit"
+    # The rows of that flush were not committed; the restart re-reads them and finds their dead letters
+    # already recorded.
+    out = h.run_bronze(cfg, "run", "--until-caught-up")
+    check(root, produced, bad, customers)
+    log = (tmp_path / "bronze.log").read_text() + out.stderr
+    assert "already_recorded" in log
