@@ -9,6 +9,7 @@ use bronze::config::Config;
 use bronze::contract::Contract;
 use bronze::observability::LogFormat;
 use bronze::pipeline::{self, RunOptions};
+use bronze::sink::dead_letters::{self, DeadLetterFilter};
 use bronze::sink::{self, Probe, TableSink};
 use bronze::transform::Mapper;
 use clap::{Parser, Subcommand};
@@ -88,11 +89,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Dead letters: list them, or replay them into the dataset table after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Print version, files, rows and partitions of every dataset's table.
     Summary {
         #[arg(long, short)]
         config: PathBuf,
         /// One JSON object per dataset instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Count a dataset's dead letters by reason and show the latest.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        dataset: String,
+        /// A duration back from now (`1h`) or an RFC 3339 time.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<i64>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// How many of the latest to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Run a dataset's dead letters through the current contract and rules again and commit those that
+    /// now pass, with their original offsets. Idempotent: rows already in the table are not added again.
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        dataset: String,
+        #[arg(long, value_parser = parse_since)]
+        since: Option<i64>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Report what would be replayed without committing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -107,7 +150,10 @@ fn main() -> ExitCode {
         | Command::Validate { config }
         | Command::Status { config, .. }
         | Command::Runs { config, .. }
-        | Command::Summary { config, .. } => config.clone(),
+        | Command::Summary { config, .. }
+        | Command::Dlq {
+            command: DlqCommand::List { config, .. } | DlqCommand::Replay { config, .. },
+        } => config.clone(),
     };
     let cfg = match load_config(&config_path) {
         Ok(c) => c,
@@ -134,6 +180,7 @@ fn main() -> ExitCode {
             Command::Validate { .. } => validate(&cfg).await,
             Command::Summary { json, .. } => summary(&cfg, json).await,
             Command::Status { json, .. } => status(&cfg, json).await,
+            Command::Dlq { command } => dlq(&cfg, command).await,
             Command::Runs {
                 dataset,
                 since,
@@ -268,6 +315,97 @@ fn parse_since(s: &str) -> Result<i64, String> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_micros())
         .map_err(|_| format!("`{s}` is neither a duration (1h, 30m) nor an RFC 3339 time"))
+}
+
+async fn dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DlqCommand::List {
+            dataset,
+            since,
+            reason,
+            limit,
+            ..
+        } => {
+            let d = cfg
+                .datasets
+                .iter()
+                .find(|d| d.name == dataset)
+                .with_context(|| format!("no dataset named `{dataset}`"))?;
+            let filter = DeadLetterFilter {
+                since_us: since,
+                reason,
+            };
+            let letters =
+                dead_letters::read(&d.dead_letters.table_uri, &cfg.storage_options(), &filter)
+                    .await?;
+            let mut by_reason = std::collections::BTreeMap::<&str, usize>::new();
+            for l in &letters {
+                *by_reason.entry(&l.reason).or_default() += 1;
+            }
+            println!(
+                "{} dead letters in {}",
+                letters.len(),
+                d.dead_letters.table_uri
+            );
+            for (reason, n) in &by_reason {
+                println!("  {reason:<16} {n}");
+            }
+            let mut latest: Vec<_> = letters.iter().collect();
+            latest.sort_by_key(|l| std::cmp::Reverse(l.timestamp_ms));
+            for l in latest.into_iter().take(limit) {
+                println!(
+                    "{}[{}]@{}  {:<14} {} bytes  {}",
+                    l.topic,
+                    l.partition,
+                    l.offset,
+                    l.reason,
+                    l.value.as_ref().map_or(0, Vec::len),
+                    l.error
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Replay {
+            dataset,
+            since,
+            reason,
+            dry_run,
+            json,
+            ..
+        } => {
+            let filter = DeadLetterFilter {
+                since_us: since,
+                reason,
+            };
+            let s = pipeline::replay(cfg, &dataset, &filter, dry_run).await?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                println!(
+                    "{}{}: {} dead letters, {} already in the table, {} rows {}, {} duplicates dropped, {} without a row",
+                    if s.dry_run { "dry run: " } else { "" },
+                    s.dataset,
+                    s.dead_letters,
+                    s.already_in_table,
+                    s.rows_written,
+                    if s.dry_run {
+                        "would be written"
+                    } else {
+                        "written"
+                    },
+                    s.duplicates_dropped,
+                    s.skipped
+                );
+                for (reason, n) in &s.still_failing {
+                    println!("  still failing: {reason:<16} {n}");
+                }
+                if let Some(v) = s.table_version {
+                    println!("  committed as version {v}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {

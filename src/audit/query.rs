@@ -7,7 +7,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
 use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::functions_aggregate::expr_fn::{count, sum};
-use deltalake::datafusion::prelude::{DataFrame, Expr, SessionContext, col, lit};
+use deltalake::datafusion::prelude::{DataFrame, Expr, col, lit};
 
 use super::AuditError;
 use crate::config::Config;
@@ -126,20 +126,7 @@ pub async fn recent_counts(
 }
 
 async fn ledger_frame(cfg: &Config) -> Result<Option<DataFrame>, AuditError> {
-    let Some(table) = sink::load_existing(&cfg.audit.table_uri, &cfg.storage_options()).await?
-    else {
-        return Ok(None);
-    };
-    let ctx = SessionContext::new();
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| query_err(cfg, e))?;
-    let provider = table
-        .table_provider()
-        .await
-        .map_err(|e| query_err(cfg, e))?;
-    let df = ctx.read_table(provider).map_err(|e| query_err(cfg, e))?;
-    Ok(Some(df))
+    Ok(sink::scan::frame(&cfg.audit.table_uri, &cfg.storage_options()).await?)
 }
 
 fn apply(

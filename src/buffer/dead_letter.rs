@@ -13,7 +13,7 @@ pub struct DeadLetter {
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// Short, stable label (`invalid_json`, `type_mismatch`, `oversized`, ...), also the metric label.
-    pub reason: &'static str,
+    pub reason: String,
     /// What exactly was wrong, for people.
     pub error: String,
 }

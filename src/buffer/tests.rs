@@ -174,7 +174,7 @@ fn letter(partition: i32, offset: i64) -> DeadLetter {
         key: None,
         value: Some(vec![b'{'; 100]),
         headers: Vec::new(),
-        reason: "invalid_json",
+        reason: "invalid_json".into(),
         error: "EOF".into(),
     }
 }

@@ -153,6 +153,10 @@ fn default_small_file_bytes() -> u64 {
     32 * 1024 * 1024
 }
 
+/// Uploads are committed within seconds (a failed commit deletes its files and retries with new
+/// ones), so a minute is far beyond any upload-to-commit window of a live member.
+const MIN_ORPHAN_GRACE: Duration = Duration::from_secs(60);
+
 fn default_orphan_grace() -> Duration {
     Duration::from_secs(3600)
 }
@@ -512,6 +516,16 @@ impl Config {
             }
         }
         check_limits(file, "flush", &raw.flush)?;
+        if raw.storage.orphan_grace < MIN_ORPHAN_GRACE {
+            return Err(ConfigError::invalid(
+                file,
+                "storage.orphan_grace",
+                format!(
+                    "must be at least {}: a shorter grace would delete the files another member has uploaded and is about to commit",
+                    humantime::format_duration(MIN_ORPHAN_GRACE)
+                ),
+            ));
+        }
         if raw.memory.budget_bytes < 1024 * 1024 {
             return Err(ConfigError::invalid(
                 file,

@@ -159,6 +159,10 @@ fn broken_configs_name_key_and_reason() {
             format!("{good}\n[audit]\ntable = \"customers\"\n"),
             "is the table of dataset `customers`",
         ),
+        (
+            good.replace("[storage]", "[storage]\norphan_grace = \"5s\""),
+            "storage.orphan_grace",
+        ),
         ("[kafka\n".to_string(), "not valid TOML"),
     ];
     for (text, needle) in cases {

@@ -6,7 +6,10 @@
 //! after it, seeks there and drops messages until it arrives. So a partition always resumes from the
 //! table, whatever the group offsets say.
 
+mod replay;
 mod state;
+
+pub use replay::{ReplaySummary, replay};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,14 +24,14 @@ use tracing::{Instrument, debug, error, info, warn};
 
 use crate::audit::{AuditHandle, AuditRecord, Ledger};
 use crate::buffer::{DatasetBuffer, DeadLetter, FlushReason, TopicPartition};
-use crate::config::{Config, InvalidMessage};
+use crate::config::{Config, DatasetConfig, InvalidMessage};
 use crate::contract::{Contract, OnError};
 use crate::decode::{self, Decoded};
 use crate::observability::Health;
 use crate::sink::dead_letters::DeadLetterSink;
 use crate::sink::{self, CommitContext, CommitOutcome, TableSink};
 use crate::source::{self, RebalanceEvent, Source};
-use crate::transform::{Mapper, MessageContext};
+use crate::transform::{Mapper, MessageContext, Row};
 
 use state::{DatasetState, PartitionState, PendingBatch, Phase};
 pub use state::{DatasetSummary, RunSummary};
@@ -353,66 +356,19 @@ impl Run {
         metrics::counter!("bronze_events_consumed_total", "dataset" => dataset.clone(), "topic" => tp.0.clone())
             .increment(1);
         ds.summary.events += 1;
-        let rules = &ds.cfg.dead_letters;
-        let invalid_fails = rules.on_invalid == InvalidMessage::Fail;
-        let size = m.payload.as_ref().map_or(0, Vec::len);
-        let result = if size > rules.max_message_bytes {
-            Err(Rejection {
-                reason: "oversized",
-                error: format!(
-                    "value is {size} bytes, over the dataset's max_message_bytes ({})",
-                    rules.max_message_bytes
-                ),
-                fail: invalid_fails,
-            })
-        } else if rules.require_key && m.key.is_none() {
-            Err(Rejection {
-                reason: "null_key",
-                error: "message has no key and the dataset requires one".to_string(),
-                fail: invalid_fails,
-            })
-        } else {
-            match decode::decode(ds.cfg.format, m.payload.as_deref()) {
-                Ok(Decoded::Skip(reason)) => {
-                    metrics::counter!("bronze_skipped_messages_total", "dataset" => dataset.clone(), "reason" => reason.as_str())
-                        .increment(1);
-                    ds.summary.skipped += 1;
-                    ds.buffer.skip(&tp.0, tp.1, m.offset, now);
-                    return Ok(());
-                }
-                Ok(Decoded::Change(change)) => {
-                    let header = |name: &str| m.header(name);
-                    let ctx = MessageContext {
-                        offset: m.offset,
-                        key: m.key.as_deref(),
-                        ingested_at_us: chrono::Utc::now().timestamp_micros(),
-                        header: &header,
-                    };
-                    let mut unknown = 0;
-                    let mapped = ds.mapper.map(change, &ctx, &mut unknown);
-                    if unknown > 0 {
-                        metrics::counter!("bronze_unknown_fields_total", "dataset" => dataset.clone())
-                            .increment(unknown);
-                    }
-                    mapped.map_err(|e| Rejection {
-                        reason: e.kind(),
-                        error: e.to_string(),
-                        fail: e.action() == OnError::Fail,
-                    })
-                }
-                Err(e) => Err(Rejection {
-                    reason: e.kind(),
-                    error: e.to_string(),
-                    fail: invalid_fails,
-                }),
-            }
-        };
-        let rejection = match result {
-            Ok(row) => {
-                ds.buffer.push(&tp.0, tp.1, row, now);
+        let rejection = match admit(&ds.cfg, &mut ds.mapper, &m) {
+            Admission::Row(row) => {
+                ds.buffer.push(&tp.0, tp.1, *row, now);
                 return Ok(());
             }
-            Err(r) => r,
+            Admission::Skip(reason) => {
+                metrics::counter!("bronze_skipped_messages_total", "dataset" => dataset.clone(), "reason" => reason.as_str())
+                    .increment(1);
+                ds.summary.skipped += 1;
+                ds.buffer.skip(&tp.0, tp.1, m.offset, now);
+                return Ok(());
+            }
+            Admission::Reject(r) => r,
         };
         metrics::counter!("bronze_decode_errors_total", "dataset" => dataset.clone(), "kind" => rejection.reason)
             .increment(1);
@@ -428,7 +384,7 @@ impl Run {
                     key: m.key,
                     value: m.payload,
                     headers: m.headers,
-                    reason: rejection.reason,
+                    reason: rejection.reason.to_string(),
                     error: rejection.error,
                 },
                 now,
@@ -524,7 +480,7 @@ impl Run {
                 .await
                 .map(|recorded| {
                     for (reason, n) in &recorded.by_reason {
-                        metrics::counter!("bronze_dead_letters_total", "dataset" => ctx.dataset.clone(), "reason" => *reason)
+                        metrics::counter!("bronze_dead_letters_total", "dataset" => ctx.dataset.clone(), "reason" => reason.clone())
                             .increment(*n as u64);
                     }
                     ds.summary.dead_lettered += recorded.written() as u64;
@@ -838,6 +794,69 @@ struct Rejection {
     fail: bool,
 }
 
+/// What becomes of one message.
+enum Admission {
+    Row(Box<Row>),
+    Skip(decode::Skip),
+    Reject(Rejection),
+}
+
+/// Check, decode and map one message under its dataset's rules (streaming and dead-letter replay alike).
+fn admit(cfg: &DatasetConfig, mapper: &mut Mapper, m: &OwnedMessage) -> Admission {
+    let rules = &cfg.dead_letters;
+    let invalid_fails = rules.on_invalid == InvalidMessage::Fail;
+    let size = m.payload.as_ref().map_or(0, Vec::len);
+    if size > rules.max_message_bytes {
+        return Admission::Reject(Rejection {
+            reason: "oversized",
+            error: format!(
+                "value is {size} bytes, over the dataset's max_message_bytes ({})",
+                rules.max_message_bytes
+            ),
+            fail: invalid_fails,
+        });
+    }
+    if rules.require_key && m.key.is_none() {
+        return Admission::Reject(Rejection {
+            reason: "null_key",
+            error: "message has no key and the dataset requires one".to_string(),
+            fail: invalid_fails,
+        });
+    }
+    let change = match decode::decode(cfg.format, m.payload.as_deref()) {
+        Ok(Decoded::Skip(reason)) => return Admission::Skip(reason),
+        Ok(Decoded::Change(change)) => change,
+        Err(e) => {
+            return Admission::Reject(Rejection {
+                reason: e.kind(),
+                error: e.to_string(),
+                fail: invalid_fails,
+            });
+        }
+    };
+    let header = |name: &str| m.header(name);
+    let ctx = MessageContext {
+        offset: m.offset,
+        key: m.key.as_deref(),
+        ingested_at_us: chrono::Utc::now().timestamp_micros(),
+        header: &header,
+    };
+    let mut unknown = 0;
+    let mapped = mapper.map(change, &ctx, &mut unknown);
+    if unknown > 0 {
+        metrics::counter!("bronze_unknown_fields_total", "dataset" => cfg.name.clone())
+            .increment(unknown);
+    }
+    match mapped {
+        Ok(row) => Admission::Row(Box::new(row)),
+        Err(e) => Admission::Reject(Rejection {
+            reason: e.kind(),
+            error: e.to_string(),
+            fail: e.action() == OnError::Fail,
+        }),
+    }
+}
+
 /// What the loop needs of a Kafka message, without the consumer borrow.
 struct OwnedMessage {
     topic: String,
@@ -857,6 +876,20 @@ impl OwnedMessage {
             .find(|(k, _)| k == name)
             .and_then(|(_, v)| v.as_deref())
             .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+impl From<DeadLetter> for OwnedMessage {
+    fn from(l: DeadLetter) -> Self {
+        OwnedMessage {
+            topic: l.topic,
+            partition: l.partition,
+            offset: l.offset,
+            timestamp_ms: l.timestamp_ms,
+            key: l.key,
+            payload: l.value,
+            headers: l.headers,
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use crate::contract::timestamp_type;
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recorded {
     /// Dead letters written, by reason.
-    pub by_reason: BTreeMap<&'static str, usize>,
+    pub by_reason: BTreeMap<String, usize>,
     /// Dead letters already in the table from an earlier attempt at the same offsets.
     pub already_recorded: usize,
     pub version: Option<u64>,
@@ -113,7 +113,7 @@ fn to_batch(
     let mut headers = ListBuilder::new(struct_builder).with_field(item);
     let mut at = TimestampMicrosecondBuilder::with_capacity(n);
     for l in letters {
-        reason.append_value(l.reason);
+        reason.append_value(&l.reason);
         error.append_value(&l.error);
         topic.append_value(&l.topic);
         partition.append_value(l.partition);
@@ -153,6 +153,132 @@ fn to_batch(
         constant(&date),
     ];
     RecordBatch::try_new(schema(), columns)
+}
+
+/// Which dead letters [`read`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    /// Only those dead-lettered at or after this time (µs since the epoch).
+    pub since_us: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// The dead letters in the table at `uri` that match `filter`, ordered by topic, partition and offset.
+pub async fn read(
+    uri: &str,
+    storage_options: &HashMap<String, String>,
+    filter: &DeadLetterFilter,
+) -> Result<Vec<DeadLetter>, SinkError> {
+    use deltalake::datafusion::common::ScalarValue;
+    use deltalake::datafusion::prelude::{col, lit};
+    let Some(mut df) = super::scan::frame(uri, storage_options).await? else {
+        return Ok(Vec::new());
+    };
+    let q = |e: deltalake::datafusion::error::DataFusionError| SinkError::Query {
+        uri: uri.to_string(),
+        message: e.to_string(),
+    };
+    if let Some(since) = filter.since_us {
+        let t = lit(ScalarValue::TimestampMicrosecond(
+            Some(since),
+            Some("UTC".into()),
+        ));
+        df = df.filter(col("dead_lettered_at").gt_eq(t)).map_err(q)?;
+    }
+    if let Some(reason) = &filter.reason {
+        df = df
+            .filter(col("reason").eq(lit(reason.clone())))
+            .map_err(q)?;
+    }
+    let batches = df
+        .sort(vec![
+            col("topic").sort(true, false),
+            col("partition").sort(true, false),
+            col("offset").sort(true, false),
+        ])
+        .map_err(q)?
+        .collect()
+        .await
+        .map_err(q)?;
+    let mut out = Vec::new();
+    for b in batches {
+        // Normalize whatever physical types the scan chose (views, dictionaries) to this schema's.
+        let columns = schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                let c = b.column_by_name(f.name()).ok_or_else(|| SinkError::Query {
+                    uri: uri.to_string(),
+                    message: format!("column `{}` missing", f.name()),
+                })?;
+                arrow::compute::cast(c, f.data_type()).map_err(|e| SinkError::Query {
+                    uri: uri.to_string(),
+                    message: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let b = RecordBatch::try_new(schema(), columns).map_err(|e| SinkError::Query {
+            uri: uri.to_string(),
+            message: e.to_string(),
+        })?;
+        out.extend(from_batch(&b));
+    }
+    Ok(out)
+}
+
+fn from_batch(b: &RecordBatch) -> Vec<DeadLetter> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+    let text = |name: &str| b.column_by_name(name).map(|c| c.as_string::<i32>().clone());
+    let binary = |name: &str| b.column_by_name(name).map(|c| c.as_binary::<i32>().clone());
+    let (Some(reason), Some(error), Some(topic), Some(key), Some(value)) = (
+        text("reason"),
+        text("error"),
+        text("topic"),
+        binary("key"),
+        binary("value"),
+    ) else {
+        return Vec::new();
+    };
+    let (Some(partition), Some(offset), Some(ts), Some(headers)) = (
+        b.column_by_name("partition"),
+        b.column_by_name("offset"),
+        b.column_by_name("kafka_timestamp"),
+        b.column_by_name("headers"),
+    ) else {
+        return Vec::new();
+    };
+    let partition = partition.as_primitive::<Int32Type>();
+    let offset = offset.as_primitive::<Int64Type>();
+    let ts = ts.as_primitive::<TimestampMicrosecondType>();
+    let headers = headers.as_list::<i32>();
+    let opt_bytes =
+        |a: &arrow::array::BinaryArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_vec());
+    (0..b.num_rows())
+        .map(|i| {
+            let mut hs = Vec::new();
+            if !headers.is_null(i) {
+                let entries = headers.value(i);
+                let entries = entries.as_struct();
+                let keys = entries.column(0).as_string::<i32>();
+                let values = entries.column(1).as_binary::<i32>();
+                for j in 0..entries.len() {
+                    hs.push((keys.value(j).to_string(), opt_bytes(values, j)));
+                }
+            }
+            DeadLetter {
+                topic: topic.value(i).to_string(),
+                partition: partition.value(i),
+                offset: offset.value(i),
+                timestamp_ms: ts.value(i) / 1000,
+                key: opt_bytes(&key, i),
+                value: opt_bytes(&value, i),
+                headers: hs,
+                reason: reason.value(i).to_string(),
+                error: error.value(i).to_string(),
+            }
+        })
+        .collect()
 }
 
 /// The txn app id under which a group records the last dead-lettered offset of a partition.
@@ -240,13 +366,13 @@ impl DeadLetterSink {
                 });
             }
             let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-            let mut by_reason: BTreeMap<&'static str, usize> = BTreeMap::new();
+            let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
             for l in &fresh {
                 let e = last
                     .entry((l.topic.as_str(), l.partition))
                     .or_insert(l.offset);
                 *e = (*e).max(l.offset);
-                *by_reason.entry(l.reason).or_default() += 1;
+                *by_reason.entry(l.reason.clone()).or_default() += 1;
             }
             let batch = to_batch(&fresh, ctx, batch_id).map_err(|e| SinkError::Delta {
                 uri: uri.clone(),
@@ -314,7 +440,7 @@ mod tests {
             key: Some(vec![0, 159, 146, 150]),
             value: None,
             headers: vec![("h".into(), Some(vec![1, 2])), ("empty".into(), None)],
-            reason: "invalid_json",
+            reason: "invalid_json".into(),
             error: "expected value".into(),
         };
         let ctx = CommitContext {
@@ -325,6 +451,7 @@ mod tests {
         };
         let b = to_batch(&[&l, &l], &ctx, "b").unwrap();
         assert_eq!(b.num_rows(), 2);
+        assert_eq!(from_batch(&b), vec![l.clone(), l.clone()], "round trip");
         assert_eq!(b.schema(), schema());
         let key = b
             .column_by_name("key")

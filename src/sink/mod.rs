@@ -12,6 +12,7 @@
 pub mod dead_letters;
 pub mod delta_log;
 mod orphans;
+pub mod scan;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -48,6 +49,8 @@ pub enum SinkError {
     TooManyConflicts { uri: String, attempts: usize },
     #[error("table {uri}: commit refused: storage outage injected by BRONZE_FAIL_COMMITS_WHILE")]
     InjectedOutage { uri: String },
+    #[error("table {uri}: query failed: {message}")]
+    Query { uri: String, message: String },
     #[error("table {uri}: {source}")]
     Storage {
         uri: String,

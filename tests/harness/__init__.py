@@ -114,7 +114,6 @@ def write_config(directory: Path, *, group: str, root: str, datasets: list[dict]
 
         [storage]
         root = "{root}"
-        orphan_grace = "0s"
 
         [flush]
         max_rows = {max_rows}
@@ -287,6 +286,14 @@ def assert_ledger_complete(root: str, dataset: str) -> list[dict]:
     assert max(covered.values(), default=1) == 1, "an offset range was recorded twice"
     assert set(offsets_of(data)) <= set(covered), "a stored row is not covered by any ledger commit"
     return commits
+
+
+def age_files(table_dir: Path, seconds: float) -> None:
+    """Make every Parquet file under `table_dir` look `seconds` older, as if a crash happened that long
+    ago: the start-up sweep only removes uncommitted files older than `storage.orphan_grace`."""
+    for p in table_dir.rglob("*.parquet"):
+        st = p.stat()
+        os.utime(p, (st.st_atime - seconds, st.st_mtime - seconds))
 
 
 def parquet_files_on_disk(table_dir: Path) -> set:

@@ -1,0 +1,221 @@
+//! `bronze dlq replay`: after the contract or the input is fixed, dead letters go through the same
+//! checks, decoding and mapping as streaming, and those that now pass are committed to the dataset table
+//! with their original topic, partition and offset.
+//!
+//! Idempotent: a dead letter whose offset is already in the table is not replayed again, and every
+//! replay commit carries a `txn` (app id `<group>:dlq-replay:<dataset>`, version + 1 per replay) so two
+//! replays racing each other conflict and the loser re-checks the table. The dead-letter table keeps its
+//! rows (it is the history of what went wrong); streaming positions are not touched.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+use deltalake::datafusion::prelude::{col, lit};
+use deltalake::kernel::Transaction;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::{Admission, OwnedMessage, PipelineError, admit};
+use crate::buffer::{DatasetBuffer, DeadLetter};
+use crate::config::Config;
+use crate::contract::Contract;
+use crate::sink::dead_letters::{self, DeadLetterFilter};
+use crate::sink::{SinkError, TableSink, scan};
+use crate::transform::Mapper;
+
+/// What a replay did (or, with `dry_run`, would do).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReplaySummary {
+    pub dataset: String,
+    /// Dead letters matching the filter.
+    pub dead_letters: usize,
+    /// Already in the dataset table (an earlier replay).
+    pub already_in_table: usize,
+    pub rows_written: usize,
+    pub duplicates_dropped: usize,
+    /// Tombstones and other messages that carry no row.
+    pub skipped: usize,
+    /// Dead letters that still cannot be ingested, by reason.
+    pub still_failing: BTreeMap<String, usize>,
+    pub table_version: Option<u64>,
+    pub dry_run: bool,
+}
+
+const MAX_ATTEMPTS: usize = 10;
+
+fn replay_app_id(group_id: &str, dataset: &str) -> String {
+    format!("{group_id}:dlq-replay:{dataset}")
+}
+
+pub async fn replay(
+    cfg: &Config,
+    dataset: &str,
+    filter: &DeadLetterFilter,
+    dry_run: bool,
+) -> Result<ReplaySummary, PipelineError> {
+    let d = cfg
+        .datasets
+        .iter()
+        .find(|d| d.name == dataset)
+        .ok_or_else(|| PipelineError::Stopped(format!("no dataset named `{dataset}`")))?;
+    let options = cfg.storage_options();
+    let letters = dead_letters::read(&d.dead_letters.table_uri, &options, filter).await?;
+    let mut mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
+    let pcols = mapper.partition_columns();
+    let schema = mapper.contract().table_schema(pcols);
+    let types: Vec<_> = mapper.contract().columns.iter().map(|c| c.ty).collect();
+    let mut sink = TableSink::open(
+        &d.table_uri,
+        schema.clone(),
+        pcols,
+        &options,
+        cfg.storage.compression,
+    )
+    .await?;
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let app_id = replay_app_id(&cfg.kafka.group_id, &d.name);
+    for _ in 0..MAX_ATTEMPTS {
+        sink.refresh().await?;
+        let present = offsets_in_table(&d.table_uri, &options, &letters).await?;
+        let mut summary = ReplaySummary {
+            dataset: d.name.clone(),
+            dead_letters: letters.len(),
+            dry_run,
+            ..ReplaySummary::default()
+        };
+        let mut buffer = DatasetBuffer::new(schema.clone(), types.clone(), pcols.len());
+        let now = Instant::now();
+        for l in &letters {
+            if present.contains(&(l.topic.clone(), l.partition, l.offset)) {
+                summary.already_in_table += 1;
+                continue;
+            }
+            let m = OwnedMessage::from(l.clone());
+            match admit(d, &mut mapper, &m) {
+                Admission::Row(row) => buffer.push(&l.topic, l.partition, *row, now),
+                Admission::Skip(_) => summary.skipped += 1,
+                Admission::Reject(r) => {
+                    *summary
+                        .still_failing
+                        .entry(r.reason.to_string())
+                        .or_default() += 1
+                }
+            }
+        }
+        let batch_id = uuid::Uuid::now_v7().to_string();
+        let Some(batch) = buffer
+            .take(&batch_id)
+            .map_err(|e| PipelineError::Stopped(format!("cannot build the replay batch: {e}")))?
+        else {
+            return Ok(summary);
+        };
+        summary.rows_written = batch.rows();
+        summary.duplicates_dropped = batch.duplicates_dropped;
+        if dry_run || batch.rows() == 0 {
+            return Ok(summary);
+        }
+        let version = sink.committed_offset(&app_id).await?.unwrap_or(0) + 1;
+        let adds = sink.write_files(&batch.batches).await?;
+        let metadata = vec![(
+            "bronze".to_string(),
+            serde_json::json!({
+                "kind": "dlq_replay",
+                "run_id": run_id,
+                "batch_id": batch_id,
+                "dataset": d.name,
+                "rows_in": letters.len(),
+                "rows_written": summary.rows_written,
+                "duplicates_dropped": summary.duplicates_dropped,
+                "still_failing": summary.still_failing,
+            }),
+        )];
+        let txn = Transaction::new_with_last_update(
+            app_id.clone(),
+            version,
+            Some(chrono::Utc::now().timestamp_millis()),
+        );
+        match sink.try_commit(&adds, vec![txn], metadata).await? {
+            Some(v) => {
+                summary.table_version = Some(v);
+                info!(dataset = %d.name, version = v, rows = summary.rows_written,
+                    still_failing = ?summary.still_failing, "dead letters replayed");
+                return Ok(summary);
+            }
+            None => {
+                sink.discard_files(&adds).await;
+                warn!(dataset = %d.name, "another replay committed meanwhile; re-checking the table");
+            }
+        }
+    }
+    Err(PipelineError::Sink(Box::new(SinkError::TooManyConflicts {
+        uri: d.table_uri.clone(),
+        attempts: MAX_ATTEMPTS,
+    })))
+}
+
+/// Which of the dead letters' (topic, partition, offset) are already rows of the table.
+async fn offsets_in_table(
+    uri: &str,
+    options: &std::collections::HashMap<String, String>,
+    letters: &[DeadLetter],
+) -> Result<HashSet<(String, i32, i64)>, SinkError> {
+    let (Some(min), Some(max)) = (
+        letters.iter().map(|l| l.offset).min(),
+        letters.iter().map(|l| l.offset).max(),
+    ) else {
+        return Ok(HashSet::new());
+    };
+    let Some(df) = scan::frame(uri, options).await? else {
+        return Ok(HashSet::new());
+    };
+    let q = |e: deltalake::datafusion::error::DataFusionError| SinkError::Query {
+        uri: uri.to_string(),
+        message: e.to_string(),
+    };
+    let topics: Vec<_> = letters
+        .iter()
+        .map(|l| l.topic.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .map(lit)
+        .collect();
+    // File statistics on `_offset` prune most files before this reads anything.
+    let batches = df
+        .filter(
+            col("_offset")
+                .between(lit(min), lit(max))
+                .and(col("_topic").in_list(topics, false)),
+        )
+        .and_then(|df| df.select_columns(&["_topic", "_partition", "_offset"]))
+        .map_err(q)?
+        .collect()
+        .await
+        .map_err(q)?;
+    let mut out = HashSet::new();
+    for b in batches {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{DataType, Int32Type, Int64Type};
+        let cast = |i: usize, t: &DataType| {
+            arrow::compute::cast(b.column(i), t).map_err(|e| SinkError::Query {
+                uri: uri.to_string(),
+                message: e.to_string(),
+            })
+        };
+        let topic = cast(0, &DataType::Utf8)?;
+        let partition = cast(1, &DataType::Int32)?;
+        let offset = cast(2, &DataType::Int64)?;
+        let (topic, partition, offset) = (
+            topic.as_string::<i32>(),
+            partition.as_primitive::<Int32Type>(),
+            offset.as_primitive::<Int64Type>(),
+        );
+        for i in 0..b.num_rows() {
+            out.insert((
+                topic.value(i).to_string(),
+                partition.value(i),
+                offset.value(i),
+            ));
+        }
+    }
+    Ok(out)
+}
