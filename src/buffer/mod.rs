@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder,
-    Int32Array, Int32Builder, Int64Builder, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondBuilder, UInt32Array,
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
+    Float32Builder, Float64Builder, Int32Array, Int32Builder, Int64Builder, RecordBatch,
+    StringArray, StringBuilder, TimestampMicrosecondBuilder, UInt32Array,
 };
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 
 mod dead_letter;
@@ -19,7 +19,6 @@ mod dead_letter;
 pub use dead_letter::DeadLetter;
 
 use crate::config::FlushLimits;
-use crate::contract::ColumnType;
 use crate::transform::{Cell, OrderValue, Row};
 
 /// Bytes charged per row on top of its values: builders' offsets, validity and side tables.
@@ -83,19 +82,27 @@ enum ColumnBuilder {
     Float64(Float64Builder),
     Date(Date32Builder),
     Timestamp(TimestampMicrosecondBuilder),
+    Decimal(Decimal128Builder),
+    Binary(BinaryBuilder),
 }
 
 impl ColumnBuilder {
-    fn new(ty: ColumnType) -> Self {
+    /// The builder for a contract column's Arrow type (see `Column::arrow_type`).
+    fn new(ty: &DataType) -> Self {
         match ty {
-            ColumnType::String | ColumnType::Json => ColumnBuilder::Str(StringBuilder::new()),
-            ColumnType::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
-            ColumnType::Int32 => ColumnBuilder::Int32(Int32Builder::new()),
-            ColumnType::Int64 => ColumnBuilder::Int64(Int64Builder::new()),
-            ColumnType::Float32 => ColumnBuilder::Float32(Float32Builder::new()),
-            ColumnType::Float64 => ColumnBuilder::Float64(Float64Builder::new()),
-            ColumnType::Date => ColumnBuilder::Date(Date32Builder::new()),
-            ColumnType::Timestamp => ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new()),
+            DataType::Boolean => ColumnBuilder::Bool(BooleanBuilder::new()),
+            DataType::Int32 => ColumnBuilder::Int32(Int32Builder::new()),
+            DataType::Int64 => ColumnBuilder::Int64(Int64Builder::new()),
+            DataType::Float32 => ColumnBuilder::Float32(Float32Builder::new()),
+            DataType::Float64 => ColumnBuilder::Float64(Float64Builder::new()),
+            DataType::Date32 => ColumnBuilder::Date(Date32Builder::new()),
+            DataType::Timestamp(..) => ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new()),
+            DataType::Decimal128(p, s) => ColumnBuilder::Decimal(
+                Decimal128Builder::new().with_data_type(DataType::Decimal128(*p, *s)),
+            ),
+            DataType::Binary => ColumnBuilder::Binary(BinaryBuilder::new()),
+            // Strings and JSON text.
+            _ => ColumnBuilder::Str(StringBuilder::new()),
         }
     }
 
@@ -110,6 +117,8 @@ impl ColumnBuilder {
             (ColumnBuilder::Float64(b), Cell::Float64(v)) => b.append_value(v),
             (ColumnBuilder::Date(b), Cell::Date(v)) => b.append_value(v),
             (ColumnBuilder::Timestamp(b), Cell::Timestamp(v)) => b.append_value(v),
+            (ColumnBuilder::Decimal(b), Cell::Decimal(v)) => b.append_value(v),
+            (ColumnBuilder::Binary(b), Cell::Binary(v)) => b.append_value(v),
             (b, Cell::Null) => b.append_null(),
             (_, cell) => unreachable!("cell {cell:?} does not match its column builder"),
         }
@@ -125,6 +134,8 @@ impl ColumnBuilder {
             ColumnBuilder::Float64(b) => b.append_null(),
             ColumnBuilder::Date(b) => b.append_null(),
             ColumnBuilder::Timestamp(b) => b.append_null(),
+            ColumnBuilder::Decimal(b) => b.append_null(),
+            ColumnBuilder::Binary(b) => b.append_null(),
         }
     }
 
@@ -138,6 +149,8 @@ impl ColumnBuilder {
             ColumnBuilder::Float64(b) => Arc::new(b.finish()),
             ColumnBuilder::Date(b) => Arc::new(b.finish()),
             ColumnBuilder::Timestamp(b) => Arc::new(b.finish().with_timezone("UTC")),
+            ColumnBuilder::Decimal(b) => Arc::new(b.finish()),
+            ColumnBuilder::Binary(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -158,9 +171,9 @@ struct PartitionBuffer {
 }
 
 impl PartitionBuffer {
-    fn new(types: &[ColumnType], partition_columns: usize, first_offset: i64) -> Self {
+    fn new(types: &[DataType], partition_columns: usize, first_offset: i64) -> Self {
         PartitionBuffer {
-            data: types.iter().map(|t| ColumnBuilder::new(*t)).collect(),
+            data: types.iter().map(ColumnBuilder::new).collect(),
             ingested_at: TimestampMicrosecondBuilder::new(),
             offsets: Int64Builder::new(),
             ops: StringBuilder::new(),
@@ -185,7 +198,8 @@ impl PartitionBuffer {
 /// All buffered rows of one dataset.
 pub struct DatasetBuffer {
     schema: SchemaRef,
-    types: Vec<ColumnType>,
+    /// Arrow types of the contract's columns (the schema's first fields).
+    types: Vec<DataType>,
     partition_columns: usize,
     partitions: BTreeMap<TopicPartition, PartitionBuffer>,
     rows: usize,
@@ -195,7 +209,15 @@ pub struct DatasetBuffer {
 }
 
 impl DatasetBuffer {
-    pub fn new(schema: SchemaRef, types: Vec<ColumnType>, partition_columns: usize) -> Self {
+    /// A buffer for `schema`: `data_columns` contract columns, then the metadata columns, then
+    /// `partition_columns` partition columns.
+    pub fn new(schema: SchemaRef, data_columns: usize, partition_columns: usize) -> Self {
+        let types = schema
+            .fields()
+            .iter()
+            .take(data_columns)
+            .map(|f| f.data_type().clone())
+            .collect();
         DatasetBuffer {
             schema,
             types,

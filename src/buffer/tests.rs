@@ -3,38 +3,21 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, Int64Array, StringArray};
 
 use super::*;
-use crate::contract::{Column, Contract, EpochUnit, OnError};
+use crate::contract::{Column, ColumnType, Contract, OnError};
 use crate::decode::Op;
 
 fn contract() -> Contract {
+    let mut id = Column::new("id", ColumnType::Int64);
+    id.nullable = false;
     Contract {
         on_error: OnError::default(),
-        columns: vec![
-            Column {
-                name: "id".into(),
-                ty: ColumnType::Int64,
-                nullable: false,
-                unit: EpochUnit::Ms,
-                on_error: None,
-            },
-            Column {
-                name: "name".into(),
-                ty: ColumnType::String,
-                nullable: true,
-                unit: EpochUnit::Ms,
-                on_error: None,
-            },
-        ],
+        columns: vec![id, Column::new("name", ColumnType::String)],
     }
 }
 
 fn buffer() -> DatasetBuffer {
     let c = contract();
-    DatasetBuffer::new(
-        c.table_schema(&["event_date"]),
-        c.columns.iter().map(|c| c.ty).collect(),
-        1,
-    )
+    DatasetBuffer::new(c.table_schema(&["event_date"]), c.columns.len(), 1)
 }
 
 fn row(id: i64, name: &str, offset: i64, ts: Option<i64>) -> Row {

@@ -4,7 +4,7 @@
 //! ```toml
 //! [[columns]]
 //! name = "id"
-//! type = "int64"        # string bool int32 int64 float32 float64 date timestamp json
+//! type = "int64"        # string bool int32 int64 float32 float64 decimal date timestamp binary json
 //! nullable = false
 //!
 //! [[columns]]
@@ -13,6 +13,15 @@
 //! unit = "ms"           # unit of integer input: s ms us ns (default ms)
 //! on_error = "null"     # dead_letter (default) | null | fail; the contract-wide default is a
 //!                       # top-level `on_error = ...`
+//! formats = ["%d.%m.%Y %H:%M"]   # text formats after RFC 3339
+//! timezone = "Europe/Berlin"     # zone of text without an offset (default UTC)
+//!
+//! [[columns]]
+//! name = "amount"
+//! type = "decimal"
+//! precision = 12
+//! scale = 2
+//! rounding = "half_even" # error (default: lossless only) | half_even | half_up | down
 //! ```
 //! Column names are given in their normalized (snake_case) form. Stored tables also get the metadata
 //! columns in [`METADATA_COLUMNS`] and the partition columns of the dataset.
@@ -63,25 +72,42 @@ pub enum ColumnType {
     Float64,
     /// Days; input as `YYYY-MM-DD` or integer days since the epoch (`io.debezium.time.Date`).
     Date,
-    /// Stored as microseconds, UTC; input as RFC 3339 text or an integer epoch in the column's `unit`.
+    /// Stored as microseconds, UTC; input as RFC 3339 text, text in one of the column's `formats`
+    /// (read in its `timezone`), or an integer epoch in the column's `unit`.
     Timestamp,
     /// Any JSON value, stored as its JSON text.
     Json,
+    /// Exact decimal with the column's `precision` (≤ 38) and `scale`; input as a JSON number, numeric
+    /// text, Debezium `Decimal` bytes (base64, unscaled, in the column's scale) or `VariableScaleDecimal`
+    /// (`{"scale", "value"}`).
+    Decimal,
+    /// Bytes; input as base64 text (Debezium's `binary.handling.mode=bytes`), or as the column's
+    /// `encoding`.
+    Binary,
 }
 
-impl ColumnType {
-    pub fn arrow(self) -> DataType {
-        match self {
-            ColumnType::String | ColumnType::Json => DataType::Utf8,
-            ColumnType::Bool => DataType::Boolean,
-            ColumnType::Int32 => DataType::Int32,
-            ColumnType::Int64 => DataType::Int64,
-            ColumnType::Float32 => DataType::Float32,
-            ColumnType::Float64 => DataType::Float64,
-            ColumnType::Date => DataType::Date32,
-            ColumnType::Timestamp => timestamp_type(),
-        }
-    }
+/// How a decimal with more fractional digits than the column's scale is brought to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Rounding {
+    /// Refuse the value (the column's `on_error` applies): lossless only.
+    #[default]
+    Error,
+    HalfEven,
+    HalfUp,
+    /// Toward zero.
+    Down,
+}
+
+/// How text input of a binary column is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryEncoding {
+    #[default]
+    Base64,
+    Hex,
+    /// The text's UTF-8 bytes as they are.
+    Utf8,
 }
 
 /// The timestamp type of every timestamp column (data and metadata).
@@ -148,9 +174,67 @@ pub struct Column {
     /// Defaults to the contract's `on_error`.
     #[serde(default)]
     pub on_error: Option<OnError>,
+    /// `decimal`: total digits (1-38) and digits after the point.
+    #[serde(default)]
+    pub precision: Option<u8>,
+    #[serde(default)]
+    pub scale: Option<i8>,
+    #[serde(default)]
+    pub rounding: Rounding,
+    /// `timestamp`: chrono `strftime` formats tried after RFC 3339, e.g. `"%d.%m.%Y %H:%M"`.
+    #[serde(default)]
+    pub formats: Vec<String>,
+    /// `timestamp`: IANA zone of text without an offset (default UTC), e.g. `"Europe/Berlin"`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// `binary`: how text input is read.
+    #[serde(default)]
+    pub encoding: BinaryEncoding,
 }
 
 impl Column {
+    /// A column of `ty` with every option at its default.
+    pub fn new(name: &str, ty: ColumnType) -> Column {
+        Column {
+            name: name.to_string(),
+            ty,
+            nullable: true,
+            unit: EpochUnit::default(),
+            on_error: None,
+            precision: None,
+            scale: None,
+            rounding: Rounding::default(),
+            formats: Vec::new(),
+            timezone: None,
+            encoding: BinaryEncoding::default(),
+        }
+    }
+
+    pub fn arrow_type(&self) -> DataType {
+        match self.ty {
+            ColumnType::String | ColumnType::Json => DataType::Utf8,
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Float32 => DataType::Float32,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Date => DataType::Date32,
+            ColumnType::Timestamp => timestamp_type(),
+            ColumnType::Decimal => {
+                DataType::Decimal128(self.precision.unwrap_or(38), self.scale.unwrap_or(0))
+            }
+            ColumnType::Binary => DataType::Binary,
+        }
+    }
+
+    /// The zone of zone-less timestamp text.
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.timezone
+            .as_deref()
+            .and_then(|z| z.parse().ok())
+            .unwrap_or(chrono_tz::UTC)
+    }
+
     /// The rule for this column's errors, given the contract-wide default.
     pub fn on_error(&self, default: OnError) -> OnError {
         self.on_error.unwrap_or(default)
@@ -219,6 +303,34 @@ impl Contract {
             if self.columns[..i].iter().any(|o| o.name == c.name) {
                 return Err(err("is defined twice"));
             }
+            match (c.ty, c.precision, c.scale) {
+                (ColumnType::Decimal, Some(p), s) if (1..=38).contains(&p) => {
+                    if s.is_some_and(|s| s < 0 || s as u8 > p) {
+                        return Err(err("`scale` must be between 0 and `precision`"));
+                    }
+                }
+                (ColumnType::Decimal, _, _) => {
+                    return Err(err("a decimal needs `precision` between 1 and 38"));
+                }
+                (_, None, None) => {}
+                _ => return Err(err("`precision` and `scale` apply to decimal columns only")),
+            }
+            if c.ty != ColumnType::Decimal && c.rounding != Rounding::Error {
+                return Err(err("`rounding` applies to decimal columns only"));
+            }
+            if c.ty != ColumnType::Timestamp && (!c.formats.is_empty() || c.timezone.is_some()) {
+                return Err(err(
+                    "`formats` and `timezone` apply to timestamp columns only",
+                ));
+            }
+            if let Some(z) = &c.timezone
+                && z.parse::<chrono_tz::Tz>().is_err()
+            {
+                return Err(err(&format!("`{z}` is not an IANA time zone")));
+            }
+            if c.ty != ColumnType::Binary && c.encoding != BinaryEncoding::Base64 {
+                return Err(err("`encoding` applies to binary columns only"));
+            }
             if !c.nullable && c.on_error(self.on_error) == OnError::Null {
                 return Err(err(
                     "`on_error = \"null\"` needs a nullable column (it is `nullable = false`)",
@@ -239,7 +351,7 @@ impl Contract {
         let mut fields: Vec<Field> = self
             .columns
             .iter()
-            .map(|c| Field::new(&c.name, c.ty.arrow(), true))
+            .map(|c| Field::new(&c.name, c.arrow_type(), true))
             .collect();
         fields.extend([
             Field::new("_ingested_at", timestamp_type(), false),
@@ -308,6 +420,26 @@ mod tests {
             (
                 "[[columns]]\nname = \"a\"\ntype = \"int32\"\non_error = \"ignore\"\n",
                 "unknown variant",
+            ),
+            (
+                "[[columns]]\nname = \"a\"\ntype = \"decimal\"\n",
+                "needs `precision`",
+            ),
+            (
+                "[[columns]]\nname = \"a\"\ntype = \"decimal\"\nprecision = 4\nscale = 5\n",
+                "between 0 and `precision`",
+            ),
+            (
+                "[[columns]]\nname = \"a\"\ntype = \"int64\"\nscale = 2\n",
+                "decimal columns only",
+            ),
+            (
+                "[[columns]]\nname = \"a\"\ntype = \"timestamp\"\ntimezone = \"Mars/Olympus\"\n",
+                "not an IANA time zone",
+            ),
+            (
+                "[[columns]]\nname = \"a\"\ntype = \"string\"\nformats = [\"%Y\"]\n",
+                "timestamp columns only",
             ),
             (
                 "[[columns]]\nname = \"a\"\ntype = \"int32\"\ncolour = 1\n",

@@ -177,3 +177,171 @@ fn plain_json_is_an_insert_and_must_be_an_object() {
         Decoded::Skip(Skip::Tombstone)
     ));
 }
+
+/// MySQL's every column type as Debezium sends it (Decimal, Bits, bytes, Date, Timestamp,
+/// MicroTimestamp, ZonedTimestamp, Json, Enum, Year, MicroTime, geometry structs), through a contract
+/// into typed Arrow columns.
+#[test]
+fn alltypes_fixture_maps_onto_a_typed_contract() {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Decimal128Type, TimestampMicrosecondType};
+
+    use crate::buffer::DatasetBuffer;
+    use crate::config::Config;
+    use crate::contract::Contract;
+    use crate::transform::{Mapper, MessageContext};
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("alltypes.toml"),
+        r#"
+[[columns]]
+name = "id"
+type = "int32"
+nullable = false
+[[columns]]
+name = "pt"
+type = "decimal"
+precision = 2
+scale = 1
+[[columns]]
+name = "bit"
+type = "binary"
+[[columns]]
+name = "smallint"
+type = "int32"
+[[columns]]
+name = "bigint_unsigned"
+type = "decimal"
+precision = 20
+scale = 0
+[[columns]]
+name = "numeric"
+type = "decimal"
+precision = 8
+scale = 3
+[[columns]]
+name = "big_decimal"
+type = "decimal"
+precision = 38
+scale = 10
+[[columns]]
+name = "fixed"
+type = "float64"
+[[columns]]
+name = "date"
+type = "date"
+[[columns]]
+name = "datetime3"
+type = "timestamp"
+unit = "ms"
+[[columns]]
+name = "datetime6"
+type = "timestamp"
+unit = "us"
+[[columns]]
+name = "timestamp"
+type = "timestamp"
+[[columns]]
+name = "bin"
+type = "binary"
+[[columns]]
+name = "json"
+type = "json"
+[[columns]]
+name = "enum"
+type = "string"
+[[columns]]
+name = "year"
+type = "int32"
+[[columns]]
+name = "time"
+type = "int64"
+[[columns]]
+name = "point"
+type = "json"
+[[columns]]
+name = "set"
+type = "string"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bronze.toml"),
+        r#"
+schema_dir = "."
+[kafka]
+bootstrap_servers = "localhost:9092"
+group_id = "g"
+[storage]
+root = "lake"
+[[datasets]]
+name = "alltypes"
+topics = ["mysql.alltypes"]
+format = "debezium-json"
+schema = "alltypes.toml"
+partitioning = { by = "none" }
+"#,
+    )
+    .unwrap();
+    let cfg = Config::load(&dir.path().join("bronze.toml")).unwrap();
+    let d = &cfg.datasets[0];
+    let contract = Contract::load(&d.schema_file).unwrap();
+    let ncols = contract.columns.len();
+    let mut mapper = Mapper::new(d, contract).unwrap();
+    let schema = mapper.contract().table_schema(&[]);
+    let bytes = std::fs::read(
+        fixture_dir()
+            .join("debezium-mysql-r-paimon-alltypes-value-with-schema-decimal-numeric.json"),
+    )
+    .unwrap();
+    let Decoded::Change(change) = decode(Format::DebeziumJson, Some(&bytes)).unwrap() else {
+        panic!("a snapshot read is a change")
+    };
+    let no_header = |_: &str| None;
+    let ctx = MessageContext {
+        offset: 0,
+        key: None,
+        ingested_at_us: 0,
+        header: &no_header,
+    };
+    let mut unknown = 0;
+    let row = mapper.map(change, &ctx, &mut unknown).unwrap();
+    assert!(
+        unknown > 40,
+        "the fields the contract leaves out are counted"
+    );
+    let mut buffer = DatasetBuffer::new(schema, ncols, 0);
+    buffer.push("mysql.alltypes", 0, row, std::time::Instant::now());
+    let batch = buffer.take("b").unwrap().unwrap().batches.remove(0);
+    let col = |name: &str| batch.column_by_name(name).unwrap().clone();
+    let dec = |name: &str| col(name).as_primitive::<Decimal128Type>().value(0);
+    assert_eq!(col("numeric").data_type(), &DataType::Decimal128(8, 3));
+    assert_eq!(dec("numeric"), 12_345_110);
+    assert_eq!(dec("pt"), 11);
+    assert_eq!(dec("bigint_unsigned"), 20_000_000_000);
+    assert_eq!(dec("big_decimal"), 22_222_222_222_222_224 * 10i128.pow(21));
+    assert_eq!(col("bin").as_binary::<i32>().value(0), b"bytes\0\0\0\0\0");
+    assert_eq!(
+        col("bit").as_binary::<i32>().value(0),
+        [0xc7, 7, 0, 0, 0, 0, 0, 0]
+    );
+    let ts = |name: &str| {
+        col(name)
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(0)
+    };
+    assert_eq!(ts("datetime6"), 1_679_581_805_123_456);
+    assert_eq!(ts("datetime3"), 1_679_581_805_123_000);
+    // ZonedTimestamp 2023-03-23T22:00:10.123456Z
+    assert_eq!(ts("timestamp"), 1_679_608_810_123_456);
+    assert_eq!(
+        col("year")
+            .as_primitive::<arrow::datatypes::Int32Type>()
+            .value(0),
+        2023
+    );
+    assert!(col("point").as_string::<i32>().value(0).contains("\"wkb\""));
+    assert_eq!(col("set").as_string::<i32>().value(0), "a,b");
+    assert!(!col("fixed").is_null(0));
+}

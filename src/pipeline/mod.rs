@@ -100,8 +100,8 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
             metrics::gauge!("bronze_last_commit_timestamp_seconds", "dataset" => d.name.clone())
                 .set(ms as f64 / 1000.0);
         }
-        let types = mapper.contract().columns.iter().map(|c| c.ty).collect();
-        let buffer = DatasetBuffer::new(schema, types, pcols.len());
+        let data_columns = mapper.contract().columns.len();
+        let buffer = DatasetBuffer::new(schema, data_columns, pcols.len());
         let dead_letter_sink = DeadLetterSink::new(&d.dead_letters.table_uri, &options);
         out.push(DatasetState::new(
             d.clone(),

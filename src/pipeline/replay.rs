@@ -63,7 +63,7 @@ pub async fn replay(
     let mut mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
     let pcols = mapper.partition_columns();
     let schema = mapper.contract().table_schema(pcols);
-    let types: Vec<_> = mapper.contract().columns.iter().map(|c| c.ty).collect();
+    let data_columns = mapper.contract().columns.len();
     let mut sink = TableSink::open(
         &d.table_uri,
         schema.clone(),
@@ -83,7 +83,7 @@ pub async fn replay(
             dry_run,
             ..ReplaySummary::default()
         };
-        let mut buffer = DatasetBuffer::new(schema.clone(), types.clone(), pcols.len());
+        let mut buffer = DatasetBuffer::new(schema.clone(), data_columns, pcols.len());
         let now = Instant::now();
         for l in &letters {
             if present.contains(&(l.topic.clone(), l.partition, l.offset)) {

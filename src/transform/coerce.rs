@@ -2,11 +2,12 @@
 //! information is lost (an integral float into an int, digits in a string into a number); anything
 //! else is an error that names what was found.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use base64::Engine;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone};
 use serde_json::Value;
 
 use super::OrderValue;
-use crate::contract::{ColumnType, EpochUnit};
+use crate::contract::{BinaryEncoding, Column, ColumnType, Rounding};
 use crate::decode::json_kind;
 
 /// One typed value.
@@ -23,6 +24,9 @@ pub enum Cell {
     Date(i32),
     /// Microseconds since the epoch, UTC.
     Timestamp(i64),
+    /// Unscaled value in the column's scale.
+    Decimal(i128),
+    Binary(Vec<u8>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -57,11 +61,12 @@ fn mismatch(expected: &'static str, v: &Value) -> CoerceError {
     }
 }
 
-pub fn coerce(ty: ColumnType, unit: EpochUnit, v: Value) -> Result<Cell, CoerceError> {
+pub fn coerce(col: &Column, v: Value) -> Result<Cell, CoerceError> {
     if v.is_null() {
         return Ok(Cell::Null);
     }
-    match ty {
+    let unit = col.unit;
+    match col.ty {
         ColumnType::String => Ok(Cell::Str(match v {
             Value::String(s) => s,
             other => other.to_string(),
@@ -119,11 +124,158 @@ pub fn coerce(ty: ColumnType, unit: EpochUnit, v: Value) -> Result<Cell, CoerceE
                         value: raw.to_string(),
                     })
             }
-            Value::String(s) => parse_timestamp(s)
-                .map(Cell::Timestamp)
-                .ok_or_else(|| mismatch("timestamp (RFC 3339 or epoch number)", &v)),
+            Value::String(s) => parse_timestamp(s, col).map(Cell::Timestamp).ok_or_else(|| {
+                mismatch("timestamp (RFC 3339, a listed format or epoch number)", &v)
+            }),
             _ => Err(mismatch("timestamp", &v)),
         },
+        ColumnType::Decimal => decimal(col, &v).map(Cell::Decimal),
+        ColumnType::Binary => match &v {
+            Value::String(s) => match col.encoding {
+                BinaryEncoding::Base64 => base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(|_| mismatch("binary (base64)", &v)),
+                BinaryEncoding::Hex => hex(s).ok_or_else(|| mismatch("binary (hex)", &v)),
+                BinaryEncoding::Utf8 => Ok(s.as_bytes().to_vec()),
+            }
+            .map(Cell::Binary),
+            _ => Err(mismatch("binary", &v)),
+        },
+    }
+}
+
+fn hex(s: &str) -> Option<Vec<u8>> {
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The unscaled value of `v` in the column's scale, within its precision.
+fn decimal(col: &Column, v: &Value) -> Result<i128, CoerceError> {
+    let precision = u32::from(col.precision.unwrap_or(38));
+    let scale = i32::from(col.scale.unwrap_or(0));
+    let expected = "decimal";
+    let (unscaled, from_scale) = match v {
+        // serde_json keeps non-integers as f64: its shortest text is the number as it was written
+        // for up to 15-17 significant digits. Exact decimals travel as text or Debezium bytes.
+        Value::Number(n) => match decimal_text(&n.to_string()) {
+            Some(Some(d)) => d,
+            Some(None) => return Err(out_of_range(v)),
+            None => return Err(mismatch(expected, v)),
+        },
+        Value::String(s) => match decimal_text(s) {
+            Some(Some(d)) => d,
+            // Numeric text that does not fit: never reread as base64.
+            Some(None) => return Err(out_of_range(v)),
+            // Debezium `Decimal`: the unscaled two's-complement integer, big-endian, base64.
+            None => (
+                unscaled_bytes(s).ok_or_else(|| mismatch("decimal (number, text or base64)", v))?,
+                scale,
+            ),
+        },
+        // Debezium `VariableScaleDecimal`.
+        Value::Object(o) => {
+            let s = o.get("scale").and_then(Value::as_i64);
+            let value = o.get("value").and_then(Value::as_str);
+            match (s, value.and_then(unscaled_bytes)) {
+                (Some(s), Some(u)) => (u, s as i32),
+                _ => return Err(mismatch("decimal ({scale, value})", v)),
+            }
+        }
+        _ => return Err(mismatch(expected, v)),
+    };
+    let rescaled =
+        rescale(unscaled, from_scale, scale, col.rounding).ok_or_else(|| out_of_range(v))?;
+    if rescaled.unsigned_abs() >= 10u128.pow(precision) {
+        return Err(out_of_range(v));
+    }
+    Ok(rescaled)
+}
+
+fn out_of_range(v: &Value) -> CoerceError {
+    CoerceError::OutOfRange {
+        expected: "the column's decimal precision and scale",
+        value: v.to_string().chars().take(80).collect(),
+    }
+}
+
+/// `[-+]digits[.digits][e[-+]digits]` as `Some(Some((unscaled, scale)))`; `Some(None)` when it is such
+/// a number but does not fit 38 digits; `None` when the text is not a number at all.
+fn decimal_text(s: &str) -> Option<Option<(i128, i32)>> {
+    let s = s.trim();
+    let (mantissa, exp) = match s.find(['e', 'E']) {
+        Some(i) => (&s[..i], s[i + 1..].parse::<i32>().ok()?),
+        None => (s, 0),
+    };
+    let (neg, digits) = match mantissa.as_bytes().first()? {
+        b'-' => (true, &mantissa[1..]),
+        b'+' => (false, &mantissa[1..]),
+        _ => (false, mantissa),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    Some(digits_value(int, frac, exp).map(|(u, scale)| (if neg { -u } else { u }, scale)))
+}
+
+fn digits_value(int: &str, frac: &str, exp: i32) -> Option<(i128, i32)> {
+    let mut unscaled: i128 = 0;
+    for b in int.bytes().chain(frac.bytes()) {
+        unscaled = unscaled
+            .checked_mul(10)?
+            .checked_add(i128::from(b - b'0'))?;
+    }
+    let mut scale = i32::try_from(frac.len()).ok()?.checked_sub(exp)?;
+    if scale < 0 {
+        unscaled = unscaled.checked_mul(10i128.checked_pow(scale.unsigned_abs())?)?;
+        scale = 0;
+    }
+    Some((unscaled, scale))
+}
+
+/// A base64 big-endian two's-complement integer of at most 16 bytes.
+fn unscaled_bytes(s: &str) -> Option<i128> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    if bytes.is_empty() || bytes.len() > 16 {
+        return None;
+    }
+    let fill = if bytes[0] & 0x80 != 0 { 0xff } else { 0 };
+    let mut buf = [fill; 16];
+    buf[16 - bytes.len()..].copy_from_slice(&bytes);
+    Some(i128::from_be_bytes(buf))
+}
+
+/// `unscaled × 10^-from` in scale `to`; `None` on overflow or when digits would be lost under
+/// `Rounding::Error`.
+fn rescale(unscaled: i128, from: i32, to: i32, rounding: Rounding) -> Option<i128> {
+    if from <= to {
+        return unscaled.checked_mul(10i128.checked_pow((to - from) as u32)?);
+    }
+    let divisor = 10i128.checked_pow((from - to) as u32)?;
+    let (q, r) = (unscaled / divisor, unscaled % divisor);
+    if r == 0 {
+        return Some(q);
+    }
+    let away = q + unscaled.signum();
+    let twice = r.unsigned_abs() * 2;
+    let half = divisor.unsigned_abs();
+    match rounding {
+        Rounding::Error => None,
+        Rounding::Down => Some(q),
+        Rounding::HalfUp => Some(if twice >= half { away } else { q }),
+        Rounding::HalfEven => Some(if twice > half || (twice == half && q % 2 != 0) {
+            away
+        } else {
+            q
+        }),
     }
 }
 
@@ -156,14 +308,30 @@ fn days_since_epoch(d: NaiveDate) -> i32 {
     (d - epoch).num_days() as i32
 }
 
-/// RFC 3339 (Debezium ZonedTimestamp) or a zone-less `YYYY-MM-DD[ T]HH:MM:SS[.f]`, read as UTC.
-fn parse_timestamp(s: &str) -> Option<i64> {
+/// RFC 3339 (Debezium ZonedTimestamp), then the column's `formats`, then a zone-less
+/// `YYYY-MM-DD[ T]HH:MM:SS[.f]`. Text without an offset is read in the column's `timezone` (UTC by
+/// default); a local time that a DST change skips is an error, one it repeats takes the earlier instant.
+fn parse_timestamp(s: &str, col: &Column) -> Option<i64> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp_micros());
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
-            return Some(t.and_utc().timestamp_micros());
+    let defaults = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
+    let formats = col.formats.iter().map(String::as_str).chain(defaults);
+    for fmt in formats {
+        if let Ok(t) = DateTime::parse_from_str(s, fmt) {
+            return Some(t.timestamp_micros());
+        }
+        let naive = NaiveDateTime::parse_from_str(s, fmt).ok().or_else(|| {
+            NaiveDate::parse_from_str(s, fmt)
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        });
+        if let Some(t) = naive {
+            return col
+                .tz()
+                .from_local_datetime(&t)
+                .earliest()
+                .map(|t| t.timestamp_micros());
         }
     }
     None
@@ -183,6 +351,8 @@ impl Cell {
             Cell::Float64(f) => write!(out, "{f}"),
             Cell::Date(d) => write!(out, "{d}"),
             Cell::Timestamp(t) => write!(out, "{t}"),
+            Cell::Decimal(d) => write!(out, "{d}"),
+            Cell::Binary(b) => b.iter().try_for_each(|x| write!(out, "{x:02x}")),
         };
     }
 
@@ -196,6 +366,12 @@ impl Cell {
             // Floats are poor ordering columns; their bits keep the order for non-negative values.
             Cell::Float32(f) => OrderValue::Int(f64::from(*f).to_bits() as i64),
             Cell::Float64(f) => OrderValue::Int(f.to_bits() as i64),
+            Cell::Decimal(d) => OrderValue::Int(i64::try_from(*d).unwrap_or(if *d < 0 {
+                i64::MIN
+            } else {
+                i64::MAX
+            })),
+            Cell::Binary(b) => OrderValue::Text(b.iter().map(|x| format!("{x:02x}")).collect()),
         }
     }
 
@@ -203,6 +379,8 @@ impl Cell {
     pub fn approx_bytes(&self) -> usize {
         match self {
             Cell::Str(s) => s.len() + 8,
+            Cell::Binary(b) => b.len() + 8,
+            Cell::Decimal(_) => 16,
             _ => 8,
         }
     }
@@ -214,7 +392,13 @@ mod tests {
     use serde_json::json;
 
     fn c(ty: ColumnType, v: Value) -> Result<Cell, CoerceError> {
-        coerce(ty, EpochUnit::Ms, v)
+        coerce(&Column::new("c", ty), v)
+    }
+
+    fn dec(p: u8, s: i8, rounding: Rounding, v: Value) -> Result<Cell, CoerceError> {
+        let mut col = Column::new("d", ColumnType::Decimal);
+        (col.precision, col.scale, col.rounding) = (Some(p), Some(s), rounding);
+        coerce(&col, v)
     }
 
     #[test]
@@ -247,10 +431,9 @@ mod tests {
             c(ColumnType::Timestamp, json!(1_000)).unwrap(),
             Cell::Timestamp(1_000_000)
         );
-        assert_eq!(
-            coerce(ColumnType::Timestamp, EpochUnit::Us, json!(5)).unwrap(),
-            Cell::Timestamp(5)
-        );
+        let mut micros = Column::new("t", ColumnType::Timestamp);
+        micros.unit = crate::contract::EpochUnit::Us;
+        assert_eq!(coerce(&micros, json!(5)).unwrap(), Cell::Timestamp(5));
         assert_eq!(
             c(ColumnType::Timestamp, json!("1970-01-01T00:00:01Z")).unwrap(),
             Cell::Timestamp(1_000_000)
@@ -275,5 +458,106 @@ mod tests {
         assert!(c(ColumnType::Date, json!("yesterday")).is_err());
         assert!(c(ColumnType::Timestamp, json!([1])).is_err());
         assert!(c(ColumnType::Float64, json!({})).is_err());
+    }
+
+    #[test]
+    fn decimals_from_numbers_text_and_debezium_bytes() {
+        use Rounding::*;
+        assert_eq!(
+            dec(8, 3, Error, json!(12345.11)).unwrap(),
+            Cell::Decimal(12_345_110)
+        );
+        assert_eq!(
+            dec(8, 3, Error, json!("-0.5")).unwrap(),
+            Cell::Decimal(-500)
+        );
+        assert!(
+            dec(8, 0, Error, json!(2e10))
+                .unwrap_err()
+                .to_string()
+                .contains("precision")
+        );
+        assert_eq!(
+            dec(12, 0, Error, json!(2e10)).unwrap(),
+            Cell::Decimal(20_000_000_000)
+        );
+        // Debezium Decimal: 0x04D2 = 1234 unscaled, in the column's scale 2 = 12.34.
+        assert_eq!(
+            dec(10, 2, Error, json!("BNI=")).unwrap(),
+            Cell::Decimal(1234)
+        );
+        // Negative two's complement: 0xFB2E = -1234.
+        assert_eq!(
+            dec(10, 2, Error, json!("+y4=")).unwrap(),
+            Cell::Decimal(-1234)
+        );
+        // VariableScaleDecimal {scale 3, 1234} = 1.234 -> scale 4.
+        assert_eq!(
+            dec(10, 4, Error, json!({"scale": 3, "value": "BNI="})).unwrap(),
+            Cell::Decimal(12340)
+        );
+        // Digits beyond the scale: refused unless a rounding mode is set.
+        assert!(dec(10, 1, Error, json!("1.25")).is_err());
+        assert_eq!(
+            dec(10, 1, HalfEven, json!("1.25")).unwrap(),
+            Cell::Decimal(12)
+        );
+        assert_eq!(
+            dec(10, 1, HalfEven, json!("1.35")).unwrap(),
+            Cell::Decimal(14)
+        );
+        assert_eq!(
+            dec(10, 1, HalfUp, json!("1.25")).unwrap(),
+            Cell::Decimal(13)
+        );
+        assert_eq!(
+            dec(10, 1, HalfUp, json!("-1.25")).unwrap(),
+            Cell::Decimal(-13)
+        );
+        assert_eq!(
+            dec(10, 1, Down, json!("-1.29")).unwrap(),
+            Cell::Decimal(-12)
+        );
+        assert!(
+            dec(38, 0, Error, json!("1e40")).is_err(),
+            "overflow is an error, not a wrap"
+        );
+        assert!(dec(10, 2, Error, json!("1,5")).is_err());
+        assert!(dec(10, 2, Error, json!(true)).is_err());
+    }
+
+    #[test]
+    fn binary_and_zoned_timestamps() {
+        assert_eq!(
+            c(ColumnType::Binary, json!("Ynl0ZXM=")).unwrap(),
+            Cell::Binary(b"bytes".to_vec())
+        );
+        assert!(c(ColumnType::Binary, json!("not base64!")).is_err());
+        let mut hex = Column::new("h", ColumnType::Binary);
+        hex.encoding = BinaryEncoding::Hex;
+        assert_eq!(
+            coerce(&hex, json!("0x00ff")).unwrap(),
+            Cell::Binary(vec![0, 255])
+        );
+        let mut berlin = Column::new("t", ColumnType::Timestamp);
+        berlin.formats = vec!["%d.%m.%Y %H:%M".into(), "%d.%m.%Y".into()];
+        berlin.timezone = Some("Europe/Berlin".into());
+        // 1 Jan 1970 01:00 in Berlin (UTC+1) is the epoch.
+        assert_eq!(
+            coerce(&berlin, json!("01.01.1970 01:00")).unwrap(),
+            Cell::Timestamp(0)
+        );
+        assert_eq!(
+            coerce(&berlin, json!("02.01.1970")).unwrap(),
+            Cell::Timestamp(82_800_000_000)
+        );
+        // 2024-03-31 02:30 does not exist in Berlin (clocks jump from 02:00 to 03:00).
+        assert!(coerce(&berlin, json!("31.03.2024 02:30")).is_err());
+        // An explicit offset wins over the column's zone.
+        assert_eq!(
+            coerce(&berlin, json!("1970-01-01T00:00:00Z")).unwrap(),
+            Cell::Timestamp(0)
+        );
+        assert!(coerce(&berlin, json!("0000-00-00 00:00")).is_err());
     }
 }

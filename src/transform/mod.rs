@@ -337,7 +337,7 @@ impl Mapper {
                 continue;
             };
             let col = &self.contract.columns[i];
-            data[i] = match coerce::coerce(col.ty, col.unit, value) {
+            data[i] = match coerce::coerce(col, value) {
                 Ok(cell) => cell,
                 Err(source) => {
                     let action = col.on_error(self.contract.on_error);

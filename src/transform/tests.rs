@@ -7,16 +7,12 @@ use super::*;
 use crate::config::{
     DeadLetterConfig, FlushLimits, Format, InvalidMessage, Partitioning, TopicSelector,
 };
-use crate::contract::{Column, EpochUnit};
+use crate::contract::Column;
 
 fn col(name: &str, ty: ColumnType, nullable: bool) -> Column {
-    Column {
-        name: name.into(),
-        ty,
-        nullable,
-        unit: EpochUnit::Ms,
-        on_error: None,
-    }
+    let mut c = Column::new(name, ty);
+    c.nullable = nullable;
+    c
 }
 
 fn dataset() -> DatasetConfig {
