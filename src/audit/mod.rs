@@ -161,6 +161,26 @@ impl AuditRecord {
         r
     }
 
+    /// The first sighting in this run of one kind of drift on one column.
+    pub fn drift(run_id: &str, dataset: &str, e: &crate::transform::DriftEvent) -> Self {
+        let status = if e.action == "fail" {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        let mut r = Self::event("drift", status, run_id);
+        r.dataset = Some(dataset.to_string());
+        r.rows_in = Some(e.messages as i64);
+        r.detail = Some(
+            serde_json::json!({
+                "kind": e.kind.as_str(), "column": e.column, "observed": e.observed,
+                "expected": e.expected, "action": e.action,
+            })
+            .to_string(),
+        );
+        r
+    }
+
     /// A batch dropped because another group member had committed its offsets first.
     pub fn batch_dropped(run_id: &str, dataset: &str, batch_id: &str, rows: usize) -> Self {
         let mut r = Self::event("batch_dropped", "failed", run_id);

@@ -11,6 +11,7 @@ fn contract() -> Contract {
     id.nullable = false;
     Contract {
         on_error: OnError::default(),
+        drift: Default::default(),
         columns: vec![id, Column::new("name", ColumnType::String)],
     }
 }

@@ -17,6 +17,15 @@
 //! timezone = "Europe/Berlin"     # zone of text without an offset (default UTC)
 //!
 //! [[columns]]
+//! name = "email_address"
+//! type = "string"
+//! aliases = ["email"]   # earlier names: a renamed source column keeps landing here
+//!
+//! [drift]               # what a message that disagrees with the columns does
+//! new_column = "ignore" # ignore (default: counted, logged, recorded) | quarantine | fail
+//! missing_column = "ignore"
+//!
+//! [[columns]]
 //! name = "amount"
 //! type = "decimal"
 //! precision = 12
@@ -190,6 +199,9 @@ pub struct Column {
     /// `binary`: how text input is read.
     #[serde(default)]
     pub encoding: BinaryEncoding,
+    /// Earlier names of this column (normalized), so a renamed source column keeps landing here.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 impl Column {
@@ -207,6 +219,7 @@ impl Column {
             formats: Vec::new(),
             timezone: None,
             encoding: BinaryEncoding::default(),
+            aliases: Vec::new(),
         }
     }
 
@@ -251,7 +264,45 @@ pub struct Contract {
     /// The rule for columns that do not set their own `on_error`.
     #[serde(default)]
     pub on_error: OnError,
+    /// What to do when messages and the contract disagree on the columns.
+    #[serde(default)]
+    pub drift: DriftPolicy,
     pub columns: Vec<Column>,
+}
+
+/// The dataset's drift policy (`[drift]` in the contract), per kind of change. Type changes that break
+/// a column follow that column's `on_error`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftPolicy {
+    /// A field the contract does not name.
+    #[serde(default)]
+    pub new_column: DriftAction,
+    /// A full row (create, update, snapshot read) without a field for a contract column.
+    #[serde(default)]
+    pub missing_column: DriftAction,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftAction {
+    /// Count it, log it, record it; the row lands without the field (or with null).
+    #[default]
+    Ignore,
+    /// The message goes to the dead-letter table (reason `schema_drift`).
+    Quarantine,
+    /// The partition stops until the contract is changed and bronze restarts.
+    Fail,
+}
+
+impl DriftAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftAction::Ignore => "ignore",
+            DriftAction::Quarantine => "quarantine",
+            DriftAction::Fail => "fail",
+        }
+    }
 }
 
 impl Contract {
@@ -331,6 +382,15 @@ impl Contract {
             if c.ty != ColumnType::Binary && c.encoding != BinaryEncoding::Base64 {
                 return Err(err("`encoding` applies to binary columns only"));
             }
+            for a in &c.aliases {
+                if self.columns.iter().any(|o| &o.name == a)
+                    || self.columns[..i].iter().any(|o| o.aliases.contains(a))
+                {
+                    return Err(err(&format!(
+                        "alias `{a}` is already a column or another column's alias"
+                    )));
+                }
+            }
             if !c.nullable && c.on_error(self.on_error) == OnError::Null {
                 return Err(err(
                     "`on_error = \"null\"` needs a nullable column (it is `nullable = false`)",
@@ -342,6 +402,16 @@ impl Contract {
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The column a field name belongs to, and whether it matched one of the column's `aliases`.
+    pub fn resolve(&self, name: &str) -> Option<(usize, bool)> {
+        self.index_of(name).map(|i| (i, false)).or_else(|| {
+            self.columns
+                .iter()
+                .position(|c| c.aliases.iter().any(|a| a == name))
+                .map(|i| (i, true))
+        })
     }
 
     /// The table schema: contract columns, metadata columns, then `partition_columns`.

@@ -153,6 +153,7 @@ pub async fn run(
     // Every line of the run carries its id (a field of the span in JSON logs).
     let span = tracing::info_span!("run", run_id = %run.run_id);
     let result = run.event_loop(shutdown).instrument(span).await;
+    run.report_drift();
     let summary = run.summary();
     if let Some(audit) = run.audit.take() {
         let error = result.as_ref().err().map(ToString::to_string);
@@ -213,6 +214,7 @@ impl Run {
                     self.flush_due().await?;
                     self.enforce_budget().await?;
                     self.update_gauges();
+                    self.report_drift();
                     self.check_broker();
                     if self.options.until_caught_up && self.caught_up_check().await? {
                         return Ok(());
@@ -667,6 +669,30 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// Drift the mappers saw: every affected message is counted; the first sighting of each kind of
+    /// drift on a column in this run is logged (old and new type) and recorded in the ledger.
+    fn report_drift(&mut self) {
+        for ds in &mut self.datasets {
+            for e in ds.mapper.take_drift() {
+                let (kind, action) = (e.kind.as_str(), e.action);
+                metrics::counter!("bronze_schema_drift_messages_total", "dataset" => ds.cfg.name.clone(),
+                    "kind" => kind, "action" => action)
+                .increment(e.messages);
+                if !ds.drift_reported.insert((kind, e.column.clone(), action)) {
+                    continue;
+                }
+                metrics::counter!("bronze_schema_drift_events_total", "dataset" => ds.cfg.name.clone(),
+                    "kind" => kind, "action" => action)
+                .increment(1);
+                warn!(dataset = %ds.cfg.name, kind, column = %e.column, expected = %e.expected,
+                    observed = %e.observed, action, messages = e.messages, "schema drift");
+                if let Some(a) = &self.audit {
+                    a.record(AuditRecord::drift(&self.run_id, &ds.cfg.name, &e));
+                }
+            }
+        }
     }
 
     /// A broker outage is reported by librdkafka, but its end is not: probe while one is on record.

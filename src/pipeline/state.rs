@@ -172,6 +172,8 @@ pub struct DatasetState {
     pub(super) failures: u32,
     /// The table must be re-read before its txn versions are trusted (after a rebalance).
     pub(super) needs_refresh: bool,
+    /// Drift already reported in this run: (kind, column, action).
+    pub(super) drift_reported: std::collections::HashSet<(&'static str, String, &'static str)>,
     pub(super) summary: DatasetSummary,
 }
 
@@ -193,6 +195,7 @@ impl DatasetState {
             retry_at: None,
             failures: 0,
             needs_refresh: true,
+            drift_reported: Default::default(),
             summary: DatasetSummary::default(),
         }
     }

@@ -4,13 +4,13 @@
 mod coerce;
 mod names;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Timelike};
 use serde_json::{Map, Value};
 
 use crate::config::{DatasetConfig, PartitionBy};
-use crate::contract::{ColumnType, Contract, OnError};
+use crate::contract::{ColumnType, Contract, DriftAction, OnError};
 use crate::decode::{Change, Op};
 
 pub use coerce::{Cell, CoerceError};
@@ -31,6 +31,16 @@ pub enum TransformError {
         op: &'static str,
         action: OnError,
     },
+    #[error(
+        "schema drift: {kind} `{column}` ({detail}); the contract's drift policy is `{policy}`"
+    )]
+    Drift {
+        kind: DriftKind,
+        column: String,
+        detail: String,
+        policy: &'static str,
+        action: OnError,
+    },
 }
 
 impl TransformError {
@@ -38,17 +48,61 @@ impl TransformError {
         match self {
             TransformError::Coerce { .. } => "type_mismatch",
             TransformError::MissingValue { .. } => "missing_value",
+            TransformError::Drift { .. } => "schema_drift",
         }
     }
 
     /// The column's `on_error` rule: dead-letter the message or stop the partition.
     pub fn action(&self) -> OnError {
         match self {
-            TransformError::Coerce { action, .. } | TransformError::MissingValue { action, .. } => {
-                *action
-            }
+            TransformError::Coerce { action, .. }
+            | TransformError::MissingValue { action, .. }
+            | TransformError::Drift { action, .. } => *action,
         }
     }
+}
+
+/// How a message differed from the contract's columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DriftKind {
+    NewColumn,
+    MissingColumn,
+    /// A field arrived under one of a column's `aliases`.
+    Renamed,
+}
+
+impl DriftKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::NewColumn => "new_column",
+            DriftKind::MissingColumn => "missing_column",
+            DriftKind::Renamed => "renamed",
+        }
+    }
+}
+
+impl std::fmt::Display for DriftKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DriftKind::NewColumn => "new column",
+            DriftKind::MissingColumn => "missing column",
+            DriftKind::Renamed => "renamed column",
+        })
+    }
+}
+
+/// One kind of drift on one column, as seen over the messages since the last report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftEvent {
+    pub kind: DriftKind,
+    pub column: String,
+    /// What arrived (a JSON kind, or the field name for a rename).
+    pub observed: String,
+    /// What the contract says (its type, or the column name for a rename).
+    pub expected: String,
+    /// The policy applied: `ignore`, `quarantine`, `fail`, or `mapped` for renames.
+    pub action: &'static str,
+    pub messages: u64,
 }
 
 /// `bronze_coercion_errors_total`: every value that broke its column's contract, by the rule applied.
@@ -122,8 +176,11 @@ pub struct Mapper {
     dataset: String,
     contract: Contract,
     normalize: bool,
-    /// Incoming field name -> contract column, memoized because field names repeat on every message.
-    lookup: HashMap<String, Option<usize>>,
+    /// Incoming field name -> contract column (and whether through an alias), memoized because field
+    /// names repeat on every message.
+    lookup: HashMap<String, Option<(usize, bool)>>,
+    /// Drift seen since [`Mapper::take_drift`] was last called.
+    drift: BTreeMap<(DriftKind, String), DriftEvent>,
     key_columns: Vec<usize>,
     key_from_message_key: bool,
     headers: Vec<(usize, String)>,
@@ -203,6 +260,7 @@ impl Mapper {
             contract,
             normalize: dataset.normalize_names,
             lookup: HashMap::new(),
+            drift: BTreeMap::new(),
             key_columns,
             key_from_message_key: dataset.key_from_message_key,
             headers,
@@ -220,18 +278,68 @@ impl Mapper {
         self.partition_by.columns()
     }
 
-    fn column_of(&mut self, field: &str) -> Option<usize> {
+    fn column_of(&mut self, field: &str) -> Option<(usize, bool)> {
         if let Some(hit) = self.lookup.get(field) {
             return *hit;
         }
-        let name = if self.normalize {
+        let idx = self.contract.resolve(&self.normalized(field));
+        self.lookup.insert(field.to_string(), idx);
+        idx
+    }
+
+    fn normalized(&self, field: &str) -> String {
+        if self.normalize {
             snake_case(field)
         } else {
             field.to_string()
+        }
+    }
+
+    /// The drift seen since the last call, one event per kind and column.
+    pub fn take_drift(&mut self) -> Vec<DriftEvent> {
+        std::mem::take(&mut self.drift).into_values().collect()
+    }
+
+    fn observe(
+        &mut self,
+        kind: DriftKind,
+        column: &str,
+        observed: &str,
+        expected: &str,
+        action: &'static str,
+    ) {
+        self.drift
+            .entry((kind, column.to_string()))
+            .or_insert_with(|| DriftEvent {
+                kind,
+                column: column.to_string(),
+                observed: observed.to_string(),
+                expected: expected.to_string(),
+                action,
+                messages: 0,
+            })
+            .messages += 1;
+    }
+
+    /// The error for drift the policy does not let pass.
+    fn drift_error(
+        kind: DriftKind,
+        column: &str,
+        detail: String,
+        policy: DriftAction,
+    ) -> Option<TransformError> {
+        let action = match policy {
+            DriftAction::Ignore => return None,
+            DriftAction::Quarantine => OnError::DeadLetter,
+            DriftAction::Fail => OnError::Fail,
         };
-        let idx = self.contract.index_of(&name);
-        self.lookup.insert(field.to_string(), idx);
-        idx
+        Some(TransformError::Drift {
+            kind,
+            column: column.to_string(),
+            detail,
+            policy: policy.as_str(),
+            action,
+        })
     }
 
     /// Build the row for one change. `unknown_fields` counts fields the contract does not name.
@@ -244,8 +352,41 @@ impl Mapper {
         let ncols = self.contract.columns.len();
         let mut data = vec![Cell::Null; ncols];
         let mut present = vec![false; ncols];
+        // Fields the row carried, null or not: absence is drift, null is a value.
+        let mut seen = vec![false; ncols];
+        let full_row = matches!(change.op, Op::Create | Op::Update | Op::Read);
+        let had_row = change.row.is_some();
         if let Some(row) = change.row {
-            self.fill(row, &mut data, &mut present, unknown_fields)?;
+            self.fill(row, &mut data, &mut present, &mut seen, unknown_fields)?;
+        }
+        if full_row && had_row {
+            let policy = self.contract.drift.missing_column;
+            let missing: Vec<usize> = (0..ncols)
+                .filter(|&i| !seen[i] && !self.headers.iter().any(|(h, _)| *h == i))
+                .filter(|i| !(self.key_from_message_key && self.key_columns.contains(i)))
+                .collect();
+            for i in missing {
+                let c = &self.contract.columns[i];
+                let (name, ty) = (c.name.clone(), format!("{:?}", c.ty).to_lowercase());
+                self.observe(
+                    DriftKind::MissingColumn,
+                    &name,
+                    "absent",
+                    &ty,
+                    policy.as_str(),
+                );
+                if let Some(e) = Self::drift_error(
+                    DriftKind::MissingColumn,
+                    &name,
+                    format!(
+                        "expected {ty}, the `{}` event has no such field",
+                        change.op.as_str()
+                    ),
+                    policy,
+                ) {
+                    return Err(e);
+                }
+            }
         }
         if self.key_from_message_key
             && change.op != Op::Truncate
@@ -255,7 +396,14 @@ impl Mapper {
             let mut ignored = 0;
             let mut key_cells = vec![Cell::Null; ncols];
             let mut key_present = vec![false; ncols];
-            self.fill(key, &mut key_cells, &mut key_present, &mut ignored)?;
+            let mut key_seen = vec![false; ncols];
+            self.fill_key(
+                key,
+                &mut key_cells,
+                &mut key_present,
+                &mut key_seen,
+                &mut ignored,
+            )?;
             for &k in &self.key_columns {
                 if !present[k] && key_present[k] {
                     data[k] = std::mem::replace(&mut key_cells[k], Cell::Null);
@@ -269,7 +417,6 @@ impl Mapper {
             }
         }
         // Deletes may carry only the key and truncates nothing, so only full rows are held to `nullable`.
-        let full_row = matches!(change.op, Op::Create | Op::Update | Op::Read);
         for (i, c) in self.contract.columns.iter().enumerate() {
             let required = !c.nullable && (full_row || self.key_columns.contains(&i));
             if required && change.op != Op::Truncate && matches!(data[i], Cell::Null) {
@@ -324,18 +471,52 @@ impl Mapper {
         })
     }
 
+    /// Fill from the message key: fields it has beyond the key columns are not drift.
+    fn fill_key(
+        &mut self,
+        key: Map<String, Value>,
+        data: &mut [Cell],
+        present: &mut [bool],
+        seen: &mut [bool],
+        unknown_fields: &mut u64,
+    ) -> Result<(), TransformError> {
+        let known: Map<String, Value> = key
+            .into_iter()
+            .filter(|(f, _)| self.column_of(f).is_some())
+            .collect();
+        self.fill(known, data, present, seen, unknown_fields)
+    }
+
     fn fill(
         &mut self,
         row: Map<String, Value>,
         data: &mut [Cell],
         present: &mut [bool],
+        seen: &mut [bool],
         unknown_fields: &mut u64,
     ) -> Result<(), TransformError> {
         for (field, value) in row {
-            let Some(i) = self.column_of(&field) else {
+            let Some((i, via_alias)) = self.column_of(&field) else {
                 *unknown_fields += 1;
+                let policy = self.contract.drift.new_column;
+                let name = self.normalized(&field);
+                let kind = crate::decode::json_kind(&value);
+                self.observe(DriftKind::NewColumn, &name, kind, "absent", policy.as_str());
+                if let Some(e) = Self::drift_error(
+                    DriftKind::NewColumn,
+                    &name,
+                    format!("{kind} field the contract does not name"),
+                    policy,
+                ) {
+                    return Err(e);
+                }
                 continue;
             };
+            seen[i] = true;
+            if via_alias {
+                let column = self.contract.columns[i].name.clone();
+                self.observe(DriftKind::Renamed, &column, &field, &column, "mapped");
+            }
             let col = &self.contract.columns[i];
             data[i] = match coerce::coerce(col, value) {
                 Ok(cell) => cell,

@@ -44,6 +44,7 @@ fn dataset() -> DatasetConfig {
 fn mapper() -> Mapper {
     let contract = Contract {
         on_error: OnError::default(),
+        drift: Default::default(),
         columns: vec![
             col("id", ColumnType::Int64, false),
             col("first_name", ColumnType::String, false),
@@ -170,6 +171,7 @@ fn truncate_has_no_key_and_falls_back_to_ingest_time_without_source_ts() {
 fn unknown_key_or_ordering_columns_are_rejected() {
     let contract = Contract {
         on_error: OnError::default(),
+        drift: Default::default(),
         columns: vec![col("id", ColumnType::Int64, false)],
     };
     let mut d = dataset();
@@ -191,6 +193,7 @@ fn on_error_rules_decide_per_column() {
     strict.on_error = Some(OnError::Fail);
     let contract = Contract {
         on_error: OnError::DeadLetter,
+        drift: Default::default(),
         columns: vec![col("id", ColumnType::Int64, false), strict, lenient],
     };
     let mut d = dataset();
@@ -242,4 +245,92 @@ fn on_error_rules_decide_per_column() {
         (e.kind(), e.action()),
         ("missing_value", OnError::DeadLetter)
     );
+}
+
+#[test]
+fn drift_is_observed_and_the_policy_decides() {
+    use crate::contract::{DriftAction, DriftPolicy};
+    let mut email = col("email_address", ColumnType::String, true);
+    email.aliases = vec!["email".into()];
+    let contract = Contract {
+        on_error: OnError::DeadLetter,
+        drift: DriftPolicy {
+            new_column: DriftAction::Quarantine,
+            missing_column: DriftAction::Ignore,
+        },
+        columns: vec![col("id", ColumnType::Int64, false), email],
+    };
+    let mut d = dataset();
+    d.header_columns.clear();
+    d.key_from_message_key = false;
+    let mut m = Mapper::new(&d, contract.clone()).unwrap();
+    let no_header = |_: &str| None;
+    let change = |after: serde_json::Value| Change {
+        op: Op::Update,
+        row: after.as_object().cloned(),
+        source_ts_ms: Some(1),
+        source_pos: None,
+    };
+    let mut unknown = 0;
+    // A renamed source column lands in its new home and is reported as a rename.
+    let row = m
+        .map(
+            change(json!({"id": 1, "email": "a@b"})),
+            &ctx(None, &no_header),
+            &mut unknown,
+        )
+        .unwrap();
+    assert_eq!(row.data[1], Cell::Str("a@b".into()));
+    // A missing column is ignored by policy (null), a new one quarantined.
+    m.map(
+        change(json!({"id": 2})),
+        &ctx(None, &no_header),
+        &mut unknown,
+    )
+    .unwrap();
+    let e = m
+        .map(
+            change(json!({"id": 3, "email_address": "x", "tier": "gold"})),
+            &ctx(None, &no_header),
+            &mut unknown,
+        )
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.action()),
+        ("schema_drift", OnError::DeadLetter)
+    );
+    assert!(e.to_string().contains("new column `tier`"), "{e}");
+    let drift = m.take_drift();
+    let kinds: Vec<_> = drift
+        .iter()
+        .map(|e| (e.kind, e.column.as_str(), e.action, e.messages))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (DriftKind::NewColumn, "tier", "quarantine", 1),
+            (DriftKind::MissingColumn, "email_address", "ignore", 1),
+            (DriftKind::Renamed, "email_address", "mapped", 1),
+        ]
+    );
+    assert!(m.take_drift().is_empty(), "reported once");
+    // `fail` stops the partition on a missing column; deletes carrying only the key are not drift.
+    let mut strict = contract;
+    strict.drift.missing_column = DriftAction::Fail;
+    let mut m = Mapper::new(&d, strict).unwrap();
+    let e = m
+        .map(
+            change(json!({"id": 4})),
+            &ctx(None, &no_header),
+            &mut unknown,
+        )
+        .unwrap_err();
+    assert_eq!(e.action(), OnError::Fail);
+    let delete = Change {
+        op: Op::Delete,
+        row: json!({"id": 5}).as_object().cloned(),
+        source_ts_ms: Some(1),
+        source_pos: None,
+    };
+    m.map(delete, &ctx(None, &no_header), &mut unknown).unwrap();
 }
