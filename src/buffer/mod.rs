@@ -19,6 +19,7 @@ mod dead_letter;
 pub use dead_letter::DeadLetter;
 
 use crate::config::FlushLimits;
+use crate::contract::RESCUED_COLUMN;
 use crate::transform::{Cell, OrderValue, Row};
 
 /// Bytes charged per row on top of its values: builders' offsets, validity and side tables.
@@ -162,6 +163,8 @@ struct PartitionBuffer {
     ops: StringBuilder,
     source_ts: TimestampMicrosecondBuilder,
     source_pos: StringBuilder,
+    /// `_rescued_data`, in tables whose contract rescues.
+    rescued: Option<StringBuilder>,
     partition_values: Vec<StringBuilder>,
     dedup: Vec<(Option<String>, OrderValue)>,
     dead_letters: Vec<DeadLetter>,
@@ -171,7 +174,7 @@ struct PartitionBuffer {
 }
 
 impl PartitionBuffer {
-    fn new(types: &[DataType], partition_columns: usize, first_offset: i64) -> Self {
+    fn new(types: &[DataType], rescues: bool, partition_columns: usize, first_offset: i64) -> Self {
         PartitionBuffer {
             data: types.iter().map(ColumnBuilder::new).collect(),
             ingested_at: TimestampMicrosecondBuilder::new(),
@@ -179,6 +182,7 @@ impl PartitionBuffer {
             ops: StringBuilder::new(),
             source_ts: TimestampMicrosecondBuilder::new(),
             source_pos: StringBuilder::new(),
+            rescued: rescues.then(StringBuilder::new),
             partition_values: (0..partition_columns)
                 .map(|_| StringBuilder::new())
                 .collect(),
@@ -200,6 +204,8 @@ pub struct DatasetBuffer {
     schema: SchemaRef,
     /// Arrow types of the contract's columns (the schema's first fields).
     types: Vec<DataType>,
+    /// The schema has `_rescued_data` after the metadata columns.
+    rescues: bool,
     partition_columns: usize,
     partitions: BTreeMap<TopicPartition, PartitionBuffer>,
     rows: usize,
@@ -209,8 +215,8 @@ pub struct DatasetBuffer {
 }
 
 impl DatasetBuffer {
-    /// A buffer for `schema`: `data_columns` contract columns, then the metadata columns, then
-    /// `partition_columns` partition columns.
+    /// A buffer for `schema`: `data_columns` contract columns, then the metadata columns (and
+    /// `_rescued_data` if the schema has it), then `partition_columns` partition columns.
     pub fn new(schema: SchemaRef, data_columns: usize, partition_columns: usize) -> Self {
         let types = schema
             .fields()
@@ -218,7 +224,9 @@ impl DatasetBuffer {
             .take(data_columns)
             .map(|f| f.data_type().clone())
             .collect();
+        let rescues = schema.field_with_name(RESCUED_COLUMN).is_ok();
         DatasetBuffer {
+            rescues,
             schema,
             types,
             partition_columns,
@@ -255,11 +263,12 @@ impl DatasetBuffer {
     ) -> &mut PartitionBuffer {
         self.oldest.get_or_insert(now);
         let types = &self.types;
+        let rescues = self.rescues;
         let pcols = self.partition_columns;
         let buf = self
             .partitions
             .entry((topic.to_string(), partition))
-            .or_insert_with(|| PartitionBuffer::new(types, pcols, offset));
+            .or_insert_with(|| PartitionBuffer::new(types, rescues, pcols, offset));
         buf.last_offset = buf.last_offset.max(offset);
         buf
     }
@@ -282,6 +291,7 @@ impl DatasetBuffer {
         let bytes = ROW_OVERHEAD_BYTES
             + row.data.iter().map(Cell::approx_bytes).sum::<usize>()
             + row.source_pos.as_ref().map_or(0, String::len)
+            + row.rescued.as_ref().map_or(0, String::len)
             + row.dedup_key.as_ref().map_or(0, String::len);
         let buf = self.partition(topic, partition, row.offset, now);
         for (b, cell) in buf.data.iter_mut().zip(row.data) {
@@ -292,6 +302,9 @@ impl DatasetBuffer {
         buf.ops.append_value(row.op.as_str());
         buf.source_ts.append_option(row.source_ts_us);
         buf.source_pos.append_option(row.source_pos);
+        if let Some(b) = &mut buf.rescued {
+            b.append_option(row.rescued);
+        }
         for (b, v) in buf.partition_values.iter_mut().zip(row.partition_values) {
             b.append_value(v);
         }
@@ -375,6 +388,9 @@ impl DatasetBuffer {
             columns.push(Arc::new(buf.ops.finish()));
             columns.push(Arc::new(buf.source_ts.finish().with_timezone("UTC")));
             columns.push(Arc::new(buf.source_pos.finish()));
+            if let Some(b) = &mut buf.rescued {
+                columns.push(Arc::new(b.finish()));
+            }
             for b in &mut buf.partition_values {
                 columns.push(Arc::new(b.finish()));
             }

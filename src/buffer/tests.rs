@@ -32,6 +32,7 @@ fn row(id: i64, name: &str, offset: i64, ts: Option<i64>) -> Row {
         partition_values: vec!["2024-01-01".into()],
         dedup_key: Some(format!("{id}\u{1f}")),
         order: ts.map_or(OrderValue::Null, OrderValue::Int),
+        rescued: None,
     }
 }
 

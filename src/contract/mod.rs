@@ -22,7 +22,7 @@
 //! aliases = ["email"]   # earlier names: a renamed source column keeps landing here
 //!
 //! [drift]               # what a message that disagrees with the columns does
-//! new_column = "ignore" # ignore (default: counted, logged, recorded) | quarantine | fail
+//! new_column = "ignore" # ignore (default: counted, logged, recorded) | rescue | quarantine | fail
 //! missing_column = "ignore"
 //!
 //! [[columns]]
@@ -158,6 +158,9 @@ pub enum OnError {
     Null,
     /// The partition stops on the message, loudly, until the input or the contract is fixed.
     Fail,
+    /// The value becomes null and the original is kept in the row's `_rescued_data` (only for
+    /// nullable columns).
+    Rescue,
 }
 
 impl OnError {
@@ -166,6 +169,7 @@ impl OnError {
             OnError::DeadLetter => "dead_letter",
             OnError::Null => "null",
             OnError::Fail => "fail",
+            OnError::Rescue => "rescue",
         }
     }
 }
@@ -293,6 +297,8 @@ pub enum DriftAction {
     Quarantine,
     /// The partition stops until the contract is changed and bronze restarts.
     Fail,
+    /// New columns only: the field is kept in the row's `_rescued_data` JSON object.
+    Rescue,
 }
 
 impl DriftAction {
@@ -301,9 +307,14 @@ impl DriftAction {
             DriftAction::Ignore => "ignore",
             DriftAction::Quarantine => "quarantine",
             DriftAction::Fail => "fail",
+            DriftAction::Rescue => "rescue",
         }
     }
 }
+
+/// The column holding what a row could not place: unknown fields and values its columns refused, as one
+/// JSON object keyed by the field names as they arrived. Present only in tables whose contract rescues.
+pub const RESCUED_COLUMN: &str = "_rescued_data";
 
 impl Contract {
     pub fn load(path: &Path) -> Result<Contract, ContractError> {
@@ -328,6 +339,13 @@ impl Contract {
     }
 
     fn check(&self, file: &str) -> Result<(), ContractError> {
+        if self.drift.missing_column == DriftAction::Rescue {
+            return Err(ContractError::Parse {
+                file: file.to_string(),
+                message: "`drift.missing_column` cannot be `rescue`: there is nothing to keep"
+                    .into(),
+            });
+        }
         if self.columns.is_empty() {
             return Err(ContractError::Parse {
                 file: file.to_string(),
@@ -391,9 +409,9 @@ impl Contract {
                     )));
                 }
             }
-            if !c.nullable && c.on_error(self.on_error) == OnError::Null {
+            if !c.nullable && matches!(c.on_error(self.on_error), OnError::Null | OnError::Rescue) {
                 return Err(err(
-                    "`on_error = \"null\"` needs a nullable column (it is `nullable = false`)",
+                    "`on_error = \"null\"` or `\"rescue\"` needs a nullable column (it is `nullable = false`)",
                 ));
             }
         }
@@ -402,6 +420,15 @@ impl Contract {
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// Whether rows keep what they cannot place in [`RESCUED_COLUMN`].
+    pub fn rescues(&self) -> bool {
+        self.drift.new_column == DriftAction::Rescue
+            || self
+                .columns
+                .iter()
+                .any(|c| c.on_error(self.on_error) == OnError::Rescue)
     }
 
     /// The column a field name belongs to, and whether it matched one of the column's `aliases`.
@@ -433,6 +460,9 @@ impl Contract {
             Field::new("_source_ts", timestamp_type(), true),
             Field::new("_source_pos", DataType::Utf8, true),
         ]);
+        if self.rescues() {
+            fields.push(Field::new(RESCUED_COLUMN, DataType::Utf8, true));
+        }
         fields.extend(
             partition_columns
                 .iter()
@@ -519,6 +549,21 @@ mod tests {
             let err = load_str("c.toml", text).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn rescuing_contracts_get_a_rescued_data_column() {
+        let plain = load_str("a.toml", "[[columns]]\nname = \"id\"\ntype = \"int64\"\n").unwrap();
+        assert!(!plain.rescues());
+        let r = load_str(
+            "r.toml",
+            "[drift]\nnew_column = \"rescue\"\n[[columns]]\nname = \"id\"\ntype = \"int64\"\n",
+        )
+        .unwrap();
+        assert!(r.rescues());
+        let s = r.table_schema(&["event_date"]);
+        assert_eq!(s.field(9).name(), RESCUED_COLUMN);
+        assert_eq!(s.field(10).name(), "event_date");
     }
 
     #[test]

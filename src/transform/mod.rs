@@ -169,6 +169,8 @@ pub struct Row {
     /// `None` when the dataset has no keys or the row has none (truncate): never deduplicated.
     pub dedup_key: Option<String>,
     pub order: OrderValue,
+    /// JSON object of what the row could not place (contracts that rescue).
+    pub rescued: Option<String>,
 }
 
 /// Maps changes of one dataset onto its contract.
@@ -329,7 +331,7 @@ impl Mapper {
         policy: DriftAction,
     ) -> Option<TransformError> {
         let action = match policy {
-            DriftAction::Ignore => return None,
+            DriftAction::Ignore | DriftAction::Rescue => return None,
             DriftAction::Quarantine => OnError::DeadLetter,
             DriftAction::Fail => OnError::Fail,
         };
@@ -356,8 +358,16 @@ impl Mapper {
         let mut seen = vec![false; ncols];
         let full_row = matches!(change.op, Op::Create | Op::Update | Op::Read);
         let had_row = change.row.is_some();
+        let mut rescued = Map::new();
         if let Some(row) = change.row {
-            self.fill(row, &mut data, &mut present, &mut seen, unknown_fields)?;
+            self.fill(
+                row,
+                &mut data,
+                &mut present,
+                &mut seen,
+                &mut rescued,
+                unknown_fields,
+            )?;
         }
         if full_row && had_row {
             let policy = self.contract.drift.missing_column;
@@ -468,6 +478,7 @@ impl Mapper {
             partition_values,
             dedup_key,
             order,
+            rescued: (!rescued.is_empty()).then(|| Value::Object(rescued).to_string()),
         })
     }
 
@@ -484,7 +495,7 @@ impl Mapper {
             .into_iter()
             .filter(|(f, _)| self.column_of(f).is_some())
             .collect();
-        self.fill(known, data, present, seen, unknown_fields)
+        self.fill(known, data, present, seen, &mut Map::new(), unknown_fields)
     }
 
     fn fill(
@@ -493,6 +504,7 @@ impl Mapper {
         data: &mut [Cell],
         present: &mut [bool],
         seen: &mut [bool],
+        rescued: &mut Map<String, Value>,
         unknown_fields: &mut u64,
     ) -> Result<(), TransformError> {
         for (field, value) in row {
@@ -510,6 +522,9 @@ impl Mapper {
                 ) {
                     return Err(e);
                 }
+                if policy == DriftAction::Rescue {
+                    rescued.insert(field, value);
+                }
                 continue;
             };
             seen[i] = true;
@@ -518,17 +533,25 @@ impl Mapper {
                 self.observe(DriftKind::Renamed, &column, &field, &column, "mapped");
             }
             let col = &self.contract.columns[i];
+            let action = col.on_error(self.contract.on_error);
+            // Only rescuing columns pay for a copy of each value.
+            let original = (action == OnError::Rescue).then(|| value.clone());
             data[i] = match coerce::coerce(col, value) {
                 Ok(cell) => cell,
                 Err(source) => {
-                    let action = col.on_error(self.contract.on_error);
                     count_column_error(&self.dataset, &col.name, action);
-                    if action != OnError::Null {
-                        return Err(TransformError::Coerce {
-                            column: col.name.clone(),
-                            source,
-                            action,
-                        });
+                    match (action, original) {
+                        (OnError::Null, _) => {}
+                        (OnError::Rescue, Some(v)) => {
+                            rescued.insert(field, v);
+                        }
+                        _ => {
+                            return Err(TransformError::Coerce {
+                                column: col.name.clone(),
+                                source,
+                                action,
+                            });
+                        }
                     }
                     Cell::Null
                 }
