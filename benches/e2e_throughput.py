@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--smoke", action="store_true", help="20k events, for CI")
     ap.add_argument("--bin", default=os.environ.get("BRONZE_BIN"))
+    ap.add_argument("--ceilings", default=os.environ.get("BRONZE_CEILINGS_BIN"),
+                    help="the ceilings program (cargo build --example ceilings); skipped when absent")
     args = ap.parse_args()
     n = 20_000 if args.smoke else args.events
     rng = random.Random(42)
@@ -114,6 +116,28 @@ def main() -> None:
     print(f"  CPU time                                   {cpu:8.2f} s  -> {n / cpu:10.0f} events per CPU-second")
     print(f"  peak RSS                                   {rss:>8} MiB")
     print(f"  files                                      {len(files):8d}  mean {sum(sizes) / len(sizes) / 1e6:.2f} MB")
+    if args.ceilings:
+        ceilings(args.ceilings, cfg, n, work, n / ingest, mb)
+
+
+def ceilings(binary: str, cfg: Path, n: int, work: Path, bronze_rate: float, mb: float) -> None:
+    """The raw ceilings on the same topic and contract, one thread each, and bronze as a fraction of the
+    slowest of them."""
+    out = subprocess.run([binary, "--config", str(cfg), "--events", str(n), "--keep", str(min(n, 200_000)),
+                          "--lake", str(work)], capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        sys.exit(f"ceilings failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    c = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = [("librdkafka consume-only", c["consume"]), ("Debezium decode + coercion only", c["decode"]),
+            ("Arrow build + Parquet write only", c["write"])]
+    print("  ceilings on the same data (one thread each, no commit):")
+    for name, s in rows:
+        per_cpu = s["events"] / s["cpu_s"] if s["cpu_s"] > 0 else 0
+        print(f"    {name:<38} {s['events_per_s']:10.0f} events/s  ({per_cpu:.0f} per CPU-second)")
+    consume_mb = c["consume"]["bytes"] / 1e6 / c["consume"]["wall_s"]
+    print(f"    {'(consume-only MB/s)':<38} {consume_mb:10.1f} MB/s")
+    slowest = min(s["events_per_s"] for _, s in rows)
+    print(f"  bronze / slowest ceiling                   {bronze_rate / slowest:8.2f}")
 
 
 if __name__ == "__main__":

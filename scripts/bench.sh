@@ -10,10 +10,12 @@ source scripts/env.sh
 prepare_machine
 profile="${BRONZE_BENCH_PROFILE:-release}"
 if [[ "$profile" == release ]]; then
-  cargo build --release --locked --quiet
+  cargo build --release --locked --quiet --bin bronze --example ceilings
   export BRONZE_BIN="$CARGO_TARGET_DIR/release/bronze"
+  export BRONZE_CEILINGS_BIN="$CARGO_TARGET_DIR/release/examples/ceilings"
 else
-  cargo build --locked --quiet
+  cargo build --locked --quiet --bin bronze --example ceilings
+  export BRONZE_CEILINGS_BIN="$CARGO_TARGET_DIR/debug/examples/ceilings"
 fi
 start_broker
 "$py" benches/e2e_throughput.py --bin "$BRONZE_BIN" "$@"

@@ -12,7 +12,7 @@ prepare_machine
 echo "== cargo fmt / clippy / unit tests"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo build --locked
+cargo build --locked --bin bronze --example ceilings
 cargo test --locked
 
 echo "== alert rules (promtool)"

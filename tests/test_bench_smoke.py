@@ -3,13 +3,17 @@ ingests every event and prints its report."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import harness as h
 
 
 def test_bench_smoke():
+    ceilings = Path(h.bronze_bin()).parent / "examples" / "ceilings"
     out = subprocess.run([sys.executable, str(h.REPO / "benches" / "e2e_throughput.py"), "--smoke",
-                          "--bin", h.bronze_bin()], capture_output=True, text=True, timeout=600)
+                          "--bin", h.bronze_bin(), "--ceilings", str(ceilings)], capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    for needle in ("events/s", "MB/s", "events per CPU-second", "peak RSS", "files"):
+    for needle in ("events/s", "MB/s", "events per CPU-second", "peak RSS", "files", "consume-only",
+                   "decode + coercion only", "Parquet write only", "bronze / slowest ceiling"):
         assert needle in out.stdout, out.stdout

@@ -637,7 +637,8 @@ fn commit_metadata(
     )]
 }
 
-fn writer_properties(compression: Compression) -> WriterProperties {
+/// Parquet settings of every data file: the codec, page statistics, truncated long statistics.
+pub fn writer_properties(compression: Compression) -> WriterProperties {
     let codec = match compression {
         Compression::Snappy => ParquetCompression::SNAPPY,
         Compression::Zstd => ParquetCompression::ZSTD(ZstdLevel::default()),
