@@ -104,19 +104,35 @@ enum Command {
     },
 }
 
+/// Which dead letters a `dlq` command works on.
+#[derive(clap::Args)]
+struct DeadLetterSelection {
+    #[arg(long, short)]
+    config: PathBuf,
+    #[arg(long)]
+    dataset: String,
+    /// A duration back from now (`1h`) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_since)]
+    since: Option<i64>,
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+impl DeadLetterSelection {
+    fn filter(&self) -> DeadLetterFilter {
+        DeadLetterFilter {
+            since_us: self.since,
+            reason: self.reason.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum DlqCommand {
     /// Count a dataset's dead letters by reason and show the latest.
     List {
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long)]
-        dataset: String,
-        /// A duration back from now (`1h`) or an RFC 3339 time.
-        #[arg(long, value_parser = parse_since)]
-        since: Option<i64>,
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        selection: DeadLetterSelection,
         /// How many of the latest to show.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -124,14 +140,8 @@ enum DlqCommand {
     /// Run a dataset's dead letters through the current contract and rules again and commit those that
     /// now pass, with their original offsets. Idempotent: rows already in the table are not added again.
     Replay {
-        #[arg(long, short)]
-        config: PathBuf,
-        #[arg(long)]
-        dataset: String,
-        #[arg(long, value_parser = parse_since)]
-        since: Option<i64>,
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        selection: DeadLetterSelection,
         /// Report what would be replayed without committing.
         #[arg(long)]
         dry_run: bool,
@@ -150,10 +160,10 @@ fn main() -> ExitCode {
         | Command::Validate { config }
         | Command::Status { config, .. }
         | Command::Runs { config, .. }
-        | Command::Summary { config, .. }
-        | Command::Dlq {
-            command: DlqCommand::List { config, .. } | DlqCommand::Replay { config, .. },
-        } => config.clone(),
+        | Command::Summary { config, .. } => config.clone(),
+        Command::Dlq {
+            command: DlqCommand::List { selection, .. } | DlqCommand::Replay { selection, .. },
+        } => selection.config.clone(),
     };
     let cfg = match load_config(&config_path) {
         Ok(c) => c,
@@ -319,25 +329,19 @@ fn parse_since(s: &str) -> Result<i64, String> {
 
 async fn dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
     match command {
-        DlqCommand::List {
-            dataset,
-            since,
-            reason,
-            limit,
-            ..
-        } => {
+        DlqCommand::List { selection, limit } => {
+            let dataset = &selection.dataset;
             let d = cfg
                 .datasets
                 .iter()
-                .find(|d| d.name == dataset)
+                .find(|d| &d.name == dataset)
                 .with_context(|| format!("no dataset named `{dataset}`"))?;
-            let filter = DeadLetterFilter {
-                since_us: since,
-                reason,
-            };
-            let letters =
-                dead_letters::read(&d.dead_letters.table_uri, &cfg.storage_options(), &filter)
-                    .await?;
+            let letters = dead_letters::read(
+                &d.dead_letters.table_uri,
+                &cfg.storage_options(),
+                &selection.filter(),
+            )
+            .await?;
             let mut by_reason = std::collections::BTreeMap::<&str, usize>::new();
             for l in &letters {
                 *by_reason.entry(&l.reason).or_default() += 1;
@@ -366,18 +370,11 @@ async fn dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Replay {
-            dataset,
-            since,
-            reason,
+            selection,
             dry_run,
             json,
-            ..
         } => {
-            let filter = DeadLetterFilter {
-                since_us: since,
-                reason,
-            };
-            let s = pipeline::replay(cfg, &dataset, &filter, dry_run).await?;
+            let s = pipeline::replay(cfg, &selection.dataset, &selection.filter(), dry_run).await?;
             if json {
                 println!("{}", serde_json::to_string(&s)?);
             } else {

@@ -71,18 +71,9 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
     let options = cfg.storage_options();
     let mut out = Vec::with_capacity(cfg.datasets.len());
     for d in &cfg.datasets {
-        let contract = Contract::load(&d.schema_file)?;
-        let mapper = Mapper::new(d, contract)?;
+        let (mapper, sink) = open_dataset(cfg, d).await?;
         let pcols = mapper.partition_columns();
         let schema = mapper.contract().table_schema(pcols);
-        let sink = TableSink::open(
-            &d.table_uri,
-            schema.clone(),
-            pcols,
-            &options,
-            cfg.storage.compression,
-        )
-        .await?;
         match sink::sweep_orphans(&sink, cfg.storage.orphan_grace).await {
             Ok(n) => {
                 metrics::counter!("bronze_orphan_files_deleted_total", "dataset" => d.name.clone())
@@ -112,6 +103,24 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
         ));
     }
     Ok(out)
+}
+
+/// A dataset's mapper (its contract) and its table, created if it does not exist yet.
+pub(crate) async fn open_dataset(
+    cfg: &Config,
+    d: &DatasetConfig,
+) -> Result<(Mapper, TableSink), PipelineError> {
+    let mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
+    let pcols = mapper.partition_columns();
+    let sink = TableSink::open(
+        &d.table_uri,
+        mapper.contract().table_schema(pcols),
+        pcols,
+        &cfg.storage_options(),
+        cfg.storage.compression,
+    )
+    .await?;
+    Ok((mapper, sink))
 }
 
 /// Run until `shutdown` resolves (or, with `until_caught_up`, until the assigned partitions are done).

@@ -18,10 +18,8 @@ use tracing::{info, warn};
 use super::{Admission, OwnedMessage, PipelineError, admit};
 use crate::buffer::{DatasetBuffer, DeadLetter};
 use crate::config::Config;
-use crate::contract::Contract;
 use crate::sink::dead_letters::{self, DeadLetterFilter};
-use crate::sink::{SinkError, TableSink, scan};
-use crate::transform::Mapper;
+use crate::sink::{SinkError, scan};
 
 /// What a replay did (or, with `dry_run`, would do).
 #[derive(Debug, Default, Clone, Serialize)]
@@ -60,18 +58,10 @@ pub async fn replay(
         .ok_or_else(|| PipelineError::Stopped(format!("no dataset named `{dataset}`")))?;
     let options = cfg.storage_options();
     let letters = dead_letters::read(&d.dead_letters.table_uri, &options, filter).await?;
-    let mut mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
+    let (mut mapper, mut sink) = super::open_dataset(cfg, d).await?;
     let pcols = mapper.partition_columns();
     let schema = mapper.contract().table_schema(pcols);
     let data_columns = mapper.contract().columns.len();
-    let mut sink = TableSink::open(
-        &d.table_uri,
-        schema.clone(),
-        pcols,
-        &options,
-        cfg.storage.compression,
-    )
-    .await?;
     let run_id = uuid::Uuid::now_v7().to_string();
     let app_id = replay_app_id(&cfg.kafka.group_id, &d.name);
     for _ in 0..MAX_ATTEMPTS {
