@@ -15,8 +15,10 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 
 mod dead_letter;
+mod redelivery;
 
 pub use dead_letter::DeadLetter;
+pub use redelivery::{RedeliveryWindow, source_event_id};
 
 use crate::config::FlushLimits;
 use crate::contract::RESCUED_COLUMN;
@@ -49,6 +51,8 @@ pub struct FlushBatch {
     pub duplicates_dropped: usize,
     /// Messages of these ranges that could not be ingested, in offset order per partition.
     pub dead_letters: Vec<DeadLetter>,
+    /// Source event ids of the rows (see [`source_event_id`]), for the redelivery window once committed.
+    pub source_ids: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +172,7 @@ struct PartitionBuffer {
     partition_values: Vec<StringBuilder>,
     dedup: Vec<(Option<String>, OrderValue)>,
     dead_letters: Vec<DeadLetter>,
+    source_ids: Vec<u64>,
     first_offset: i64,
     last_offset: i64,
     bytes: usize,
@@ -188,6 +193,7 @@ impl PartitionBuffer {
                 .collect(),
             dedup: Vec::new(),
             dead_letters: Vec::new(),
+            source_ids: Vec::new(),
             first_offset,
             last_offset: first_offset,
             bytes: 0,
@@ -293,7 +299,9 @@ impl DatasetBuffer {
             + row.source_pos.as_ref().map_or(0, String::len)
             + row.rescued.as_ref().map_or(0, String::len)
             + row.dedup_key.as_ref().map_or(0, String::len);
+        let id = source_event_id(&row);
         let buf = self.partition(topic, partition, row.offset, now);
+        buf.source_ids.extend(id);
         for (b, cell) in buf.data.iter_mut().zip(row.data) {
             b.append(cell);
         }
@@ -354,8 +362,10 @@ impl DatasetBuffer {
         let mut batches: Vec<RecordBatch> = Vec::with_capacity(partitions.len());
         let mut dedup: Vec<(Option<String>, OrderValue, i64, i32)> = Vec::new();
         let mut dead_letters = Vec::new();
+        let mut source_ids = Vec::new();
         for ((topic, partition), mut buf) in partitions {
             dead_letters.append(&mut buf.dead_letters);
+            source_ids.append(&mut buf.source_ids);
             let rows = buf.rows();
             ranges.push(OffsetRange {
                 topic: topic.clone(),
@@ -422,6 +432,7 @@ impl DatasetBuffer {
             rows_in,
             duplicates_dropped,
             dead_letters,
+            source_ids,
         }))
     }
 }

@@ -323,6 +323,9 @@ pub struct DatasetConfig {
     pub flush: FlushLimits,
     /// Messages that cannot be ingested: where they go and which ones count as such.
     pub dead_letters: DeadLetterConfig,
+    /// How many recently committed source events (key + source position) are remembered to drop exact
+    /// redeliveries in later flushes; 0 turns it off.
+    pub redelivery_window: usize,
 }
 
 /// `dead_letters = { ... }` of a dataset.
@@ -448,6 +451,12 @@ struct RawDataset {
     flush: FlushOverrides,
     #[serde(default)]
     dead_letters: RawDeadLetters,
+    #[serde(default = "default_redelivery_window")]
+    redelivery_window: usize,
+}
+
+fn default_redelivery_window() -> usize {
+    100_000
 }
 
 fn default_ordering() -> String {
@@ -647,6 +656,7 @@ impl Config {
                         .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
                     require_key: d.dead_letters.require_key,
                 },
+                redelivery_window: d.redelivery_window,
             });
         }
         // A topic must feed exactly one dataset, or offsets in two tables would race for it.

@@ -23,7 +23,7 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::audit::{AuditHandle, AuditRecord, Ledger};
-use crate::buffer::{DatasetBuffer, DeadLetter, FlushReason, TopicPartition};
+use crate::buffer::{DatasetBuffer, DeadLetter, FlushReason, TopicPartition, source_event_id};
 use crate::config::{Config, DatasetConfig, InvalidMessage};
 use crate::contract::{Contract, OnError};
 use crate::decode::{self, Decoded};
@@ -369,7 +369,14 @@ impl Run {
         ds.summary.events += 1;
         let rejection = match admit(&ds.cfg, &mut ds.mapper, &m) {
             Admission::Row(row) => {
-                ds.buffer.push(&tp.0, tp.1, *row, now);
+                if source_event_id(&row).is_some_and(|id| ds.redeliveries.contains(id)) {
+                    metrics::counter!("bronze_redeliveries_dropped_total", "dataset" => dataset.clone())
+                        .increment(1);
+                    ds.summary.redeliveries += 1;
+                    ds.buffer.skip(&tp.0, tp.1, m.offset, now);
+                } else {
+                    ds.buffer.push(&tp.0, tp.1, *row, now);
+                }
                 return Ok(());
             }
             Admission::Skip(reason) => {
@@ -536,6 +543,7 @@ impl Run {
                     .record(started.elapsed().as_secs_f64());
                 metrics::gauge!("bronze_last_commit_timestamp_seconds", "dataset" => name.clone())
                     .set(chrono::Utc::now().timestamp() as f64);
+                ds.redeliveries.extend(batch.source_ids.iter().copied());
                 ds.summary.rows_written += rows as u64;
                 ds.summary.duplicates_dropped += batch.duplicates_dropped as u64;
                 ds.summary.files += files as u64;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::buffer::{DatasetBuffer, FlushBatch};
+use crate::buffer::{DatasetBuffer, FlushBatch, RedeliveryWindow};
 use crate::config::DatasetConfig;
 use crate::sink::TableSink;
 use crate::sink::dead_letters::DeadLetterSink;
@@ -78,6 +78,8 @@ pub struct DatasetSummary {
     pub dead_lettered: u64,
     pub rows_written: u64,
     pub duplicates_dropped: u64,
+    /// Exact redeliveries of committed source events, dropped.
+    pub redeliveries: u64,
     pub commits: u64,
     pub files: u64,
     pub bytes: u64,
@@ -166,6 +168,8 @@ pub struct DatasetState {
     pub(super) buffer: DatasetBuffer,
     pub(super) sink: TableSink,
     pub(super) dead_letter_sink: DeadLetterSink,
+    /// Source events committed recently, to drop exact redeliveries.
+    pub(super) redeliveries: RedeliveryWindow,
     /// A taken batch whose commit failed, kept to retry (its rows are no longer in `buffer`).
     pub(super) pending: Option<PendingBatch>,
     pub(super) retry_at: Option<Instant>,
@@ -186,6 +190,7 @@ impl DatasetState {
         dead_letter_sink: DeadLetterSink,
     ) -> Self {
         DatasetState {
+            redeliveries: RedeliveryWindow::new(cfg.redelivery_window),
             cfg,
             mapper,
             buffer,

@@ -38,6 +38,7 @@ fn dataset() -> DatasetConfig {
             max_message_bytes: 1 << 20,
             require_key: false,
         },
+        redelivery_window: 0,
     }
 }
 
