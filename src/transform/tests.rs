@@ -42,6 +42,16 @@ fn dataset() -> DatasetConfig {
     }
 }
 
+/// A change of `op` whose row is `after`.
+fn change_of(op: Op, after: serde_json::Value) -> Change {
+    Change {
+        op,
+        row: after.as_object().cloned(),
+        source_ts_ms: Some(1),
+        source_pos: None,
+    }
+}
+
 fn mapper() -> Mapper {
     let contract = Contract {
         on_error: OnError::default(),
@@ -201,12 +211,7 @@ fn on_error_rules_decide_per_column() {
     d.header_columns.clear();
     let mut m = Mapper::new(&d, contract).unwrap();
     let no_header = |_: &str| None;
-    let change = |after: serde_json::Value| Change {
-        op: Op::Create,
-        row: after.as_object().cloned(),
-        source_ts_ms: Some(1),
-        source_pos: None,
-    };
+    let change = |after| change_of(Op::Create, after);
     let mut unknown = 0;
     // `null`: the bad value becomes null and the row lands.
     let row = m
@@ -266,12 +271,7 @@ fn drift_is_observed_and_the_policy_decides() {
     d.key_from_message_key = false;
     let mut m = Mapper::new(&d, contract.clone()).unwrap();
     let no_header = |_: &str| None;
-    let change = |after: serde_json::Value| Change {
-        op: Op::Update,
-        row: after.as_object().cloned(),
-        source_ts_ms: Some(1),
-        source_pos: None,
-    };
+    let change = |after| change_of(Op::Update, after);
     let mut unknown = 0;
     // A renamed source column lands in its new home and is reported as a rename.
     let row = m
@@ -327,11 +327,6 @@ fn drift_is_observed_and_the_policy_decides() {
         )
         .unwrap_err();
     assert_eq!(e.action(), OnError::Fail);
-    let delete = Change {
-        op: Op::Delete,
-        row: json!({"id": 5}).as_object().cloned(),
-        source_ts_ms: Some(1),
-        source_pos: None,
-    };
+    let delete = change_of(Op::Delete, json!({"id": 5}));
     m.map(delete, &ctx(None, &no_header), &mut unknown).unwrap();
 }
