@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
-use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::functions_aggregate::expr_fn::{count, sum};
 use deltalake::datafusion::prelude::{DataFrame, Expr, col, lit};
 
@@ -61,7 +60,7 @@ pub async fn runs(
         predicates.push(col("kind").eq(lit(k.clone())));
     }
     if let Some(since) = filter.since_us {
-        predicates.push(col("finished_at").gt_eq(timestamp(since)));
+        predicates.push(sink::scan::at_or_after("finished_at", since));
     }
     let df = apply(df, predicates).map_err(q)?;
     let batches = df
@@ -86,7 +85,7 @@ pub async fn recent_counts(
     };
     let q = |e: deltalake::datafusion::error::DataFusionError| query_err(cfg, e);
     let batches = df
-        .filter(col("finished_at").gt_eq(timestamp(since_us)))
+        .filter(sink::scan::at_or_after("finished_at", since_us))
         .and_then(|df| {
             df.aggregate(
                 vec![col("dataset"), col("kind")],
@@ -134,13 +133,6 @@ fn apply(
     predicates: Vec<Expr>,
 ) -> Result<DataFrame, deltalake::datafusion::error::DataFusionError> {
     predicates.into_iter().try_fold(df, |df, p| df.filter(p))
-}
-
-fn timestamp(us: i64) -> Expr {
-    lit(ScalarValue::TimestampMicrosecond(
-        Some(us),
-        Some("UTC".into()),
-    ))
 }
 
 fn query_err(cfg: &Config, e: impl std::fmt::Display) -> AuditError {

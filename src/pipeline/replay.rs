@@ -158,10 +158,7 @@ async fn offsets_in_table(
     let Some(df) = scan::frame(uri, options).await? else {
         return Ok(HashSet::new());
     };
-    let q = |e: deltalake::datafusion::error::DataFusionError| SinkError::Query {
-        uri: uri.to_string(),
-        message: e.to_string(),
-    };
+    let q = |e| scan::query_error(uri, e);
     let topics: Vec<_> = letters
         .iter()
         .map(|l| l.topic.clone())
@@ -185,15 +182,9 @@ async fn offsets_in_table(
     for b in batches {
         use arrow::array::AsArray;
         use arrow::datatypes::{DataType, Int32Type, Int64Type};
-        let cast = |i: usize, t: &DataType| {
-            arrow::compute::cast(b.column(i), t).map_err(|e| SinkError::Query {
-                uri: uri.to_string(),
-                message: e.to_string(),
-            })
-        };
-        let topic = cast(0, &DataType::Utf8)?;
-        let partition = cast(1, &DataType::Int32)?;
-        let offset = cast(2, &DataType::Int64)?;
+        let topic = scan::column_as(uri, &b, "_topic", &DataType::Utf8)?;
+        let partition = scan::column_as(uri, &b, "_partition", &DataType::Int32)?;
+        let offset = scan::column_as(uri, &b, "_offset", &DataType::Int64)?;
         let (topic, partition, offset) = (
             topic.as_string::<i32>(),
             partition.as_primitive::<Int32Type>(),

@@ -169,21 +169,16 @@ pub async fn read(
     storage_options: &HashMap<String, String>,
     filter: &DeadLetterFilter,
 ) -> Result<Vec<DeadLetter>, SinkError> {
-    use deltalake::datafusion::common::ScalarValue;
+    use super::scan::{at_or_after, column_as, query_error};
     use deltalake::datafusion::prelude::{col, lit};
     let Some(mut df) = super::scan::frame(uri, storage_options).await? else {
         return Ok(Vec::new());
     };
-    let q = |e: deltalake::datafusion::error::DataFusionError| SinkError::Query {
-        uri: uri.to_string(),
-        message: e.to_string(),
-    };
+    let q = |e| query_error(uri, e);
     if let Some(since) = filter.since_us {
-        let t = lit(ScalarValue::TimestampMicrosecond(
-            Some(since),
-            Some("UTC".into()),
-        ));
-        df = df.filter(col("dead_lettered_at").gt_eq(t)).map_err(q)?;
+        df = df
+            .filter(at_or_after("dead_lettered_at", since))
+            .map_err(q)?;
     }
     if let Some(reason) = &filter.reason {
         df = df
@@ -202,25 +197,12 @@ pub async fn read(
         .map_err(q)?;
     let mut out = Vec::new();
     for b in batches {
-        // Normalize whatever physical types the scan chose (views, dictionaries) to this schema's.
         let columns = schema()
             .fields()
             .iter()
-            .map(|f| {
-                let c = b.column_by_name(f.name()).ok_or_else(|| SinkError::Query {
-                    uri: uri.to_string(),
-                    message: format!("column `{}` missing", f.name()),
-                })?;
-                arrow::compute::cast(c, f.data_type()).map_err(|e| SinkError::Query {
-                    uri: uri.to_string(),
-                    message: e.to_string(),
-                })
-            })
+            .map(|f| column_as(uri, &b, f.name(), f.data_type()))
             .collect::<Result<Vec<_>, _>>()?;
-        let b = RecordBatch::try_new(schema(), columns).map_err(|e| SinkError::Query {
-            uri: uri.to_string(),
-            message: e.to_string(),
-        })?;
+        let b = RecordBatch::try_new(schema(), columns).map_err(|e| query_error(uri, e))?;
         out.extend(from_batch(&b));
     }
     Ok(out)
