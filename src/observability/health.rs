@@ -41,6 +41,7 @@ impl Health {
 
     pub fn broker_error(&self, error: Option<String>) {
         self.lock().broker_error = error;
+        self.publish();
     }
 
     pub fn has_broker_error(&self) -> bool {
@@ -53,6 +54,7 @@ impl Health {
             .entry(dataset.to_string())
             .or_default()
             .commit_error = error;
+        self.publish();
     }
 
     pub fn partition_stopped(&self, dataset: &str, topic: &str, partition: i32) {
@@ -62,6 +64,14 @@ impl Health {
             .or_default()
             .stopped_partitions
             .push(format!("{topic}[{partition}]"));
+        self.publish();
+    }
+
+    /// Mirror readiness into the `bronze_ready` gauge; called on every change of the state, so the
+    /// gauge never needs polling.
+    pub fn publish(&self) {
+        let ready = self.readiness().0;
+        metrics::gauge!("bronze_ready").set(if ready { 1.0 } else { 0.0 });
     }
 
     /// Whether the process is ready, with the reasons when it is not.

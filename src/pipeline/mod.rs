@@ -144,6 +144,9 @@ pub async fn run(
     };
     info!(run_id = %run_id, datasets = datasets.len(), "bronze run started");
     metrics::gauge!("bronze_memory_budget_bytes").set(cfg.memory.budget_bytes as f64);
+    metrics::gauge!("bronze_up").set(1.0);
+    // Later changes of readiness publish themselves (see `Health`).
+    options.health.publish();
     let mut run = Run {
         group_id: cfg.kafka.group_id.clone(),
         budget: cfg.memory.budget_bytes,
@@ -757,9 +760,6 @@ impl Run {
                 .set(stopped as f64);
         }
         metrics::gauge!("bronze_assigned_partitions").set(self.partitions.len() as f64);
-        metrics::gauge!("bronze_up").set(1.0);
-        let (ready, _) = self.options.health.readiness();
-        metrics::gauge!("bronze_ready").set(if ready { 1.0 } else { 0.0 });
     }
 
     /// `--until-caught-up`: done when every assigned partition has reached the high watermark it had
