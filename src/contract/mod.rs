@@ -95,6 +95,25 @@ pub enum ColumnType {
     Binary,
 }
 
+impl ColumnType {
+    /// The name contracts use for the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnType::String => "string",
+            ColumnType::Bool => "bool",
+            ColumnType::Int32 => "int32",
+            ColumnType::Int64 => "int64",
+            ColumnType::Float32 => "float32",
+            ColumnType::Float64 => "float64",
+            ColumnType::Date => "date",
+            ColumnType::Timestamp => "timestamp",
+            ColumnType::Json => "json",
+            ColumnType::Decimal => "decimal",
+            ColumnType::Binary => "binary",
+        }
+    }
+}
+
 /// How a decimal with more fractional digits than the column's scale is brought to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

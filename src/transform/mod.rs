@@ -105,6 +105,45 @@ pub struct DriftEvent {
     pub messages: u64,
 }
 
+/// Where an incoming field goes.
+#[derive(Debug, Clone)]
+enum Target {
+    Column(usize),
+    /// A column, through one of its `aliases`.
+    Alias(usize),
+    /// No column: its normalized name, for drift reports.
+    Unknown(std::sync::Arc<str>),
+}
+
+/// Count one message showing `kind` of drift on `column`. Runs per message, so it allocates only the
+/// first time a column shows a kind of drift.
+fn observe(
+    drift: &mut BTreeMap<DriftKind, BTreeMap<String, DriftEvent>>,
+    kind: DriftKind,
+    column: &str,
+    observed: &str,
+    expected: &str,
+    action: &'static str,
+) {
+    let by_column = drift.entry(kind).or_default();
+    match by_column.get_mut(column) {
+        Some(e) => e.messages += 1,
+        None => {
+            by_column.insert(
+                column.to_string(),
+                DriftEvent {
+                    kind,
+                    column: column.to_string(),
+                    observed: observed.to_string(),
+                    expected: expected.to_string(),
+                    action,
+                    messages: 1,
+                },
+            );
+        }
+    }
+}
+
 /// `bronze_coercion_errors_total`: every value that broke its column's contract, by the rule applied.
 fn count_column_error(dataset: &str, column: &str, action: OnError) {
     metrics::counter!("bronze_coercion_errors_total", "dataset" => dataset.to_string(),
@@ -178,11 +217,10 @@ pub struct Mapper {
     dataset: String,
     contract: Contract,
     normalize: bool,
-    /// Incoming field name -> contract column (and whether through an alias), memoized because field
-    /// names repeat on every message.
-    lookup: HashMap<String, Option<(usize, bool)>>,
-    /// Drift seen since [`Mapper::take_drift`] was last called.
-    drift: BTreeMap<(DriftKind, String), DriftEvent>,
+    /// Incoming field name -> where it goes, memoized because field names repeat on every message.
+    lookup: HashMap<String, Target>,
+    /// Drift seen since [`Mapper::take_drift`] was last called, by kind and column.
+    drift: BTreeMap<DriftKind, BTreeMap<String, DriftEvent>>,
     key_columns: Vec<usize>,
     key_from_message_key: bool,
     headers: Vec<(usize, String)>,
@@ -280,13 +318,18 @@ impl Mapper {
         self.partition_by.columns()
     }
 
-    fn column_of(&mut self, field: &str) -> Option<(usize, bool)> {
+    fn column_of(&mut self, field: &str) -> Target {
         if let Some(hit) = self.lookup.get(field) {
-            return *hit;
+            return hit.clone();
         }
-        let idx = self.contract.resolve(&self.normalized(field));
-        self.lookup.insert(field.to_string(), idx);
-        idx
+        let name = self.normalized(field);
+        let target = match self.contract.resolve(&name) {
+            Some((i, false)) => Target::Column(i),
+            Some((i, true)) => Target::Alias(i),
+            None => Target::Unknown(name.into()),
+        };
+        self.lookup.insert(field.to_string(), target.clone());
+        target
     }
 
     fn normalized(&self, field: &str) -> String {
@@ -299,28 +342,10 @@ impl Mapper {
 
     /// The drift seen since the last call, one event per kind and column.
     pub fn take_drift(&mut self) -> Vec<DriftEvent> {
-        std::mem::take(&mut self.drift).into_values().collect()
-    }
-
-    fn observe(
-        &mut self,
-        kind: DriftKind,
-        column: &str,
-        observed: &str,
-        expected: &str,
-        action: &'static str,
-    ) {
-        self.drift
-            .entry((kind, column.to_string()))
-            .or_insert_with(|| DriftEvent {
-                kind,
-                column: column.to_string(),
-                observed: observed.to_string(),
-                expected: expected.to_string(),
-                action,
-                messages: 0,
-            })
-            .messages += 1;
+        std::mem::take(&mut self.drift)
+            .into_values()
+            .flat_map(BTreeMap::into_values)
+            .collect()
     }
 
     /// The error for drift the policy does not let pass.
@@ -371,23 +396,24 @@ impl Mapper {
         }
         if full_row && had_row {
             let policy = self.contract.drift.missing_column;
-            let missing: Vec<usize> = (0..ncols)
-                .filter(|&i| !seen[i] && !self.headers.iter().any(|(h, _)| *h == i))
-                .filter(|i| !(self.key_from_message_key && self.key_columns.contains(i)))
-                .collect();
-            for i in missing {
-                let c = &self.contract.columns[i];
-                let (name, ty) = (c.name.clone(), format!("{:?}", c.ty).to_lowercase());
-                self.observe(
+            for (i, c) in self.contract.columns.iter().enumerate() {
+                let filled_elsewhere = self.headers.iter().any(|(h, _)| *h == i)
+                    || (self.key_from_message_key && self.key_columns.contains(&i));
+                if seen[i] || filled_elsewhere {
+                    continue;
+                }
+                let ty = c.ty.as_str();
+                observe(
+                    &mut self.drift,
                     DriftKind::MissingColumn,
-                    &name,
+                    &c.name,
                     "absent",
-                    &ty,
+                    ty,
                     policy.as_str(),
                 );
                 if let Some(e) = Self::drift_error(
                     DriftKind::MissingColumn,
-                    &name,
+                    &c.name,
                     format!(
                         "expected {ty}, the `{}` event has no such field",
                         change.op.as_str()
@@ -493,7 +519,7 @@ impl Mapper {
     ) -> Result<(), TransformError> {
         let known: Map<String, Value> = key
             .into_iter()
-            .filter(|(f, _)| self.column_of(f).is_some())
+            .filter(|(f, _)| !matches!(self.column_of(f), Target::Unknown(_)))
             .collect();
         self.fill(known, data, present, seen, &mut Map::new(), unknown_fields)
     }
@@ -508,30 +534,47 @@ impl Mapper {
         unknown_fields: &mut u64,
     ) -> Result<(), TransformError> {
         for (field, value) in row {
-            let Some((i, via_alias)) = self.column_of(&field) else {
-                *unknown_fields += 1;
-                let policy = self.contract.drift.new_column;
-                let name = self.normalized(&field);
-                let kind = crate::decode::json_kind(&value);
-                self.observe(DriftKind::NewColumn, &name, kind, "absent", policy.as_str());
-                if let Some(e) = Self::drift_error(
-                    DriftKind::NewColumn,
-                    &name,
-                    format!("{kind} field the contract does not name"),
-                    policy,
-                ) {
-                    return Err(e);
+            let i = match self.column_of(&field) {
+                Target::Column(i) => i,
+                Target::Alias(i) => {
+                    let column = &self.contract.columns[i].name;
+                    observe(
+                        &mut self.drift,
+                        DriftKind::Renamed,
+                        column,
+                        &field,
+                        column,
+                        "mapped",
+                    );
+                    i
                 }
-                if policy == DriftAction::Rescue {
-                    rescued.insert(field, value);
+                Target::Unknown(name) => {
+                    *unknown_fields += 1;
+                    let policy = self.contract.drift.new_column;
+                    let kind = crate::decode::json_kind(&value);
+                    observe(
+                        &mut self.drift,
+                        DriftKind::NewColumn,
+                        &name,
+                        kind,
+                        "absent",
+                        policy.as_str(),
+                    );
+                    if let Some(e) = Self::drift_error(
+                        DriftKind::NewColumn,
+                        &name,
+                        format!("{kind} field the contract does not name"),
+                        policy,
+                    ) {
+                        return Err(e);
+                    }
+                    if policy == DriftAction::Rescue {
+                        rescued.insert(field, value);
+                    }
+                    continue;
                 }
-                continue;
             };
             seen[i] = true;
-            if via_alias {
-                let column = self.contract.columns[i].name.clone();
-                self.observe(DriftKind::Renamed, &column, &field, &column, "mapped");
-            }
             let col = &self.contract.columns[i];
             let action = col.on_error(self.contract.on_error);
             // Only rescuing columns pay for a copy of each value.
