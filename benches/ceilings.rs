@@ -140,6 +140,7 @@ async fn main() {
         &uri,
         schema.clone(),
         pcols,
+        false,
         &Default::default(),
         Compression::Snappy,
     )

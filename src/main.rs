@@ -293,7 +293,15 @@ async fn validate(cfg: &Config) -> anyhow::Result<ExitCode> {
         let mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
         let pcols = mapper.partition_columns();
         let schema = mapper.contract().table_schema(pcols);
-        match sink::probe(&d.table_uri, schema, pcols, &options).await {
+        match sink::probe(
+            &d.table_uri,
+            schema,
+            pcols,
+            mapper.contract().evolves(),
+            &options,
+        )
+        .await
+        {
             Ok(Probe::Absent) => println!(
                 "{}: ok, {} will be created when `bronze run` starts",
                 d.name, d.table_uri
@@ -455,13 +463,22 @@ async fn summary(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
         let mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
         let pcols = mapper.partition_columns();
         let schema = mapper.contract().table_schema(pcols);
-        let stats = match sink::probe(&d.table_uri, schema.clone(), pcols, &options).await? {
+        let stats = match sink::probe(
+            &d.table_uri,
+            schema.clone(),
+            pcols,
+            mapper.contract().evolves(),
+            &options,
+        )
+        .await?
+        {
             Probe::Absent => None,
             Probe::Present(_) => {
                 let sink = TableSink::open(
                     &d.table_uri,
                     schema,
                     pcols,
+                    mapper.contract().evolves(),
                     &options,
                     cfg.storage.compression,
                 )

@@ -324,6 +324,7 @@ impl Ledger {
             &cfg.audit.table_uri,
             schema(),
             PARTITION_COLUMNS,
+            false,
             &options,
             Compression::Zstd,
         )
@@ -395,7 +396,7 @@ impl Ledger {
                 "bronze".to_string(),
                 serde_json::json!({ "kind": "audit", "records": records.len() }),
             )];
-            match self.sink.try_commit(&adds, txns, metadata).await {
+            match self.sink.try_commit(&adds, txns, metadata, None).await {
                 Ok(Some(version)) => {
                     debug!(version, records = records.len(), "audit ledger committed");
                     return Ok(records.len());

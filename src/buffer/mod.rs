@@ -247,6 +247,35 @@ impl DatasetBuffer {
         self.rows
     }
 
+    /// Contract columns the buffer holds (the schema's first fields).
+    pub fn data_columns(&self) -> usize {
+        self.types.len()
+    }
+
+    /// Take on a schema with more contract columns (evolved while rows were buffered): rows already
+    /// buffered get nulls in them.
+    pub fn evolve(&mut self, schema: SchemaRef, data_columns: usize) {
+        let added: Vec<DataType> = schema
+            .fields()
+            .iter()
+            .take(data_columns)
+            .skip(self.types.len())
+            .map(|f| f.data_type().clone())
+            .collect();
+        for buf in self.partitions.values_mut() {
+            let rows = buf.rows();
+            for ty in &added {
+                let mut b = ColumnBuilder::new(ty);
+                for _ in 0..rows {
+                    b.append_null();
+                }
+                buf.data.push(b);
+            }
+        }
+        self.types.extend(added);
+        self.schema = schema;
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -302,8 +331,13 @@ impl DatasetBuffer {
         let id = source_event_id(&row);
         let buf = self.partition(topic, partition, row.offset, now);
         buf.source_ids.extend(id);
+        let cells = row.data.len();
         for (b, cell) in buf.data.iter_mut().zip(row.data) {
             b.append(cell);
+        }
+        // A row mapped before a column evolved has no cell for it.
+        for b in buf.data.iter_mut().skip(cells) {
+            b.append_null();
         }
         buf.ingested_at.append_value(row.ingested_at_us);
         buf.offsets.append_value(row.offset);

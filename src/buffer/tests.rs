@@ -185,3 +185,29 @@ fn dead_letters_travel_with_the_flush_that_covers_them() {
     assert!(f.batches.is_empty());
     assert_eq!((f.ranges[0].partition, f.ranges[0].last), (2, 4));
 }
+
+#[test]
+fn evolving_the_buffer_back_fills_nulls() {
+    let mut c = contract();
+    let mut b = buffer();
+    let now = Instant::now();
+    b.push("t", 0, row(1, "a", 0, Some(1)), now);
+    c.add_evolved("tier", ColumnType::String, None);
+    b.evolve(c.table_schema(&["event_date"]), c.columns.len());
+    assert_eq!(b.data_columns(), 3);
+    let mut r = row(2, "b", 1, Some(2));
+    r.data.push(Cell::Str("gold".into()));
+    b.push("t", 0, r, now);
+    // A partition first seen after the evolution, and a row mapped before it.
+    b.push("t", 1, row(3, "c", 0, Some(3)), now);
+    let f = b.take("batch").unwrap().unwrap();
+    let batch = arrow::compute::concat_batches(&f.batches[0].schema(), &f.batches).unwrap();
+    assert_eq!(batch.schema().field(2).name(), "tier");
+    let tier = batch
+        .column_by_name("tier")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert_eq!(tier.iter().collect::<Vec<_>>(), [None, Some("gold"), None]);
+}

@@ -96,6 +96,43 @@ pub enum ColumnType {
 }
 
 impl ColumnType {
+    /// The type an evolved column gets from the first non-null value seen for it. Debezium's JSON
+    /// carries no logical types beside the values, so dates and timestamps arrive as the numbers or
+    /// text they are encoded as; a contract that names the column types it exactly.
+    pub fn infer(value: &serde_json::Value) -> Option<ColumnType> {
+        use serde_json::Value;
+        match value {
+            Value::Null => None,
+            Value::Bool(_) => Some(ColumnType::Bool),
+            Value::Number(n) if n.is_i64() || n.is_u64() && n.as_i64().is_some() => {
+                Some(ColumnType::Int64)
+            }
+            Value::Number(_) => Some(ColumnType::Float64),
+            Value::String(_) => Some(ColumnType::String),
+            Value::Array(_) | Value::Object(_) => Some(ColumnType::Json),
+        }
+    }
+
+    /// The column type of a table column bronze did not define (added by evolution), with a decimal's
+    /// precision and scale. `None` for Arrow types no contract column maps to.
+    pub fn from_arrow(ty: &DataType) -> Option<(ColumnType, Option<(u8, i8)>)> {
+        Some(match ty {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => (ColumnType::String, None),
+            DataType::Boolean => (ColumnType::Bool, None),
+            DataType::Int32 => (ColumnType::Int32, None),
+            DataType::Int64 => (ColumnType::Int64, None),
+            DataType::Float32 => (ColumnType::Float32, None),
+            DataType::Float64 => (ColumnType::Float64, None),
+            DataType::Date32 => (ColumnType::Date, None),
+            DataType::Timestamp(..) => (ColumnType::Timestamp, None),
+            DataType::Decimal128(p, s) => (ColumnType::Decimal, Some((*p, *s))),
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+                (ColumnType::Binary, None)
+            }
+            _ => return None,
+        })
+    }
+
     /// The name contracts use for the type.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -318,6 +355,9 @@ pub enum DriftAction {
     Fail,
     /// New columns only: the field is kept in the row's `_rescued_data` JSON object.
     Rescue,
+    /// New columns only: the column is added to the table, typed from the first non-null value, in the
+    /// same commit as the first rows that carry it.
+    Evolve,
 }
 
 impl DriftAction {
@@ -327,6 +367,7 @@ impl DriftAction {
             DriftAction::Quarantine => "quarantine",
             DriftAction::Fail => "fail",
             DriftAction::Rescue => "rescue",
+            DriftAction::Evolve => "evolve",
         }
     }
 }
@@ -358,11 +399,16 @@ impl Contract {
     }
 
     fn check(&self, file: &str) -> Result<(), ContractError> {
-        if self.drift.missing_column == DriftAction::Rescue {
+        if matches!(
+            self.drift.missing_column,
+            DriftAction::Rescue | DriftAction::Evolve
+        ) {
             return Err(ContractError::Parse {
                 file: file.to_string(),
-                message: "`drift.missing_column` cannot be `rescue`: there is nothing to keep"
-                    .into(),
+                message: format!(
+                    "`drift.missing_column` cannot be `{}`: it applies to new columns only",
+                    self.drift.missing_column.as_str()
+                ),
             });
         }
         if self.columns.is_empty() {
@@ -437,8 +483,30 @@ impl Contract {
         Ok(())
     }
 
+    /// Add a column found in the data (drift policy `evolve`) or in the table (evolved by an earlier run
+    /// or another member). Its index is the new last one.
+    pub fn add_evolved(
+        &mut self,
+        name: &str,
+        ty: ColumnType,
+        precision_scale: Option<(u8, i8)>,
+    ) -> usize {
+        let mut c = Column::new(name, ty);
+        if let Some((p, s)) = precision_scale {
+            c.precision = Some(p);
+            c.scale = Some(s);
+        }
+        self.columns.push(c);
+        self.columns.len() - 1
+    }
+
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// Whether new fields become table columns (`drift.new_column = "evolve"`).
+    pub fn evolves(&self) -> bool {
+        self.drift.new_column == DriftAction::Evolve
     }
 
     /// Whether rows keep what they cannot place in [`RESCUED_COLUMN`].

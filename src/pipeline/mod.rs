@@ -110,17 +110,36 @@ pub(crate) async fn open_dataset(
     cfg: &Config,
     d: &DatasetConfig,
 ) -> Result<(Mapper, TableSink), PipelineError> {
-    let mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
+    let mut mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
     let pcols = mapper.partition_columns();
+    let schema = mapper.contract().table_schema(pcols);
     let sink = TableSink::open(
         &d.table_uri,
-        mapper.contract().table_schema(pcols),
+        schema.clone(),
         pcols,
+        mapper.contract().evolves(),
         &cfg.storage_options(),
         cfg.storage.compression,
     )
     .await?;
+    let evolved = sink.columns_beyond(&schema)?;
+    if !evolved.is_empty() {
+        let names: Vec<&str> = evolved.iter().map(|f| f.name().as_str()).collect();
+        info!(dataset = %d.name, columns = ?names, "table has evolved columns beyond the contract");
+        mapper.adopt(&evolved)?;
+    }
     Ok((mapper, sink))
+}
+
+/// Grow `buffer` by the columns `mapper` evolved since it was built.
+pub(crate) fn sync_columns(mapper: &Mapper, buffer: &mut DatasetBuffer) {
+    let n = mapper.contract().columns.len();
+    if n > buffer.data_columns() {
+        buffer.evolve(
+            mapper.contract().table_schema(mapper.partition_columns()),
+            n,
+        );
+    }
 }
 
 /// Run until `shutdown` resolves (or, with `until_caught_up`, until the assigned partitions are done).
@@ -378,6 +397,7 @@ impl Run {
                     ds.summary.redeliveries += 1;
                     ds.buffer.skip(&tp.0, tp.1, m.offset, now);
                 } else {
+                    sync_columns(&ds.mapper, &mut ds.buffer);
                     ds.buffer.push(&tp.0, tp.1, *row, now);
                 }
                 return Ok(());

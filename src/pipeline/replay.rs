@@ -82,7 +82,10 @@ pub async fn replay(
             }
             let m = OwnedMessage::from(l.clone());
             match admit(d, &mut mapper, &m) {
-                Admission::Row(row) => buffer.push(&l.topic, l.partition, *row, now),
+                Admission::Row(row) => {
+                    super::sync_columns(&mapper, &mut buffer);
+                    buffer.push(&l.topic, l.partition, *row, now)
+                }
                 Admission::Skip(_) => summary.skipped += 1,
                 Admission::Reject(r) => {
                     *summary
@@ -124,7 +127,15 @@ pub async fn replay(
             version,
             Some(chrono::Utc::now().timestamp_millis()),
         );
-        match sink.try_commit(&adds, vec![txn], metadata).await? {
+        match sink
+            .try_commit(
+                &adds,
+                vec![txn],
+                metadata,
+                batch.batches.first().map(|b| b.schema_ref().as_ref()),
+            )
+            .await?
+        {
             Some(v) => {
                 summary.table_version = Some(v);
                 info!(dataset = %d.name, version = v, rows = summary.rows_written,

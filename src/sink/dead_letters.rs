@@ -296,6 +296,7 @@ impl DeadLetterSink {
                 &self.uri,
                 schema(),
                 PARTITION_COLUMNS,
+                false,
                 &self.storage_options,
                 Compression::Zstd,
             )
@@ -383,7 +384,7 @@ impl DeadLetterSink {
                     "reasons": by_reason,
                 }),
             )];
-            match table.try_commit(&adds, txns, metadata).await {
+            match table.try_commit(&adds, txns, metadata, None).await {
                 Ok(Some(version)) => {
                     return Ok(Recorded {
                         by_reason,

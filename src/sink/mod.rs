@@ -17,10 +17,10 @@ pub mod scan;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
-use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
 use deltalake::parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -187,6 +187,7 @@ pub async fn probe(
     uri: &str,
     schema: SchemaRef,
     partition_columns: &[&str],
+    evolves: bool,
     storage_options: &HashMap<String, String>,
 ) -> Result<Probe, SinkError> {
     let delta = |source| SinkError::Delta {
@@ -241,10 +242,11 @@ pub async fn probe(
     let sink = TableSink {
         uri: uri.to_string(),
         table,
+        storage_options: storage_options.clone(),
         writer_properties: writer_properties(Compression::default()),
         target_file_size: 0,
     };
-    sink.check_schema(&schema, partition_columns)?;
+    sink.check_schema(&schema, partition_columns, evolves)?;
     Ok(Probe::Present(sink.stats(0)?))
 }
 
@@ -252,6 +254,7 @@ pub async fn probe(
 pub struct TableSink {
     uri: String,
     table: DeltaTable,
+    storage_options: HashMap<String, String>,
     writer_properties: WriterProperties,
     target_file_size: u64,
 }
@@ -259,11 +262,13 @@ pub struct TableSink {
 const MAX_COMMIT_ATTEMPTS: usize = 20;
 
 impl TableSink {
-    /// Open the table, creating it with `schema` and `partition_columns` if it does not exist.
+    /// Open the table, creating it with `schema` and `partition_columns` if it does not exist. A table
+    /// may have columns beyond `schema` only where the contract `evolves` (see [`TableSink::columns_beyond`]).
     pub async fn open(
         uri: &str,
         schema: SchemaRef,
         partition_columns: &[&str],
+        evolves: bool,
         storage_options: &HashMap<String, String>,
         compression: Compression,
     ) -> Result<TableSink, SinkError> {
@@ -304,10 +309,11 @@ impl TableSink {
         let sink = TableSink {
             uri: uri.to_string(),
             table,
+            storage_options: storage_options.clone(),
             writer_properties: writer_properties(compression),
             target_file_size: 128 * 1024 * 1024,
         };
-        sink.check_schema(&schema, partition_columns)?;
+        sink.check_schema(&schema, partition_columns, evolves)?;
         Ok(sink)
     }
 
@@ -322,10 +328,13 @@ impl TableSink {
         }
     }
 
+    /// The table must have every column of `schema` and the same partition columns; columns beyond
+    /// those only where the contract `evolves`.
     fn check_schema(
         &self,
         schema: &SchemaRef,
         partition_columns: &[&str],
+        evolves: bool,
     ) -> Result<(), SinkError> {
         let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
         let existing: Vec<String> = snapshot
@@ -335,15 +344,86 @@ impl TableSink {
             .collect();
         let wanted: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let parts: Vec<String> = snapshot.metadata().partition_columns().to_vec();
-        if existing != wanted || parts != partition_columns {
+        let missing = wanted.iter().any(|w| !existing.contains(w));
+        let beyond: Vec<&String> = existing.iter().filter(|e| !wanted.contains(e)).collect();
+        if missing || parts != partition_columns || (!beyond.is_empty() && !evolves) {
+            let hint = if !missing && parts == partition_columns {
+                format!(
+                    "; the table has evolved columns {beyond:?}: add them to the contract or set `drift.new_column = \"evolve\"`"
+                )
+            } else {
+                String::new()
+            };
             return Err(SinkError::SchemaMismatch {
                 uri: self.uri.clone(),
                 detail: format!(
-                    "table has columns {existing:?} partitioned by {parts:?}, the dataset expects {wanted:?} partitioned by {partition_columns:?}"
+                    "table has columns {existing:?} partitioned by {parts:?}, the dataset expects {wanted:?} partitioned by {partition_columns:?}{hint}"
                 ),
             });
         }
         Ok(())
+    }
+
+    /// Columns the table has beyond `schema`, in table order: added by schema evolution.
+    pub fn columns_beyond(&self, schema: &Schema) -> Result<Vec<FieldRef>, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        Ok(snapshot
+            .snapshot()
+            .arrow_schema()
+            .fields()
+            .iter()
+            .filter(|f| schema.field_with_name(f.name()).is_err())
+            .cloned()
+            .collect())
+    }
+
+    /// The metadata action that adds `schema`'s columns the table lacks, appended after its columns.
+    /// `None` when the table has them all.
+    fn evolution(&self, schema: &Schema) -> Result<Option<Action>, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        let table_schema = snapshot.schema();
+        let mut added = Vec::new();
+        for f in schema.fields() {
+            if let Some(existing) = table_schema.field(f.name()) {
+                let ty: StructType = (&Schema::new(vec![f.clone()]))
+                    .try_into_kernel()
+                    .map_err(|e| self.delta_err(DeltaTableError::Generic(e.to_string())))?;
+                let same = ty
+                    .fields()
+                    .next()
+                    .is_some_and(|k| k.data_type() == existing.data_type());
+                if !same {
+                    return Err(SinkError::SchemaMismatch {
+                        uri: self.uri.clone(),
+                        detail: format!(
+                            "column `{}` is {} in the table, the batch has {}",
+                            f.name(),
+                            existing.data_type(),
+                            f.data_type()
+                        ),
+                    });
+                }
+            } else {
+                added.push(f.as_ref().clone().with_nullable(true));
+            }
+        }
+        if added.is_empty() {
+            return Ok(None);
+        }
+        let names: Vec<&str> = added.iter().map(|f| f.name().as_str()).collect();
+        info!(table = %self.uri, columns = ?names, "the commit adds columns to the table schema");
+        let generic = |e: String| self.delta_err(DeltaTableError::Generic(e));
+        let added: StructType = (&Schema::new(added))
+            .try_into_kernel()
+            .map_err(|e| generic(e.to_string()))?;
+        let merged = StructType::try_new(table_schema.fields().chain(added.fields()).cloned())
+            .map_err(|e| generic(e.to_string()))?;
+        let metadata = snapshot
+            .metadata()
+            .clone()
+            .with_schema(&merged)
+            .map_err(|e| generic(e.to_string()))?;
+        Ok(Some(Action::Metadata(metadata)))
     }
 
     /// Read the newest table version.
@@ -405,7 +485,28 @@ impl TableSink {
         if batches.is_empty() {
             return Ok(Vec::new());
         }
-        let mut writer = RecordBatchWriter::for_table(&self.table)
+        // The table's writer conforms batches to the table schema, and on partitioned tables silently
+        // drops columns the table lacks; batches with evolved columns (or without the ones another
+        // member added) are written with their own schema instead.
+        let schema = batches[0].schema();
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        let table_schema = snapshot.snapshot().arrow_schema();
+        let same_columns = table_schema.fields().len() == schema.fields().len()
+            && schema
+                .fields()
+                .iter()
+                .all(|f| table_schema.field_with_name(f.name()).is_ok());
+        let writer = if same_columns {
+            RecordBatchWriter::for_table(&self.table)
+        } else {
+            RecordBatchWriter::try_new(
+                table_url(&self.uri)?.as_str(),
+                schema,
+                Some(snapshot.metadata().partition_columns().to_vec()),
+                Some(self.storage_options.clone()),
+            )
+        };
+        let mut writer = writer
             .map_err(|e| self.delta_err(e))?
             .with_writer_properties(self.writer_properties.clone())
             .with_target_file_size(self.target_file_size);
@@ -420,11 +521,13 @@ impl TableSink {
 
     /// One commit attempt of `adds` with `txns`, against the loaded snapshot: `Ok(None)` when a
     /// concurrent commit won (the caller re-reads and decides again).
+    /// `schema`, the schema of the rows added, evolves the table where it has columns the table lacks.
     pub async fn try_commit(
         &mut self,
         adds: &[Add],
         txns: Vec<Transaction>,
         metadata: Vec<(String, serde_json::Value)>,
+        schema: Option<&Schema>,
     ) -> Result<Option<u64>, SinkError> {
         let properties = CommitProperties::default()
             .with_application_transactions(txns)
@@ -436,9 +539,14 @@ impl TableSink {
             partition_by: None,
             predicate: None,
         };
+        let mut actions: Vec<Action> = match schema {
+            Some(schema) => self.evolution(schema)?.into_iter().collect(),
+            None => Vec::new(),
+        };
+        actions.extend(adds.iter().cloned().map(Action::Add));
         let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
         let result = CommitBuilder::from(properties)
-            .with_actions(adds.iter().cloned().map(Action::Add).collect())
+            .with_actions(actions)
             .build(Some(snapshot), self.table.log_store(), operation)
             .await;
         match result {
@@ -479,7 +587,12 @@ impl TableSink {
                 })
                 .collect();
             match self
-                .try_commit(adds, txns, commit_metadata(flush, ctx, batch_id))
+                .try_commit(
+                    adds,
+                    txns,
+                    commit_metadata(flush, ctx, batch_id),
+                    flush.batches.first().map(|b| b.schema_ref().as_ref()),
+                )
                 .await?
             {
                 Some(version) => {
@@ -553,6 +666,7 @@ impl TableSink {
             .map(|table| TableSink {
                 uri: uri.to_string(),
                 table,
+                storage_options: storage_options.clone(),
                 writer_properties: writer_properties(Compression::default()),
                 target_file_size: 0,
             }))

@@ -340,6 +340,44 @@ impl Mapper {
         }
     }
 
+    /// Add a column for an unknown field (policy `evolve`), typed from `value`; `None` while the value is
+    /// null. The sink adds the column to the table with the first rows that carry it.
+    fn evolve(&mut self, name: &str, value: &Value) -> Option<usize> {
+        let ty = ColumnType::infer(value)?;
+        let i = self.contract.add_evolved(name, ty, None);
+        // Field spellings that normalize to this name now land in the new column.
+        self.lookup
+            .retain(|_, t| !matches!(t, Target::Unknown(n) if n.as_ref() == name));
+        observe(
+            &mut self.drift,
+            DriftKind::NewColumn,
+            name,
+            ty.as_str(),
+            "absent",
+            DriftAction::Evolve.as_str(),
+        );
+        Some(i)
+    }
+
+    /// Take on columns the table has beyond the contract (evolved by an earlier run or another member),
+    /// so their fields keep landing in them. Fails for a type no contract column can hold.
+    pub fn adopt(&mut self, fields: &[arrow::datatypes::FieldRef]) -> Result<(), MappingError> {
+        for f in fields {
+            let (ty, ps) = ColumnType::from_arrow(f.data_type()).ok_or_else(|| MappingError {
+                dataset: self.dataset.clone(),
+                key: "schema",
+                reason: format!(
+                    "the table has a column `{}` of type {} that no contract type maps to",
+                    f.name(),
+                    f.data_type()
+                ),
+            })?;
+            self.contract.add_evolved(f.name(), ty, ps);
+        }
+        self.lookup.clear();
+        Ok(())
+    }
+
     /// The drift seen since the last call, one event per kind and column.
     pub fn take_drift(&mut self) -> Vec<DriftEvent> {
         std::mem::take(&mut self.drift)
@@ -356,7 +394,7 @@ impl Mapper {
         policy: DriftAction,
     ) -> Option<TransformError> {
         let action = match policy {
-            DriftAction::Ignore | DriftAction::Rescue => return None,
+            DriftAction::Ignore | DriftAction::Rescue | DriftAction::Evolve => return None,
             DriftAction::Quarantine => OnError::DeadLetter,
             DriftAction::Fail => OnError::Fail,
         };
@@ -430,6 +468,8 @@ impl Mapper {
             && let Some(key) = crate::decode::decode_key(ctx.key)
         {
             let mut ignored = 0;
+            // Columns may have evolved while the row was filled.
+            let ncols = self.contract.columns.len();
             let mut key_cells = vec![Cell::Null; ncols];
             let mut key_present = vec![false; ncols];
             let mut key_seen = vec![false; ncols];
@@ -512,9 +552,9 @@ impl Mapper {
     fn fill_key(
         &mut self,
         key: Map<String, Value>,
-        data: &mut [Cell],
-        present: &mut [bool],
-        seen: &mut [bool],
+        data: &mut Vec<Cell>,
+        present: &mut Vec<bool>,
+        seen: &mut Vec<bool>,
         unknown_fields: &mut u64,
     ) -> Result<(), TransformError> {
         let known: Map<String, Value> = key
@@ -527,9 +567,9 @@ impl Mapper {
     fn fill(
         &mut self,
         row: Map<String, Value>,
-        data: &mut [Cell],
-        present: &mut [bool],
-        seen: &mut [bool],
+        data: &mut Vec<Cell>,
+        present: &mut Vec<bool>,
+        seen: &mut Vec<bool>,
         rescued: &mut Map<String, Value>,
         unknown_fields: &mut u64,
     ) -> Result<(), TransformError> {
@@ -551,27 +591,40 @@ impl Mapper {
                 Target::Unknown(name) => {
                     *unknown_fields += 1;
                     let policy = self.contract.drift.new_column;
-                    let kind = crate::decode::json_kind(&value);
-                    observe(
-                        &mut self.drift,
-                        DriftKind::NewColumn,
-                        &name,
-                        kind,
-                        "absent",
-                        policy.as_str(),
-                    );
-                    if let Some(e) = Self::drift_error(
-                        DriftKind::NewColumn,
-                        &name,
-                        format!("{kind} field the contract does not name"),
-                        policy,
-                    ) {
-                        return Err(e);
+                    if policy == DriftAction::Evolve {
+                        match self.evolve(&name, &value) {
+                            Some(i) => {
+                                data.resize(i + 1, Cell::Null);
+                                present.resize(i + 1, false);
+                                seen.resize(i + 1, false);
+                                i
+                            }
+                            // Null says nothing of the type; the column waits for a value.
+                            None => continue,
+                        }
+                    } else {
+                        let kind = crate::decode::json_kind(&value);
+                        observe(
+                            &mut self.drift,
+                            DriftKind::NewColumn,
+                            &name,
+                            kind,
+                            "absent",
+                            policy.as_str(),
+                        );
+                        if let Some(e) = Self::drift_error(
+                            DriftKind::NewColumn,
+                            &name,
+                            format!("{kind} field the contract does not name"),
+                            policy,
+                        ) {
+                            return Err(e);
+                        }
+                        if policy == DriftAction::Rescue {
+                            rescued.insert(field, value);
+                        }
+                        continue;
                     }
-                    if policy == DriftAction::Rescue {
-                        rescued.insert(field, value);
-                    }
-                    continue;
                 }
             };
             seen[i] = true;

@@ -330,3 +330,82 @@ fn drift_is_observed_and_the_policy_decides() {
     let delete = change_of(Op::Delete, json!({"id": 5}));
     m.map(delete, &ctx(None, &no_header), &mut unknown).unwrap();
 }
+
+#[test]
+fn evolve_adds_typed_columns_and_waits_for_a_value() {
+    use crate::contract::{DriftAction, DriftPolicy};
+    let contract = Contract {
+        on_error: OnError::DeadLetter,
+        drift: DriftPolicy {
+            new_column: DriftAction::Evolve,
+            missing_column: DriftAction::Ignore,
+        },
+        columns: vec![col("id", ColumnType::Int64, false)],
+    };
+    let mut d = dataset();
+    d.header_columns.clear();
+    d.key_from_message_key = false;
+    let mut m = Mapper::new(&d, contract).unwrap();
+    let no_header = |_: &str| None;
+    let mut unknown = 0;
+    let mut map = |after| {
+        m.map(
+            change_of(Op::Update, after),
+            &ctx(None, &no_header),
+            &mut unknown,
+        )
+    };
+    // A null says nothing of the type: no column yet.
+    let row = map(json!({"id": 1, "loyaltyTier": null})).unwrap();
+    assert_eq!(row.data.len(), 1);
+    let row = map(json!({"id": 2, "loyaltyTier": "gold", "points": 7, "tags": ["a"]})).unwrap();
+    assert_eq!(
+        row.data[1..],
+        [
+            Cell::Str("gold".into()),
+            Cell::Int64(7),
+            Cell::Str(r#"["a"]"#.into())
+        ]
+    );
+    // Later values go through the evolved column's coercion like any other.
+    let e = map(json!({"id": 3, "points": "many"})).unwrap_err();
+    assert_eq!(e.kind(), "type_mismatch");
+    let names: Vec<(&str, ColumnType)> = m
+        .contract()
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.ty))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("id", ColumnType::Int64),
+            ("loyalty_tier", ColumnType::String),
+            ("points", ColumnType::Int64),
+            ("tags", ColumnType::Json)
+        ]
+    );
+    let drift: Vec<_> = m
+        .take_drift()
+        .into_iter()
+        .map(|e| (e.column, e.observed, e.action))
+        .collect();
+    assert!(drift.contains(&("points".into(), "int64".into(), "evolve")));
+    // Columns the table already has (another member or an earlier run evolved them) are taken on.
+    let mut fresh = Mapper::new(&d, m.contract().clone()).unwrap();
+    fresh
+        .adopt(&[std::sync::Arc::new(arrow::datatypes::Field::new(
+            "amount",
+            arrow::datatypes::DataType::Decimal128(10, 2),
+            true,
+        ))])
+        .unwrap();
+    let row = fresh
+        .map(
+            change_of(Op::Update, json!({"id": 4, "amount": "1.50"})),
+            &ctx(None, &no_header),
+            &mut unknown,
+        )
+        .unwrap();
+    assert_eq!(row.data[4], Cell::Decimal(150));
+}

@@ -1,0 +1,158 @@
+"""Drift policy `evolve` on the real broker: new source fields become table columns in the same Delta commit
+as the first rows that carry them; a restart takes the evolved columns on from the table; two members of one
+group evolving the same table concurrently (and one never seeing a new field) lose and double nothing."""
+
+import json
+import time
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+import harness as h
+
+CONTRACT = """
+[drift]
+new_column = "evolve"
+
+[[columns]]
+name = "id"
+type = "int64"
+nullable = false
+
+[[columns]]
+name = "name"
+type = "string"
+"""
+
+
+def change(i, after):
+    return json.dumps({"op": "c", "source": {"ts_ms": 1_700_000_000_000 + i * 1000, "lsn": i},
+                       "before": None, "after": after}).encode()
+
+
+def produce(topic, rows, partition=None, start=0):
+    p = Producer({"bootstrap.servers": h.bootstrap()})
+    for i, after in enumerate(rows):
+        kwargs = {} if partition is None else {"partition": partition}
+        p.produce(topic, key=str(after["id"]).encode(), value=change(start + i, after), **kwargs)
+    assert p.flush(30) == 0
+
+
+def log_commits(uri: str) -> list[list[dict]]:
+    """Every commit of the table as its list of actions, straight from the JSON log files."""
+    log = Path(uri) / "_delta_log"
+    return [[json.loads(line) for line in f.read_text().splitlines() if line]
+            for f in sorted(log.glob("*.json"))]
+
+
+def column_types(table) -> dict[str, str]:
+    """Arrow type names, whichever string layout the reader chose."""
+    alias = {"large_string": "string", "string_view": "string"}
+    return {f.name: alias.get(str(f.type), str(f.type)) for f in table.schema}
+
+
+def dataset(name, topic, schema):
+    return {"name": f'"{name}"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": f'"{schema}"',
+            "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
+
+
+def test_new_fields_become_columns_in_the_commit_that_first_carries_them(tmp_path):
+    topic = h.unique("evolve.users")
+    h.create_topics({topic: 1})
+    schema = tmp_path / "users.toml"
+    schema.write_text(CONTRACT)
+    root = tmp_path / "lake"
+    uri = str(root / "users")
+    cfg = h.write_config(tmp_path, group=h.unique("evolve"), root=str(root),
+                         datasets=[dataset("users", topic, schema)], max_rows=10)
+    before = [{"id": i, "name": f"n{i}"} for i in range(20)]
+    after = [{"id": i, "name": f"n{i}", "tier": "gold", "loyaltyPoints": 10 * i, "prefs": {"mail": i % 2 == 0},
+              "ratio": i / 4 + 0.5, "vip": i % 3 == 0, "late": None if i < 30 else f"l{i}"}
+             for i in range(20, 40)]
+    produce(topic, before + after)
+    run = h.run_bronze(cfg, "run", "--until-caught-up")
+
+    table = h.read_delta(uri)
+    types = column_types(table)
+    assert types["tier"] == "string" and types["loyalty_points"] == "int64" and types["ratio"] == "double"
+    assert types["vip"] == "bool" and types["prefs"] == "string" and types["late"] == "string"
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert len(rows) == 40
+    assert rows[5]["tier"] is None and rows[5]["loyalty_points"] is None
+    assert rows[25]["tier"] == "gold" and rows[25]["loyalty_points"] == 250 and rows[25]["ratio"] == 25 / 4 + 0.5
+    assert json.loads(rows[26]["prefs"]) == {"mail": True} and rows[27]["vip"] is True
+    assert rows[29]["late"] is None and rows[31]["late"] == "l31", "a column typed by its first non-null value"
+    assert h.read_polars(uri).height == 40
+
+    # The schema grows only in commits that also add rows and move offsets: never a commit of its own.
+    evolving = [c for c in log_commits(uri)[1:] if any("metaData" in a for a in c)]
+    assert 1 <= len(evolving) <= 2, "tier..vip arrive together; `late` gets its first value later"
+    for c in evolving:
+        assert any("add" in a for a in c) and any("txn" in a for a in c)
+    added = [f["name"] for c in evolving for a in c if "metaData" in a
+             for f in json.loads(a["metaData"]["schemaString"])["fields"]]
+    assert "tier" in added and "late" in added
+    drift = {json.loads(r["detail"])["column"]: json.loads(r["detail"]) for r in h.ledger(str(root))
+             if r["kind"] == "drift"}
+    assert drift["loyalty_points"]["action"] == "evolve" and drift["loyalty_points"]["observed"] == "int64"
+    assert "the commit adds columns to the table schema" in run.stderr
+
+    # A restart takes the evolved columns on from the table: their fields land there, typed as before,
+    # and yet another new field evolves the table again.
+    more = [{"id": i, "name": f"n{i}", "tier": "silver", "loyaltyPoints": i, "region": "eu"} for i in range(40, 50)]
+    produce(topic, more, start=40)
+    run = h.run_bronze(cfg, "run", "--until-caught-up")
+    assert "table has evolved columns beyond the contract" in run.stderr
+    table = h.read_delta(uri)
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert len(rows) == 50 and rows[45]["loyalty_points"] == 45 and rows[45]["region"] == "eu"
+    assert column_types(table)["loyalty_points"] == "int64"
+    h.assert_no_duplicate_offsets(table)
+
+    # A contract that does not evolve refuses the evolved table rather than dropping its columns.
+    schema.write_text(CONTRACT.replace('new_column = "evolve"', 'new_column = "ignore"'))
+    out = h.run_bronze(cfg, "validate", check=False)
+    assert out.returncode != 0 and "evolved columns" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_two_members_evolving_one_table_lose_and_double_nothing(tmp_path):
+    topic = h.unique("evolve.shared")
+    h.create_topics({topic: 2})
+    schema = tmp_path / "shared.toml"
+    schema.write_text(CONTRACT)
+    root = tmp_path / "lake"
+    uri = str(root / "shared")
+    cfg = h.write_config(tmp_path, group=h.unique("evolve2"), root=str(root),
+                         datasets=[dataset("shared", topic, schema)], flush_age="300ms", max_rows=15)
+    a = h.start_bronze(cfg, log=tmp_path / "a.log")
+    b = h.start_bronze(cfg, log=tmp_path / "b.log")
+    try:
+        # Both members own a partition before any new field shows up.
+        produce(topic, [{"id": 0, "name": "warm"}], partition=0)
+        produce(topic, [{"id": 1, "name": "warm"}], partition=1)
+        h.wait_until(lambda: len({c["bronze"]["run_id"] for c in h.delta_history(uri) if c.get("bronze")}) == 2
+                     if (root / "shared" / "_delta_log").exists() else False, 90, what="both members committing")
+        # Both partitions carry `tier` (both members evolve it at about the same time); only partition 0
+        # carries `channel`, so the other member keeps writing files without it after the table has it.
+        for round_ in range(6):
+            base = 100 + round_ * 100
+            produce(topic, [{"id": base + i, "name": "x", "tier": "t", "channel": "web"} for i in range(40)],
+                    partition=0, start=base)
+            produce(topic, [{"id": base + 50 + i, "name": "y", "tier": "u"} for i in range(40)],
+                    partition=1, start=base + 50)
+            time.sleep(0.2)
+        h.wait_until(lambda: len(h.stored_offsets(uri)) >= 2 + 480, 120, what="all rows committed")
+    finally:
+        assert h.stop(a) == 0
+        assert h.stop(b) == 0
+    table = h.read_delta(uri)
+    h.assert_no_duplicate_offsets(table)
+    rows = table.to_pylist()
+    assert len(rows) == 482
+    assert all(r["tier"] == ("t" if r["name"] == "x" else "u") for r in rows if r["name"] != "warm")
+    assert all((r["channel"] == "web") == (r["name"] == "x") for r in rows)
+    names = [f.name for f in table.schema]
+    assert names.count("tier") == 1 and names.count("channel") == 1
+    runs = {c["bronze"]["run_id"] for c in h.delta_history(uri) if c.get("bronze")}
+    assert len(runs) == 2
+    assert h.read_polars(uri).height == 482
