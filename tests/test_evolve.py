@@ -127,11 +127,20 @@ def test_two_members_evolving_one_table_lose_and_double_nothing(tmp_path):
     a = h.start_bronze(cfg, log=tmp_path / "a.log")
     b = h.start_bronze(cfg, log=tmp_path / "b.log")
     try:
-        # Both members own a partition before any new field shows up.
-        produce(topic, [{"id": 0, "name": "warm"}], partition=0)
-        produce(topic, [{"id": 1, "name": "warm"}], partition=1)
-        h.wait_until(lambda: len({c["bronze"]["run_id"] for c in h.delta_history(uri) if c.get("bronze")}) == 2
-                     if (root / "shared" / "_delta_log").exists() else False, 90, what="both members committing")
+        # Both members own a partition before any new field shows up: warm-up rows go to both partitions
+        # until each member has committed some.
+        warm = 0
+
+        def both_committing():
+            nonlocal warm
+            for partition in (0, 1):
+                produce(topic, [{"id": 10_000 + warm, "name": "warm"}], partition=partition, start=warm)
+                warm += 1
+            if not (root / "shared" / "_delta_log").exists():
+                return False
+            return len({c["bronze"]["run_id"] for c in h.delta_history(uri) if c.get("bronze")}) == 2
+
+        h.wait_until(both_committing, 120, interval=1, what="both members committing")
         # Both partitions carry `tier` (both members evolve it at about the same time); only partition 0
         # carries `channel`, so the other member keeps writing files without it after the table has it.
         for round_ in range(6):
@@ -141,18 +150,18 @@ def test_two_members_evolving_one_table_lose_and_double_nothing(tmp_path):
             produce(topic, [{"id": base + 50 + i, "name": "y", "tier": "u"} for i in range(40)],
                     partition=1, start=base + 50)
             time.sleep(0.2)
-        h.wait_until(lambda: len(h.stored_offsets(uri)) >= 2 + 480, 120, what="all rows committed")
+        h.wait_until(lambda: len(h.stored_offsets(uri)) >= warm + 480, 120, what="all rows committed")
     finally:
         assert h.stop(a) == 0
         assert h.stop(b) == 0
     table = h.read_delta(uri)
     h.assert_no_duplicate_offsets(table)
     rows = table.to_pylist()
-    assert len(rows) == 482
+    assert len(rows) == warm + 480
     assert all(r["tier"] == ("t" if r["name"] == "x" else "u") for r in rows if r["name"] != "warm")
     assert all((r["channel"] == "web") == (r["name"] == "x") for r in rows)
     names = [f.name for f in table.schema]
     assert names.count("tier") == 1 and names.count("channel") == 1
     runs = {c["bronze"]["run_id"] for c in h.delta_history(uri) if c.get("bronze")}
     assert len(runs) == 2
-    assert h.read_polars(uri).height == 482
+    assert h.read_polars(uri).height == warm + 480
