@@ -123,6 +123,7 @@ impl DeadLetterSelection {
         DeadLetterFilter {
             since_us: self.since,
             reason: self.reason.clone(),
+            ..DeadLetterFilter::default()
         }
     }
 }

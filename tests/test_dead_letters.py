@@ -5,8 +5,9 @@ and the data commit changes nothing."""
 
 import json
 import signal
+import time
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 import harness as h
 from harness import cdc
@@ -52,7 +53,8 @@ def corpus():
 
 def setup(tmp_path, name):
     orders_topic, customers_topic = h.unique(f"{name}.orders"), h.unique(f"{name}.customers")
-    h.create_topics({orders_topic: 2, customers_topic: 1})
+    dlq_topic = h.unique(f"{name}.orders.dlq")
+    h.create_topics({orders_topic: 2, customers_topic: 1, dlq_topic: 3})
     plan = cdc.generate(3_000, seed=21)
     good = [e for e in plan.events if e.table == "orders"]
     customers = h.produce([e for e in plan.events if e.table == "customers"], {"customers": customers_topic})
@@ -81,14 +83,58 @@ def setup(tmp_path, name):
     bad = [p for p in produced if p[0] is not None]
     datasets = [
         {**h.keyless_orders(orders_topic)[0],
-         "dead_letters": f'{{ max_message_bytes = {MAX_BYTES}, require_key = true }}'},
+         "dead_letters": f'{{ max_message_bytes = {MAX_BYTES}, require_key = true, topic = "{dlq_topic}" }}'},
         {"name": '"customers"', "topics": f'["{customers_topic}"]', "format": '"debezium-json"',
          "schema": '"customers.toml"', "partitioning": '{ by = "date" }'},
     ]
     root = tmp_path / "lake"
     cfg = h.write_config(tmp_path, group=h.unique(name), root=str(root), datasets=datasets, flush_age="300ms",
                          max_rows=500)
-    return cfg, root, produced, bad, customers
+    return cfg, root, produced, bad, customers, dlq_topic
+
+
+def read_topic(topic, isolation="read_committed"):
+    """Every message of `topic` as (key, value, headers), read by an independent consumer."""
+    c = Consumer({"bootstrap.servers": h.bootstrap(), "group.id": h.unique("dlq-reader"),
+                  "isolation.level": isolation, "enable.auto.commit": False})
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    out, done = [], {p for p, end in ends.items() if end == 0}
+    deadline = time.time() + 60
+    while len(done) < len(parts):
+        assert time.time() < deadline, f"{topic}: not read to the end (an open transaction?)"
+        m = c.poll(5)
+        if m is None:
+            # Transaction markers take offsets but are never delivered: stop at the last position.
+            done |= {tp.partition for tp in c.position([TopicPartition(topic, p) for p in parts])
+                     if tp.offset >= ends[tp.partition] - 1}
+            continue
+        assert not m.error(), m.error()
+        out.append((m.key(), m.value(), m.headers() or []))
+        if m.offset() >= ends[m.partition()] - 1:
+            done.add(m.partition())
+    c.close()
+    return out
+
+
+def check_topic(topic, bad):
+    """The dead-letter topic holds every dead letter once, bytes and headers as produced, plus bronze's."""
+    published = read_topic(topic)
+    assert len(published) == len(bad), f"{len(published)} published for {len(bad)} dead letters"
+    by_source = {}
+    for key, value, headers in published:
+        hs = dict((k, v) for k, v in headers if k.startswith("bronze."))
+        by_source[(hs["bronze.source.topic"].decode(), int(hs["bronze.source.partition"]),
+                   int(hs["bronze.source.offset"]))] = (key, value, headers, hs)
+    assert len(by_source) == len(bad), "a dead letter was published twice"
+    for reason, topic_, partition, offset, key, value, headers in bad:
+        k, v, hs_all, hs = by_source[(topic_, partition, offset)]
+        assert (k, v) == (key, value), f"{reason}: bytes changed on the topic"
+        assert [h_ for h_ in hs_all if not h_[0].startswith("bronze.")] == headers
+        assert hs["bronze.error.kind"].decode() == reason and hs["bronze.dataset"] == b"orders"
+        assert hs["bronze.error.message"] and hs["bronze.dead_lettered_at"]
+    return published
 
 
 def check(root, produced, bad, customers):
@@ -116,10 +162,11 @@ def check(root, produced, bad, customers):
 
 
 def test_bad_input_corpus_is_dead_lettered_and_the_pipeline_goes_on(tmp_path):
-    cfg, root, produced, bad, customers = setup(tmp_path, "dlq")
+    cfg, root, produced, bad, customers, dlq_topic = setup(tmp_path, "dlq")
     assert len(bad) >= 15
     out = h.run_bronze(cfg, "run", "--until-caught-up").stdout
     check(root, produced, bad, customers)
+    check_topic(dlq_topic, bad)
     assert "orders" in out
     # The ledger and the status view report the dead letters.
     ledger = [r for r in h.ledger(str(root)) if r["kind"] == "dead_letters"]
@@ -129,9 +176,10 @@ def test_bad_input_corpus_is_dead_lettered_and_the_pipeline_goes_on(tmp_path):
     assert status["orders"]["dead_letters_1h"] == len(bad) and status["orders"]["lag_messages"] == 0
     finished = [r for r in h.ledger(str(root)) if r["kind"] == "run_finished"]
     assert finished[0]["rows_dead_lettered"] == len(bad)
-    # A rerun changes nothing.
+    # A rerun changes nothing, on the topic either.
     h.run_bronze(cfg, "run", "--until-caught-up")
     check(root, produced, bad, customers)
+    check_topic(dlq_topic, bad)
     listing = h.run_bronze(cfg, "dlq", "list", "--dataset", "orders").stdout
     assert f"{len(bad)} dead letters" in listing and "oversized" in listing
 
@@ -184,7 +232,7 @@ def rows_of(root):
 
 
 def test_crash_between_dead_letter_and_data_commit_keeps_each_message_once(tmp_path):
-    cfg, root, produced, bad, customers = setup(tmp_path, "dlqcrash")
+    cfg, root, produced, bad, customers, dlq_topic = setup(tmp_path, "dlqcrash")
     proc = h.start_bronze(cfg, env={"BRONZE_FAILPOINT": "after_dead_letters"}, log=tmp_path / "bronze.log")
     assert proc.wait(timeout=120) == -signal.SIGABRT
     first = h.read_delta(str(root / "_dead_letters" / "orders")).num_rows
@@ -195,3 +243,17 @@ def test_crash_between_dead_letter_and_data_commit_keeps_each_message_once(tmp_p
     check(root, produced, bad, customers)
     log = (tmp_path / "bronze.log").read_text() + out.stderr
     assert "already_recorded" in log
+    check_topic(dlq_topic, bad)
+
+
+def test_crash_inside_a_dead_letter_topic_transaction_publishes_each_letter_once(tmp_path):
+    cfg, root, produced, bad, customers, dlq_topic = setup(tmp_path, "dlqtxn")
+    proc = h.start_bronze(cfg, env={"BRONZE_FAILPOINT": "dead_letter_topic_before_commit"},
+                          log=tmp_path / "bronze.log")
+    assert proc.wait(timeout=120) == -signal.SIGABRT
+    # The open transaction's messages are in the log; the restart fences the dead publisher, aborting them.
+    assert len(read_topic(dlq_topic, "read_uncommitted")) >= 1
+    h.run_bronze(cfg, "run", "--until-caught-up")
+    check(root, produced, bad, customers)
+    check_topic(dlq_topic, bad)
+    assert len(read_topic(dlq_topic, "read_uncommitted")) > len(bad)

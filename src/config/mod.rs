@@ -340,6 +340,9 @@ pub struct DeadLetterConfig {
     pub max_message_bytes: usize,
     /// Messages without a Kafka key are dead-lettered (reason `null_key`).
     pub require_key: bool,
+    /// Kafka topic that also receives every committed dead letter (key, value and headers as they were,
+    /// plus `bronze.*` headers), published from the table exactly once.
+    pub topic: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -361,6 +364,8 @@ struct RawDeadLetters {
     max_message_bytes: Option<usize>,
     #[serde(default)]
     require_key: bool,
+    #[serde(default)]
+    topic: Option<String>,
 }
 
 /// Default `max_message_bytes`: far above Kafka's default 1 MiB message limit.
@@ -655,9 +660,25 @@ impl Config {
                         .max_message_bytes
                         .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
                     require_key: d.dead_letters.require_key,
+                    topic: d.dead_letters.topic,
                 },
                 redelivery_window: d.redelivery_window,
             });
+        }
+        // A dead-letter topic read as a source would feed dead letters back into the pipeline.
+        for a in &datasets {
+            if let Some(t) = &a.dead_letters.topic
+                && let Some(b) = datasets.iter().find(|b| b.topics.matches(t))
+            {
+                return Err(ConfigError::invalid(
+                    file,
+                    "datasets.dead_letters.topic",
+                    format!(
+                        "dead-letter topic `{t}` of `{}` is a source topic of `{}`",
+                        a.name, b.name
+                    ),
+                ));
+            }
         }
         // A topic must feed exactly one dataset, or offsets in two tables would race for it.
         for (i, a) in datasets.iter().enumerate() {

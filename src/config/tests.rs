@@ -183,6 +183,25 @@ fn a_topic_cannot_feed_two_datasets() {
 }
 
 #[test]
+fn a_dead_letter_topic_cannot_be_a_source_topic() {
+    let ok = format!(
+        "{}dead_letters = {{ topic = \"db.customers.dlq\" }}\n",
+        base("../lake")
+    );
+    let cfg = load(&ok, &[]).unwrap();
+    assert_eq!(
+        cfg.datasets[0].dead_letters.topic.as_deref(),
+        Some("db.customers.dlq")
+    );
+    let looping = format!(
+        "{}dead_letters = {{ topic = \"db.customers\" }}\n",
+        base("../lake")
+    );
+    let err = load(&looping, &[]).unwrap_err().to_string();
+    assert!(err.contains("is a source topic of `customers`"), "{err}");
+}
+
+#[test]
 fn missing_file_is_a_read_error() {
     let err = Config::load(Path::new("/nonexistent/bronze.toml")).unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }));

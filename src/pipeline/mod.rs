@@ -28,6 +28,7 @@ use crate::config::{Config, DatasetConfig, InvalidMessage};
 use crate::contract::{Contract, OnError};
 use crate::decode::{self, Decoded};
 use crate::observability::Health;
+use crate::sink::dead_letter_topic::{DeadLetterTopic, PublisherHandle};
 use crate::sink::dead_letters::DeadLetterSink;
 use crate::sink::{self, CommitContext, CommitOutcome, TableSink};
 use crate::source::{self, RebalanceEvent, Source};
@@ -161,6 +162,7 @@ pub async fn run(
     } else {
         None
     };
+    let publishers = dead_letter_publishers(&cfg)?;
     info!(run_id = %run_id, datasets = datasets.len(), "bronze run started");
     metrics::gauge!("bronze_memory_budget_bytes").set(cfg.memory.budget_bytes as f64);
     metrics::gauge!("bronze_up").set(1.0);
@@ -185,6 +187,9 @@ pub async fn run(
     let span = tracing::info_span!("run", run_id = %run.run_id);
     let result = run.event_loop(shutdown).instrument(span).await;
     run.report_drift();
+    if let Some(p) = publishers {
+        p.close(AUDIT_CLOSE_TIMEOUT).await;
+    }
     let summary = run.summary();
     if let Some(audit) = run.audit.take() {
         let error = result.as_ref().err().map(ToString::to_string);
@@ -197,6 +202,26 @@ pub async fn run(
         audit.close(AUDIT_CLOSE_TIMEOUT).await;
     }
     result.map(|()| summary)
+}
+
+/// Publishers for the datasets with a dead-letter topic, publishing every second.
+fn dead_letter_publishers(cfg: &Config) -> Result<Option<PublisherHandle>, PipelineError> {
+    let topics = cfg
+        .datasets
+        .iter()
+        .filter_map(|d| Some((d, d.dead_letters.topic.as_ref()?)))
+        .map(|(d, topic)| {
+            DeadLetterTopic::new(
+                &d.name,
+                topic,
+                &d.dead_letters.table_uri,
+                &cfg.storage_options(),
+                source::connection_config(cfg),
+                &cfg.kafka.group_id,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((!topics.is_empty()).then(|| PublisherHandle::spawn(topics, Duration::from_secs(1))))
 }
 
 /// How long a finishing run waits for its last ledger write.

@@ -161,6 +161,8 @@ pub struct DeadLetterFilter {
     /// Only those dead-lettered at or after this time (µs since the epoch).
     pub since_us: Option<i64>,
     pub reason: Option<String>,
+    /// Only those of these flushes (the `batch_id` a dead-letter commit records).
+    pub batch_ids: Option<Vec<String>>,
 }
 
 /// The dead letters in the table at `uri` that match `filter`, ordered by topic, partition and offset.
@@ -169,6 +171,19 @@ pub async fn read(
     storage_options: &HashMap<String, String>,
     filter: &DeadLetterFilter,
 ) -> Result<Vec<DeadLetter>, SinkError> {
+    Ok(read_with_batch(uri, storage_options, filter)
+        .await?
+        .into_iter()
+        .map(|(l, _)| l)
+        .collect())
+}
+
+/// [`read`], each dead letter with the `batch_id` of the flush that committed it.
+pub async fn read_with_batch(
+    uri: &str,
+    storage_options: &HashMap<String, String>,
+    filter: &DeadLetterFilter,
+) -> Result<Vec<(DeadLetter, String)>, SinkError> {
     use super::scan::{at_or_after, column_as, query_error};
     use deltalake::datafusion::prelude::{col, lit};
     let Some(mut df) = super::scan::frame(uri, storage_options).await? else {
@@ -178,6 +193,11 @@ pub async fn read(
     if let Some(since) = filter.since_us {
         df = df
             .filter(at_or_after("dead_lettered_at", since))
+            .map_err(q)?;
+    }
+    if let Some(ids) = &filter.batch_ids {
+        df = df
+            .filter(col("batch_id").in_list(ids.iter().map(|i| lit(i.clone())).collect(), false))
             .map_err(q)?;
     }
     if let Some(reason) = &filter.reason {
@@ -203,7 +223,15 @@ pub async fn read(
             .map(|f| column_as(uri, &b, f.name(), f.data_type()))
             .collect::<Result<Vec<_>, _>>()?;
         let b = RecordBatch::try_new(schema(), columns).map_err(|e| query_error(uri, e))?;
-        out.extend(from_batch(&b));
+        let ids = b
+            .column_by_name("batch_id")
+            .map(|c| arrow::array::AsArray::as_string::<i32>(c.as_ref()).clone());
+        out.extend(from_batch(&b).into_iter().enumerate().map(|(i, l)| {
+            let id = ids
+                .as_ref()
+                .map_or(String::new(), |a| a.value(i).to_string());
+            (l, id)
+        }));
     }
     Ok(out)
 }

@@ -9,6 +9,7 @@
 //! * a concurrent commit that touched the same app ids between our read and our write makes delta-rs
 //!   refuse ours (conflict checking), and the verification runs again on the new snapshot.
 
+pub mod dead_letter_topic;
 pub mod dead_letters;
 pub mod delta_log;
 mod orphans;

@@ -116,6 +116,17 @@ impl ConsumerContext for SourceContext {
 
 pub type Source = StreamConsumer<SourceContext>;
 
+/// librdkafka settings to reach the cluster (bootstrap servers and `kafka.properties`), for clients
+/// other than the group member.
+pub fn connection_config(cfg: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &cfg.kafka.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &cfg.kafka.bootstrap_servers);
+    c
+}
+
 /// librdkafka settings for a consumer group member.
 pub fn client_config(cfg: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();

@@ -37,6 +37,7 @@ fn dataset() -> DatasetConfig {
             on_invalid: InvalidMessage::DeadLetter,
             max_message_bytes: 1 << 20,
             require_key: false,
+            topic: None,
         },
         redelivery_window: 0,
     }
