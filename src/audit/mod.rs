@@ -27,7 +27,7 @@ use crate::config::{Compression, Config};
 use crate::sink::delta_log::{self, LogEntry};
 use crate::sink::{SinkError, TableSink};
 
-pub use query::{RunsFilter, recent_counts, runs};
+pub use query::{RunsFilter, SchemaEvent, recent_counts, runs, schema_events};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -178,6 +178,22 @@ impl AuditRecord {
             })
             .to_string(),
         );
+        r
+    }
+
+    /// An operator's decision on a proposed column (`bronze schema approve|reject`): `kind` is
+    /// `schema_approved` or `schema_rejected`, `detail` names the column and its type.
+    pub fn schema_decision(
+        kind: &str,
+        run_id: &str,
+        dataset: &str,
+        detail: serde_json::Value,
+        table_version: Option<u64>,
+    ) -> Self {
+        let mut r = Self::event(kind, "succeeded", run_id);
+        r.dataset = Some(dataset.to_string());
+        r.table_version = table_version.map(|v| v as i64);
+        r.detail = Some(detail.to_string());
         r
     }
 

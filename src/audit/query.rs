@@ -124,6 +124,76 @@ pub async fn recent_counts(
     Ok(out)
 }
 
+/// A schema-related ledger row: a drift sighting or an operator's decision.
+#[derive(Debug, Clone)]
+pub struct SchemaEvent {
+    pub dataset: String,
+    /// `drift`, `schema_approved` or `schema_rejected`.
+    pub kind: String,
+    pub at_us: i64,
+    pub rows_in: i64,
+    pub detail: serde_json::Value,
+}
+
+/// Drift sightings and schema decisions, oldest first.
+pub async fn schema_events(
+    cfg: &Config,
+    dataset: Option<&str>,
+) -> Result<Vec<SchemaEvent>, AuditError> {
+    let Some(df) = ledger_frame(cfg).await? else {
+        return Ok(Vec::new());
+    };
+    let q = |e: deltalake::datafusion::error::DataFusionError| query_err(cfg, e);
+    let kinds = ["drift", "schema_approved", "schema_rejected"]
+        .into_iter()
+        .map(lit)
+        .collect();
+    let mut predicates = vec![col("kind").in_list(kinds, false)];
+    if let Some(d) = dataset {
+        predicates.push(col("dataset").eq(lit(d.to_string())));
+    }
+    let batches = apply(df, predicates)
+        .and_then(|df| df.sort(vec![col("finished_at").sort(true, true)]))
+        .and_then(|df| df.select_columns(&["dataset", "kind", "finished_at", "rows_in", "detail"]))
+        .map_err(q)?
+        .collect()
+        .await
+        .map_err(q)?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let text = |i: usize| arrow::compute::cast(b.column(i), &DataType::Utf8);
+        let (datasets, kinds, details) = (text(0)?, text(1)?, text(4)?);
+        let at = arrow::compute::cast(b.column(2), &DataType::Int64)?;
+        let rows = arrow::compute::cast(b.column(3), &DataType::Int64)?;
+        let (datasets, kinds, details) = (
+            datasets.as_string::<i32>(),
+            kinds.as_string::<i32>(),
+            details.as_string::<i32>(),
+        );
+        let (at, rows) = (
+            at.as_primitive::<Int64Type>(),
+            rows.as_primitive::<Int64Type>(),
+        );
+        for i in 0..b.num_rows() {
+            if datasets.is_null(i) {
+                continue;
+            }
+            out.push(SchemaEvent {
+                dataset: datasets.value(i).to_string(),
+                kind: kinds.value(i).to_string(),
+                at_us: at.value(i),
+                rows_in: if rows.is_null(i) { 0 } else { rows.value(i) },
+                detail: if details.is_null(i) {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::from_str(details.value(i)).unwrap_or_default()
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
 async fn ledger_frame(cfg: &Config) -> Result<Option<DataFrame>, AuditError> {
     Ok(sink::scan::frame(&cfg.audit.table_uri, &cfg.storage_options()).await?)
 }

@@ -133,6 +133,11 @@ impl ColumnType {
         })
     }
 
+    /// The type named `name` as contracts spell it (`int64`, `json`, ...).
+    pub fn parse(name: &str) -> Option<ColumnType> {
+        serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+    }
+
     /// The name contracts use for the type.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -341,6 +346,21 @@ pub struct DriftPolicy {
     /// A full row (create, update, snapshot read) without a field for a contract column.
     #[serde(default)]
     pub missing_column: DriftAction,
+    /// Under `new_column = "review"`: what happens to a message with a field awaiting approval.
+    #[serde(default)]
+    pub review_hold: ReviewHold,
+}
+
+/// Where messages wait while a new column awaits an operator's decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewHold {
+    /// The whole message goes to the dead-letter table (reason `schema_review`), to be replayed once the
+    /// column is approved.
+    #[default]
+    Quarantine,
+    /// The row lands; the field waits in its `_rescued_data`.
+    Rescue,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -358,6 +378,9 @@ pub enum DriftAction {
     /// New columns only: the column is added to the table, typed from the first non-null value, in the
     /// same commit as the first rows that carry it.
     Evolve,
+    /// New columns only: the column is proposed (`bronze schema diff`) and its messages held (see
+    /// [`ReviewHold`]) until an operator approves or rejects it.
+    Review,
 }
 
 impl DriftAction {
@@ -368,6 +391,7 @@ impl DriftAction {
             DriftAction::Fail => "fail",
             DriftAction::Rescue => "rescue",
             DriftAction::Evolve => "evolve",
+            DriftAction::Review => "review",
         }
     }
 }
@@ -401,7 +425,7 @@ impl Contract {
     fn check(&self, file: &str) -> Result<(), ContractError> {
         if matches!(
             self.drift.missing_column,
-            DriftAction::Rescue | DriftAction::Evolve
+            DriftAction::Rescue | DriftAction::Evolve | DriftAction::Review
         ) {
             return Err(ContractError::Parse {
                 file: file.to_string(),
@@ -504,14 +528,20 @@ impl Contract {
         self.columns.iter().position(|c| c.name == name)
     }
 
-    /// Whether new fields become table columns (`drift.new_column = "evolve"`).
+    /// Whether the table may have columns beyond the contract: added by `evolve`, or approved under
+    /// `review`.
     pub fn evolves(&self) -> bool {
-        self.drift.new_column == DriftAction::Evolve
+        matches!(
+            self.drift.new_column,
+            DriftAction::Evolve | DriftAction::Review
+        )
     }
 
     /// Whether rows keep what they cannot place in [`RESCUED_COLUMN`].
     pub fn rescues(&self) -> bool {
         self.drift.new_column == DriftAction::Rescue
+            || (self.drift.new_column == DriftAction::Review
+                && self.drift.review_hold == ReviewHold::Rescue)
             || self
                 .columns
                 .iter()

@@ -18,6 +18,8 @@ pub enum StatusError {
     Sink(Box<sink::SinkError>),
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    #[error("schema proposals: {0}")]
+    Review(String),
 }
 
 impl From<sink::SinkError> for StatusError {
@@ -56,6 +58,8 @@ pub struct DatasetStatus {
     pub drift_events_1h: i64,
     pub dead_letters_1h: i64,
     pub commit_failures_1h: i64,
+    /// New columns awaiting review (`bronze schema diff`).
+    pub schema_proposals: usize,
     pub partitions: Vec<PartitionStatus>,
 }
 
@@ -72,6 +76,13 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
         Default::default()
     };
     let count = |d: &str, kind: &str| recent.get(&(d.to_string(), kind.to_string())).copied();
+    let proposals = if cfg.audit.enabled {
+        crate::pipeline::review::pending(cfg, None)
+            .await
+            .map_err(|e| StatusError::Review(e.to_string()))?
+    } else {
+        Vec::new()
+    };
     let mut out = Vec::with_capacity(cfg.datasets.len());
     for d in &cfg.datasets {
         let table = TableSink::existing(&d.table_uri, &options).await?;
@@ -140,6 +151,7 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
             drift_events_1h: count(&d.name, "drift").map_or(0, |c| c.0),
             dead_letters_1h: count(&d.name, "dead_letters").map_or(0, |c| c.1),
             commit_failures_1h: count(&d.name, "commit_failed").map_or(0, |c| c.0),
+            schema_proposals: proposals.iter().filter(|p| p.dataset == d.name).count(),
             partitions,
         });
     }
@@ -157,7 +169,7 @@ impl std::fmt::Display for DatasetStatus {
             .map_or("?".to_string(), |s| format!("{s:.1}"));
         write!(
             f,
-            "{:<20} {:>8} {:>12} {:>10} {:>9} {:>10} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6}",
+            "{:<20} {:>8} {:>12} {:>10} {:>9} {:>10} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>9}",
             self.dataset,
             self.version.map_or("-".to_string(), |v| v.to_string()),
             last,
@@ -170,6 +182,7 @@ impl std::fmt::Display for DatasetStatus {
             self.drift_events_1h,
             self.dead_letters_1h,
             self.commit_failures_1h,
+            self.schema_proposals,
         )
     }
 }
@@ -177,7 +190,7 @@ impl std::fmt::Display for DatasetStatus {
 /// Header line matching [`DatasetStatus`]'s `Display`.
 pub fn header() -> String {
     format!(
-        "{:<20} {:>8} {:>12} {:>10} {:>9} {:>10} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "{:<20} {:>8} {:>12} {:>10} {:>9} {:>10} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>9}",
         "dataset",
         "version",
         "last commit",
@@ -189,6 +202,7 @@ pub fn header() -> String {
         "parts",
         "drift",
         "dlq",
-        "fails"
+        "fails",
+        "proposals"
     )
 }

@@ -7,6 +7,7 @@
 //! table, whatever the group offsets say.
 
 mod replay;
+pub mod review;
 mod state;
 
 pub use replay::{ReplaySummary, replay};
@@ -592,6 +593,7 @@ impl Run {
                 metrics::gauge!("bronze_last_commit_timestamp_seconds", "dataset" => name.clone())
                     .set(chrono::Utc::now().timestamp() as f64);
                 ds.redeliveries.extend(batch.source_ids.iter().copied());
+                ds.adopt_table_columns();
                 ds.summary.rows_written += rows as u64;
                 ds.summary.duplicates_dropped += batch.duplicates_dropped as u64;
                 ds.summary.files += files as u64;
@@ -742,6 +744,10 @@ impl Run {
         for ds in &mut self.datasets {
             for e in ds.mapper.take_drift() {
                 let (kind, action) = (e.kind.as_str(), e.action);
+                if action == "review" && ds.review_pending.insert(e.column.clone()) {
+                    metrics::gauge!("bronze_schema_proposals_pending", "dataset" => ds.cfg.name.clone())
+                        .set(ds.review_pending.len() as f64);
+                }
                 metrics::counter!("bronze_schema_drift_messages_total", "dataset" => ds.cfg.name.clone(),
                     "kind" => kind, "action" => action)
                 .increment(e.messages);

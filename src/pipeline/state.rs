@@ -178,6 +178,8 @@ pub struct DatasetState {
     pub(super) needs_refresh: bool,
     /// Drift already reported in this run: (kind, column, action).
     pub(super) drift_reported: std::collections::HashSet<(&'static str, String, &'static str)>,
+    /// New columns held for review in this run and not approved yet.
+    pub(super) review_pending: std::collections::BTreeSet<String>,
     pub(super) summary: DatasetSummary,
 }
 
@@ -201,7 +203,37 @@ impl DatasetState {
             failures: 0,
             needs_refresh: true,
             drift_reported: Default::default(),
+            review_pending: Default::default(),
             summary: DatasetSummary::default(),
+        }
+    }
+
+    /// Take on columns the table gained from elsewhere (another member evolved it, an operator approved a
+    /// proposal), so their fields land in them from the next message on.
+    pub(super) fn adopt_table_columns(&mut self) {
+        if !self.mapper.contract().evolves() {
+            return;
+        }
+        let schema = self
+            .mapper
+            .contract()
+            .table_schema(self.mapper.partition_columns());
+        let extra = match self.sink.columns_beyond(&schema) {
+            Ok(extra) if !extra.is_empty() => extra,
+            _ => return,
+        };
+        let names: Vec<&str> = extra.iter().map(|f| f.name().as_str()).collect();
+        match self.mapper.adopt(&extra) {
+            Ok(()) => {
+                tracing::info!(dataset = %self.cfg.name, columns = ?names, "taking on columns the table gained");
+                self.review_pending.retain(|c| !names.contains(&c.as_str()));
+                metrics::gauge!("bronze_schema_proposals_pending", "dataset" => self.cfg.name.clone())
+                    .set(self.review_pending.len() as f64);
+                super::sync_columns(&self.mapper, &mut self.buffer);
+            }
+            Err(e) => {
+                tracing::warn!(dataset = %self.cfg.name, error = %e, "cannot take on the table's new columns")
+            }
         }
     }
 

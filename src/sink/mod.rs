@@ -18,7 +18,7 @@ pub mod scan;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use arrow::datatypes::{FieldRef, Schema, SchemaRef};
+use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Add, MetadataExt, StructType, Transaction};
@@ -376,6 +376,35 @@ impl TableSink {
             .filter(|f| schema.field_with_name(f.name()).is_err())
             .cloned()
             .collect())
+    }
+
+    /// Add `field` to the table schema in a commit of its own (commitInfo `bronze.kind` = `kind`).
+    pub async fn add_column(&mut self, field: Field, kind: &str) -> Result<u64, SinkError> {
+        let name = field.name().clone();
+        let schema = Schema::new(vec![field]);
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            self.refresh().await?;
+            if self.evolution(&schema)?.is_none() {
+                return Err(SinkError::SchemaMismatch {
+                    uri: self.uri.clone(),
+                    detail: format!("the table already has a column `{name}`"),
+                });
+            }
+            let metadata = vec![(
+                "bronze".to_string(),
+                json!({ "kind": kind, "column": name }),
+            )];
+            if let Some(v) = self
+                .try_commit(&[], Vec::new(), metadata, Some(&schema))
+                .await?
+            {
+                return Ok(v);
+            }
+        }
+        Err(SinkError::TooManyConflicts {
+            uri: self.uri.clone(),
+            attempts: MAX_COMMIT_ATTEMPTS,
+        })
     }
 
     /// The metadata action that adds `schema`'s columns the table lacks, appended after its columns.

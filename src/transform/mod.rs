@@ -10,7 +10,7 @@ use chrono::{DateTime, Timelike};
 use serde_json::{Map, Value};
 
 use crate::config::{DatasetConfig, PartitionBy};
-use crate::contract::{ColumnType, Contract, DriftAction, OnError};
+use crate::contract::{ColumnType, Contract, DriftAction, OnError, ReviewHold};
 use crate::decode::{Change, Op};
 
 pub use coerce::{Cell, CoerceError};
@@ -48,6 +48,7 @@ impl TransformError {
         match self {
             TransformError::Coerce { .. } => "type_mismatch",
             TransformError::MissingValue { .. } => "missing_value",
+            TransformError::Drift { policy, .. } if *policy == "review" => "schema_review",
             TransformError::Drift { .. } => "schema_drift",
         }
     }
@@ -394,7 +395,10 @@ impl Mapper {
         policy: DriftAction,
     ) -> Option<TransformError> {
         let action = match policy {
-            DriftAction::Ignore | DriftAction::Rescue | DriftAction::Evolve => return None,
+            DriftAction::Ignore
+            | DriftAction::Rescue
+            | DriftAction::Evolve
+            | DriftAction::Review => return None,
             DriftAction::Quarantine => OnError::DeadLetter,
             DriftAction::Fail => OnError::Fail,
         };
@@ -591,6 +595,34 @@ impl Mapper {
                 Target::Unknown(name) => {
                     *unknown_fields += 1;
                     let policy = self.contract.drift.new_column;
+                    if policy == DriftAction::Review {
+                        // Null says nothing of the type and loses nothing: only values are held.
+                        let Some(ty) = ColumnType::infer(&value) else {
+                            continue;
+                        };
+                        observe(
+                            &mut self.drift,
+                            DriftKind::NewColumn,
+                            &name,
+                            ty.as_str(),
+                            "absent",
+                            policy.as_str(),
+                        );
+                        if self.contract.drift.review_hold == ReviewHold::Rescue {
+                            rescued.insert(field, value);
+                            continue;
+                        }
+                        return Err(TransformError::Drift {
+                            kind: DriftKind::NewColumn,
+                            column: name.to_string(),
+                            detail: format!(
+                                "{} field awaiting review (`bronze schema approve`)",
+                                ty.as_str()
+                            ),
+                            policy: policy.as_str(),
+                            action: OnError::DeadLetter,
+                        });
+                    }
                     if policy == DriftAction::Evolve {
                         match self.evolve(&name, &value) {
                             Some(i) => {

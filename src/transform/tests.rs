@@ -264,6 +264,7 @@ fn drift_is_observed_and_the_policy_decides() {
         drift: DriftPolicy {
             new_column: DriftAction::Quarantine,
             missing_column: DriftAction::Ignore,
+            review_hold: Default::default(),
         },
         columns: vec![col("id", ColumnType::Int64, false), email],
     };
@@ -340,6 +341,7 @@ fn evolve_adds_typed_columns_and_waits_for_a_value() {
         drift: DriftPolicy {
             new_column: DriftAction::Evolve,
             missing_column: DriftAction::Ignore,
+            review_hold: Default::default(),
         },
         columns: vec![col("id", ColumnType::Int64, false)],
     };
@@ -409,4 +411,78 @@ fn evolve_adds_typed_columns_and_waits_for_a_value() {
         )
         .unwrap();
     assert_eq!(row.data[4], Cell::Decimal(150));
+}
+
+#[test]
+fn review_holds_new_fields_until_the_table_has_their_column() {
+    use crate::contract::{DriftAction, DriftPolicy, ReviewHold};
+    let mut contract = Contract {
+        on_error: OnError::DeadLetter,
+        drift: DriftPolicy {
+            new_column: DriftAction::Review,
+            missing_column: DriftAction::Ignore,
+            review_hold: ReviewHold::Quarantine,
+        },
+        columns: vec![col("id", ColumnType::Int64, false)],
+    };
+    let mut d = dataset();
+    d.header_columns.clear();
+    d.key_from_message_key = false;
+    let no_header = |_: &str| None;
+    let mut unknown = 0;
+    let mut m = Mapper::new(&d, contract.clone()).unwrap();
+    let e = m
+        .map(
+            change_of(Op::Update, json!({"id": 1, "tier": "gold"})),
+            &ctx(None, &no_header),
+            &mut unknown,
+        )
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.action()),
+        ("schema_review", OnError::DeadLetter)
+    );
+    // A null field holds nothing back.
+    m.map(
+        change_of(Op::Update, json!({"id": 2, "tier": null})),
+        &ctx(None, &no_header),
+        &mut unknown,
+    )
+    .unwrap();
+    let drift = m.take_drift();
+    assert_eq!(
+        (
+            drift[0].column.as_str(),
+            drift[0].observed.as_str(),
+            drift[0].action
+        ),
+        ("tier", "string", "review")
+    );
+    // Approved: the table has the column, and the field lands in it.
+    m.adopt(&[std::sync::Arc::new(arrow::datatypes::Field::new(
+        "tier",
+        arrow::datatypes::DataType::Utf8,
+        true,
+    ))])
+    .unwrap();
+    let row = m
+        .map(
+            change_of(Op::Update, json!({"id": 3, "tier": "gold"})),
+            &ctx(None, &no_header),
+            &mut unknown,
+        )
+        .unwrap();
+    assert_eq!(row.data[1], Cell::Str("gold".into()));
+    // Held in `_rescued_data` instead, when the contract says so.
+    contract.drift.review_hold = ReviewHold::Rescue;
+    assert!(contract.rescues());
+    let mut m = Mapper::new(&d, contract).unwrap();
+    let row = m
+        .map(
+            change_of(Op::Update, json!({"id": 4, "tier": "gold"})),
+            &ctx(None, &no_header),
+            &mut unknown,
+        )
+        .unwrap();
+    assert_eq!(row.rescued.as_deref(), Some(r#"{"tier":"gold"}"#));
 }
