@@ -4,13 +4,15 @@
 //! [`source`] (Kafka consumer group) → [`decode`] (Debezium / JSON) → [`transform`] (contract,
 //! coercion, metadata) → [`buffer`] (Arrow micro-batches, dedup) → [`sink`] (Parquet + Delta commit with
 //! offsets). [`pipeline`] runs that loop; [`config`] and [`contract`] describe what to run;
-//! [`observability`] installs logs and metrics.
+//! [`observability`] installs logs and metrics; [`audit`] keeps the ledger of runs and commits;
+//! [`maintenance`] compacts and vacuums the tables.
 
 pub mod audit;
 pub mod buffer;
 pub mod config;
 pub mod contract;
 pub mod decode;
+pub mod maintenance;
 pub mod observability;
 pub mod pipeline;
 pub mod sink;

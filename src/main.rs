@@ -99,6 +99,38 @@ enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Rewrite small files into files of `compaction.target_file_bytes` (dataChange=false), per
+    /// partition; by default only sealed time partitions (ended `compaction.sealed_after` ago).
+    Compact {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One dataset (default: all).
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Also partitions that may still receive appends.
+        #[arg(long)]
+        all_partitions: bool,
+        /// Report what would be compacted without writing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete files the tables removed longer ago than the retention (never below
+    /// `vacuum.min_retention`).
+    Vacuum {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Default: `vacuum.retention`, e.g. `7d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<std::time::Duration>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print version, files, rows and partitions of every dataset's table.
     Summary {
         #[arg(long, short)]
@@ -203,6 +235,8 @@ fn main() -> ExitCode {
         | Command::Validate { config }
         | Command::Status { config, .. }
         | Command::Runs { config, .. }
+        | Command::Compact { config, .. }
+        | Command::Vacuum { config, .. }
         | Command::Summary { config, .. } => config.clone(),
         Command::Dlq {
             command: DlqCommand::List { selection, .. } | DlqCommand::Replay { selection, .. },
@@ -241,6 +275,20 @@ fn main() -> ExitCode {
             Command::Status { json, .. } => status(&cfg, json).await,
             Command::Dlq { command } => dlq(&cfg, command).await,
             Command::Schema { command } => schema(&cfg, command).await,
+            Command::Compact {
+                dataset,
+                all_partitions,
+                dry_run,
+                json,
+                ..
+            } => compact(&cfg, dataset.as_deref(), all_partitions, dry_run, json).await,
+            Command::Vacuum {
+                dataset,
+                retention,
+                dry_run,
+                json,
+                ..
+            } => vacuum(&cfg, dataset.as_deref(), retention, dry_run, json).await,
             Command::Runs {
                 dataset,
                 since,
@@ -507,6 +555,90 @@ async fn schema(cfg: &Config, command: SchemaCommand) -> anyhow::Result<ExitCode
         } => {
             review::reject(cfg, &dataset, &column).await?;
             println!("{dataset}: `{column}` rejected; its messages stay held");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The datasets a maintenance command works on: one by name, or all.
+fn selected<'a>(
+    cfg: &'a Config,
+    dataset: Option<&str>,
+) -> anyhow::Result<Vec<&'a bronze::config::DatasetConfig>> {
+    let out: Vec<_> = cfg
+        .datasets
+        .iter()
+        .filter(|d| dataset.is_none_or(|n| n == d.name))
+        .collect();
+    if out.is_empty() {
+        anyhow::bail!("no dataset named `{}`", dataset.unwrap_or_default());
+    }
+    Ok(out)
+}
+
+async fn compact(
+    cfg: &Config,
+    dataset: Option<&str>,
+    all_partitions: bool,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use bronze::maintenance::{self, Scope};
+    let scope = if all_partitions {
+        Scope::AllPartitions
+    } else {
+        Scope::Sealed
+    };
+    for d in selected(cfg, dataset)? {
+        let r = maintenance::compact(cfg, d, scope, dry_run).await?;
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else if dry_run {
+            println!(
+                "{}: {} partitions would be compacted ({} files now; {} partitions not sealed yet)",
+                r.dataset, r.partitions_compacted, r.files_before, r.partitions_skipped_unsealed
+            );
+        } else {
+            println!(
+                "{}: {} partitions compacted, {} files -> {} ({} removed, {} added, {} bytes rewritten) in {} ms; {} partitions not sealed yet",
+                r.dataset,
+                r.partitions_compacted,
+                r.files_before,
+                r.files_after,
+                r.files_removed,
+                r.files_added,
+                r.bytes_rewritten,
+                r.duration_ms,
+                r.partitions_skipped_unsealed
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn vacuum(
+    cfg: &Config,
+    dataset: Option<&str>,
+    retention: Option<std::time::Duration>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    for d in selected(cfg, dataset)? {
+        let r = bronze::maintenance::vacuum(cfg, d, retention, dry_run).await?;
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "{}: {} files {} (removed from the table more than {} s ago)",
+                r.dataset,
+                r.files_deleted,
+                if r.dry_run {
+                    "would be deleted"
+                } else {
+                    "deleted"
+                },
+                r.retention_s
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

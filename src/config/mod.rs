@@ -56,7 +56,79 @@ pub struct Config {
     pub memory: MemoryConfig,
     pub metrics: MetricsConfig,
     pub audit: AuditConfig,
+    pub compaction: CompactionConfig,
+    pub vacuum: VacuumConfig,
     pub datasets: Vec<DatasetConfig>,
+}
+
+/// Small-file compaction (`[compaction]`), in the background of `bronze run` and by `bronze compact`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// Run it in the background of `bronze run`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(
+        default = "default_compaction_interval",
+        with = "humantime_serde_compat"
+    )]
+    pub interval: Duration,
+    /// Files below this are bin-packed into files of about this size.
+    #[serde(default = "default_target_file_bytes")]
+    pub target_file_bytes: u64,
+    /// A time partition is compacted once its time range ended this long ago ("sealed"), so compaction
+    /// does not rewrite what live appends are still adding to.
+    #[serde(default = "default_sealed_after", with = "humantime_serde_compat")]
+    pub sealed_after: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            enabled: true,
+            interval: default_compaction_interval(),
+            target_file_bytes: default_target_file_bytes(),
+            sealed_after: default_sealed_after(),
+        }
+    }
+}
+
+fn default_compaction_interval() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_target_file_bytes() -> u64 {
+    128 * 1024 * 1024
+}
+
+fn default_sealed_after() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// `bronze vacuum` (`[vacuum]`): deleting files that compaction (or a replace) removed from the table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VacuumConfig {
+    /// Files removed from the table longer ago than this are deleted.
+    #[serde(default = "default_retention", with = "humantime_serde_compat")]
+    pub retention: Duration,
+    /// The guard: no vacuum keeps less than this, whatever `--retention` says. Readers of older table
+    /// versions (time travel, long queries) need the files for at least this long.
+    #[serde(default = "default_retention", with = "humantime_serde_compat")]
+    pub min_retention: Duration,
+}
+
+impl Default for VacuumConfig {
+    fn default() -> Self {
+        VacuumConfig {
+            retention: default_retention(),
+            min_retention: default_retention(),
+        }
+    }
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 /// The audit ledger (`[audit]`): a Delta table recording every commit and run.
@@ -416,6 +488,10 @@ struct RawConfig {
     metrics: MetricsConfig,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    compaction: CompactionConfig,
+    #[serde(default)]
+    vacuum: VacuumConfig,
     /// Directory of schema files, relative to the config file.
     #[serde(default = "default_schema_dir")]
     schema_dir: String,
@@ -708,6 +784,30 @@ impl Config {
                 "must not be empty",
             ));
         }
+        if raw.compaction.target_file_bytes < 64 * 1024 {
+            return Err(ConfigError::invalid(
+                file,
+                "compaction.target_file_bytes",
+                "must be at least 64 KiB",
+            ));
+        }
+        if raw.compaction.interval < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                file,
+                "compaction.interval",
+                "must be at least 1s",
+            ));
+        }
+        if raw.vacuum.retention < raw.vacuum.min_retention {
+            return Err(ConfigError::invalid(
+                file,
+                "vacuum.retention",
+                format!(
+                    "is below vacuum.min_retention ({})",
+                    humantime::format_duration(raw.vacuum.min_retention)
+                ),
+            ));
+        }
         let audit = AuditConfig {
             enabled: raw.audit.enabled,
             table_uri: table_uri(&root, &raw.audit.table),
@@ -736,6 +836,8 @@ impl Config {
         Ok(Config {
             file: file.to_path_buf(),
             audit,
+            compaction: raw.compaction,
+            vacuum: raw.vacuum,
             kafka: raw.kafka,
             storage: StorageConfig {
                 root,

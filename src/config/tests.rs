@@ -128,6 +128,14 @@ fn broken_configs_name_key_and_reason() {
         ),
         (good.replace("debezium-json", "xml"), "datasets[0].format"),
         (
+            good.replace("[flush]", "[compaction]\ntarget_file_bytes = 100\n[flush]"),
+            "compaction.target_file_bytes",
+        ),
+        (
+            good.replace("[flush]", "[vacuum]\nretention = \"1h\"\n[flush]"),
+            "below vacuum.min_retention",
+        ),
+        (
             good.replace("customers.toml", "missing.toml"),
             "does not exist",
         ),

@@ -164,6 +164,7 @@ pub async fn run(
         None
     };
     let publishers = dead_letter_publishers(&cfg)?;
+    let compaction = crate::maintenance::spawn_background(cfg.clone());
     info!(run_id = %run_id, datasets = datasets.len(), "bronze run started");
     metrics::gauge!("bronze_memory_budget_bytes").set(cfg.memory.budget_bytes as f64);
     metrics::gauge!("bronze_up").set(1.0);
@@ -190,6 +191,9 @@ pub async fn run(
     run.report_drift();
     if let Some(p) = publishers {
         p.close(AUDIT_CLOSE_TIMEOUT).await;
+    }
+    if let Some(c) = compaction {
+        c.abort();
     }
     let summary = run.summary();
     if let Some(audit) = run.audit.take() {

@@ -124,6 +124,9 @@ pub struct TableStats {
     pub small_files: usize,
 }
 
+/// Live file sizes of a table, by partition values (see [`TableSink::files_by_partition`]).
+pub type PartitionFiles = std::collections::BTreeMap<Vec<(String, Option<String>)>, Vec<u64>>;
+
 /// What `bronze validate` learns about a dataset's table location.
 #[derive(Debug)]
 pub enum Probe {
@@ -735,6 +738,19 @@ impl TableSink {
         }
         stats.partitions = partitions.len();
         Ok(stats)
+    }
+
+    /// Sizes of the live files, by partition (partition column -> value, sorted by column).
+    pub fn files_by_partition(&self) -> Result<PartitionFiles, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        let mut out = PartitionFiles::new();
+        for f in snapshot.log_data().iter() {
+            let mut values: Vec<(String, Option<String>)> =
+                f.partition_values_map().into_iter().collect();
+            values.sort();
+            out.entry(values).or_default().push(f.size().max(0) as u64);
+        }
+        Ok(out)
     }
 
     pub(crate) fn table(&self) -> &DeltaTable {
