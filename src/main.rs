@@ -99,6 +99,29 @@ enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Rebuild the time partitions of a range from Kafka and replace them in one Delta commit.
+    /// Idempotent per request id (a rerun is a no-op unless --force).
+    Backfill {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        dataset: String,
+        /// Range start: RFC 3339 time or a date (`2026-11-01`); widened to whole partitions.
+        #[arg(long, value_parser = parse_time)]
+        from: i64,
+        /// Range end (exclusive), like --from.
+        #[arg(long, value_parser = parse_time)]
+        to: i64,
+        /// Default: a new id; give one to make a retry of the same request a no-op.
+        #[arg(long)]
+        request_id: Option<String>,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Rewrite small files into files of `compaction.target_file_bytes` (dataChange=false), per
     /// partition; by default only sealed time partitions (ended `compaction.sealed_after` ago).
     Compact {
@@ -236,6 +259,7 @@ fn main() -> ExitCode {
         | Command::Status { config, .. }
         | Command::Runs { config, .. }
         | Command::Compact { config, .. }
+        | Command::Backfill { config, .. }
         | Command::Vacuum { config, .. }
         | Command::Summary { config, .. } => config.clone(),
         Command::Dlq {
@@ -275,6 +299,28 @@ fn main() -> ExitCode {
             Command::Status { json, .. } => status(&cfg, json).await,
             Command::Dlq { command } => dlq(&cfg, command).await,
             Command::Schema { command } => schema(&cfg, command).await,
+            Command::Backfill {
+                dataset,
+                from,
+                to,
+                request_id,
+                force,
+                dry_run,
+                json,
+                ..
+            } => {
+                let req = pipeline::backfill::BackfillRequest {
+                    request_id: request_id
+                        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7())),
+                    dataset,
+                    from_us: from,
+                    to_us: to,
+                    force,
+                    dry_run,
+                    requested_by: std::env::var("USER").ok(),
+                };
+                backfill(&cfg, &req, json).await
+            }
             Command::Compact {
                 dataset,
                 all_partitions,
@@ -423,6 +469,65 @@ async fn validate(cfg: &Config) -> anyhow::Result<ExitCode> {
 }
 
 /// `--since`: `1h`-style durations back from now, or an RFC 3339 time; µs since the epoch.
+/// An RFC 3339 time or a UTC date, in µs since the epoch.
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_micros());
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_micros())
+        .ok_or_else(|| format!("`{s}` is neither an RFC 3339 time nor a date (YYYY-MM-DD)"))
+}
+
+async fn backfill(
+    cfg: &Config,
+    req: &pipeline::backfill::BackfillRequest,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} messages ({per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("backfill {}", req.dataset));
+    if json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let report = |p: pipeline::backfill::Progress| {
+        bar.set_length(p.total);
+        bar.set_position(p.read);
+    };
+    let outcome = pipeline::backfill::backfill(cfg, req, &report).await;
+    bar.finish_and_clear();
+    let o = outcome?;
+    if json {
+        println!("{}", serde_json::to_string(&o)?);
+    } else {
+        println!(
+            "{} {}: {} ({} partitions, {} messages read, {} rows written, {} files removed, {} added, version {}, {} attempts, {} ms)",
+            o.dataset,
+            o.request_id,
+            o.status,
+            o.partitions.len(),
+            o.messages_read,
+            o.rows_written,
+            o.files_removed,
+            o.files_added,
+            o.table_version.map_or("-".to_string(), |v| v.to_string()),
+            o.attempts,
+            o.duration_ms
+        );
+        for (reason, n) in &o.still_failing {
+            println!("  still failing: {reason:<16} {n}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn parse_since(s: &str) -> Result<i64, String> {
     if let Ok(d) = humantime::parse_duration(s) {
         let d = chrono::Duration::from_std(d).map_err(|e| e.to_string())?;

@@ -58,7 +58,41 @@ pub struct Config {
     pub audit: AuditConfig,
     pub compaction: CompactionConfig,
     pub vacuum: VacuumConfig,
+    pub backfill: BackfillConfig,
     pub datasets: Vec<DatasetConfig>,
+}
+
+/// Backfills (`[backfill]`): transactional replaces of time partitions rebuilt from Kafka.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillConfig {
+    /// How far before a range's start the replay begins reading Kafka: events are partitioned by their
+    /// source time, which is earlier than their Kafka time by the capture lag.
+    #[serde(default = "default_backfill_lookback", with = "humantime_serde_compat")]
+    pub lookback: Duration,
+    /// Longest range one request may replace.
+    #[serde(
+        default = "default_backfill_max_range",
+        with = "humantime_serde_compat"
+    )]
+    pub max_range: Duration,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        BackfillConfig {
+            lookback: default_backfill_lookback(),
+            max_range: default_backfill_max_range(),
+        }
+    }
+}
+
+fn default_backfill_lookback() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_backfill_max_range() -> Duration {
+    Duration::from_secs(31 * 24 * 3600)
 }
 
 /// Small-file compaction (`[compaction]`), in the background of `bronze run` and by `bronze compact`.
@@ -492,6 +526,8 @@ struct RawConfig {
     compaction: CompactionConfig,
     #[serde(default)]
     vacuum: VacuumConfig,
+    #[serde(default)]
+    backfill: BackfillConfig,
     /// Directory of schema files, relative to the config file.
     #[serde(default = "default_schema_dir")]
     schema_dir: String,
@@ -838,6 +874,7 @@ impl Config {
             audit,
             compaction: raw.compaction,
             vacuum: raw.vacuum,
+            backfill: raw.backfill,
             kafka: raw.kafka,
             storage: StorageConfig {
                 root,

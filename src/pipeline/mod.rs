@@ -6,6 +6,7 @@
 //! after it, seeks there and drops messages until it arrives. So a partition always resumes from the
 //! table, whatever the group offsets say.
 
+pub mod backfill;
 mod replay;
 pub mod review;
 mod state;

@@ -562,11 +562,6 @@ impl TableSink {
         metadata: Vec<(String, serde_json::Value)>,
         schema: Option<&Schema>,
     ) -> Result<Option<u64>, SinkError> {
-        let properties = CommitProperties::default()
-            .with_application_transactions(txns)
-            // Retrying is the caller's: it must re-verify its txn versions against every new version.
-            .with_max_retries(0)
-            .with_metadata(metadata);
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: None,
@@ -577,6 +572,66 @@ impl TableSink {
             None => Vec::new(),
         };
         actions.extend(adds.iter().cloned().map(Action::Add));
+        self.try_commit_actions(actions, txns, metadata, operation)
+            .await
+    }
+
+    /// Replace the files of some partitions: `removes` (every live file of them, from the loaded
+    /// snapshot) and `adds` in one commit (replaceWhere), `predicate` naming the partitions.
+    pub async fn try_commit_replace(
+        &mut self,
+        removes: Vec<deltalake::kernel::Remove>,
+        adds: &[Add],
+        txns: Vec<Transaction>,
+        metadata: Vec<(String, serde_json::Value)>,
+        predicate: String,
+    ) -> Result<Option<u64>, SinkError> {
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: None,
+            predicate: Some(predicate),
+        };
+        let actions = removes
+            .into_iter()
+            .map(Action::Remove)
+            .chain(adds.iter().cloned().map(Action::Add))
+            .collect();
+        self.try_commit_actions(actions, txns, metadata, operation)
+            .await
+    }
+
+    /// Every live file of the partitions `targets` (sorted partition values), as remove actions.
+    pub fn removes_in(
+        &self,
+        targets: &std::collections::BTreeSet<Vec<(String, Option<String>)>>,
+    ) -> Result<Vec<deltalake::kernel::Remove>, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .filter(|f| {
+                let mut values: Vec<(String, Option<String>)> =
+                    f.partition_values_map().into_iter().collect();
+                values.sort();
+                targets.contains(&values)
+            })
+            .map(|f| f.remove_action(true))
+            .collect())
+    }
+
+    /// One commit attempt against the loaded snapshot: `Ok(None)` when another commit came first.
+    async fn try_commit_actions(
+        &mut self,
+        actions: Vec<Action>,
+        txns: Vec<Transaction>,
+        metadata: Vec<(String, serde_json::Value)>,
+        operation: DeltaOperation,
+    ) -> Result<Option<u64>, SinkError> {
+        let properties = CommitProperties::default()
+            .with_application_transactions(txns)
+            // Retrying is the caller's: it must re-verify its txn versions against every new version.
+            .with_max_retries(0)
+            .with_metadata(metadata);
         let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
         let result = CommitBuilder::from(properties)
             .with_actions(actions)

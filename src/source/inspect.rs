@@ -1,11 +1,13 @@
-//! Read-only look at the topics for `bronze status`: partitions, watermarks and the timestamp of the
-//! first unread message, without joining the consumer group (a running `bronze run` is not disturbed).
+//! Read-only look at the topics, without joining the consumer group (a running `bronze run` is not
+//! disturbed): partitions, watermarks and the timestamp of the first unread message for `bronze status`;
+//! offsets by time and bounded reads of offset ranges for backfills.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::buffer::TopicPartition;
@@ -47,6 +49,90 @@ impl Inspector {
     /// Low and high watermark.
     pub fn watermarks(&self, tp: &TopicPartition) -> Result<(i64, i64), KafkaError> {
         self.consumer.fetch_watermarks(&tp.0, tp.1, REQUEST_TIMEOUT)
+    }
+
+    /// The first offset of each partition whose Kafka timestamp is at or after `time_ms`; the high
+    /// watermark where there is none.
+    pub fn offsets_at_time(
+        &self,
+        partitions: &[TopicPartition],
+        time_ms: i64,
+    ) -> Result<HashMap<TopicPartition, i64>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(time_ms))?;
+        }
+        let found = self.consumer.offsets_for_times(tpl, REQUEST_TIMEOUT)?;
+        let mut out = HashMap::new();
+        for e in found.elements() {
+            let tp = (e.topic().to_string(), e.partition());
+            let offset = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => self.watermarks(&tp)?.1,
+            };
+            out.insert(tp, offset);
+        }
+        Ok(out)
+    }
+
+    /// Start reading `[start, end)` of each partition; returns the partitions with something to read and
+    /// their end, for [`Inspector::read_ranges`].
+    pub fn start_ranges(
+        &self,
+        ranges: &[(TopicPartition, i64, i64)],
+    ) -> Result<HashMap<TopicPartition, i64>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for ((topic, partition), start, end) in ranges {
+            if start < end {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*start))?;
+                ends.insert((topic.clone(), *partition), *end);
+            }
+        }
+        self.consumer.assign(&tpl)?;
+        Ok(ends)
+    }
+
+    /// Hand up to `max` messages of the started ranges to `f`, in offset order per partition; a
+    /// partition leaves `ends` once its end is reached. Messages at or past a partition's end are not
+    /// handed on. Fails when nothing arrives for 30 s while ranges are unfinished.
+    pub fn read_ranges(
+        &self,
+        ends: &mut HashMap<TopicPartition, i64>,
+        max: usize,
+        mut f: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<usize, KafkaError> {
+        let mut read = 0;
+        let mut idle_since = Instant::now();
+        while !ends.is_empty() && read < max {
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    idle_since = Instant::now();
+                    let tp = (m.topic().to_string(), m.partition());
+                    let Some(end) = ends.get(&tp).copied() else {
+                        continue;
+                    };
+                    if m.offset() < end {
+                        f(&m);
+                        read += 1;
+                    }
+                    if m.offset() >= end - 1 {
+                        ends.remove(&tp);
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None if idle_since.elapsed() > Duration::from_secs(30) => {
+                    return Err(KafkaError::MessageConsumption(
+                        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                    ));
+                }
+                None => {}
+            }
+        }
+        if ends.is_empty() {
+            self.consumer.unassign()?;
+        }
+        Ok(read)
     }
 
     /// Kafka timestamp (ms) of the message at each given offset, for those that can be read within

@@ -1,0 +1,491 @@
+//! Backfills: rebuild the time partitions of a range from Kafka and swap them in with **one** Delta
+//! commit that removes every file of those partitions and adds the new ones (replaceWhere).
+//!
+//! What is rebuilt: for every source partition, the offsets the table already covers — from the first
+//! offset whose Kafka time is at or after the range start minus `backfill.lookback` (or the lowest offset
+//! found in the replaced partitions, if lower) up to the streaming position committed in the table (its
+//! `txn` version). The messages go through the same checks, decoding, contract and dedup as streaming;
+//! rows outside the replaced partitions are not written.
+//!
+//! Streaming into the same partitions meanwhile: the replace is committed against the snapshot whose
+//! positions it replayed up to. If any commit lands in between (a streaming append, another member), the
+//! commit fails, the table is re-read, the offsets streaming committed since are replayed as well, the
+//! file list to remove is taken again, and the commit is retried. Every row streaming committed is thus
+//! either replaced by its rebuilt copy or appended after the replace, never lost, never doubled (the
+//! retry strategy; streaming is not fenced). Rows still in the streaming buffers land after the replace.
+//!
+//! Idempotent: the commit carries a `txn` (app id `bronze-request:<request_id>`), so the same request
+//! again is a no-op unless forced (which rebuilds and bumps the txn version).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
+use deltalake::kernel::Transaction;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::{Admission, OwnedMessage, PipelineError, admit};
+use crate::buffer::{DatasetBuffer, TopicPartition};
+use crate::config::{Config, DatasetConfig, PartitionBy};
+use crate::sink::{self, SinkError, TableSink};
+use crate::source::Inspector;
+
+/// Sorted (column, value) pairs naming one table partition.
+pub type PartitionValues = Vec<(String, Option<String>)>;
+
+/// A request to rebuild the partitions of `[from_us, to_us)` (widened to whole partitions).
+#[derive(Debug, Clone)]
+pub struct BackfillRequest {
+    pub request_id: String,
+    pub dataset: String,
+    pub from_us: i64,
+    pub to_us: i64,
+    /// Run again even if this request id was already committed.
+    pub force: bool,
+    /// Replay and report, commit nothing.
+    pub dry_run: bool,
+    pub requested_by: Option<String>,
+}
+
+/// What a backfill did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct BackfillOutcome {
+    pub request_id: String,
+    pub dataset: String,
+    /// `succeeded`, `already_done` (the request id is in the table and not forced) or `dry_run`.
+    pub status: String,
+    pub partitions: Vec<String>,
+    pub messages_read: u64,
+    pub rows_written: usize,
+    pub duplicates_dropped: usize,
+    /// Rows of the replayed offsets that belong to other partitions (left as they are).
+    pub rows_outside: u64,
+    /// Messages that still cannot be ingested, by reason (their dead letters are already recorded).
+    pub still_failing: BTreeMap<String, u64>,
+    pub skipped: u64,
+    pub files_removed: usize,
+    pub files_added: usize,
+    pub table_version: Option<u64>,
+    /// Commit attempts (more than one when other commits came in between).
+    pub attempts: usize,
+    pub duration_ms: u64,
+}
+
+/// Progress of the replay: messages read of the offsets to read so far.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub read: u64,
+    pub total: u64,
+}
+
+/// Commit attempts before giving up (each replays only what streaming committed since the last one).
+const MAX_ATTEMPTS: usize = 50;
+/// Messages handed over per blocking read, between progress reports and buffer checks.
+const READ_CHUNK: usize = 5_000;
+
+/// The txn app id recording a request in a dataset's table.
+pub fn request_app_id(request_id: &str) -> String {
+    format!("bronze-request:{request_id}")
+}
+
+/// Why a request cannot run, before anything is read.
+pub fn check(cfg: &Config, req: &BackfillRequest) -> Result<(), String> {
+    let d = cfg
+        .datasets
+        .iter()
+        .find(|d| d.name == req.dataset)
+        .ok_or_else(|| format!("unknown dataset `{}`", req.dataset))?;
+    if req.request_id.trim().is_empty() {
+        return Err("request_id must not be empty".into());
+    }
+    if req.from_us >= req.to_us {
+        return Err("the range is empty or inverted (from must be before to)".into());
+    }
+    let span = std::time::Duration::from_micros((req.to_us - req.from_us) as u64);
+    if span > cfg.backfill.max_range {
+        return Err(format!(
+            "the range spans {}, more than backfill.max_range ({})",
+            humantime::format_duration(span),
+            humantime::format_duration(cfg.backfill.max_range)
+        ));
+    }
+    if d.partitioning.by == PartitionBy::None {
+        return Err(format!(
+            "dataset `{}` is not time-partitioned: there are no partitions to replace",
+            d.name
+        ));
+    }
+    Ok(())
+}
+
+/// The partitions of `by` that overlap `[from_us, to_us)`.
+pub fn partitions_between(by: PartitionBy, from_us: i64, to_us: i64) -> BTreeSet<PartitionValues> {
+    let step = match by {
+        PartitionBy::None => return BTreeSet::new(),
+        PartitionBy::Date => ChronoDuration::days(1),
+        PartitionBy::DateHour => ChronoDuration::hours(1),
+    };
+    let (Some(from), Some(to)) = (
+        DateTime::<Utc>::from_timestamp_micros(from_us),
+        DateTime::<Utc>::from_timestamp_micros(to_us),
+    ) else {
+        return BTreeSet::new();
+    };
+    let mut t = match by {
+        PartitionBy::DateHour => from
+            .with_minute(0)
+            .and_then(|t| t.with_second(0))
+            .and_then(|t| t.with_nanosecond(0)),
+        _ => from.date_naive().and_hms_opt(0, 0, 0).map(|t| t.and_utc()),
+    }
+    .unwrap_or(from);
+    let mut out = BTreeSet::new();
+    while t < to {
+        let mut values = vec![(
+            "event_date".to_string(),
+            Some(t.format("%Y-%m-%d").to_string()),
+        )];
+        if by == PartitionBy::DateHour {
+            values.push(("event_hour".to_string(), Some(format!("{:02}", t.hour()))));
+        }
+        out.insert(values);
+        t += step;
+    }
+    out
+}
+
+fn label(values: &PartitionValues) -> String {
+    values
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("null")))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The replace predicate recorded in the commit, e.g. `event_date IN ('2026-11-01', '2026-11-02')`.
+fn predicate(targets: &BTreeSet<PartitionValues>) -> String {
+    targets
+        .iter()
+        .map(|values| {
+            values
+                .iter()
+                .map(|(k, v)| format!("{k} = '{}'", v.as_deref().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        })
+        .map(|c| format!("({c})"))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// Lowest offset per source partition among the rows of the `targets` partitions.
+async fn lowest_offsets(
+    d: &DatasetConfig,
+    cfg: &Config,
+    targets: &BTreeSet<PartitionValues>,
+) -> Result<HashMap<TopicPartition, i64>, PipelineError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Int32Type, Int64Type};
+    use deltalake::datafusion::functions_aggregate::expr_fn::min;
+    use deltalake::datafusion::prelude::{Expr, col, lit};
+    let uri = &d.table_uri;
+    let Some(df) = sink::scan::frame(uri, &cfg.storage_options()).await? else {
+        return Ok(HashMap::new());
+    };
+    let q = |e| PipelineError::from(sink::scan::query_error(uri, e));
+    let filter = targets
+        .iter()
+        .map(|values| {
+            values
+                .iter()
+                .map(|(k, v)| col(k.as_str()).eq(lit(v.clone().unwrap_or_default())))
+                .reduce(Expr::and)
+                .unwrap_or(lit(false))
+        })
+        .reduce(Expr::or)
+        .unwrap_or(lit(false));
+    let batches = df
+        .filter(filter)
+        .and_then(|df| {
+            df.aggregate(
+                vec![col("_topic"), col("_partition")],
+                vec![min(col("_offset")).alias("low")],
+            )
+        })
+        .map_err(q)?
+        .collect()
+        .await
+        .map_err(q)?;
+    let mut out = HashMap::new();
+    for b in &batches {
+        let topics = sink::scan::column_as(uri, b, "_topic", &DataType::Utf8)?;
+        let parts = sink::scan::column_as(uri, b, "_partition", &DataType::Int32)?;
+        let low = sink::scan::column_as(uri, b, "low", &DataType::Int64)?;
+        let (topics, parts, low) = (
+            topics.as_string::<i32>(),
+            parts.as_primitive::<Int32Type>(),
+            low.as_primitive::<Int64Type>(),
+        );
+        for i in 0..b.num_rows() {
+            if !low.is_null(i) {
+                out.insert((topics.value(i).to_string(), parts.value(i)), low.value(i));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Run a backfill to its commit (or to its report, for a dry run).
+pub async fn backfill(
+    cfg: &Config,
+    req: &BackfillRequest,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<BackfillOutcome, PipelineError> {
+    check(cfg, req).map_err(PipelineError::Stopped)?;
+    let started = Instant::now();
+    let d = cfg
+        .datasets
+        .iter()
+        .find(|d| d.name == req.dataset)
+        .ok_or_else(|| PipelineError::Stopped(format!("unknown dataset `{}`", req.dataset)))?;
+    let (mut mapper, mut sink) = super::open_dataset(cfg, d).await?;
+    let targets = partitions_between(d.partitioning.by, req.from_us, req.to_us);
+    let mut out = BackfillOutcome {
+        request_id: req.request_id.clone(),
+        dataset: d.name.clone(),
+        partitions: targets.iter().map(label).collect(),
+        ..BackfillOutcome::default()
+    };
+    let app_id = request_app_id(&req.request_id);
+    sink.refresh().await?;
+    let done = sink.committed_offset(&app_id).await?;
+    if done.is_some() && !req.force {
+        out.status = "already_done".into();
+        out.table_version = sink.version();
+        return Ok(out);
+    }
+    let txn_version = done.unwrap_or(0) + 1;
+
+    let inspector = tokio::task::block_in_place(|| Inspector::new(cfg))?;
+    let tps = tokio::task::block_in_place(|| inspector.partitions(&d.topics))?;
+    let first_start_us = targets
+        .first()
+        .and_then(|v| v.first())
+        .and_then(|(_, date)| date.as_deref())
+        .and_then(|date| chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok())
+        .and_then(|date| date.and_hms_opt(0, 0, 0))
+        .map_or(req.from_us, |t| t.and_utc().timestamp_micros());
+    let read_from_ms = (first_start_us / 1000)
+        - i64::try_from(cfg.backfill.lookback.as_millis()).unwrap_or(i64::MAX / 2);
+    let by_time =
+        tokio::task::block_in_place(|| inspector.offsets_at_time(&tps, read_from_ms.max(0)))?;
+    let lowest = lowest_offsets(d, cfg, &targets).await?;
+    let mut cursor: HashMap<TopicPartition, i64> = tps
+        .iter()
+        .map(|tp| {
+            let t = by_time.get(tp).copied().unwrap_or(0);
+            let low = lowest.get(tp).copied().unwrap_or(t);
+            (tp.clone(), t.min(low))
+        })
+        .collect();
+
+    let pcols = mapper.partition_columns();
+    let mut buffer = DatasetBuffer::new(
+        mapper.contract().table_schema(pcols),
+        mapper.contract().columns.len(),
+        pcols.len(),
+    );
+    let mut adds = Vec::new();
+    let mut total = 0u64;
+    for attempt in 1..=MAX_ATTEMPTS {
+        out.attempts = attempt;
+        sink.refresh().await?;
+        // Up to what the table covers now: the streaming positions in this snapshot.
+        let mut ranges = Vec::new();
+        for tp in &tps {
+            let end = sink
+                .committed_offset(&sink::app_id(&cfg.kafka.group_id, &tp.0, tp.1))
+                .await?
+                .map_or(0, |v| v + 1);
+            let start = cursor.get(tp).copied().unwrap_or(end);
+            if end > start {
+                total += (end - start) as u64;
+                ranges.push((tp.clone(), start, end));
+            }
+            cursor.insert(tp.clone(), end.max(start));
+        }
+        let mut ends = tokio::task::block_in_place(|| inspector.start_ranges(&ranges))?;
+        while !ends.is_empty() {
+            let now = Instant::now();
+            tokio::task::block_in_place(|| {
+                inspector.read_ranges(&mut ends, READ_CHUNK, |m| {
+                    out.messages_read += 1;
+                    let m = OwnedMessage::from(m);
+                    match admit(d, &mut mapper, &m) {
+                        Admission::Row(row)
+                            if targets.contains(&sorted(&row.partition_values, pcols)) =>
+                        {
+                            super::sync_columns(&mapper, &mut buffer);
+                            buffer.push(&m.topic, m.partition, *row, now);
+                        }
+                        Admission::Row(_) => out.rows_outside += 1,
+                        Admission::Skip(_) => out.skipped += 1,
+                        Admission::Reject(r) => {
+                            *out.still_failing.entry(r.reason.to_string()).or_default() += 1
+                        }
+                    }
+                })
+            })?;
+            progress(Progress {
+                read: out.messages_read,
+                total,
+            });
+            if buffer.bytes() >= d.flush.max_bytes {
+                write_chunk(&mut buffer, &sink, &mut adds, &mut out).await?;
+            }
+        }
+        write_chunk(&mut buffer, &sink, &mut adds, &mut out).await?;
+        let removes = sink.removes_in(&targets)?;
+        // Every new file must belong to a replaced partition: anything else would be added without
+        // its partition's old files being removed.
+        if let Some(stray) = adds.iter().find(|a| {
+            let mut v: PartitionValues = a.partition_values.clone().into_iter().collect();
+            v.sort();
+            !targets.contains(&v)
+        }) {
+            sink.discard_files(&adds).await;
+            return Err(PipelineError::Stopped(format!(
+                "backfill `{}`: file {} lies outside the replaced partitions; nothing committed",
+                req.request_id, stray.path
+            )));
+        }
+        out.files_removed = removes.len();
+        out.files_added = adds.len();
+        if req.dry_run {
+            sink.discard_files(&adds).await;
+            out.status = "dry_run".into();
+            out.duration_ms = started.elapsed().as_millis() as u64;
+            return Ok(out);
+        }
+        let txn = Transaction::new_with_last_update(
+            app_id.clone(),
+            txn_version,
+            Some(Utc::now().timestamp_millis()),
+        );
+        let metadata = vec![(
+            "bronze".to_string(),
+            serde_json::json!({
+                "kind": "backfill",
+                "request_id": req.request_id,
+                "requested_by": req.requested_by,
+                "dataset": d.name,
+                "partitions": out.partitions,
+                "rows_in": out.messages_read,
+                "rows_written": out.rows_written,
+                "rows_deduplicated": out.duplicates_dropped,
+                "attempt": attempt,
+            }),
+        )];
+        match sink
+            .try_commit_replace(removes, &adds, vec![txn], metadata, predicate(&targets))
+            .await
+        {
+            Ok(Some(version)) => {
+                out.status = "succeeded".into();
+                out.table_version = Some(version);
+                out.duration_ms = started.elapsed().as_millis() as u64;
+                info!(request_id = %req.request_id, dataset = %d.name, version, rows = out.rows_written,
+                    files_removed = out.files_removed, files_added = out.files_added, attempts = attempt,
+                    ms = out.duration_ms, "backfill committed");
+                metrics::counter!("bronze_backfills_total", "dataset" => d.name.clone(), "status" => "succeeded")
+                    .increment(1);
+                metrics::counter!("bronze_backfill_rows_total", "dataset" => d.name.clone())
+                    .increment(out.rows_written as u64);
+                return Ok(out);
+            }
+            Ok(None) => {
+                warn!(request_id = %req.request_id, attempt,
+                    "the table moved during the backfill; replaying what was committed since and retrying");
+            }
+            Err(e) => {
+                sink.discard_files(&adds).await;
+                return Err(e.into());
+            }
+        }
+    }
+    sink.discard_files(&adds).await;
+    Err(PipelineError::Sink(Box::new(SinkError::TooManyConflicts {
+        uri: d.table_uri.clone(),
+        attempts: MAX_ATTEMPTS,
+    })))
+}
+
+/// A row's partition values in the table's sorted form.
+fn sorted(values: &[String], columns: &[&str]) -> PartitionValues {
+    let mut v: PartitionValues = columns
+        .iter()
+        .zip(values)
+        .map(|(c, v)| (c.to_string(), Some(v.clone())))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Write what the buffer holds as Parquet files (not committed yet).
+async fn write_chunk(
+    buffer: &mut DatasetBuffer,
+    sink: &TableSink,
+    adds: &mut Vec<deltalake::kernel::Add>,
+    out: &mut BackfillOutcome,
+) -> Result<(), PipelineError> {
+    let batch_id = uuid::Uuid::now_v7().to_string();
+    let Some(batch) = buffer
+        .take(&batch_id)
+        .map_err(|e| PipelineError::Stopped(format!("cannot build the backfill batch: {e}")))?
+    else {
+        return Ok(());
+    };
+    out.rows_written += batch.rows();
+    out.duplicates_dropped += batch.duplicates_dropped;
+    adds.extend(sink.write_files(&batch.batches).await?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us(s: &str) -> i64 {
+        DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
+    }
+
+    #[test]
+    fn ranges_widen_to_the_partitions_they_touch() {
+        let days = partitions_between(
+            PartitionBy::Date,
+            us("2026-11-01T10:00:00Z"),
+            us("2026-11-03T00:00:00Z"),
+        );
+        let labels: Vec<String> = days.iter().map(label).collect();
+        assert_eq!(labels, ["event_date=2026-11-01", "event_date=2026-11-02"]);
+        let hours = partitions_between(
+            PartitionBy::DateHour,
+            us("2026-11-01T22:30:00Z"),
+            us("2026-11-02T00:00:01Z"),
+        );
+        let labels: Vec<String> = hours.iter().map(label).collect();
+        assert_eq!(
+            labels,
+            [
+                "event_date=2026-11-01/event_hour=22",
+                "event_date=2026-11-01/event_hour=23",
+                "event_date=2026-11-02/event_hour=00"
+            ]
+        );
+        assert_eq!(
+            predicate(&days),
+            "(event_date = '2026-11-01') OR (event_date = '2026-11-02')"
+        );
+    }
+}
