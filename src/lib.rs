@@ -5,12 +5,14 @@
 //! coercion, metadata) → [`buffer`] (Arrow micro-batches, dedup) → [`sink`] (Parquet + Delta commit with
 //! offsets). [`pipeline`] runs that loop; [`config`] and [`contract`] describe what to run;
 //! [`observability`] installs logs and metrics; [`audit`] keeps the ledger of runs and commits;
-//! [`maintenance`] compacts and vacuums the tables.
+//! [`maintenance`] compacts and vacuums the tables; [`control`] runs backfill and maintenance requests
+//! posted on the control topic.
 
 pub mod audit;
 pub mod buffer;
 pub mod config;
 pub mod contract;
+pub mod control;
 pub mod decode;
 pub mod maintenance;
 pub mod observability;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use bronze::audit::RunsFilter;
 use bronze::config::Config;
 use bronze::contract::{ColumnType, Contract};
+use bronze::control::request::{Kind, Request};
 use bronze::observability::LogFormat;
 use bronze::pipeline::{self, RunOptions};
 use bronze::sink::dead_letters::{self, DeadLetterFilter};
@@ -121,6 +122,9 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// Post the request on the control topic and follow its status, instead of running it here.
+        #[arg(long)]
+        submit: bool,
     },
     /// Rewrite small files into files of `compaction.target_file_bytes` (dataChange=false), per
     /// partition; by default only sealed time partitions (ended `compaction.sealed_after` ago).
@@ -138,6 +142,9 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// Post the request on the control topic (needs --dataset) and follow its status.
+        #[arg(long)]
+        submit: bool,
     },
     /// Delete files the tables removed longer ago than the retention (never below
     /// `vacuum.min_retention`).
@@ -153,6 +160,9 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// Post the request on the control topic (needs --dataset) and follow its status.
+        #[arg(long)]
+        submit: bool,
     },
     /// Print version, files, rows and partitions of every dataset's table.
     Summary {
@@ -307,6 +317,7 @@ fn main() -> ExitCode {
                 force,
                 dry_run,
                 json,
+                submit,
                 ..
             } => {
                 let req = pipeline::backfill::BackfillRequest {
@@ -319,22 +330,56 @@ fn main() -> ExitCode {
                     dry_run,
                     requested_by: std::env::var("USER").ok(),
                 };
-                backfill(&cfg, &req, json).await
+                if submit {
+                    let r = control_request(&req.dataset, Kind::Backfill, |r| {
+                        r.request_id = req.request_id.clone();
+                        r.range = Some((req.from_us, req.to_us));
+                        r.force = force;
+                        r.dry_run = dry_run;
+                    });
+                    submit_request(&cfg, &r, json).await
+                } else {
+                    backfill(&cfg, &req, json).await
+                }
             }
             Command::Compact {
                 dataset,
                 all_partitions,
                 dry_run,
                 json,
+                submit,
                 ..
-            } => compact(&cfg, dataset.as_deref(), all_partitions, dry_run, json).await,
+            } => {
+                if submit {
+                    let d = dataset.context("--submit needs --dataset")?;
+                    let r = control_request(&d, Kind::Compact, |r| {
+                        r.all_partitions = all_partitions;
+                        r.dry_run = dry_run;
+                    });
+                    submit_request(&cfg, &r, json).await
+                } else {
+                    compact(&cfg, dataset.as_deref(), all_partitions, dry_run, json).await
+                }
+            }
             Command::Vacuum {
                 dataset,
                 retention,
                 dry_run,
                 json,
+                submit,
                 ..
-            } => vacuum(&cfg, dataset.as_deref(), retention, dry_run, json).await,
+            } => {
+                if submit {
+                    let d = dataset.context("--submit needs --dataset")?;
+                    let r = control_request(&d, Kind::Vacuum, |r| {
+                        r.retention = retention;
+                        r.dry_run = dry_run;
+                    });
+                    submit_request(&cfg, &r, json).await
+                } else {
+                    vacuum(&cfg, dataset.as_deref(), retention, dry_run, json).await
+                }
+            }
             Command::Runs {
                 dataset,
                 since,
@@ -471,14 +516,77 @@ async fn validate(cfg: &Config) -> anyhow::Result<ExitCode> {
 /// `--since`: `1h`-style durations back from now, or an RFC 3339 time; µs since the epoch.
 /// An RFC 3339 time or a UTC date, in µs since the epoch.
 fn parse_time(s: &str) -> Result<i64, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.timestamp_micros());
-    }
-    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc().timestamp_micros())
+    bronze::control::request::parse_time(s)
         .ok_or_else(|| format!("`{s}` is neither an RFC 3339 time nor a date (YYYY-MM-DD)"))
+}
+
+/// A control request of `kind` for `dataset`, with a new id unless `fill` sets one.
+fn control_request(dataset: &str, kind: Kind, fill: impl FnOnce(&mut Request)) -> Request {
+    let mut r = Request {
+        request_id: format!("cli-{}", uuid::Uuid::now_v7()),
+        dataset: dataset.to_string(),
+        kind,
+        range: None,
+        force: false,
+        dry_run: false,
+        retention: None,
+        all_partitions: false,
+        requested_by: std::env::var("USER").ok(),
+        fingerprint: String::new(),
+    };
+    fill(&mut r);
+    r
+}
+
+/// Post a request on the control topic and wait for its outcome, with a progress bar.
+async fn submit_request(cfg: &Config, r: &Request, json: bool) -> anyhow::Result<ExitCode> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_message(format!("{} {}: submitted", r.kind.as_str(), r.request_id));
+    let on_status = |s: &bronze::control::Status| {
+        bar.set_message(format!(
+            "{} {}: {}",
+            r.kind.as_str(),
+            r.request_id,
+            s.status
+        ));
+        if let Some((read, total)) = s.progress {
+            bar.set_length(total);
+            bar.set_position(read);
+        }
+    };
+    let last = bronze::control::submit(cfg, r, &on_status).await;
+    bar.finish_and_clear();
+    let last = last?;
+    if json {
+        println!("{}", serde_json::to_string(&last)?);
+    } else {
+        println!(
+            "{} {}: {}{}{}",
+            r.kind.as_str(),
+            r.request_id,
+            last.status,
+            if last.no_op { " (no-op)" } else { "" },
+            last.reason
+                .as_ref()
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default()
+        );
+        if let Some(result) = &last.result {
+            println!("  {result}");
+        }
+    }
+    Ok(if last.status == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn backfill(

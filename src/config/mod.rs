@@ -59,7 +59,18 @@ pub struct Config {
     pub compaction: CompactionConfig,
     pub vacuum: VacuumConfig,
     pub backfill: BackfillConfig,
+    /// Requests on Kafka (`[control]`); off when absent.
+    pub control: Option<ControlConfig>,
     pub datasets: Vec<DatasetConfig>,
+}
+
+/// The control topic (`[control]`): backfill, compaction and vacuum requests as JSON messages, and
+/// the status of every request on a status topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    pub topic: String,
+    pub status_topic: String,
 }
 
 /// Backfills (`[backfill]`): transactional replaces of time partitions rebuilt from Kafka.
@@ -528,6 +539,8 @@ struct RawConfig {
     vacuum: VacuumConfig,
     #[serde(default)]
     backfill: BackfillConfig,
+    #[serde(default)]
+    control: Option<ControlConfig>,
     /// Directory of schema files, relative to the config file.
     #[serde(default = "default_schema_dir")]
     schema_dir: String,
@@ -777,6 +790,28 @@ impl Config {
                 redelivery_window: d.redelivery_window,
             });
         }
+        if let Some(c) = &raw.control {
+            if c.topic.is_empty() || c.status_topic.is_empty() || c.topic == c.status_topic {
+                return Err(ConfigError::invalid(
+                    file,
+                    "control",
+                    "`topic` and `status_topic` must be two different, non-empty topics",
+                ));
+            }
+            if let Some(d) = datasets
+                .iter()
+                .find(|d| d.topics.matches(&c.topic) || d.topics.matches(&c.status_topic))
+            {
+                return Err(ConfigError::invalid(
+                    file,
+                    "control",
+                    format!(
+                        "the control topics must not be source topics (`{}` reads one)",
+                        d.name
+                    ),
+                ));
+            }
+        }
         // A dead-letter topic read as a source would feed dead letters back into the pipeline.
         for a in &datasets {
             if let Some(t) = &a.dead_letters.topic
@@ -875,6 +910,7 @@ impl Config {
             compaction: raw.compaction,
             vacuum: raw.vacuum,
             backfill: raw.backfill,
+            control: raw.control,
             kafka: raw.kafka,
             storage: StorageConfig {
                 root,

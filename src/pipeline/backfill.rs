@@ -368,6 +368,7 @@ pub async fn backfill(
             out.duration_ms = started.elapsed().as_millis() as u64;
             return Ok(out);
         }
+        crate::sink::failpoint("backfill_before_commit");
         let txn = Transaction::new_with_last_update(
             app_id.clone(),
             txn_version,

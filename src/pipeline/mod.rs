@@ -166,6 +166,7 @@ pub async fn run(
     };
     let publishers = dead_letter_publishers(&cfg)?;
     let compaction = crate::maintenance::spawn_background(cfg.clone());
+    let control = crate::control::spawn(cfg.clone(), run_id.clone());
     info!(run_id = %run_id, datasets = datasets.len(), "bronze run started");
     metrics::gauge!("bronze_memory_budget_bytes").set(cfg.memory.budget_bytes as f64);
     metrics::gauge!("bronze_up").set(1.0);
@@ -194,6 +195,10 @@ pub async fn run(
         p.close(AUDIT_CLOSE_TIMEOUT).await;
     }
     if let Some(c) = compaction {
+        c.abort();
+    }
+    // A request cut short is not committed on the control topic: the next owner resumes it.
+    if let Some(c) = control {
         c.abort();
     }
     let summary = run.summary();

@@ -1,0 +1,338 @@
+//! Requests on the control topic: parsing and validation, each rejection with a code and a reason.
+//! The contract is documented in `schemas/control/request.schema.json`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, PartitionBy};
+use crate::pipeline::backfill::BackfillRequest;
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Backfill,
+    Extract,
+    Compact,
+    Vacuum,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Backfill => "backfill",
+            Kind::Extract => "extract",
+            Kind::Compact => "compact",
+            Kind::Vacuum => "vacuum",
+        }
+    }
+}
+
+/// A validated request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub request_id: String,
+    pub dataset: String,
+    pub kind: Kind,
+    /// `[from, to)` in µs since the epoch (backfill, extract).
+    pub range: Option<(i64, i64)>,
+    pub force: bool,
+    pub dry_run: bool,
+    /// Vacuum: files removed longer ago than this go (default `vacuum.retention`).
+    pub retention: Option<Duration>,
+    /// Compact: also partitions that are not sealed yet.
+    pub all_partitions: bool,
+    pub requested_by: Option<String>,
+    /// What the request asks, without its id and `force`: a second request under the same id must ask
+    /// the same thing.
+    pub fingerprint: String,
+}
+
+impl Request {
+    pub fn backfill(&self) -> BackfillRequest {
+        let (from_us, to_us) = self.range.unwrap_or_default();
+        BackfillRequest {
+            request_id: self.request_id.clone(),
+            dataset: self.dataset.clone(),
+            from_us,
+            to_us,
+            force: self.force,
+            dry_run: self.dry_run,
+            requested_by: self.requested_by.clone(),
+        }
+    }
+}
+
+/// Why a request is not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub request_id: Option<String>,
+    pub dataset: Option<String>,
+    /// Stable code: `bad_json`, `missing_id`, `unknown_kind`, `unknown_dataset`, `missing_range`,
+    /// `bad_range`, `inverted_range`, `range_too_large`, `not_partitioned`, `unknown_source`,
+    /// `source_not_configured`, `bad_option`, `duplicate_id`.
+    pub code: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+struct RawRequest {
+    request_id: Option<String>,
+    dataset: Option<String>,
+    kind: Option<String>,
+    range: Option<RawRange>,
+    source: Option<String>,
+    #[serde(default)]
+    options: RawOptions,
+    requested_by: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+struct RawRange {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+struct RawOptions {
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    dry_run: bool,
+    retention: Option<String>,
+    #[serde(default)]
+    all_partitions: bool,
+}
+
+/// An RFC 3339 time or a UTC date (`YYYY-MM-DD`), in µs since the epoch.
+pub fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_micros());
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()?
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc().timestamp_micros())
+}
+
+/// Parse and validate one control message.
+pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
+    let raw: RawRequest = serde_json::from_slice(bytes).map_err(|e| Rejection {
+        request_id: None,
+        dataset: None,
+        code: "bad_json",
+        reason: format!("not a JSON request object: {e}"),
+    })?;
+    let reject = |code: &'static str, reason: String| Rejection {
+        request_id: raw.request_id.clone(),
+        dataset: raw.dataset.clone(),
+        code,
+        reason,
+    };
+    let request_id = match raw.request_id.as_deref().map(str::trim) {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => {
+            return Err(reject(
+                "missing_id",
+                "`request_id` is missing or empty".into(),
+            ));
+        }
+    };
+    let kind = match raw.kind.as_deref() {
+        Some("backfill") => Kind::Backfill,
+        Some("extract") => Kind::Extract,
+        Some("compact") => Kind::Compact,
+        Some("vacuum") => Kind::Vacuum,
+        other => {
+            return Err(reject(
+                "unknown_kind",
+                format!("`kind` is {other:?}; expected backfill, extract, compact or vacuum"),
+            ));
+        }
+    };
+    let dataset = raw.dataset.clone().unwrap_or_default();
+    let Some(d) = cfg.datasets.iter().find(|d| d.name == dataset) else {
+        return Err(reject(
+            "unknown_dataset",
+            format!("unknown dataset `{dataset}`"),
+        ));
+    };
+    let source = raw.source.as_deref().unwrap_or(match kind {
+        Kind::Extract => "postgres",
+        _ => "kafka",
+    });
+    match (kind, source) {
+        (Kind::Backfill, "kafka") | (Kind::Compact | Kind::Vacuum, _) => {}
+        (Kind::Backfill | Kind::Extract, "postgres") => {
+            return Err(reject(
+                "source_not_configured",
+                format!("dataset `{dataset}` has no database source configured"),
+            ));
+        }
+        (_, other) => {
+            return Err(reject(
+                "unknown_source",
+                format!("`source` is `{other}`; expected kafka or postgres"),
+            ));
+        }
+    }
+    let range = match (kind, &raw.range) {
+        (Kind::Backfill | Kind::Extract, None) => {
+            return Err(reject(
+                "missing_range",
+                "a backfill needs `range` with `from` and `to`".into(),
+            ));
+        }
+        (_, None) => None,
+        (_, Some(r)) => {
+            let time = |name: &str, v: &Option<String>| {
+                v.as_deref().and_then(parse_time).ok_or_else(|| {
+                    reject(
+                        "bad_range",
+                        format!("`range.{name}` is {v:?}, not an RFC 3339 time or a date"),
+                    )
+                })
+            };
+            let (from, to) = (time("from", &r.from)?, time("to", &r.to)?);
+            if from >= to {
+                return Err(reject(
+                    "inverted_range",
+                    "`range.from` must be before `range.to`".into(),
+                ));
+            }
+            let span = Duration::from_micros((to - from) as u64);
+            if span > cfg.backfill.max_range {
+                return Err(reject(
+                    "range_too_large",
+                    format!(
+                        "the range spans {}, more than backfill.max_range ({})",
+                        humantime::format_duration(span),
+                        humantime::format_duration(cfg.backfill.max_range)
+                    ),
+                ));
+            }
+            Some((from, to))
+        }
+    };
+    if kind == Kind::Backfill && d.partitioning.by == PartitionBy::None {
+        return Err(reject(
+            "not_partitioned",
+            format!(
+                "dataset `{dataset}` is not time-partitioned: there are no partitions to replace"
+            ),
+        ));
+    }
+    let retention = match &raw.options.retention {
+        Some(r) => Some(
+            humantime::parse_duration(r)
+                .map_err(|e| reject("bad_option", format!("`options.retention` `{r}`: {e}")))?,
+        ),
+        None => None,
+    };
+    let fingerprint = serde_json::json!({
+        "dataset": dataset, "kind": kind.as_str(), "range": range, "source": source,
+        "dry_run": raw.options.dry_run, "retention_s": retention.map(|r| r.as_secs()),
+        "all_partitions": raw.options.all_partitions,
+    })
+    .to_string();
+    Ok(Request {
+        request_id,
+        dataset,
+        kind,
+        range,
+        force: raw.options.force,
+        dry_run: raw.options.dry_run,
+        retention,
+        all_partitions: raw.options.all_partitions,
+        requested_by: raw.requested_by.clone(),
+        fingerprint,
+    })
+}
+
+/// The JSON message for a request (what `bronze ... --submit` posts).
+pub fn to_json(r: &Request) -> serde_json::Value {
+    let time = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default()
+    };
+    serde_json::to_value(RawRequest {
+        request_id: Some(r.request_id.clone()),
+        dataset: Some(r.dataset.clone()),
+        kind: Some(r.kind.as_str().to_string()),
+        range: r.range.map(|(from, to)| RawRange {
+            from: Some(time(from)),
+            to: Some(time(to)),
+        }),
+        source: (r.kind == Kind::Backfill).then(|| "kafka".to_string()),
+        options: RawOptions {
+            force: r.force,
+            dry_run: r.dry_run,
+            retention: r
+                .retention
+                .map(|d| humantime::format_duration(d).to_string()),
+            all_partitions: r.all_partitions,
+        },
+        requested_by: r.requested_by.clone(),
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("orders.toml"),
+            "[[columns]]\nname = \"id\"\ntype = \"int64\"\n",
+        )
+        .unwrap();
+        let text = format!(
+            "schema_dir = \"{}\"\n[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\ngroup_id = \"g\"\n[storage]\nroot = \"{}\"\n\
+             [[datasets]]\nname = \"orders\"\ntopics = [\"shop.orders\"]\nformat = \"debezium-json\"\nschema = \"orders.toml\"\n\
+             partitioning = {{ by = \"date\" }}\n",
+            dir.path().display(),
+            dir.path().join("lake").display()
+        );
+        let file = dir.path().join("bronze.toml");
+        std::fs::write(&file, text).unwrap();
+        let cfg = Config::load(&file).unwrap();
+        (dir, cfg)
+    }
+
+    #[test]
+    fn the_documented_examples_are_valid_requests() {
+        let (_dir, cfg) = config();
+        let examples =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/control/examples");
+        let mut parsed = 0;
+        for entry in std::fs::read_dir(examples).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("status-") {
+                continue;
+            }
+            let r = parse(&cfg, &std::fs::read(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            // What `--submit` posts parses back to the same request.
+            let again = parse(&cfg, to_json(&r).to_string().as_bytes()).unwrap();
+            assert_eq!(again, r, "{name}");
+            parsed += 1;
+        }
+        assert_eq!(parsed, 4);
+    }
+
+    #[test]
+    fn the_rerun_of_a_request_keeps_its_fingerprint() {
+        let (_dir, cfg) = config();
+        let first = parse(&cfg, br#"{"request_id": "a", "dataset": "orders", "kind": "backfill", "range": {"from": "2026-11-01", "to": "2026-11-02"}}"#).unwrap();
+        let forced = parse(&cfg, br#"{"request_id": "a", "dataset": "orders", "kind": "backfill", "range": {"from": "2026-11-01T00:00:00Z", "to": "2026-11-02"}, "options": {"force": true}}"#).unwrap();
+        assert!(forced.force);
+        assert_eq!(first.fingerprint, forced.fingerprint);
+        let other = parse(&cfg, br#"{"request_id": "a", "dataset": "orders", "kind": "backfill", "range": {"from": "2026-11-01", "to": "2026-11-03"}}"#).unwrap();
+        assert_ne!(first.fingerprint, other.fingerprint);
+    }
+}
