@@ -13,6 +13,9 @@ command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 # promtool checks and unit-tests the alert rules; the server scrapes bronze in an integration test.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# Database extracts are tested against a real PostgreSQL server.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 if ((${#need[@]})); then
   echo "setup.sh: installing ${need[*]}" >&2
   apt-get update -qq >&2

@@ -126,6 +126,33 @@ enum Command {
         #[arg(long)]
         submit: bool,
     },
+    /// Rebuild a dataset's partitions from its Postgres source (one consistent snapshot, parallel
+    /// ranges) and replace them in one commit: a time range, incremental (from the stored high
+    /// watermark minus `lookback`; the default) or --full.
+    Extract {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        dataset: String,
+        #[arg(long, value_parser = parse_time, requires = "to")]
+        from: Option<i64>,
+        #[arg(long, value_parser = parse_time, requires = "from")]
+        to: Option<i64>,
+        /// Replace the whole table.
+        #[arg(long, conflicts_with = "from")]
+        full: bool,
+        #[arg(long)]
+        request_id: Option<String>,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        /// Post the request on the control topic and follow its status.
+        #[arg(long)]
+        submit: bool,
+    },
     /// Rewrite small files into files of `compaction.target_file_bytes` (dataChange=false), per
     /// partition; by default only sealed time partitions (ended `compaction.sealed_after` ago).
     Compact {
@@ -270,6 +297,7 @@ fn main() -> ExitCode {
         | Command::Runs { config, .. }
         | Command::Compact { config, .. }
         | Command::Backfill { config, .. }
+        | Command::Extract { config, .. }
         | Command::Vacuum { config, .. }
         | Command::Summary { config, .. } => config.clone(),
         Command::Dlq {
@@ -340,6 +368,38 @@ fn main() -> ExitCode {
                     submit_request(&cfg, &r, json).await
                 } else {
                     backfill(&cfg, &req, json).await
+                }
+            }
+            Command::Extract {
+                dataset,
+                from,
+                to,
+                full,
+                request_id,
+                force,
+                dry_run,
+                json,
+                submit,
+                ..
+            } => {
+                let r = control_request(&dataset, Kind::Extract, |r| {
+                    if let Some(id) = request_id {
+                        r.request_id = id;
+                    }
+                    r.range = from.zip(to);
+                    r.extract_mode = match (r.range, full) {
+                        (Some(_), _) => None,
+                        (None, true) => Some("full".into()),
+                        (None, false) => Some("incremental".into()),
+                    };
+                    r.source = "postgres".into();
+                    r.force = force;
+                    r.dry_run = dry_run;
+                });
+                if submit {
+                    submit_request(&cfg, &r, json).await
+                } else {
+                    extract(&cfg, &r, json).await
                 }
             }
             Command::Compact {
@@ -532,10 +592,55 @@ fn control_request(dataset: &str, kind: Kind, fill: impl FnOnce(&mut Request)) -
         retention: None,
         all_partitions: false,
         requested_by: std::env::var("USER").ok(),
+        source: "kafka".to_string(),
+        extract_mode: None,
         fingerprint: String::new(),
     };
     fill(&mut r);
     r
+}
+
+async fn extract(cfg: &Config, r: &Request, json: bool) -> anyhow::Result<ExitCode> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} rows ({per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("extract {}", r.dataset));
+    if json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let report = |read: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(read);
+    };
+    let outcome = pipeline::extract::extract(cfg, &r.extract(), &report).await;
+    bar.finish_and_clear();
+    let o = outcome?;
+    if json {
+        println!("{}", serde_json::to_string(&o)?);
+    } else {
+        println!(
+            "{} {}: {} ({}, {} ranges, {} rows read, {} written, {} files removed, {} added, version {}, {} ms)",
+            o.dataset,
+            o.request_id,
+            o.status,
+            o.mode,
+            o.ranges,
+            o.rows_read,
+            o.rows_written,
+            o.files_removed,
+            o.files_added,
+            o.table_version.map_or("-".to_string(), |v| v.to_string()),
+            o.duration_ms
+        );
+        for (reason, n) in &o.still_failing {
+            println!("  not written: {reason:<16} {n}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Post a request on the control topic and wait for its outcome, with a progress bar.

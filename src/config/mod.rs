@@ -443,6 +443,37 @@ pub struct DatasetConfig {
     /// How many recently committed source events (key + source position) are remembered to drop exact
     /// redeliveries in later flushes; 0 turns it off.
     pub redelivery_window: usize,
+    /// A database the dataset can be extracted from (`bronze extract`, `extract` requests).
+    pub extract: Option<ExtractConfig>,
+}
+
+/// `[datasets.extract]`: a Postgres query the dataset's partitions can be rebuilt from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractConfig {
+    /// `postgresql://user@host:port/db` (secrets via `${env:VAR}`).
+    pub dsn: String,
+    /// The rows, e.g. `SELECT * FROM public.accounts`; bronze wraps it with the range predicates, which
+    /// Postgres pushes down into it.
+    pub query: String,
+    /// Source column the time range applies to (a timestamp or timestamptz).
+    pub time_column: String,
+    /// Integer source column the range is split on for parallel reads.
+    pub split_column: String,
+    /// Parallel connections (ranges of `split_column`), all reading one exported snapshot.
+    #[serde(default = "default_parallelism")]
+    pub max_parallelism: usize,
+    /// Incremental extracts start this long before the stored high watermark, to pick up late rows.
+    #[serde(default = "default_extract_lookback", with = "humantime_serde_compat")]
+    pub lookback: Duration,
+}
+
+fn default_parallelism() -> usize {
+    4
+}
+
+fn default_extract_lookback() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// `dead_letters = { ... }` of a dataset.
@@ -583,6 +614,8 @@ struct RawDataset {
     dead_letters: RawDeadLetters,
     #[serde(default = "default_redelivery_window")]
     redelivery_window: usize,
+    #[serde(default)]
+    extract: Option<ExtractConfig>,
 }
 
 fn default_redelivery_window() -> usize {
@@ -715,11 +748,22 @@ impl Config {
                     format!("dataset `{}` is defined twice", d.name),
                 ));
             }
+            if let Some(x) = &d.extract
+                && !(1..=64).contains(&x.max_parallelism)
+            {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("extract.max_parallelism"),
+                    "must be between 1 and 64",
+                ));
+            }
             let topics = match (d.topics.is_empty(), d.topic_pattern) {
                 (false, None) => TopicSelector::Names(d.topics),
                 (true, Some(p)) => TopicSelector::Pattern(regex::Regex::new(&p).map_err(|e| {
                     ConfigError::invalid(file, key("topic_pattern"), e.to_string())
                 })?),
+                // Extract-only datasets read no topic.
+                (true, None) if d.extract.is_some() => TopicSelector::Names(Vec::new()),
                 (true, None) => {
                     return Err(ConfigError::invalid(
                         file,
@@ -788,6 +832,7 @@ impl Config {
                     topic: d.dead_letters.topic,
                 },
                 redelivery_window: d.redelivery_window,
+                extract: d.extract,
             });
         }
         if let Some(c) = &raw.control {

@@ -304,6 +304,30 @@ async fn execute(
         .iter()
         .find(|d| d.name == req.dataset)
         .ok_or_else(|| format!("unknown dataset `{}`", req.dataset))?;
+    if req.is_extract() {
+        let (tx, mut rx) = tokio::sync::watch::channel(None::<(u64, u64)>);
+        let report = move |read: u64, total: u64| {
+            let _ = tx.send(Some((read, total)));
+        };
+        let forward = async {
+            while rx.changed().await.is_ok() {
+                let current = *rx.borrow();
+                let mut s = status_of(req, "running");
+                s.progress = current;
+                publisher.send(s).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        let run = async {
+            let out = crate::pipeline::extract::extract(cfg, &req.extract(), &report).await;
+            drop(report);
+            out
+        };
+        let (out, ()) = tokio::join!(run, forward);
+        let out = out.map_err(|e| e.to_string())?;
+        let no_op = out.status == "already_done";
+        return Ok((serde_json::to_value(&out).unwrap_or_default(), no_op));
+    }
     match req.kind {
         Kind::Backfill => {
             // Progress goes out at most every second, from the replay's callbacks.
@@ -353,7 +377,7 @@ async fn execute(
                 .map_err(|e| e.to_string())?;
             Ok((serde_json::to_value(&out).unwrap_or_default(), false))
         }
-        Kind::Extract => Err("database extracts are not supported yet".into()),
+        Kind::Extract => Err("an extract without a database source".into()),
     }
 }
 

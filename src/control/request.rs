@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PartitionBy};
 use crate::pipeline::backfill::BackfillRequest;
+use crate::pipeline::extract::{ExtractMode, ExtractRequest};
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,6 +44,10 @@ pub struct Request {
     pub retention: Option<Duration>,
     /// Compact: also partitions that are not sealed yet.
     pub all_partitions: bool,
+    /// Backfill / extract: `kafka` or `postgres` (the dataset's extract source).
+    pub source: String,
+    /// Extract without a range: `incremental` (default) or `full`.
+    pub extract_mode: Option<String>,
     pub requested_by: Option<String>,
     /// What the request asks, without its id and `force`: a second request under the same id must ask
     /// the same thing.
@@ -50,6 +55,27 @@ pub struct Request {
 }
 
 impl Request {
+    /// Backfills from a database and extracts run as extracts.
+    pub fn is_extract(&self) -> bool {
+        self.kind == Kind::Extract || self.source == "postgres"
+    }
+
+    pub fn extract(&self) -> ExtractRequest {
+        let mode = match (self.range, self.extract_mode.as_deref()) {
+            (Some((from_us, to_us)), _) => ExtractMode::Range { from_us, to_us },
+            (None, Some("full")) => ExtractMode::Full,
+            (None, _) => ExtractMode::Incremental,
+        };
+        ExtractRequest {
+            request_id: self.request_id.clone(),
+            dataset: self.dataset.clone(),
+            mode,
+            force: self.force,
+            dry_run: self.dry_run,
+            requested_by: self.requested_by.clone(),
+        }
+    }
+
     pub fn backfill(&self) -> BackfillRequest {
         let (from_us, to_us) = self.range.unwrap_or_default();
         BackfillRequest {
@@ -103,6 +129,7 @@ struct RawOptions {
     retention: Option<String>,
     #[serde(default)]
     all_partitions: bool,
+    mode: Option<String>,
 }
 
 /// An RFC 3339 time or a UTC date (`YYYY-MM-DD`), in µs since the epoch.
@@ -164,6 +191,7 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
     });
     match (kind, source) {
         (Kind::Backfill, "kafka") | (Kind::Compact | Kind::Vacuum, _) => {}
+        (Kind::Backfill | Kind::Extract, "postgres") if d.extract.is_some() => {}
         (Kind::Backfill | Kind::Extract, "postgres") => {
             return Err(reject(
                 "source_not_configured",
@@ -178,7 +206,7 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
         }
     }
     let range = match (kind, &raw.range) {
-        (Kind::Backfill | Kind::Extract, None) => {
+        (Kind::Backfill, None) => {
             return Err(reject(
                 "missing_range",
                 "a backfill needs `range` with `from` and `to`".into(),
@@ -215,7 +243,22 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
             Some((from, to))
         }
     };
-    if kind == Kind::Backfill && d.partitioning.by == PartitionBy::None {
+    let extract_mode = match raw.options.mode.as_deref() {
+        None if kind == Kind::Extract && range.is_none() => Some("incremental".to_string()),
+        None => None,
+        Some(m @ ("incremental" | "full")) if kind == Kind::Extract && range.is_none() => {
+            Some(m.to_string())
+        }
+        Some(m) => {
+            return Err(reject(
+                "bad_option",
+                format!(
+                    "`options.mode` `{m}` applies to extracts without a range: incremental or full"
+                ),
+            ));
+        }
+    };
+    if (kind == Kind::Backfill || range.is_some()) && d.partitioning.by == PartitionBy::None {
         return Err(reject(
             "not_partitioned",
             format!(
@@ -233,7 +276,7 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
     let fingerprint = serde_json::json!({
         "dataset": dataset, "kind": kind.as_str(), "range": range, "source": source,
         "dry_run": raw.options.dry_run, "retention_s": retention.map(|r| r.as_secs()),
-        "all_partitions": raw.options.all_partitions,
+        "all_partitions": raw.options.all_partitions, "mode": extract_mode,
     })
     .to_string();
     Ok(Request {
@@ -245,6 +288,8 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
         dry_run: raw.options.dry_run,
         retention,
         all_partitions: raw.options.all_partitions,
+        source: source.to_string(),
+        extract_mode,
         requested_by: raw.requested_by.clone(),
         fingerprint,
     })
@@ -265,7 +310,7 @@ pub fn to_json(r: &Request) -> serde_json::Value {
             from: Some(time(from)),
             to: Some(time(to)),
         }),
-        source: (r.kind == Kind::Backfill).then(|| "kafka".to_string()),
+        source: matches!(r.kind, Kind::Backfill | Kind::Extract).then(|| r.source.clone()),
         options: RawOptions {
             force: r.force,
             dry_run: r.dry_run,
@@ -273,6 +318,7 @@ pub fn to_json(r: &Request) -> serde_json::Value {
                 .retention
                 .map(|d| humantime::format_duration(d).to_string()),
             all_partitions: r.all_partitions,
+            mode: r.extract_mode.clone(),
         },
         requested_by: r.requested_by.clone(),
     })

@@ -155,7 +155,7 @@ pub fn partitions_between(by: PartitionBy, from_us: i64, to_us: i64) -> BTreeSet
     out
 }
 
-fn label(values: &PartitionValues) -> String {
+pub(super) fn label(values: &PartitionValues) -> String {
     values
         .iter()
         .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("null")))
@@ -164,7 +164,7 @@ fn label(values: &PartitionValues) -> String {
 }
 
 /// The replace predicate recorded in the commit, e.g. `event_date IN ('2026-11-01', '2026-11-02')`.
-fn predicate(targets: &BTreeSet<PartitionValues>) -> String {
+pub(super) fn predicate(targets: &BTreeSet<PartitionValues>) -> String {
     targets
         .iter()
         .map(|values| {
@@ -297,6 +297,7 @@ pub async fn backfill(
         pcols.len(),
     );
     let mut adds = Vec::new();
+    let mut counts = (0usize, 0usize);
     let mut total = 0u64;
     for attempt in 1..=MAX_ATTEMPTS {
         out.attempts = attempt;
@@ -342,10 +343,11 @@ pub async fn backfill(
                 total,
             });
             if buffer.bytes() >= d.flush.max_bytes {
-                write_chunk(&mut buffer, &sink, &mut adds, &mut out).await?;
+                write_chunk(&mut buffer, &sink, &mut adds, &mut counts).await?;
             }
         }
-        write_chunk(&mut buffer, &sink, &mut adds, &mut out).await?;
+        write_chunk(&mut buffer, &sink, &mut adds, &mut counts).await?;
+        (out.rows_written, out.duplicates_dropped) = counts;
         let removes = sink.removes_in(&targets)?;
         // Every new file must belong to a replaced partition: anything else would be added without
         // its partition's old files being removed.
@@ -423,7 +425,7 @@ pub async fn backfill(
 }
 
 /// A row's partition values in the table's sorted form.
-fn sorted(values: &[String], columns: &[&str]) -> PartitionValues {
+pub(super) fn sorted(values: &[String], columns: &[&str]) -> PartitionValues {
     let mut v: PartitionValues = columns
         .iter()
         .zip(values)
@@ -434,11 +436,11 @@ fn sorted(values: &[String], columns: &[&str]) -> PartitionValues {
 }
 
 /// Write what the buffer holds as Parquet files (not committed yet).
-async fn write_chunk(
+pub(super) async fn write_chunk(
     buffer: &mut DatasetBuffer,
     sink: &TableSink,
     adds: &mut Vec<deltalake::kernel::Add>,
-    out: &mut BackfillOutcome,
+    counts: &mut (usize, usize),
 ) -> Result<(), PipelineError> {
     let batch_id = uuid::Uuid::now_v7().to_string();
     let Some(batch) = buffer
@@ -447,8 +449,8 @@ async fn write_chunk(
     else {
         return Ok(());
     };
-    out.rows_written += batch.rows();
-    out.duplicates_dropped += batch.duplicates_dropped;
+    counts.0 += batch.rows();
+    counts.1 += batch.duplicates_dropped;
     adds.extend(sink.write_files(&batch.batches).await?);
     Ok(())
 }

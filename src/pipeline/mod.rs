@@ -7,6 +7,7 @@
 //! table, whatever the group offsets say.
 
 pub mod backfill;
+pub mod extract;
 mod replay;
 pub mod review;
 mod state;

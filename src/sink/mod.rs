@@ -605,6 +605,14 @@ impl TableSink {
         &self,
         targets: &std::collections::BTreeSet<Vec<(String, Option<String>)>>,
     ) -> Result<Vec<deltalake::kernel::Remove>, SinkError> {
+        self.removes_where(|values| targets.contains(values))
+    }
+
+    /// Every live file whose sorted partition values satisfy `replaced`, as remove actions.
+    pub fn removes_where(
+        &self,
+        replaced: impl Fn(&Vec<(String, Option<String>)>) -> bool,
+    ) -> Result<Vec<deltalake::kernel::Remove>, SinkError> {
         let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
         Ok(snapshot
             .log_data()
@@ -613,7 +621,7 @@ impl TableSink {
                 let mut values: Vec<(String, Option<String>)> =
                     f.partition_values_map().into_iter().collect();
                 values.sort();
-                targets.contains(&values)
+                replaced(&values)
             })
             .map(|f| f.remove_action(true))
             .collect())

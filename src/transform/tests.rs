@@ -40,6 +40,7 @@ fn dataset() -> DatasetConfig {
             topic: None,
         },
         redelivery_window: 0,
+        extract: None,
     }
 }
 
