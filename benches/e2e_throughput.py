@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--bin", default=os.environ.get("BRONZE_BIN"))
     ap.add_argument("--ceilings", default=os.environ.get("BRONZE_CEILINGS_BIN"),
                     help="the ceilings program (cargo build --example ceilings); skipped when absent")
+    ap.add_argument("--maintenance", action="store_true",
+                    help="also time a backfill, a compaction and a Postgres extract of the same size")
     args = ap.parse_args()
     n = 20_000 if args.smoke else args.events
     rng = random.Random(42)
@@ -118,6 +120,92 @@ def main() -> None:
     print(f"  files                                      {len(files):8d}  mean {sum(sizes) / len(sizes) / 1e6:.2f} MB")
     if args.ceilings:
         ceilings(args.ceilings, cfg, n, work, n / ingest, mb)
+    if args.maintenance:
+        maintenance(args.bin, cfg, topic, n, work, base_ms)
+
+
+def run_json(binary: str, cfg: Path, *args: str) -> dict:
+    out = subprocess.run([binary, *args, "--config", str(cfg), "--json"], capture_output=True, text=True,
+                         env=dict(os.environ, RUST_LOG="warn"))
+    if out.returncode != 0:
+        sys.exit(f"bronze {args[0]} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+EXTRACT_CONTRACT = """
+[[columns]]
+name = "id"
+type = "int64"
+nullable = false
+[[columns]]
+name = "customer_id"
+type = "int64"
+[[columns]]
+name = "status"
+type = "string"
+[[columns]]
+name = "amount"
+type = "decimal"
+precision = 12
+scale = 2
+[[columns]]
+name = "email"
+type = "string"
+[[columns]]
+name = "updated_at"
+type = "timestamp"
+"""
+
+
+def maintenance(binary: str, cfg: Path, topic: str, n: int, work: Path, base_ms: int) -> None:
+    """Backfill rows/s (Kafka replay + replace commit), compaction MB/s and files before/after, Postgres
+    extract rows/s (4 parallel ranges of one snapshot), on this run's data size."""
+    first = datetime.utcfromtimestamp(base_ms / 1000).strftime("%Y-%m-%d")
+    last = datetime.utcfromtimestamp((base_ms + n * 7) / 1000 + 86_400).strftime("%Y-%m-%d")
+    t0 = time.time()
+    b = run_json(binary, cfg, "backfill", "--dataset", "orders", "--from", first, "--to", last)
+    wall = time.time() - t0
+    print(f"  backfill from Kafka (replay + one replace commit)")
+    print(f"    {b['messages_read']} messages read, {b['rows_written']} rows written in {wall:.2f} s"
+          f" -> {b['rows_written'] / wall:10.0f} rows/s; {b['files_removed']} files replaced by {b['files_added']}")
+
+    # Compaction: the same topic into a table with small flushes, then compacted.
+    small = work / "small"
+    dataset = {"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": f'"{SCHEMA}"',
+               "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
+    scfg = h.write_config(small, group=h.unique("bench-small"), root=str(small / "lake"), datasets=[dataset],
+                          flush_age="5s", max_rows=max(n // 200, 1000), budget=512 * 1024 * 1024)
+    subprocess.run([binary, "run", "--until-caught-up", "--config", str(scfg)], check=True, capture_output=True,
+                   env=dict(os.environ, RUST_LOG="warn"))
+    t0 = time.time()
+    c = run_json(binary, scfg, "compact", "--all-partitions")
+    wall = time.time() - t0
+    print(f"  compaction: {c['files_before']} files -> {c['files_after']}, {c['bytes_rewritten'] / 1e6:.1f} MB"
+          f" rewritten in {wall:.2f} s -> {c['bytes_rewritten'] / 1e6 / wall:7.1f} MB/s")
+
+    # Postgres extract of n rows.
+    from harness.postgres import running_postgres
+    with running_postgres() as pg:
+        pg.sql(f"""CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status text, amount numeric(12,2),
+                                         email text, updated_at timestamptz NOT NULL);
+                   INSERT INTO orders SELECT i, i % 200000, (ARRAY['new','paid','shipped'])[1 + i % 3],
+                          (i % 500000) / 100.0, 'user' || i || '@example.com',
+                          timestamptz '2026-01-01 00:00:00+00' + (i % 86400) * interval '1 second'
+                   FROM generate_series(1, {n}) i;""")
+        ework = work / "extract"
+        ework.mkdir()
+        (ework / "orders.toml").write_text(EXTRACT_CONTRACT)
+        ds = {"name": '"pg_orders"', "format": '"debezium-json"', "schema": f'"{ework / "orders.toml"}"',
+              "key_columns": '["id"]', "ordering_column": '"_offset"',
+              "partitioning": '{ by = "date", time_column = "updated_at" }',
+              "extract": f'{{ dsn = "{pg.dsn}", query = "SELECT * FROM orders", time_column = "updated_at", '
+                         f'split_column = "id", max_parallelism = 4 }}'}
+        ecfg = h.write_config(ework, group=h.unique("bench-extract"), root=str(ework / "lake"), datasets=[ds])
+        t0 = time.time()
+        e = run_json(binary, ecfg, "extract", "--dataset", "pg_orders", "--full")
+        wall = time.time() - t0
+        print(f"  Postgres extract ({e['ranges']} parallel ranges, one snapshot): {e['rows_written']} rows in"
+              f" {wall:.2f} s -> {e['rows_written'] / wall:10.0f} rows/s")
 
 
 def ceilings(binary: str, cfg: Path, n: int, work: Path, bronze_rate: float, mb: float) -> None:

@@ -72,52 +72,10 @@ def s3(tmp_path_factory):
                 os.environ[k] = v
 
 
-class Postgres:
-    """A throwaway PostgreSQL server (Debian's packages) and a psql runner for it."""
-
-    def __init__(self, port: int, bin_dir: Path, as_user: list[str]):
-        self.port = port
-        self.bin_dir = bin_dir
-        self.as_user = as_user
-        self.dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-
-    def sql(self, text: str) -> str:
-        """Run `text` with psql (one session, stop at the first error); the output, unaligned."""
-        out = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", self.dsn],
-                             input=text, capture_output=True, text=True, timeout=300)
-        if out.returncode != 0:
-            raise AssertionError(f"psql failed: {out.stderr}")
-        return out.stdout
-
-    def session(self) -> subprocess.Popen:
-        """A psql session fed through its stdin, for concurrent writers."""
-        return subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.dsn], stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.fixture(scope="module")
 def postgres():
     """PostgreSQL from Debian's `postgresql` package (scripts/setup.sh installs it), in a fresh data
-    directory on a free port. initdb refuses root, so as root it runs as the `postgres` user."""
-    import getpass
-    import shutil
-    import tempfile
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    assert bins, "PostgreSQL server binaries missing: run scripts/setup.sh"
-    bin_dir = bins[-1].parent
-    as_user = ["runuser", "-u", "postgres", "--"] if getpass.getuser() == "root" else []
-    data = Path(tempfile.mkdtemp(prefix="bronze-pg-"))
-    if as_user:
-        shutil.chown(data, "postgres")
-    port = harness.free_port()
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data / "db"), "-U", "postgres", "-A", "trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w",
-                    "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield Postgres(port, bin_dir, as_user)
-    finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"],
-                       capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+    directory on a free port."""
+    from harness.postgres import running_postgres
+    with running_postgres() as pg:
+        yield pg

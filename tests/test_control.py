@@ -121,6 +121,16 @@ def test_requests_on_the_control_topic(tmp_path):
     finally:
         assert h.stop(proc) == 0
 
+    # Every finished request is in the audit ledger too.
+    requests = [r for r in h.ledger(str(root)) if r["kind"] == "request"]
+    by_id = {}
+    for r in requests:
+        by_id.setdefault(r["request_id"], []).append(r)
+    assert [r["status"] for r in by_id["good-1"]].count("succeeded") == 2
+    assert json.loads(next(r for r in by_id["good-1"] if r["detail"])["detail"])["rows_written"] == 300
+    assert sum(r["status"] == "rejected" for r in requests) == len(bad) + 1
+    assert all(r["error"] for r in requests if r["status"] == "rejected")
+
     # A request whose member dies before finishing is resumed by the next run, not forgotten.
     crash = h.start_bronze(cfg, env={"BRONZE_FAILPOINT": "backfill_before_commit"}, log=tmp_path / "b.log")
     post(control, backfill_request("crash-1", range={"from": DAYS[0], "to": DAYS[2]}))

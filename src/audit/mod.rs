@@ -197,6 +197,26 @@ impl AuditRecord {
         r
     }
 
+    /// The outcome of a control request: `status` is `succeeded`, `failed` or `rejected`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn request(
+        run_id: &str,
+        request_id: &str,
+        dataset: Option<&str>,
+        status: &str,
+        kind: Option<&str>,
+        reason: Option<&str>,
+        result: Option<&serde_json::Value>,
+    ) -> Self {
+        let mut r = Self::event("request", status, run_id);
+        r.request_id = Some(request_id.to_string());
+        r.dataset = dataset.map(str::to_string);
+        r.operation = kind.map(str::to_string);
+        r.error = reason.map(str::to_string);
+        r.detail = result.map(|v| v.to_string());
+        r
+    }
+
     /// A batch dropped because another group member had committed its offsets first.
     pub fn batch_dropped(run_id: &str, dataset: &str, batch_id: &str, rows: usize) -> Self {
         let mut r = Self::event("batch_dropped", "failed", run_id);
@@ -438,6 +458,18 @@ pub struct AuditHandle {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Records events into the ledger of a running `bronze run` (see [`AuditHandle::recorder`]).
+#[derive(Clone)]
+pub struct AuditRecorder {
+    tx: mpsc::UnboundedSender<AuditRecord>,
+}
+
+impl AuditRecorder {
+    pub fn record(&self, record: AuditRecord) {
+        let _ = self.tx.send(record);
+    }
+}
+
 /// Events kept while the ledger cannot be written; beyond this the oldest are dropped (and counted).
 const MAX_HELD_EVENTS: usize = 10_000;
 
@@ -483,6 +515,14 @@ impl AuditHandle {
     pub fn record(&self, record: AuditRecord) {
         // The task only ends after `close`, so a send cannot fail before it.
         let _ = self.tx.send(record);
+    }
+
+    /// A handle for another task to record events with. It must be dropped before [`AuditHandle::close`]
+    /// can finish.
+    pub fn recorder(&self) -> AuditRecorder {
+        AuditRecorder {
+            tx: self.tx.clone(),
+        }
     }
 
     /// Write what is pending (events and commits) and stop, waiting at most `timeout`.

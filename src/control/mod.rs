@@ -23,6 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::audit::{AuditRecord, AuditRecorder};
 use crate::config::{Config, ControlConfig};
 use crate::maintenance::{self, Scope};
 use crate::pipeline::backfill;
@@ -175,13 +176,17 @@ fn rejected(r: &Rejection) -> Status {
     }
 }
 
-/// The control handler of `bronze run`: runs until aborted.
-pub fn spawn(cfg: Config, run_id: String) -> Option<tokio::task::JoinHandle<()>> {
+/// The control handler of `bronze run`: runs until aborted. Final statuses also go to the audit ledger.
+pub fn spawn(
+    cfg: Config,
+    run_id: String,
+    audit: Option<AuditRecorder>,
+) -> Option<tokio::task::JoinHandle<()>> {
     let control = cfg.control.clone()?;
     Some(tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
         loop {
-            if let Err(e) = handle(&cfg, &control, &run_id).await {
+            if let Err(e) = handle(&cfg, &control, &run_id, audit.as_ref()).await {
                 metrics::counter!("bronze_control_errors_total").increment(1);
                 warn!(error = %e, retry_in = ?backoff, "control topic handler failed; restarting it");
                 tokio::time::sleep(backoff).await;
@@ -191,7 +196,12 @@ pub fn spawn(cfg: Config, run_id: String) -> Option<tokio::task::JoinHandle<()>>
     }))
 }
 
-async fn handle(cfg: &Config, control: &ControlConfig, run_id: &str) -> Result<(), KafkaError> {
+async fn handle(
+    cfg: &Config,
+    control: &ControlConfig,
+    run_id: &str,
+    audit: Option<&AuditRecorder>,
+) -> Result<(), KafkaError> {
     let consumer: StreamConsumer = crate::source::connection_config(cfg)
         .set("group.id", format!("{}.control", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
@@ -215,6 +225,17 @@ async fn handle(cfg: &Config, control: &ControlConfig, run_id: &str) -> Result<(
         let m = consumer.recv().await?;
         let payload = m.payload().unwrap_or_default().to_vec();
         let last = run_request(cfg, &publisher, &statuses, &payload).await;
+        if let Some(a) = audit {
+            a.record(AuditRecord::request(
+                run_id,
+                &last.request_id,
+                last.dataset.as_deref(),
+                &last.status,
+                last.kind.as_deref(),
+                last.reason.as_deref(),
+                last.result.as_ref(),
+            ));
+        }
         remember(&mut statuses, last);
         consumer.commit_message(&m, CommitMode::Sync)?;
     }

@@ -167,7 +167,11 @@ pub async fn run(
     };
     let publishers = dead_letter_publishers(&cfg)?;
     let compaction = crate::maintenance::spawn_background(cfg.clone());
-    let control = crate::control::spawn(cfg.clone(), run_id.clone());
+    let control = crate::control::spawn(
+        cfg.clone(),
+        run_id.clone(),
+        audit.as_ref().map(AuditHandle::recorder),
+    );
     info!(run_id = %run_id, datasets = datasets.len(), "bronze run started");
     metrics::gauge!("bronze_memory_budget_bytes").set(cfg.memory.budget_bytes as f64);
     metrics::gauge!("bronze_up").set(1.0);
@@ -201,6 +205,8 @@ pub async fn run(
     // A request cut short is not committed on the control topic: the next owner resumes it.
     if let Some(c) = control {
         c.abort();
+        // Its ledger recorder must be gone before the ledger's last write can finish.
+        let _ = c.await;
     }
     let summary = run.summary();
     if let Some(audit) = run.audit.take() {
