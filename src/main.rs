@@ -574,6 +574,20 @@ async fn validate(cfg: &Config) -> anyhow::Result<ExitCode> {
 }
 
 /// `--since`: `1h`-style durations back from now, or an RFC 3339 time; µs since the epoch.
+/// A progress bar on stderr (hidden with --json, and by indicatif when stderr is not a terminal).
+fn progress_bar(template: &str, message: String, hidden: bool) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(message);
+    if hidden {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
 /// An RFC 3339 time or a UTC date, in µs since the epoch.
 fn parse_time(s: &str) -> Result<i64, String> {
     bronze::control::request::parse_time(s)
@@ -601,17 +615,11 @@ fn control_request(dataset: &str, kind: Kind, fill: impl FnOnce(&mut Request)) -
 }
 
 async fn extract(cfg: &Config, r: &Request, json: bool) -> anyhow::Result<ExitCode> {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:30}] {pos}/{len} rows ({per_sec}, {eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = progress_bar(
+        "{spinner} {msg} [{bar:30}] {pos}/{len} rows ({per_sec}, {eta})",
+        format!("extract {}", r.dataset),
+        json,
     );
-    bar.set_message(format!("extract {}", r.dataset));
-    if json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
     let report = |read: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(read);
@@ -645,15 +653,11 @@ async fn extract(cfg: &Config, r: &Request, json: bool) -> anyhow::Result<ExitCo
 
 /// Post a request on the control topic and wait for its outcome, with a progress bar.
 async fn submit_request(cfg: &Config, r: &Request, json: bool) -> anyhow::Result<ExitCode> {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = progress_bar(
+        "{spinner} {msg} [{bar:30}] {pos}/{len}",
+        format!("{} {}: submitted", r.kind.as_str(), r.request_id),
+        json,
     );
-    if json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar.set_message(format!("{} {}: submitted", r.kind.as_str(), r.request_id));
     let on_status = |s: &bronze::control::Status| {
         bar.set_message(format!(
             "{} {}: {}",
@@ -699,17 +703,11 @@ async fn backfill(
     req: &pipeline::backfill::BackfillRequest,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:30}] {pos}/{len} messages ({per_sec}, {eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = progress_bar(
+        "{spinner} {msg} [{bar:30}] {pos}/{len} messages ({per_sec}, {eta})",
+        format!("backfill {}", req.dataset),
+        json,
     );
-    bar.set_message(format!("backfill {}", req.dataset));
-    if json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
     let report = |p: pipeline::backfill::Progress| {
         bar.set_length(p.total);
         bar.set_position(p.read);

@@ -349,17 +349,11 @@ pub async fn backfill(
         write_chunk(&mut buffer, &sink, &mut adds, &mut counts).await?;
         (out.rows_written, out.duplicates_dropped) = counts;
         let removes = sink.removes_in(&targets)?;
-        // Every new file must belong to a replaced partition: anything else would be added without
-        // its partition's old files being removed.
-        if let Some(stray) = adds.iter().find(|a| {
-            let mut v: PartitionValues = a.partition_values.clone().into_iter().collect();
-            v.sort();
-            !targets.contains(&v)
-        }) {
+        if let Some(stray) = stray_file(&adds, |v| targets.contains(v)) {
             sink.discard_files(&adds).await;
             return Err(PipelineError::Stopped(format!(
-                "backfill `{}`: file {} lies outside the replaced partitions; nothing committed",
-                req.request_id, stray.path
+                "backfill `{}`: file {stray} lies outside the replaced partitions; nothing committed",
+                req.request_id
             )));
         }
         out.files_removed = removes.len();
@@ -422,6 +416,21 @@ pub async fn backfill(
         uri: d.table_uri.clone(),
         attempts: MAX_ATTEMPTS,
     })))
+}
+
+/// The first new file outside the replaced partitions, if any. Such a file would be added without its
+/// partition's old files being removed, doubling their rows: a replace must not commit it.
+pub(super) fn stray_file(
+    adds: &[deltalake::kernel::Add],
+    replaced: impl Fn(&PartitionValues) -> bool,
+) -> Option<String> {
+    adds.iter()
+        .find(|a| {
+            let mut v: PartitionValues = a.partition_values.clone().into_iter().collect();
+            v.sort();
+            !replaced(&v)
+        })
+        .map(|a| a.path.clone())
 }
 
 /// A row's partition values in the table's sorted form.

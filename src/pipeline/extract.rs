@@ -26,7 +26,8 @@ use tracing::{info, warn};
 
 use super::PipelineError;
 use super::backfill::{
-    PartitionValues, label, partitions_between, predicate, request_app_id, sorted, write_chunk,
+    PartitionValues, label, partitions_between, predicate, request_app_id, sorted, stray_file,
+    write_chunk,
 };
 use crate::buffer::DatasetBuffer;
 use crate::config::{Config, DatasetConfig, ExtractConfig};
@@ -379,16 +380,11 @@ pub async fn extract(
         (None, _) => first.as_ref().is_none_or(|f| v >= f),
     };
     let removes = sink.removes_where(replaced)?;
-    // Every new file must lie in a replaced partition, or its rows would double those already there.
-    if let Some(stray) = adds.iter().find(|a| {
-        let mut v: PartitionValues = a.partition_values.clone().into_iter().collect();
-        v.sort();
-        !replaced(&v)
-    }) {
+    if let Some(stray) = stray_file(&adds, replaced) {
         sink.discard_files(&adds).await;
         return Err(PipelineError::Stopped(format!(
-            "extract `{}`: file {} lies outside the replaced partitions (is the partition time column the extract's time column?); nothing committed",
-            req.request_id, stray.path
+            "extract `{}`: file {stray} lies outside the replaced partitions (is the partition time column the extract's time column?); nothing committed",
+            req.request_id
         )));
     }
     out.files_removed = removes.len();
