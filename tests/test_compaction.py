@@ -142,6 +142,7 @@ def test_background_compaction_meets_live_appends_without_failed_commits(tmp_pat
     metrics = h.scrape(f"http://127.0.0.1:{port}/metrics")
     assert h.metric(metrics, "bronze_commit_errors_total", dataset="events") == 0
     assert h.metric(metrics, "bronze_compaction_files_removed_total", dataset="events") > 0
+    assert "bronze_table_small_files" in metrics
     assert h.stop(proc) == 0
     rows = h.stored_offsets(str(table))
     assert len(rows) == len(set(rows)) == len(produced), "a row was lost or doubled"

@@ -139,3 +139,36 @@ def test_incremental_extracts_follow_the_source(tmp_path, postgres):
     assert watermarks == sorted(watermarks) and len(set(watermarks)) == 3
     txns = [c for c in h.delta_history(uri) if c.get("bronze", {}).get("kind") == "extract"]
     assert len(txns) == 3
+
+
+def test_extract_requests_on_the_control_topic(tmp_path, postgres):
+    postgres.sql("""
+        CREATE TABLE orders_src (id bigint PRIMARY KEY, name text, balance numeric(18,2), seq bigint,
+                                 updated_at timestamptz NOT NULL);
+        INSERT INTO orders_src SELECT i, 'o', i, 1, now() FROM generate_series(1, 300) i;
+    """)
+    (tmp_path / "orders.toml").write_text(ACCOUNTS)
+    control, status, stream = h.unique("ext.requests"), h.unique("ext.status"), h.unique("ext.stream")
+    h.create_topics({control: 1, status: 1, stream: 1})
+    root = tmp_path / "lake"
+    streamed = {"name": '"streamed"', "topics": f'["{stream}"]', "format": '"debezium-json"',
+                "schema": f'"{tmp_path / "orders.toml"}"'}
+    cfg = h.write_config(tmp_path, group=h.unique("extctl"), root=str(root),
+                         extra=f'[control]\ntopic = "{control}"\nstatus_topic = "{status}"\n',
+                         datasets=[streamed, dataset("orders", tmp_path / "orders.toml", postgres.dsn, "orders_src")])
+    from test_control import final, post
+    proc = h.start_bronze(cfg, log=tmp_path / "bronze.log")
+    try:
+        post(control, {"request_id": "ext-1", "dataset": "orders", "kind": "extract",
+                       "options": {"mode": "full"}, "requested_by": "test"})
+        steps = final(status, "ext-1")
+        assert steps[-1]["status"] == "succeeded", steps
+        assert steps[-1]["result"]["rows_written"] == 300 and steps[-1]["result"]["mode"] == "full"
+        postgres.sql("INSERT INTO orders_src SELECT i, 'n', i, 2, now() FROM generate_series(301, 350) i;")
+        out = json.loads(h.run_bronze(cfg, "extract", "--dataset", "orders", "--submit", "--json").stdout)
+        assert out["status"] == "succeeded" and out["result"]["mode"] == "incremental", out
+        post(control, {"request_id": "ext-bad", "dataset": "streamed", "kind": "extract"})
+        assert final(status, "ext-bad")[-1]["code"] == "source_not_configured"
+    finally:
+        assert h.stop(proc) == 0
+    assert h.read_polars(str(root / "orders")).height == 350

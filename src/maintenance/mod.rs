@@ -174,8 +174,16 @@ pub async fn compact(
     metrics::counter!("bronze_compaction_files_added_total", &labels).increment(report.files_added);
     metrics::counter!("bronze_compaction_bytes_rewritten_total", &labels)
         .increment(report.bytes_rewritten);
+    // What is left small after this run (each rewritten bin may leave one small file behind).
+    if let Ok(Some(after)) = TableSink::existing(&d.table_uri, &options).await
+        && let Ok(files) = after.files_by_partition()
+    {
+        let small = files.values().flatten().filter(|s| **s < target).count();
+        metrics::gauge!("bronze_table_small_files", &labels).set(small as f64);
+        metrics::gauge!("bronze_table_files", &labels)
+            .set(files.values().map(Vec::len).sum::<usize>() as f64);
+    }
     if report.files_removed > 0 {
-        metrics::gauge!("bronze_table_files", &labels).set(report.files_after as f64);
         info!(dataset = %d.name, partitions = report.partitions_compacted, files_removed = report.files_removed,
             files_added = report.files_added, bytes = report.bytes_rewritten, ms = report.duration_ms, "compacted");
     }

@@ -85,6 +85,12 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
             }
             Err(e) => warn!(dataset = %d.name, error = %e, "orphan sweep failed; continuing"),
         }
+        if let Ok(stats) = sink.stats(cfg.compaction.target_file_bytes) {
+            metrics::gauge!("bronze_table_files", "dataset" => d.name.clone())
+                .set(stats.files as f64);
+            metrics::gauge!("bronze_table_small_files", "dataset" => d.name.clone())
+                .set(stats.small_files as f64);
+        }
         // The "no commit while lagging" alert needs a last commit time from the start, not only after
         // this run's first commit.
         if let Ok(Some(ms)) = sink
