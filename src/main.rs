@@ -108,11 +108,15 @@ enum Command {
         #[arg(long)]
         dataset: String,
         /// Range start: RFC 3339 time or a date (`2026-11-01`); widened to whole partitions.
-        #[arg(long, value_parser = parse_time)]
-        from: i64,
+        #[arg(long, value_parser = parse_time, required_unless_present = "partitions", requires = "to")]
+        from: Option<i64>,
         /// Range end (exclusive), like --from.
-        #[arg(long, value_parser = parse_time)]
-        to: i64,
+        #[arg(long, value_parser = parse_time, requires = "from")]
+        to: Option<i64>,
+        /// Explicit partitions instead of a range: `2026-11-01,2026-11-03` (`2026-11-01/05` on
+        /// date/hour tables).
+        #[arg(long, value_delimiter = ',', conflicts_with = "from")]
+        partitions: Vec<String>,
         /// Default: a new id; give one to make a retry of the same request a no-op.
         #[arg(long)]
         request_id: Option<String>,
@@ -341,6 +345,7 @@ fn main() -> ExitCode {
                 dataset,
                 from,
                 to,
+                partitions,
                 request_id,
                 force,
                 dry_run,
@@ -348,12 +353,25 @@ fn main() -> ExitCode {
                 submit,
                 ..
             } => {
+                let (from_us, to_us) = match from.zip(to) {
+                    Some(range) => range,
+                    None => {
+                        let by = cfg
+                            .datasets
+                            .iter()
+                            .find(|d| d.name == dataset)
+                            .map(|d| d.partitioning.by)
+                            .with_context(|| format!("no dataset named `{dataset}`"))?;
+                        pipeline::backfill::span_of(by, &partitions).map_err(anyhow::Error::msg)?
+                    }
+                };
                 let req = pipeline::backfill::BackfillRequest {
                     request_id: request_id
                         .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7())),
                     dataset,
-                    from_us: from,
-                    to_us: to,
+                    from_us,
+                    to_us,
+                    partitions,
                     force,
                     dry_run,
                     requested_by: std::env::var("USER").ok(),
@@ -362,6 +380,7 @@ fn main() -> ExitCode {
                     let r = control_request(&req.dataset, Kind::Backfill, |r| {
                         r.request_id = req.request_id.clone();
                         r.range = Some((req.from_us, req.to_us));
+                        r.partitions = req.partitions.clone();
                         r.force = force;
                         r.dry_run = dry_run;
                     });
@@ -601,6 +620,7 @@ fn control_request(dataset: &str, kind: Kind, fill: impl FnOnce(&mut Request)) -
         dataset: dataset.to_string(),
         kind,
         range: None,
+        partitions: Vec::new(),
         force: false,
         dry_run: false,
         retention: None,

@@ -103,13 +103,25 @@ def test_requests_on_the_control_topic(tmp_path):
         rows = h.read_delta(str(table)).to_pylist()
         assert len(rows) == 500 and sum(r["seen_at"] is not None for r in rows) == 300
 
+        # Explicit partitions instead of a range: only those two (not the day between) are replaced.
+        before = {f for f in h.referenced_files(table) if f.startswith(f"event_date={DAYS[1]}/")}
+        post(control, backfill_request("parts-1", range={"partitions": [DAYS[0], DAYS[2]]}))
+        parts = final(status, "parts-1")[-1]
+        assert parts["status"] == "succeeded", parts
+        assert parts["result"]["partitions"] == [f"event_date={DAYS[0]}", f"event_date={DAYS[2]}"]
+        assert {f for f in h.referenced_files(table) if f.startswith(f"event_date={DAYS[1]}/")} == before
+        assert sum(r["seen_at"] is not None for r in h.read_delta(str(table)).to_pylist()) == 400
+        post(control, backfill_request("parts-bad", range={"partitions": ["2025-11-01/07"]}))
+        assert final(status, "parts-bad")[-1]["code"] == "bad_range"
+
         # Same id again: a no-op that says so; a different request under that id: rejected.
         post(control, backfill_request("good-1"))
         post(control, backfill_request("good-1", range={"from": DAYS[0], "to": DAYS[1]}))
         # The CLI posts a request and follows it to the end (requests run in order: the two above first).
         out = h.run_bronze(cfg, "compact", "--dataset", "events", "--submit", "--json")
         last = json.loads(out.stdout)
-        assert last["status"] == "succeeded" and last["result"]["partitions_compacted"] == 2, last
+        # Only the last day still has its streamed small files: the others were rebuilt into one each.
+        assert last["status"] == "succeeded" and last["result"]["partitions_compacted"] == 1, last
         assert last["result"]["files_after"] < last["result"]["files_before"]
         assert h.read_polars(str(table)).height == 500
         again = [s for s in statuses(status) if s["request_id"] == "good-1"][len(steps):]
@@ -128,7 +140,7 @@ def test_requests_on_the_control_topic(tmp_path):
         by_id.setdefault(r["request_id"], []).append(r)
     assert [r["status"] for r in by_id["good-1"]].count("succeeded") == 2
     assert json.loads(next(r for r in by_id["good-1"] if r["detail"])["detail"])["rows_written"] == 300
-    assert sum(r["status"] == "rejected" for r in requests) == len(bad) + 1
+    assert sum(r["status"] == "rejected" for r in requests) == len(bad) + 2
     assert all(r["error"] for r in requests if r["status"] == "rejected")
 
     # A request whose member dies before finishing is resumed by the next run, not forgotten.

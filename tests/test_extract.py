@@ -35,9 +35,9 @@ type = "timestamp"
 """
 
 
-def dataset(name, schema, dsn, table, parallelism=4):
+def dataset(name, schema, dsn, table, parallelism=4, split="id"):
     extract = (f'{{ dsn = "{dsn}", query = "SELECT * FROM {table}", time_column = "updated_at", '
-               f'split_column = "id", max_parallelism = {parallelism}, lookback = "1h" }}')
+               f'split_column = "{split}", max_parallelism = {parallelism}, lookback = "1h" }}')
     return {"name": f'"{name}"', "format": '"debezium-json"', "schema": f'"{schema}"', "key_columns": '["id"]',
             "ordering_column": '"_offset"', "partitioning": '{ by = "date", time_column = "updated_at" }',
             "extract": extract}
@@ -145,7 +145,7 @@ def test_extract_requests_on_the_control_topic(tmp_path, postgres):
     postgres.sql("""
         CREATE TABLE orders_src (id bigint PRIMARY KEY, name text, balance numeric(18,2), seq bigint,
                                  updated_at timestamptz NOT NULL);
-        INSERT INTO orders_src SELECT i, 'o', i, 1, now() FROM generate_series(1, 300) i;
+        INSERT INTO orders_src SELECT i, 'o', i, 1, now() - i * interval '1 second' FROM generate_series(1, 300) i;
     """)
     (tmp_path / "orders.toml").write_text(ACCOUNTS)
     control, status, stream = h.unique("ext.requests"), h.unique("ext.status"), h.unique("ext.stream")
@@ -155,7 +155,8 @@ def test_extract_requests_on_the_control_topic(tmp_path, postgres):
                 "schema": f'"{tmp_path / "orders.toml"}"'}
     cfg = h.write_config(tmp_path, group=h.unique("extctl"), root=str(root),
                          extra=f'[control]\ntopic = "{control}"\nstatus_topic = "{status}"\n',
-                         datasets=[streamed, dataset("orders", tmp_path / "orders.toml", postgres.dsn, "orders_src")])
+                         datasets=[streamed, dataset("orders", tmp_path / "orders.toml", postgres.dsn, "orders_src",
+                                                     split="updated_at")])
     from test_control import final, post
     proc = h.start_bronze(cfg, log=tmp_path / "bronze.log")
     try:
@@ -164,6 +165,7 @@ def test_extract_requests_on_the_control_topic(tmp_path, postgres):
         steps = final(status, "ext-1")
         assert steps[-1]["status"] == "succeeded", steps
         assert steps[-1]["result"]["rows_written"] == 300 and steps[-1]["result"]["mode"] == "full"
+        assert steps[-1]["result"]["ranges"] == 4, "split on the time column"
         postgres.sql("INSERT INTO orders_src SELECT i, 'n', i, 2, now() FROM generate_series(301, 350) i;")
         out = json.loads(h.run_bronze(cfg, "extract", "--dataset", "orders", "--submit", "--json").stdout)
         assert out["status"] == "succeeded" and out["result"]["mode"] == "incremental", out

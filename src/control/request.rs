@@ -36,8 +36,10 @@ pub struct Request {
     pub request_id: String,
     pub dataset: String,
     pub kind: Kind,
-    /// `[from, to)` in µs since the epoch (backfill, extract).
+    /// `[from, to)` in µs since the epoch (backfill, extract); with explicit partitions, their span.
     pub range: Option<(i64, i64)>,
+    /// Explicit partitions of a backfill (`range.partitions`).
+    pub partitions: Vec<String>,
     pub force: bool,
     pub dry_run: bool,
     /// Vacuum: files removed longer ago than this go (default `vacuum.retention`).
@@ -83,6 +85,7 @@ impl Request {
             dataset: self.dataset.clone(),
             from_us,
             to_us,
+            partitions: self.partitions.clone(),
             force: self.force,
             dry_run: self.dry_run,
             requested_by: self.requested_by.clone(),
@@ -118,6 +121,9 @@ struct RawRequest {
 struct RawRange {
     from: Option<String>,
     to: Option<String>,
+    /// Explicit partitions instead of from/to: `2026-11-01`, or `2026-11-01/05` on date/hour tables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    partitions: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -213,6 +219,10 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
             ));
         }
         (_, None) => None,
+        (_, Some(r)) if !r.partitions.is_empty() => Some(
+            crate::pipeline::backfill::span_of(d.partitioning.by, &r.partitions)
+                .map_err(|e| reject("bad_range", e))?,
+        ),
         (_, Some(r)) => {
             let time = |name: &str, v: &Option<String>| {
                 v.as_deref().and_then(parse_time).ok_or_else(|| {
@@ -229,20 +239,27 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
                     "`range.from` must be before `range.to`".into(),
                 ));
             }
-            let span = Duration::from_micros((to - from) as u64);
-            if span > cfg.backfill.max_range {
-                return Err(reject(
-                    "range_too_large",
-                    format!(
-                        "the range spans {}, more than backfill.max_range ({})",
-                        humantime::format_duration(span),
-                        humantime::format_duration(cfg.backfill.max_range)
-                    ),
-                ));
-            }
             Some((from, to))
         }
     };
+    if let Some((from, to)) = range {
+        let span = Duration::from_micros((to - from) as u64);
+        if span > cfg.backfill.max_range {
+            return Err(reject(
+                "range_too_large",
+                format!(
+                    "the range spans {}, more than backfill.max_range ({})",
+                    humantime::format_duration(span),
+                    humantime::format_duration(cfg.backfill.max_range)
+                ),
+            ));
+        }
+    }
+    let partitions = raw
+        .range
+        .as_ref()
+        .map(|r| r.partitions.clone())
+        .unwrap_or_default();
     let extract_mode = match raw.options.mode.as_deref() {
         None if kind == Kind::Extract && range.is_none() => Some("incremental".to_string()),
         None => None,
@@ -274,7 +291,7 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
         None => None,
     };
     let fingerprint = serde_json::json!({
-        "dataset": dataset, "kind": kind.as_str(), "range": range, "source": source,
+        "dataset": dataset, "kind": kind.as_str(), "range": range, "partitions": partitions, "source": source,
         "dry_run": raw.options.dry_run, "retention_s": retention.map(|r| r.as_secs()),
         "all_partitions": raw.options.all_partitions, "mode": extract_mode,
     })
@@ -284,6 +301,7 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
         dataset,
         kind,
         range,
+        partitions,
         force: raw.options.force,
         dry_run: raw.options.dry_run,
         retention,
@@ -306,9 +324,16 @@ pub fn to_json(r: &Request) -> serde_json::Value {
         request_id: Some(r.request_id.clone()),
         dataset: Some(r.dataset.clone()),
         kind: Some(r.kind.as_str().to_string()),
-        range: r.range.map(|(from, to)| RawRange {
-            from: Some(time(from)),
-            to: Some(time(to)),
+        range: r.range.map(|(from, to)| match r.partitions.is_empty() {
+            true => RawRange {
+                from: Some(time(from)),
+                to: Some(time(to)),
+                partitions: Vec::new(),
+            },
+            false => RawRange {
+                partitions: r.partitions.clone(),
+                ..RawRange::default()
+            },
         }),
         source: matches!(r.kind, Kind::Backfill | Kind::Extract).then(|| r.source.clone()),
         options: RawOptions {
@@ -368,7 +393,7 @@ mod tests {
             assert_eq!(again, r, "{name}");
             parsed += 1;
         }
-        assert_eq!(parsed, 4);
+        assert_eq!(parsed, 5);
     }
 
     #[test]

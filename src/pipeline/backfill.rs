@@ -41,6 +41,9 @@ pub struct BackfillRequest {
     pub dataset: String,
     pub from_us: i64,
     pub to_us: i64,
+    /// Explicit partitions (`2026-11-01`, or `2026-11-01/05` for date/hour tables) instead of the
+    /// range; `from_us`/`to_us` then span them.
+    pub partitions: Vec<String>,
     /// Run again even if this request id was already committed.
     pub force: bool,
     /// Replay and report, commit nothing.
@@ -116,7 +119,64 @@ pub fn check(cfg: &Config, req: &BackfillRequest) -> Result<(), String> {
             d.name
         ));
     }
+    for p in &req.partitions {
+        parse_partition(d.partitioning.by, p)?;
+    }
     Ok(())
+}
+
+/// A partition named as `2026-11-01` (date tables) or `2026-11-01/05` (date/hour tables).
+pub fn parse_partition(by: PartitionBy, label: &str) -> Result<PartitionValues, String> {
+    let bad = || {
+        format!(
+            "partition `{label}` is not {}",
+            match by {
+                PartitionBy::DateHour => "YYYY-MM-DD/HH",
+                _ => "YYYY-MM-DD",
+            }
+        )
+    };
+    let (date, hour) = match (by, label.split_once('/')) {
+        (PartitionBy::DateHour, Some((d, h))) => (d, Some(h)),
+        (PartitionBy::Date, None) => (label, None),
+        _ => return Err(bad()),
+    };
+    chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| bad())?;
+    let mut values = vec![("event_date".to_string(), Some(date.to_string()))];
+    if let Some(h) = hour {
+        match h.parse::<u32>() {
+            Ok(n) if n < 24 && h.len() == 2 => {
+                values.push(("event_hour".to_string(), Some(h.into())))
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(values)
+}
+
+/// The time span `[start, end)` of the partitions named by `labels`, in µs.
+pub fn span_of(by: PartitionBy, labels: &[String]) -> Result<(i64, i64), String> {
+    let mut span: Option<(i64, i64)> = None;
+    for l in labels {
+        let v = parse_partition(by, l)?;
+        let date = v[0].1.as_deref().unwrap_or_default();
+        let hour = v
+            .get(1)
+            .and_then(|(_, h)| h.as_deref()?.parse::<u32>().ok());
+        let start = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(hour.unwrap_or(0), 0, 0))
+            .map(|t| t.and_utc().timestamp_micros())
+            .ok_or_else(|| format!("partition `{l}` has no time"))?;
+        let end = start
+            + if hour.is_some() {
+                3_600_000_000
+            } else {
+                86_400_000_000
+            };
+        span = Some(span.map_or((start, end), |(a, b)| (a.min(start), b.max(end))));
+    }
+    span.ok_or_else(|| "no partitions given".to_string())
 }
 
 /// The partitions of `by` that overlap `[from_us, to_us)`.
@@ -250,7 +310,15 @@ pub async fn backfill(
         .find(|d| d.name == req.dataset)
         .ok_or_else(|| PipelineError::Stopped(format!("unknown dataset `{}`", req.dataset)))?;
     let (mut mapper, mut sink) = super::open_dataset(cfg, d).await?;
-    let targets = partitions_between(d.partitioning.by, req.from_us, req.to_us);
+    let targets = if req.partitions.is_empty() {
+        partitions_between(d.partitioning.by, req.from_us, req.to_us)
+    } else {
+        req.partitions
+            .iter()
+            .map(|p| parse_partition(d.partitioning.by, p))
+            .collect::<Result<_, _>>()
+            .map_err(PipelineError::Stopped)?
+    };
     let mut out = BackfillOutcome {
         request_id: req.request_id.clone(),
         dataset: d.name.clone(),
@@ -498,6 +566,20 @@ mod tests {
         assert_eq!(
             predicate(&days),
             "(event_date = '2026-11-01') OR (event_date = '2026-11-02')"
+        );
+    }
+
+    #[test]
+    fn explicit_partitions_are_checked_against_the_partitioning() {
+        let p = parse_partition(PartitionBy::DateHour, "2026-11-01/05").unwrap();
+        assert_eq!(label(&p), "event_date=2026-11-01/event_hour=05");
+        assert!(parse_partition(PartitionBy::Date, "2026-11-01/05").is_err());
+        assert!(parse_partition(PartitionBy::DateHour, "2026-11-01/24").is_err());
+        assert!(parse_partition(PartitionBy::Date, "01.11.2026").is_err());
+        let labels = ["2026-11-03".to_string(), "2026-11-01".to_string()];
+        assert_eq!(
+            span_of(PartitionBy::Date, &labels).unwrap(),
+            (us("2026-11-01T00:00:00Z"), us("2026-11-04T00:00:00Z"))
         );
     }
 }

@@ -2,7 +2,8 @@
 //! commit, like a backfill (the seed's batch ingestion job).
 //!
 //! One consistent snapshot: a leader connection opens a `REPEATABLE READ` transaction and exports its
-//! snapshot; up to `max_parallelism` worker connections each read one range of `split_column` inside
+//! snapshot; up to `max_parallelism` worker connections each read one range of `split_column` (an integer
+//! or a time column) inside
 //! that same snapshot (`SET TRANSACTION SNAPSHOT`), so the parallel reads see the database at one
 //! instant, whatever commits meanwhile. The range predicates wrap the configured query and Postgres
 //! pushes them down. Rows stream through a bounded channel into the dataset's contract (the same
@@ -227,10 +228,28 @@ pub async fn extract(
         x.query,
         time_predicate(x, mode != "full", to_us.is_some())
     );
-    let split = ident(&x.split_column);
+    // Integer columns split as they are; time columns by their microseconds since the epoch.
+    let column = ident(&x.split_column);
+    let split_type: Option<String> = leader
+        .query_opt(
+            &format!(
+                "SELECT pg_typeof({column})::text FROM ({}) AS src LIMIT 1",
+                x.query
+            ),
+            &[],
+        )
+        .await
+        .map_err(ExtractError::from)?
+        .map(|r| r.get(0));
+    let split = match split_type.as_deref() {
+        Some(t) if t.starts_with("timestamp") || t == "date" => {
+            format!("(extract(epoch from {column}) * 1000000)::int8")
+        }
+        _ => format!("{column}::int8"),
+    };
     let bounds = leader
         .query_one(
-            &format!("SELECT min({split})::int8, max({split})::int8, count(*)::int8 {base}"),
+            &format!("SELECT min({split}), max({split}), count(*)::int8 {base}"),
             &[&from_text, &to_text],
         )
         .await
