@@ -65,6 +65,10 @@ def main() -> None:
                     help="the ceilings program (cargo build --example ceilings); skipped when absent")
     ap.add_argument("--maintenance", action="store_true",
                     help="also time a backfill, a compaction and a Postgres extract of the same size")
+    ap.add_argument("--latency", action="store_true",
+                    help="also measure produce -> committed latency at a moderate steady rate")
+    ap.add_argument("--rate", type=int, default=20_000, help="events/s for --latency")
+    ap.add_argument("--seconds", type=int, default=20, help="how long --latency produces")
     args = ap.parse_args()
     n = 20_000 if args.smoke else args.events
     rng = random.Random(42)
@@ -122,6 +126,61 @@ def main() -> None:
         ceilings(args.ceilings, cfg, n, work, n / ingest, mb)
     if args.maintenance:
         maintenance(args.bin, cfg, topic, n, work, base_ms)
+    if args.latency:
+        rate, seconds = (2_000, 4) if args.smoke else (args.rate, args.seconds)
+        latency(args.bin, work, rate, seconds)
+
+
+def latency(binary: str, work: Path, rate: int, seconds: int, flush_age: float = 1.0) -> None:
+    """End-to-end latency under a steady load: each event carries its produce time as the source time;
+    a row's latency is the time of the Delta commit that holds it (commitInfo timestamp of its batch) minus
+    that. Compared with the flush age (target: p99 <= 2x)."""
+    topic = h.unique("bench.latency")
+    h.create_topics({topic: 6})
+    lwork = work / "latency"
+    dataset = {"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": f'"{SCHEMA}"',
+               "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
+    cfg = h.write_config(lwork, group=h.unique("bench-latency"), root=str(lwork / "lake"), datasets=[dataset],
+                         flush_age=f"{int(flush_age * 1000)}ms", max_rows=500_000, budget=512 * 1024 * 1024)
+    uri = str(lwork / "lake" / "orders")
+    proc = subprocess.Popen([binary, "run", "--config", str(cfg)], env=dict(os.environ, RUST_LOG="warn"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rng = random.Random(7)
+    from confluent_kafka import Producer
+    producer = Producer({"bootstrap.servers": h.bootstrap(), "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
+
+    def send(i: int) -> None:
+        e = Event(i, rng, int(time.time() * 1000) - i * 7)   # source ts = now
+        producer.produce(topic, key=e.key, value=e.value)
+        producer.poll(0)
+
+    try:
+        # Wait until bronze is assigned and committing, so start-up is not counted.
+        send(0)
+        producer.flush(10)
+        h.wait_until(lambda: len(h.stored_offsets(uri)) >= 1, 120, what="bronze to commit a first event")
+        n = 1
+        start = time.time()
+        while time.time() - start < seconds:
+            due = int((time.time() - start) * rate)
+            while n <= due:
+                send(n)
+                n += 1
+            time.sleep(0.005)
+        producer.flush(30)
+        h.wait_until(lambda: len(h.stored_offsets(uri)) >= n, 120, interval=0.5, what="every event committed")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    commits = {c["bronze"]["batch_id"]: c["timestamp"] for c in h.delta_history(uri)
+               if isinstance(c.get("bronze"), dict) and "batch_id" in c["bronze"]}
+    table = h.read_delta(uri).select(["id", "_batch_id", "_source_ts"]).to_pylist()
+    lat = sorted(commits[r["_batch_id"]] - r["_source_ts"].timestamp() * 1000 for r in table if r["id"] > 0)
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+    print(f"  latency (produce -> committed), {rate} events/s for {seconds} s, flush max_age {flush_age:.1f} s,"
+          f" {len(lat)} events")
+    print(f"    p50 {p(0.50):7.0f} ms   p99 {p(0.99):7.0f} ms   max {lat[-1]:7.0f} ms"
+          f"   (target p99 <= {2 * flush_age * 1000:.0f} ms)")
 
 
 def run_json(binary: str, cfg: Path, *args: str) -> dict:
