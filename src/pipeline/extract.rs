@@ -378,6 +378,8 @@ pub async fn extract(
             progress(out.rows_read, count.max(0) as u64);
         }
     }
+    // After an error the other readers may be blocked on a full channel: closing it lets them end.
+    drop(rx);
     for w in workers {
         let _ = w.await;
     }
