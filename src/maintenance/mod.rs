@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
-use chrono::{NaiveDate, TimeZone, Utc};
+use chrono::Utc;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::{FilterOp, FilterValue};
@@ -202,24 +202,10 @@ fn now_since_epoch(now: chrono::DateTime<Utc>) -> Duration {
     Duration::from_millis(now.timestamp_millis().max(0) as u64)
 }
 
-/// When a time partition's range ends, since the epoch: `event_date` (and `event_hour`) values.
-/// `None` for partitions that are not time ranges.
+/// When a time partition's range ends, since the epoch. `None` for partitions that are not time ranges.
 fn partition_end(values: &[(String, Option<String>)]) -> Option<Duration> {
-    let get = |k: &str| {
-        values
-            .iter()
-            .find(|(c, _)| c == k)
-            .and_then(|(_, v)| v.as_deref())
-    };
-    let date = NaiveDate::parse_from_str(get("event_date")?, "%Y-%m-%d").ok()?;
-    let start = Utc
-        .from_utc_datetime(&date.and_hms_opt(0, 0, 0)?)
-        .timestamp();
-    let end = match get("event_hour") {
-        Some(h) => start + (h.parse::<i64>().ok()? + 1) * 3600,
-        None => start + 86_400,
-    };
-    Some(Duration::from_secs(end.max(0) as u64))
+    let (_, end) = crate::transform::partition_span(values)?;
+    Some(Duration::from_micros(end.max(0) as u64))
 }
 
 /// What a vacuum of one dataset did.

@@ -31,8 +31,8 @@ use crate::config::{Config, DatasetConfig, PartitionBy};
 use crate::sink::{self, SinkError, TableSink};
 use crate::source::Inspector;
 
-/// Sorted (column, value) pairs naming one table partition.
-pub type PartitionValues = Vec<(String, Option<String>)>;
+pub use crate::transform::PartitionValues;
+use crate::transform::span_of_partitions;
 
 /// A request to rebuild the partitions of `[from_us, to_us)` (widened to whole partitions).
 #[derive(Debug, Clone)]
@@ -156,27 +156,11 @@ pub fn parse_partition(by: PartitionBy, label: &str) -> Result<PartitionValues, 
 
 /// The time span `[start, end)` of the partitions named by `labels`, in µs.
 pub fn span_of(by: PartitionBy, labels: &[String]) -> Result<(i64, i64), String> {
-    let mut span: Option<(i64, i64)> = None;
-    for l in labels {
-        let v = parse_partition(by, l)?;
-        let date = v[0].1.as_deref().unwrap_or_default();
-        let hour = v
-            .get(1)
-            .and_then(|(_, h)| h.as_deref()?.parse::<u32>().ok());
-        let start = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
-            .ok()
-            .and_then(|d| d.and_hms_opt(hour.unwrap_or(0), 0, 0))
-            .map(|t| t.and_utc().timestamp_micros())
-            .ok_or_else(|| format!("partition `{l}` has no time"))?;
-        let end = start
-            + if hour.is_some() {
-                3_600_000_000
-            } else {
-                86_400_000_000
-            };
-        span = Some(span.map_or((start, end), |(a, b)| (a.min(start), b.max(end))));
-    }
-    span.ok_or_else(|| "no partitions given".to_string())
+    let partitions = labels
+        .iter()
+        .map(|l| parse_partition(by, l))
+        .collect::<Result<Vec<_>, _>>()?;
+    span_of_partitions(&partitions).ok_or_else(|| "no partitions given".to_string())
 }
 
 /// The partitions of `by` that overlap `[from_us, to_us)`.
@@ -337,13 +321,7 @@ pub async fn backfill(
 
     let inspector = tokio::task::block_in_place(|| Inspector::new(cfg))?;
     let tps = tokio::task::block_in_place(|| inspector.partitions(&d.topics))?;
-    let first_start_us = targets
-        .first()
-        .and_then(|v| v.first())
-        .and_then(|(_, date)| date.as_deref())
-        .and_then(|date| chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok())
-        .and_then(|date| date.and_hms_opt(0, 0, 0))
-        .map_or(req.from_us, |t| t.and_utc().timestamp_micros());
+    let first_start_us = span_of_partitions(&targets).map_or(req.from_us, |(start, _)| start);
     let read_from_ms = (first_start_us / 1000)
         - i64::try_from(cfg.backfill.lookback.as_millis()).unwrap_or(i64::MAX / 2);
     let by_time =

@@ -33,7 +33,7 @@ use super::backfill::{
 use crate::buffer::DatasetBuffer;
 use crate::config::{Config, DatasetConfig, ExtractConfig};
 use crate::decode::{Change, Op};
-use crate::transform::MessageContext;
+use crate::transform::{MessageContext, span_of_partitions};
 
 /// What part of the source an extract reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,12 +182,12 @@ pub async fn extract(
         match (req.mode, watermark) {
             (ExtractMode::Range { from_us, to_us }, _) => {
                 let targets = partitions_between(by, from_us, to_us);
-                let (from, to) = widened(&targets).unwrap_or((from_us, to_us));
+                let (from, to) = span_of_partitions(&targets).unwrap_or((from_us, to_us));
                 ("range", from, Some(to), Some(targets))
             }
             (ExtractMode::Incremental, Some(w)) => {
                 let start = partitions_between(by, w - lookback_us, w - lookback_us + 1);
-                let from = widened(&start).map_or(w - lookback_us, |(f, _)| f);
+                let from = span_of_partitions(&start).map_or(w - lookback_us, |(f, _)| f);
                 ("incremental", from, None, None)
             }
             (ExtractMode::Incremental, None) | (ExtractMode::Full, _) => {
@@ -465,31 +465,6 @@ pub async fn extract(
     }
 }
 
-/// The time span `[start, end)` of a set of partitions.
-fn widened(targets: &BTreeSet<PartitionValues>) -> Option<(i64, i64)> {
-    let start = |v: &PartitionValues| -> Option<i64> {
-        let date = v.iter().find(|(k, _)| k == "event_date")?.1.as_deref()?;
-        let hour = v
-            .iter()
-            .find(|(k, _)| k == "event_hour")
-            .and_then(|(_, h)| h.as_deref()?.parse::<u32>().ok());
-        let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
-        Some(
-            day.and_hms_opt(hour.unwrap_or(0), 0, 0)?
-                .and_utc()
-                .timestamp_micros(),
-        )
-    };
-    let first = start(targets.first()?)?;
-    let last = targets.last()?;
-    let span = if last.iter().any(|(k, _)| k == "event_hour") {
-        3_600_000_000
-    } else {
-        86_400_000_000
-    };
-    Some((first, start(last)? + span))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,7 +483,7 @@ mod tests {
             us("2026-11-02T01:00:00Z"),
         );
         assert_eq!(
-            widened(&days),
+            span_of_partitions(&days),
             Some((us("2026-11-01T00:00:00Z"), us("2026-11-03T00:00:00Z")))
         );
         let hours = partitions_between(
@@ -517,7 +492,7 @@ mod tests {
             us("2026-11-01T11:00:00Z"),
         );
         assert_eq!(
-            widened(&hours),
+            span_of_partitions(&hours),
             Some((us("2026-11-01T10:00:00Z"), us("2026-11-01T11:00:00Z")))
         );
         assert_eq!(ident("up\"date\"d"), "\"up\"\"date\"\"d\"");

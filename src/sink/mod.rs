@@ -413,43 +413,41 @@ impl TableSink {
     /// The metadata action that adds `schema`'s columns the table lacks, appended after its columns.
     /// `None` when the table has them all.
     fn evolution(&self, schema: &Schema) -> Result<Option<Action>, SinkError> {
+        let generic = |e: String| self.delta_err(DeltaTableError::Generic(e));
         let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
         let table_schema = snapshot.schema();
+        // One conversion of the batch schema: this runs on every data commit.
+        let batch: StructType = schema
+            .try_into_kernel()
+            .map_err(|e| generic(e.to_string()))?;
         let mut added = Vec::new();
-        for f in schema.fields() {
-            if let Some(existing) = table_schema.field(f.name()) {
-                let ty: StructType = (&Schema::new(vec![f.clone()]))
-                    .try_into_kernel()
-                    .map_err(|e| self.delta_err(DeltaTableError::Generic(e.to_string())))?;
-                let same = ty
-                    .fields()
-                    .next()
-                    .is_some_and(|k| k.data_type() == existing.data_type());
-                if !same {
+        for f in batch.fields() {
+            match table_schema.field(&f.name) {
+                Some(existing) if existing.data_type() != f.data_type() => {
                     return Err(SinkError::SchemaMismatch {
                         uri: self.uri.clone(),
                         detail: format!(
                             "column `{}` is {} in the table, the batch has {}",
-                            f.name(),
+                            f.name,
                             existing.data_type(),
                             f.data_type()
                         ),
                     });
                 }
-            } else {
-                added.push(f.as_ref().clone().with_nullable(true));
+                Some(_) => {}
+                None => {
+                    let mut f = f.clone();
+                    f.nullable = true;
+                    added.push(f);
+                }
             }
         }
         if added.is_empty() {
             return Ok(None);
         }
-        let names: Vec<&str> = added.iter().map(|f| f.name().as_str()).collect();
+        let names: Vec<&str> = added.iter().map(|f| f.name.as_str()).collect();
         info!(table = %self.uri, columns = ?names, "the commit adds columns to the table schema");
-        let generic = |e: String| self.delta_err(DeltaTableError::Generic(e));
-        let added: StructType = (&Schema::new(added))
-            .try_into_kernel()
-            .map_err(|e| generic(e.to_string()))?;
-        let merged = StructType::try_new(table_schema.fields().chain(added.fields()).cloned())
+        let merged = StructType::try_new(table_schema.fields().cloned().chain(added))
             .map_err(|e| generic(e.to_string()))?;
         let metadata = snapshot
             .metadata()
