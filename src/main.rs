@@ -728,9 +728,9 @@ async fn backfill(
         format!("backfill {}", req.dataset),
         json,
     );
-    let report = |p: pipeline::backfill::Progress| {
-        bar.set_length(p.total);
-        bar.set_position(p.read);
+    let report = |read: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(read);
     };
     let outcome = pipeline::backfill::backfill(cfg, req, &report).await;
     bar.finish_and_clear();

@@ -314,6 +314,31 @@ async fn run_request(
     s
 }
 
+type ProgressWatch = tokio::sync::watch::Receiver<Option<(u64, u64)>>;
+
+/// A progress callback (read, total) for a backfill or an extract, and where its latest value can be
+/// watched. The channel closes when the callback is dropped, with the work that owns it.
+fn progress_channel() -> (impl Fn(u64, u64) + Send + Sync, ProgressWatch) {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    (
+        move |read, total| {
+            let _ = tx.send(Some((read, total)));
+        },
+        rx,
+    )
+}
+
+/// Publish the latest progress as a `running` status, at most every second, until the work ends.
+async fn forward_progress(publisher: &Publisher, req: &Request, mut progress: ProgressWatch) {
+    while progress.changed().await.is_ok() {
+        let current = *progress.borrow();
+        let mut s = status_of(req, "running");
+        s.progress = current;
+        publisher.send(s).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Run a valid request: its result as JSON, and whether it had been done already.
 async fn execute(
     cfg: &Config,
@@ -326,57 +351,19 @@ async fn execute(
         .find(|d| d.name == req.dataset)
         .ok_or_else(|| format!("unknown dataset `{}`", req.dataset))?;
     if req.is_extract() {
-        let (tx, mut rx) = tokio::sync::watch::channel(None::<(u64, u64)>);
-        let report = move |read: u64, total: u64| {
-            let _ = tx.send(Some((read, total)));
-        };
-        let forward = async {
-            while rx.changed().await.is_ok() {
-                let current = *rx.borrow();
-                let mut s = status_of(req, "running");
-                s.progress = current;
-                publisher.send(s).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        };
-        let run = async {
-            let out = crate::pipeline::extract::extract(cfg, &req.extract(), &report).await;
-            drop(report);
-            out
-        };
-        let (out, ()) = tokio::join!(run, forward);
+        let (report, progress) = progress_channel();
+        let run =
+            async move { crate::pipeline::extract::extract(cfg, &req.extract(), &report).await };
+        let (out, ()) = tokio::join!(run, forward_progress(publisher, req, progress));
         let out = out.map_err(|e| e.to_string())?;
         let no_op = out.status == "already_done";
         return Ok((serde_json::to_value(&out).unwrap_or_default(), no_op));
     }
     match req.kind {
         Kind::Backfill => {
-            // Progress goes out at most every second, from the replay's callbacks.
-            let (tx, mut rx) = tokio::sync::watch::channel(None::<backfill::Progress>);
-            let report = move |p: backfill::Progress| {
-                let _ = tx.send(Some(p));
-            };
-            let forward = async {
-                let mut last = Instant::now() - Duration::from_secs(1);
-                while rx.changed().await.is_ok() {
-                    if last.elapsed() < Duration::from_secs(1) {
-                        continue;
-                    }
-                    last = Instant::now();
-                    let current = *rx.borrow();
-                    if let Some(p) = current {
-                        let mut s = status_of(req, "running");
-                        s.progress = Some((p.read, p.total));
-                        publisher.send(s).await;
-                    }
-                }
-            };
-            let run = async {
-                let out = backfill::backfill(cfg, &req.backfill(), &report).await;
-                drop(report);
-                out
-            };
-            let (out, ()) = tokio::join!(run, forward);
+            let (report, progress) = progress_channel();
+            let run = async move { backfill::backfill(cfg, &req.backfill(), &report).await };
+            let (out, ()) = tokio::join!(run, forward_progress(publisher, req, progress));
             let out = out.map_err(|e| e.to_string())?;
             let no_op = out.status == "already_done";
             Ok((serde_json::to_value(&out).unwrap_or_default(), no_op))

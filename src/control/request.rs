@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PartitionBy};
-use crate::pipeline::backfill::BackfillRequest;
+use crate::pipeline::backfill::{self, BackfillRequest};
 use crate::pipeline::extract::{ExtractMode, ExtractRequest};
 
 /// What a request asks for.
@@ -220,7 +220,7 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
         }
         (_, None) => None,
         (_, Some(r)) if !r.partitions.is_empty() => Some(
-            crate::pipeline::backfill::span_of(d.partitioning.by, &r.partitions)
+            backfill::span_of(d.partitioning.by, &r.partitions)
                 .map_err(|e| reject("bad_range", e))?,
         ),
         (_, Some(r)) => {
@@ -242,18 +242,8 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
             Some((from, to))
         }
     };
-    if let Some((from, to)) = range {
-        let span = Duration::from_micros((to - from) as u64);
-        if span > cfg.backfill.max_range {
-            return Err(reject(
-                "range_too_large",
-                format!(
-                    "the range spans {}, more than backfill.max_range ({})",
-                    humantime::format_duration(span),
-                    humantime::format_duration(cfg.backfill.max_range)
-                ),
-            ));
-        }
+    if let Some(e) = range.and_then(|(from, to)| backfill::range_too_long(cfg, from, to)) {
+        return Err(reject("range_too_large", e));
     }
     let partitions = raw
         .range

@@ -18,8 +18,6 @@ pub enum StatusError {
     Sink(Box<sink::SinkError>),
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
-    #[error("schema proposals: {0}")]
-    Review(String),
 }
 
 impl From<sink::SinkError> for StatusError {
@@ -76,10 +74,8 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
         Default::default()
     };
     let count = |d: &str, kind: &str| recent.get(&(d.to_string(), kind.to_string())).copied();
-    let proposals = if cfg.audit.enabled {
-        crate::pipeline::review::pending(cfg, None)
-            .await
-            .map_err(|e| StatusError::Review(e.to_string()))?
+    let schema_events = if cfg.audit.enabled {
+        audit::schema_events(cfg, None).await?
     } else {
         Vec::new()
     };
@@ -151,7 +147,12 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
             drift_events_1h: count(&d.name, "drift").map_or(0, |c| c.0),
             dead_letters_1h: count(&d.name, "dead_letters").map_or(0, |c| c.1),
             commit_failures_1h: count(&d.name, "commit_failed").map_or(0, |c| c.0),
-            schema_proposals: proposals.iter().filter(|p| p.dataset == d.name).count(),
+            schema_proposals: crate::pipeline::review::pending_in(
+                &d.name,
+                &schema_events,
+                table.as_ref(),
+            )?
+            .len(),
             partitions,
         });
     }

@@ -75,13 +75,6 @@ pub struct BackfillOutcome {
     pub duration_ms: u64,
 }
 
-/// Progress of the replay: messages read of the offsets to read so far.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    pub read: u64,
-    pub total: u64,
-}
-
 /// Commit attempts before giving up (each replays only what streaming committed since the last one).
 const MAX_ATTEMPTS: usize = 50;
 /// Messages handed over per blocking read, between progress reports and buffer checks.
@@ -105,13 +98,8 @@ pub fn check(cfg: &Config, req: &BackfillRequest) -> Result<(), String> {
     if req.from_us >= req.to_us {
         return Err("the range is empty or inverted (from must be before to)".into());
     }
-    let span = std::time::Duration::from_micros((req.to_us - req.from_us) as u64);
-    if span > cfg.backfill.max_range {
-        return Err(format!(
-            "the range spans {}, more than backfill.max_range ({})",
-            humantime::format_duration(span),
-            humantime::format_duration(cfg.backfill.max_range)
-        ));
+    if let Some(e) = range_too_long(cfg, req.from_us, req.to_us) {
+        return Err(e);
     }
     if d.partitioning.by == PartitionBy::None {
         return Err(format!(
@@ -161,6 +149,18 @@ pub fn span_of(by: PartitionBy, labels: &[String]) -> Result<(i64, i64), String>
         .map(|l| parse_partition(by, l))
         .collect::<Result<Vec<_>, _>>()?;
     span_of_partitions(&partitions).ok_or_else(|| "no partitions given".to_string())
+}
+
+/// Why `[from_us, to_us)` is longer than one request may replace (`backfill.max_range`), if it is.
+pub fn range_too_long(cfg: &Config, from_us: i64, to_us: i64) -> Option<String> {
+    let span = std::time::Duration::from_micros(to_us.saturating_sub(from_us).max(0) as u64);
+    (span > cfg.backfill.max_range).then(|| {
+        format!(
+            "the range spans {}, more than backfill.max_range ({})",
+            humantime::format_duration(span),
+            humantime::format_duration(cfg.backfill.max_range)
+        )
+    })
 }
 
 /// The partitions of `by` that overlap `[from_us, to_us)`.
@@ -280,11 +280,12 @@ async fn lowest_offsets(
     Ok(out)
 }
 
-/// Run a backfill to its commit (or to its report, for a dry run).
+/// Run a backfill to its commit (or to its report, for a dry run). `progress` gets the messages read and
+/// the offsets to read so far.
 pub async fn backfill(
     cfg: &Config,
     req: &BackfillRequest,
-    progress: &(dyn Fn(Progress) + Sync),
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<BackfillOutcome, PipelineError> {
     check(cfg, req).map_err(PipelineError::Stopped)?;
     let started = Instant::now();
@@ -384,10 +385,7 @@ pub async fn backfill(
                     }
                 })
             })?;
-            progress(Progress {
-                read: out.messages_read,
-                total,
-            });
+            progress(out.messages_read, total);
             if buffer.bytes() >= d.flush.max_bytes {
                 write_chunk(&mut buffer, &sink, &mut adds, &mut counts).await?;
             }

@@ -15,7 +15,7 @@ use super::PipelineError;
 use crate::audit::{AuditRecord, Ledger, SchemaEvent, schema_events};
 use crate::config::{Config, DatasetConfig};
 use crate::contract::{Column, ColumnType};
-use crate::sink::TableSink;
+use crate::sink::{SinkError, TableSink};
 
 /// A new column awaiting (or past) an operator's decision; its id is the column name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,17 +39,26 @@ pub async fn pending(cfg: &Config, dataset: Option<&str>) -> Result<Vec<Proposal
         if dataset.is_some_and(|n| n != d.name) {
             continue;
         }
-        let table = match TableSink::existing(&d.table_uri, &cfg.storage_options()).await? {
-            Some(t) => t.columns_beyond(&Schema::empty())?,
-            None => Vec::new(),
-        };
-        out.extend(
-            proposals_of(&d.name, &events)
-                .into_values()
-                .filter(|p| !table.iter().any(|f| f.name() == &p.column)),
-        );
+        let table = TableSink::existing(&d.table_uri, &cfg.storage_options()).await?;
+        out.extend(pending_in(&d.name, &events, table.as_ref())?);
     }
     Ok(out)
+}
+
+/// The undecided proposals of `dataset` among `events`, leaving out columns its `table` already has.
+pub fn pending_in(
+    dataset: &str,
+    events: &[SchemaEvent],
+    table: Option<&TableSink>,
+) -> Result<Vec<Proposal>, SinkError> {
+    let columns = match table {
+        Some(t) => t.columns_beyond(&Schema::empty())?,
+        None => Vec::new(),
+    };
+    Ok(proposals_of(dataset, events)
+        .into_values()
+        .filter(|p| !columns.iter().any(|f| f.name() == &p.column))
+        .collect())
 }
 
 /// Undecided proposals of `dataset`, by column, from its ledger events (oldest first).
