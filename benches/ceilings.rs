@@ -119,7 +119,7 @@ async fn main() {
                 Ok(Decoded::Change(c)) => {
                     let ctx = MessageContext {
                         offset: i as i64,
-                        key: None,
+                        key: &|| None,
                         ingested_at_us: 0,
                         header: &no_header,
                     };

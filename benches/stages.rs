@@ -100,7 +100,7 @@ fn map_all(mapper: &mut Mapper, payloads: &[Vec<u8>]) -> Vec<Row> {
             };
             let ctx = MessageContext {
                 offset: i as i64,
-                key: None,
+                key: &|| None,
                 ingested_at_us: 0,
                 header: &no_header,
             };

@@ -61,6 +61,8 @@ pub struct Config {
     pub backfill: BackfillConfig,
     /// Requests on Kafka (`[control]`); off when absent.
     pub control: Option<ControlConfig>,
+    /// Required by Avro datasets.
+    pub schema_registry: Option<SchemaRegistryConfig>,
     pub datasets: Vec<DatasetConfig>,
 }
 
@@ -367,6 +369,51 @@ pub enum Format {
     DebeziumJson,
     #[serde(rename = "json")]
     Json,
+    /// Confluent-framed Avro (magic byte, schema id) with a Debezium envelope.
+    #[serde(rename = "debezium-avro")]
+    DebeziumAvro,
+    /// Confluent-framed Avro: each record is a row (an insert).
+    #[serde(rename = "avro")]
+    Avro,
+}
+
+impl Format {
+    /// Avro formats need the schema registry for their writer schemas.
+    pub fn is_avro(self) -> bool {
+        matches!(self, Format::DebeziumAvro | Format::Avro)
+    }
+}
+
+/// A Confluent-compatible schema registry (`[schema_registry]`), where Avro writer schemas are looked up
+/// by the id in each message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// Base URL, e.g. `http://registry:8081`.
+    pub url: String,
+    /// HTTP basic auth (secrets via `${env:VAR}`).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Per request.
+    #[serde(default = "default_registry_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Longest wait between attempts while the registry is unreachable (the partition waits, nothing is
+    /// skipped).
+    #[serde(
+        default = "default_registry_max_backoff",
+        with = "humantime_serde_compat"
+    )]
+    pub max_backoff: Duration,
+}
+
+fn default_registry_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_registry_max_backoff() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// Time granularity of the partition columns.
@@ -572,6 +619,8 @@ struct RawConfig {
     backfill: BackfillConfig,
     #[serde(default)]
     control: Option<ControlConfig>,
+    #[serde(default)]
+    schema_registry: Option<SchemaRegistryConfig>,
     /// Directory of schema files, relative to the config file.
     #[serde(default = "default_schema_dir")]
     schema_dir: String,
@@ -746,6 +795,13 @@ impl Config {
                     file,
                     key("name"),
                     format!("dataset `{}` is defined twice", d.name),
+                ));
+            }
+            if d.format.is_avro() && raw.schema_registry.is_none() {
+                return Err(ConfigError::invalid(
+                    file,
+                    key("format"),
+                    "Avro formats need a `[schema_registry]` section",
                 ));
             }
             if let Some(x) = &d.extract
@@ -956,6 +1012,7 @@ impl Config {
             vacuum: raw.vacuum,
             backfill: raw.backfill,
             control: raw.control,
+            schema_registry: raw.schema_registry,
             kafka: raw.kafka,
             storage: StorageConfig {
                 root,

@@ -214,3 +214,23 @@ fn missing_file_is_a_read_error() {
     let err = Config::load(Path::new("/nonexistent/bronze.toml")).unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }));
 }
+
+#[test]
+fn avro_datasets_need_the_schema_registry() {
+    let avro = base("../lake").replace("\"debezium-json\"", "\"debezium-avro\"");
+    let err = load(&avro, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("datasets[0].format") && err.contains("[schema_registry]"),
+        "{err}"
+    );
+    let with_registry = format!(
+        "{avro}\n[schema_registry]\nurl = \"http://registry:8081\"\nusername = \"u\"\npassword = \"${{env:REGISTRY_PASSWORD}}\"\n"
+    );
+    let cfg = load(&with_registry, &[("REGISTRY_PASSWORD", "p")]).unwrap();
+    let r = cfg.schema_registry.unwrap();
+    assert_eq!(
+        (r.password.as_deref(), r.timeout, r.max_backoff),
+        (Some("p"), Duration::from_secs(10), Duration::from_secs(30))
+    );
+    assert_eq!(cfg.datasets[0].format, Format::DebeziumAvro);
+}

@@ -4,10 +4,19 @@
 //! * `debezium-json`: the Debezium envelope, bare or inside the Kafka Connect `{"schema", "payload"}`
 //!   wrapper. Rows come from `after`; deletes from `before` (which may carry only the key).
 //! * `json`: one JSON object per message, taken as an insert.
+//! * `debezium-avro`, `avro`: the same in Confluent-framed Avro, writer schemas from the registry
+//!   (see [`avro`] and [`registry`]).
+
+pub mod avro;
+pub mod registry;
+
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use crate::config::Format;
+pub use avro::AvroField;
+use registry::{Registry, RegistryError};
 
 /// The kind of change, as Debezium spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +40,7 @@ impl Op {
         }
     }
 
-    fn parse(s: &str) -> Option<Op> {
+    pub(crate) fn parse(s: &str) -> Option<Op> {
         Some(match s {
             "c" => Op::Create,
             "u" => Op::Update,
@@ -43,12 +52,30 @@ impl Op {
     }
 }
 
+/// The fields of a row, as the format delivers them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fields {
+    Json(Map<String, Value>),
+    /// In the writer schema's field order.
+    Avro(Vec<(String, AvroField)>),
+}
+
+impl Fields {
+    /// The JSON fields, when the row came as JSON.
+    pub fn as_json(&self) -> Option<&Map<String, Value>> {
+        match self {
+            Fields::Json(m) => Some(m),
+            Fields::Avro(_) => None,
+        }
+    }
+}
+
 /// One decoded change event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     pub op: Op,
     /// Column values: `after` for c/u/r, `before` for d, none for t.
-    pub row: Option<Map<String, Value>>,
+    pub row: Option<Fields>,
     /// `source.ts_ms`: when the change happened in the source database.
     pub source_ts_ms: Option<i64>,
     /// Position in the source log: Postgres `lsn`, MySQL `file:pos`.
@@ -99,6 +126,18 @@ pub enum DecodeError {
         field: &'static str,
         found: &'static str,
     },
+    #[error("value does not start with the Confluent magic byte 0x00 (found 0x{0:02x})")]
+    MagicByte(u8),
+    #[error("value is {0} bytes, shorter than the 5-byte Confluent Avro header")]
+    ShortAvro(usize),
+    #[error("{0}")]
+    UnknownSchema(String),
+    #[error("{0}")]
+    BadWriterSchema(String),
+    #[error("schema id {0} was not looked up before decoding")]
+    SchemaNotLoaded(u32),
+    #[error("value is not a valid Avro datum of its writer schema: {0}")]
+    Avro(String),
 }
 
 impl DecodeError {
@@ -109,27 +148,98 @@ impl DecodeError {
             DecodeError::NotAnObject(_) => "not_an_object",
             DecodeError::MissingOp | DecodeError::UnknownOp(_) => "bad_op",
             DecodeError::MissingRow { .. } | DecodeError::RowNotObject { .. } => "bad_envelope",
+            DecodeError::MagicByte(_) => "bad_magic_byte",
+            DecodeError::ShortAvro(_) | DecodeError::Avro(_) => "invalid_avro",
+            DecodeError::UnknownSchema(_) => "unknown_schema_id",
+            DecodeError::BadWriterSchema(_) => "bad_writer_schema",
+            DecodeError::SchemaNotLoaded(_) => "registry_unavailable",
         }
     }
 }
 
-/// Decode one message value.
+/// Decodes the messages of one dataset.
+#[derive(Clone)]
+pub struct Decoder {
+    format: Format,
+    /// Set for Avro formats.
+    registry: Option<Arc<Registry>>,
+}
+
+impl Decoder {
+    /// A decoder for `format`; Avro formats need `registry`.
+    pub fn new(format: Format, registry: Option<Arc<Registry>>) -> Decoder {
+        Decoder { format, registry }
+    }
+
+    /// Whether messages name writer schemas to look up ([`Decoder::prepare`]).
+    pub fn needs_registry(&self) -> bool {
+        self.registry.is_some() && self.format.is_avro()
+    }
+
+    /// Look up the writer schemas a message names (value and key), so [`Decoder::decode`] finds them.
+    /// Errs only when the registry cannot answer; the message must then wait, not be skipped.
+    pub async fn prepare(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<(), RegistryError> {
+        let Some(registry) = self.registry.as_ref().filter(|_| self.format.is_avro()) else {
+            return Ok(());
+        };
+        for bytes in [value, key].into_iter().flatten() {
+            if let Ok((id, _)) = avro::frame(bytes) {
+                registry.resolve(id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decode one message value.
+    pub fn decode(&self, value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
+        let Some(bytes) = value else {
+            return Ok(Decoded::Skip(Skip::Tombstone));
+        };
+        match (self.format, &self.registry) {
+            (Format::DebeziumAvro | Format::Avro, Some(registry)) => {
+                avro::decode(registry, bytes, self.format == Format::DebeziumAvro)
+            }
+            (Format::DebeziumAvro | Format::Avro, None) => Err(DecodeError::BadWriterSchema(
+                "no schema registry is configured for an Avro dataset".to_string(),
+            )),
+            (format, None) => decode(format, Some(bytes)),
+            (format, Some(_)) => decode(format, Some(bytes)),
+        }
+    }
+
+    /// Decode a message key into its fields: framed Avro when it is (Avro formats), else JSON.
+    pub fn decode_key(&self, key: Option<&[u8]>) -> Option<Fields> {
+        let key = key?;
+        if let Some(registry) = &self.registry
+            && let Some(fields) = avro::decode_key(registry, key)
+        {
+            return Some(fields);
+        }
+        decode_key(Some(key)).map(Fields::Json)
+    }
+}
+
+/// Decode one JSON message value (`json` and `debezium-json`).
 pub fn decode(format: Format, value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
     let Some(bytes) = value else {
         return Ok(Decoded::Skip(Skip::Tombstone));
     };
     let parsed: Value = serde_json::from_slice(bytes)?;
     match format {
-        Format::Json => match parsed {
+        Format::DebeziumJson => decode_debezium(parsed),
+        _ => match parsed {
             Value::Object(row) => Ok(Decoded::Change(Change {
                 op: Op::Create,
-                row: Some(row),
+                row: Some(Fields::Json(row)),
                 source_ts_ms: None,
                 source_pos: None,
             })),
             other => Err(DecodeError::NotAnObject(json_kind(&other))),
         },
-        Format::DebeziumJson => decode_debezium(parsed),
     }
 }
 
@@ -178,8 +288,10 @@ fn decode_debezium(parsed: Value) -> Result<Decoded, DecodeError> {
     let source_pos = source.and_then(source_position);
     let row = match op {
         Op::Truncate => None,
-        Op::Delete => Some(row_field(&envelope, "before", op)?),
-        Op::Create | Op::Update | Op::Read => Some(row_field(&envelope, "after", op)?),
+        Op::Delete => Some(Fields::Json(row_field(&envelope, "before", op)?)),
+        Op::Create | Op::Update | Op::Read => {
+            Some(Fields::Json(row_field(&envelope, "after", op)?))
+        }
     };
     Ok(Decoded::Change(Change {
         op,

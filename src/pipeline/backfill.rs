@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use super::{Admission, OwnedMessage, PipelineError, admit};
 use crate::buffer::{DatasetBuffer, TopicPartition};
 use crate::config::{Config, DatasetConfig, PartitionBy};
+use crate::decode::Decoder;
 use crate::sink::{self, SinkError, TableSink};
 use crate::source::Inspector;
 
@@ -295,6 +296,7 @@ pub async fn backfill(
         .find(|d| d.name == req.dataset)
         .ok_or_else(|| PipelineError::Stopped(format!("unknown dataset `{}`", req.dataset)))?;
     let (mut mapper, mut sink) = super::open_dataset(cfg, d).await?;
+    let decoder = Decoder::new(d.format, super::registry(cfg)?);
     let targets = if req.partitions.is_empty() {
         partitions_between(d.partitioning.by, req.from_us, req.to_us)
     } else {
@@ -370,7 +372,12 @@ pub async fn backfill(
                 inspector.read_ranges(&mut ends, READ_CHUNK, |m| {
                     out.messages_read += 1;
                     let m = OwnedMessage::from(m);
-                    match admit(d, &mut mapper, &m) {
+                    if decoder.needs_registry() {
+                        // Counted as still failing (`registry_unavailable`) if the wait runs out.
+                        let wait = super::prepare_patiently(&decoder, &m, super::REGISTRY_PATIENCE);
+                        let _ = tokio::runtime::Handle::current().block_on(wait);
+                    }
+                    match admit(d, &decoder, &mut mapper, &m) {
                         Admission::Row(row)
                             if targets.contains(&sorted(&row.partition_values, pcols)) =>
                         {

@@ -32,7 +32,7 @@ use super::backfill::{
 };
 use crate::buffer::DatasetBuffer;
 use crate::config::{Config, DatasetConfig, ExtractConfig};
-use crate::decode::{Change, Op};
+use crate::decode::{Change, Fields, Op};
 use crate::transform::{MessageContext, span_of_partitions};
 
 /// What part of the source an extract reads.
@@ -341,14 +341,14 @@ pub async fn extract(
         };
         let change = Change {
             op: Op::Read,
-            row: Some(row),
+            row: Some(Fields::Json(row)),
             source_ts_ms: Some(snapshot_us / 1000),
             source_pos: Some(snapshot.clone()),
         };
         let mapped = {
             let ctx = MessageContext {
                 offset,
-                key: None,
+                key: &|| None,
                 ingested_at_us: chrono::Utc::now().timestamp_micros(),
                 header: &no_header,
             };

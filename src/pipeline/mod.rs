@@ -29,7 +29,8 @@ use crate::audit::{AuditHandle, AuditRecord, Ledger};
 use crate::buffer::{DatasetBuffer, DeadLetter, FlushReason, TopicPartition, source_event_id};
 use crate::config::{Config, DatasetConfig, InvalidMessage};
 use crate::contract::{Contract, OnError};
-use crate::decode::{self, Decoded};
+use crate::decode::registry::{Registry, RegistryError};
+use crate::decode::{Decoded, Decoder};
 use crate::observability::Health;
 use crate::sink::dead_letter_topic::{DeadLetterTopic, PublisherHandle};
 use crate::sink::dead_letters::DeadLetterSink;
@@ -52,6 +53,8 @@ pub enum PipelineError {
     Audit(#[from] crate::audit::AuditError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Registry(#[from] crate::decode::registry::RegistryError),
     #[error("{0}")]
     Stopped(String),
 }
@@ -73,6 +76,7 @@ pub struct RunOptions {
 /// Open every dataset's table (creating it if needed) and sweep files left by crashed runs.
 pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineError> {
     let options = cfg.storage_options();
+    let registry = registry(cfg)?;
     let mut out = Vec::with_capacity(cfg.datasets.len());
     for d in &cfg.datasets {
         let (mapper, sink) = open_dataset(cfg, d).await?;
@@ -106,6 +110,7 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
         let dead_letter_sink = DeadLetterSink::new(&d.dead_letters.table_uri, &options);
         out.push(DatasetState::new(
             d.clone(),
+            Decoder::new(d.format, registry.clone()),
             mapper,
             buffer,
             sink,
@@ -114,6 +119,42 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
     }
     Ok(out)
 }
+
+/// The schema registry client, when the config has one (shared by the datasets of one run).
+pub(crate) fn registry(cfg: &Config) -> Result<Option<Arc<Registry>>, PipelineError> {
+    Ok(match &cfg.schema_registry {
+        Some(r) => Some(Arc::new(Registry::new(r)?)),
+        None => None,
+    })
+}
+
+/// Look up a message's writer schemas, waiting out a registry outage for up to `patience` (batch jobs:
+/// backfill, replay). Streaming does not wait here: it rewinds the partition and carries on with others.
+async fn prepare_patiently(
+    decoder: &Decoder,
+    m: &OwnedMessage,
+    patience: Duration,
+) -> Result<(), RegistryError> {
+    let deadline = Instant::now() + patience;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match decoder
+            .prepare(m.key.as_deref(), m.payload.as_deref())
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() + backoff > deadline => return Err(e),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "waiting for the schema registry");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// How long a backfill or replay waits for an unreachable registry before giving up on a message.
+const REGISTRY_PATIENCE: Duration = Duration::from_secs(300);
 
 /// A dataset's mapper (its contract) and its table, created if it does not exist yet.
 pub(crate) async fn open_dataset(
@@ -291,6 +332,7 @@ impl Run {
                 // Before `recv`: a busy consumer must not starve age flushes and gauges.
                 _ = tick.tick() => {
                     self.handle_rebalance().await?;
+                    self.resume_registry_waits();
                     self.flush_due().await?;
                     self.enforce_budget().await?;
                     self.update_gauges();
@@ -412,9 +454,62 @@ impl Run {
         if ps.next_offset.is_some_and(|next| m.offset < next) {
             return Ok(());
         }
+        if let Err(e) = self.datasets[d]
+            .decoder
+            .prepare(m.key.as_deref(), m.payload.as_deref())
+            .await
+        {
+            return self.wait_for_registry(d, &tp, &m, e);
+        }
+        let ps = self.partitions.get_mut(&tp).expect("checked above");
+        ps.registry_failures = 0;
         ps.next_offset = Some(m.offset + 1);
         ps.buffered_ts.get_or_insert(m.timestamp_ms);
         self.ingest(d, &tp, m)
+    }
+
+    /// The registry cannot give this message's writer schema: rewind the partition to the message and
+    /// pause it for a backoff, so nothing is skipped and the other partitions go on.
+    fn wait_for_registry(
+        &mut self,
+        d: usize,
+        tp: &TopicPartition,
+        m: &OwnedMessage,
+        error: RegistryError,
+    ) -> Result<(), PipelineError> {
+        let max = self
+            .cfg
+            .schema_registry
+            .as_ref()
+            .map_or(Duration::from_secs(30), |r| r.max_backoff);
+        let Some(ps) = self.partitions.get_mut(tp) else {
+            return Ok(());
+        };
+        ps.registry_failures += 1;
+        let backoff =
+            (Duration::from_millis(250) * 2u32.pow(ps.registry_failures.min(10))).min(max);
+        ps.registry_wait = Some(Instant::now() + backoff);
+        ps.stopped_ts.get_or_insert(m.timestamp_ms);
+        let dataset = &self.datasets[d].cfg.name;
+        metrics::counter!("bronze_registry_waits_total", "dataset" => dataset.clone()).increment(1);
+        warn!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset, error = %error,
+            retry_in = ?backoff, "writer schema unavailable; partition waits at this message");
+        source::seek(&self.consumer, tp, m.offset)?;
+        source::pause(&self.consumer, tp);
+        self.set_phase(tp, Phase::Seeking(m.offset));
+        Ok(())
+    }
+
+    /// Resume the partitions whose registry backoff is over; they re-read from the waiting message.
+    fn resume_registry_waits(&mut self) {
+        let now = Instant::now();
+        for (tp, ps) in self.partitions.iter_mut() {
+            if ps.registry_wait.is_some_and(|t| now >= t) {
+                ps.registry_wait = None;
+                ps.stopped_ts = None;
+                source::resume(&self.consumer, tp);
+            }
+        }
     }
 
     fn set_phase(&mut self, tp: &TopicPartition, phase: Phase) {
@@ -438,7 +533,7 @@ impl Run {
         metrics::counter!("bronze_events_consumed_total", "dataset" => dataset.clone(), "topic" => tp.0.clone())
             .increment(1);
         ds.summary.events += 1;
-        let rejection = match admit(&ds.cfg, &mut ds.mapper, &m) {
+        let rejection = match admit(&ds.cfg, &ds.decoder, &mut ds.mapper, &m) {
             Admission::Row(row) => {
                 if source_event_id(&row).is_some_and(|id| ds.redeliveries.contains(id)) {
                     metrics::counter!("bronze_redeliveries_dropped_total", "dataset" => dataset.clone())
@@ -749,7 +844,9 @@ impl Run {
         }
         let over = used(&self.datasets) >= self.budget;
         for (tp, ps) in self.partitions.iter_mut() {
-            let blocked = over && self.datasets[ps.dataset].pending.is_some();
+            // A partition waiting for the registry is paused already and resumes on its own clock.
+            let blocked =
+                over && self.datasets[ps.dataset].pending.is_some() && ps.registry_wait.is_none();
             if blocked && !ps.paused_for_memory && !ps.stopped {
                 source::pause(&self.consumer, tp);
                 ps.paused_for_memory = true;
@@ -914,12 +1011,17 @@ struct Rejection {
 /// What becomes of one message.
 enum Admission {
     Row(Box<Row>),
-    Skip(decode::Skip),
+    Skip(crate::decode::Skip),
     Reject(Rejection),
 }
 
 /// Check, decode and map one message under its dataset's rules (streaming and dead-letter replay alike).
-fn admit(cfg: &DatasetConfig, mapper: &mut Mapper, m: &OwnedMessage) -> Admission {
+fn admit(
+    cfg: &DatasetConfig,
+    decoder: &Decoder,
+    mapper: &mut Mapper,
+    m: &OwnedMessage,
+) -> Admission {
     let rules = &cfg.dead_letters;
     let invalid_fails = rules.on_invalid == InvalidMessage::Fail;
     let size = m.payload.as_ref().map_or(0, Vec::len);
@@ -940,7 +1042,7 @@ fn admit(cfg: &DatasetConfig, mapper: &mut Mapper, m: &OwnedMessage) -> Admissio
             fail: invalid_fails,
         });
     }
-    let change = match decode::decode(cfg.format, m.payload.as_deref()) {
+    let change = match decoder.decode(m.payload.as_deref()) {
         Ok(Decoded::Skip(reason)) => return Admission::Skip(reason),
         Ok(Decoded::Change(change)) => change,
         Err(e) => {
@@ -952,9 +1054,10 @@ fn admit(cfg: &DatasetConfig, mapper: &mut Mapper, m: &OwnedMessage) -> Admissio
         }
     };
     let header = |name: &str| m.header(name);
+    let key = || decoder.decode_key(m.key.as_deref());
     let ctx = MessageContext {
         offset: m.offset,
-        key: m.key.as_deref(),
+        key: &key,
         ingested_at_us: chrono::Utc::now().timestamp_micros(),
         header: &header,
     };

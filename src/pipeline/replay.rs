@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use super::{Admission, OwnedMessage, PipelineError, admit};
 use crate::buffer::{DatasetBuffer, DeadLetter};
 use crate::config::Config;
+use crate::decode::Decoder;
 use crate::sink::dead_letters::{self, DeadLetterFilter};
 use crate::sink::{SinkError, scan};
 
@@ -59,6 +60,7 @@ pub async fn replay(
     let options = cfg.storage_options();
     let letters = dead_letters::read(&d.dead_letters.table_uri, &options, filter).await?;
     let (mut mapper, mut sink) = super::open_dataset(cfg, d).await?;
+    let decoder = Decoder::new(d.format, super::registry(cfg)?);
     let pcols = mapper.partition_columns();
     let schema = mapper.contract().table_schema(pcols);
     let data_columns = mapper.contract().columns.len();
@@ -81,7 +83,9 @@ pub async fn replay(
                 continue;
             }
             let m = OwnedMessage::from(l.clone());
-            match admit(d, &mut mapper, &m) {
+            // A message still unreadable after the wait stays a dead letter (`registry_unavailable`).
+            let _ = super::prepare_patiently(&decoder, &m, super::REGISTRY_PATIENCE).await;
+            match admit(d, &decoder, &mut mapper, &m) {
                 Admission::Row(row) => {
                     super::sync_columns(&mapper, &mut buffer);
                     buffer.push(&l.topic, l.partition, *row, now)

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use crate::buffer::{DatasetBuffer, FlushBatch, RedeliveryWindow};
 use crate::config::DatasetConfig;
+use crate::decode::Decoder;
 use crate::sink::TableSink;
 use crate::sink::dead_letters::DeadLetterSink;
 use crate::transform::Mapper;
@@ -28,6 +29,10 @@ pub(super) struct PartitionState {
     /// Stopped on a message that cannot be ingested.
     pub stopped: bool,
     pub paused_for_memory: bool,
+    /// Paused until then, rewound to a message whose writer schema the registry could not give.
+    pub registry_wait: Option<Instant>,
+    /// Failed registry lookups in a row, for the backoff.
+    pub registry_failures: u32,
     /// Kafka timestamps (ms) of the oldest uncommitted message: in the buffer, in the batch being
     /// committed, and the message the partition stopped on. They make `bronze_consumer_lag_seconds`.
     pub buffered_ts: Option<i64>,
@@ -46,6 +51,8 @@ impl PartitionState {
             committed: None,
             stopped: false,
             paused_for_memory: false,
+            registry_wait: None,
+            registry_failures: 0,
             buffered_ts: None,
             pending_ts: None,
             stopped_ts: None,
@@ -164,6 +171,7 @@ pub(super) struct PendingBatch {
 
 pub struct DatasetState {
     pub(super) cfg: DatasetConfig,
+    pub(super) decoder: Decoder,
     pub(super) mapper: Mapper,
     pub(super) buffer: DatasetBuffer,
     pub(super) sink: TableSink,
@@ -186,6 +194,7 @@ pub struct DatasetState {
 impl DatasetState {
     pub(super) fn new(
         cfg: DatasetConfig,
+        decoder: Decoder,
         mapper: Mapper,
         buffer: DatasetBuffer,
         sink: TableSink,
@@ -194,6 +203,7 @@ impl DatasetState {
         DatasetState {
             redeliveries: RedeliveryWindow::new(cfg.redelivery_window),
             cfg,
+            decoder,
             mapper,
             buffer,
             sink,

@@ -44,6 +44,22 @@ pub enum CoerceError {
     },
 }
 
+impl CoerceError {
+    /// The same error, naming the input type as `kind` (for inputs handed on as JSON).
+    pub(super) fn found(self, kind: &'static str) -> CoerceError {
+        match self {
+            CoerceError::Mismatch {
+                expected, value, ..
+            } => CoerceError::Mismatch {
+                expected,
+                found: kind,
+                value,
+            },
+            other => other,
+        }
+    }
+}
+
 fn mismatch(expected: &'static str, v: &Value) -> CoerceError {
     let mut value = v.to_string();
     if value.len() > 80 {
@@ -157,7 +173,6 @@ fn hex(s: &str) -> Option<Vec<u8>> {
 
 /// The unscaled value of `v` in the column's scale, within its precision.
 fn decimal(col: &Column, v: &Value) -> Result<i128, CoerceError> {
-    let precision = u32::from(col.precision.unwrap_or(38));
     let scale = i32::from(col.scale.unwrap_or(0));
     let expected = "decimal";
     let (unscaled, from_scale) = match v {
@@ -189,12 +204,15 @@ fn decimal(col: &Column, v: &Value) -> Result<i128, CoerceError> {
         }
         _ => return Err(mismatch(expected, v)),
     };
-    let rescaled =
-        rescale(unscaled, from_scale, scale, col.rounding).ok_or_else(|| out_of_range(v))?;
-    if rescaled.unsigned_abs() >= 10u128.pow(precision) {
-        return Err(out_of_range(v));
-    }
-    Ok(rescaled)
+    fit_decimal(col, unscaled, from_scale).ok_or_else(|| out_of_range(v))
+}
+
+/// `unscaled × 10^-from_scale` in the column's scale and within its precision, rounded by its rule.
+pub(super) fn fit_decimal(col: &Column, unscaled: i128, from_scale: i32) -> Option<i128> {
+    let precision = u32::from(col.precision.unwrap_or(38));
+    let scale = i32::from(col.scale.unwrap_or(0));
+    let rescaled = rescale(unscaled, from_scale, scale, col.rounding)?;
+    (rescaled.unsigned_abs() < 10u128.pow(precision)).then_some(rescaled)
 }
 
 fn out_of_range(v: &Value) -> CoerceError {
@@ -244,13 +262,7 @@ fn digits_value(int: &str, frac: &str, exp: i32) -> Option<(i128, i32)> {
 /// A base64 big-endian two's-complement integer of at most 16 bytes.
 fn unscaled_bytes(s: &str) -> Option<i128> {
     let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
-    if bytes.is_empty() || bytes.len() > 16 {
-        return None;
-    }
-    let fill = if bytes[0] & 0x80 != 0 { 0xff } else { 0 };
-    let mut buf = [fill; 16];
-    buf[16 - bytes.len()..].copy_from_slice(&bytes);
-    Some(i128::from_be_bytes(buf))
+    crate::decode::avro::unscaled(&bytes)
 }
 
 /// `unscaled × 10^-from` in scale `to`; `None` on overflow or when digits would be lost under

@@ -2,6 +2,7 @@
 //! dataset's contract: normalized names, coerced values, metadata, partition values and the dedup key.
 
 mod coerce;
+mod incoming;
 mod names;
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,7 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::config::{DatasetConfig, PartitionBy};
 use crate::contract::{ColumnType, Contract, DriftAction, OnError, ReviewHold};
-use crate::decode::{Change, Op};
+use crate::decode::{Change, Fields, Op};
+use incoming::Incoming;
 
 pub use coerce::{Cell, CoerceError};
 pub use names::snake_case;
@@ -190,7 +192,8 @@ enum OrderSource {
 #[derive(Clone, Copy)]
 pub struct MessageContext<'a> {
     pub offset: i64,
-    pub key: Option<&'a [u8]>,
+    /// The message key's fields, decoded on demand (only rows that lack a key column need them).
+    pub key: &'a dyn Fn() -> Option<Fields>,
     pub ingested_at_us: i64,
     /// Header lookup: name -> first value.
     pub header: &'a dyn Fn(&str) -> Option<String>,
@@ -343,9 +346,9 @@ impl Mapper {
 
     /// Add a column for an unknown field (policy `evolve`), typed from `value`; `None` while the value is
     /// null. The sink adds the column to the table with the first rows that carry it.
-    fn evolve(&mut self, name: &str, value: &Value) -> Option<usize> {
-        let ty = ColumnType::infer(value)?;
-        let i = self.contract.add_evolved(name, ty, None);
+    fn evolve(&mut self, name: &str, value: &impl Incoming) -> Option<usize> {
+        let (ty, ps) = value.infer()?;
+        let i = self.contract.add_evolved(name, ty, ps);
         // Field spellings that normalize to this name now land in the new column.
         self.lookup
             .retain(|_, t| !matches!(t, Target::Unknown(n) if n.as_ref() == name));
@@ -469,7 +472,7 @@ impl Mapper {
         if self.key_from_message_key
             && change.op != Op::Truncate
             && self.key_columns.iter().any(|&k| !present[k])
-            && let Some(key) = crate::decode::decode_key(ctx.key)
+            && let Some(key) = (ctx.key)()
         {
             let mut ignored = 0;
             // Columns may have evolved while the row was filled.
@@ -555,22 +558,42 @@ impl Mapper {
     /// Fill from the message key: fields it has beyond the key columns are not drift.
     fn fill_key(
         &mut self,
-        key: Map<String, Value>,
+        key: Fields,
         data: &mut Vec<Cell>,
         present: &mut Vec<bool>,
         seen: &mut Vec<bool>,
         unknown_fields: &mut u64,
     ) -> Result<(), TransformError> {
-        let known: Map<String, Value> = key
-            .into_iter()
-            .filter(|(f, _)| !matches!(self.column_of(f), Target::Unknown(_)))
-            .collect();
-        self.fill(known, data, present, seen, &mut Map::new(), unknown_fields)
+        let known = |this: &mut Self, f: &str| !matches!(this.column_of(f), Target::Unknown(_));
+        let key = match key {
+            Fields::Json(m) => {
+                Fields::Json(m.into_iter().filter(|(f, _)| known(self, f)).collect())
+            }
+            Fields::Avro(v) => {
+                Fields::Avro(v.into_iter().filter(|(f, _)| known(self, f)).collect())
+            }
+        };
+        self.fill(key, data, present, seen, &mut Map::new(), unknown_fields)
     }
 
     fn fill(
         &mut self,
-        row: Map<String, Value>,
+        row: Fields,
+        data: &mut Vec<Cell>,
+        present: &mut Vec<bool>,
+        seen: &mut Vec<bool>,
+        rescued: &mut Map<String, Value>,
+        unknown_fields: &mut u64,
+    ) -> Result<(), TransformError> {
+        match row {
+            Fields::Json(m) => self.fill_from(m, data, present, seen, rescued, unknown_fields),
+            Fields::Avro(v) => self.fill_from(v, data, present, seen, rescued, unknown_fields),
+        }
+    }
+
+    fn fill_from<V: Incoming>(
+        &mut self,
+        row: impl IntoIterator<Item = (String, V)>,
         data: &mut Vec<Cell>,
         present: &mut Vec<bool>,
         seen: &mut Vec<bool>,
@@ -597,7 +620,7 @@ impl Mapper {
                     let policy = self.contract.drift.new_column;
                     if policy == DriftAction::Review {
                         // Null says nothing of the type and loses nothing: only values are held.
-                        let Some(ty) = ColumnType::infer(&value) else {
+                        let Some((ty, _)) = value.infer() else {
                             continue;
                         };
                         observe(
@@ -609,7 +632,7 @@ impl Mapper {
                             policy.as_str(),
                         );
                         if self.contract.drift.review_hold == ReviewHold::Rescue {
-                            rescued.insert(field, value);
+                            rescued.insert(field, value.into_json());
                             continue;
                         }
                         return Err(TransformError::Drift {
@@ -635,7 +658,7 @@ impl Mapper {
                             None => continue,
                         }
                     } else {
-                        let kind = crate::decode::json_kind(&value);
+                        let kind = value.kind();
                         observe(
                             &mut self.drift,
                             DriftKind::NewColumn,
@@ -653,7 +676,7 @@ impl Mapper {
                             return Err(e);
                         }
                         if policy == DriftAction::Rescue {
-                            rescued.insert(field, value);
+                            rescued.insert(field, value.into_json());
                         }
                         continue;
                     }
@@ -664,14 +687,14 @@ impl Mapper {
             let action = col.on_error(self.contract.on_error);
             // Only rescuing columns pay for a copy of each value.
             let original = (action == OnError::Rescue).then(|| value.clone());
-            data[i] = match coerce::coerce(col, value) {
+            data[i] = match value.coerce(col) {
                 Ok(cell) => cell,
                 Err(source) => {
                     count_column_error(&self.dataset, &col.name, action);
                     match (action, original) {
                         (OnError::Null, _) => {}
                         (OnError::Rescue, Some(v)) => {
-                            rescued.insert(field, v);
+                            rescued.insert(field, v.into_json());
                         }
                         _ => {
                             return Err(TransformError::Coerce {

@@ -8,6 +8,7 @@ use crate::config::{
     DeadLetterConfig, FlushLimits, Format, InvalidMessage, Partitioning, TopicSelector,
 };
 use crate::contract::Column;
+use crate::decode::decode_key;
 
 fn col(name: &str, ty: ColumnType, nullable: bool) -> Column {
     let mut c = Column::new(name, ty);
@@ -48,7 +49,7 @@ fn dataset() -> DatasetConfig {
 fn change_of(op: Op, after: serde_json::Value) -> Change {
     Change {
         op,
-        row: after.as_object().cloned(),
+        row: after.as_object().cloned().map(Fields::Json),
         source_ts_ms: Some(1),
         source_pos: None,
     }
@@ -68,7 +69,7 @@ fn mapper() -> Mapper {
 }
 
 fn ctx<'a>(
-    key: Option<&'a [u8]>,
+    key: &'a dyn Fn() -> Option<Fields>,
     header: &'a dyn Fn(&str) -> Option<String>,
 ) -> MessageContext<'a> {
     MessageContext {
@@ -82,7 +83,7 @@ fn ctx<'a>(
 fn change(op: Op, row: serde_json::Value) -> Change {
     Change {
         op,
-        row: row.as_object().cloned(),
+        row: row.as_object().cloned().map(Fields::Json),
         // 2019-05-28T09:38:24.863Z
         source_ts_ms: Some(1559036304863),
         source_pos: Some("1".into()),
@@ -100,7 +101,7 @@ fn maps_normalized_names_headers_partitions_and_key() {
                 Op::Create,
                 json!({"id": 1, "firstName": "Ann", "extra": true}),
             ),
-            &ctx(None, &headers),
+            &ctx(&|| None, &headers),
             &mut unknown,
         )
         .unwrap();
@@ -130,7 +131,7 @@ fn delete_with_key_only_takes_key_from_message_key() {
     let row = m
         .map(
             change(Op::Delete, json!({})),
-            &ctx(Some(key), &no_headers),
+            &ctx(&|| decode_key(Some(key)).map(Fields::Json), &no_headers),
             &mut unknown,
         )
         .unwrap();
@@ -147,7 +148,7 @@ fn missing_required_value_and_bad_type_are_errors() {
     let e = m
         .map(
             change(Op::Create, json!({"id": 1})),
-            &ctx(None, &no_headers),
+            &ctx(&|| None, &no_headers),
             &mut unknown,
         )
         .unwrap_err();
@@ -156,7 +157,7 @@ fn missing_required_value_and_bad_type_are_errors() {
     let e = m
         .map(
             change(Op::Update, json!({"id": "x1", "first_name": "a"})),
-            &ctx(None, &no_headers),
+            &ctx(&|| None, &no_headers),
             &mut unknown,
         )
         .unwrap_err();
@@ -171,7 +172,7 @@ fn truncate_has_no_key_and_falls_back_to_ingest_time_without_source_ts() {
     let mut unknown = 0;
     let mut c = change(Op::Truncate, serde_json::Value::Null);
     c.source_ts_ms = None;
-    let row = m.map(c, &ctx(None, &no_headers), &mut unknown).unwrap();
+    let row = m.map(c, &ctx(&|| None, &no_headers), &mut unknown).unwrap();
     assert!(row.dedup_key.is_none());
     // 1_700_000_000 s = 2023-11-14T22:13:20Z
     assert_eq!(
@@ -219,7 +220,7 @@ fn on_error_rules_decide_per_column() {
     let row = m
         .map(
             change(json!({"id": 1, "trace": "x"})),
-            &ctx(None, &no_header),
+            &ctx(&|| None, &no_header),
             &mut unknown,
         )
         .unwrap();
@@ -228,7 +229,7 @@ fn on_error_rules_decide_per_column() {
     let e = m
         .map(
             change(json!({"id": 1, "first_name": "maybe"})),
-            &ctx(None, &no_header),
+            &ctx(&|| None, &no_header),
             &mut unknown,
         )
         .unwrap_err();
@@ -237,7 +238,7 @@ fn on_error_rules_decide_per_column() {
     let e = m
         .map(
             change(json!({"id": "one"})),
-            &ctx(None, &no_header),
+            &ctx(&|| None, &no_header),
             &mut unknown,
         )
         .unwrap_err();
@@ -245,7 +246,7 @@ fn on_error_rules_decide_per_column() {
     let e = m
         .map(
             change(json!({"trace": 1})),
-            &ctx(None, &no_header),
+            &ctx(&|| None, &no_header),
             &mut unknown,
         )
         .unwrap_err();
@@ -280,7 +281,7 @@ fn drift_is_observed_and_the_policy_decides() {
     let row = m
         .map(
             change(json!({"id": 1, "email": "a@b"})),
-            &ctx(None, &no_header),
+            &ctx(&|| None, &no_header),
             &mut unknown,
         )
         .unwrap();
@@ -288,14 +289,14 @@ fn drift_is_observed_and_the_policy_decides() {
     // A missing column is ignored by policy (null), a new one quarantined.
     m.map(
         change(json!({"id": 2})),
-        &ctx(None, &no_header),
+        &ctx(&|| None, &no_header),
         &mut unknown,
     )
     .unwrap();
     let e = m
         .map(
             change(json!({"id": 3, "email_address": "x", "tier": "gold"})),
-            &ctx(None, &no_header),
+            &ctx(&|| None, &no_header),
             &mut unknown,
         )
         .unwrap_err();
@@ -325,13 +326,14 @@ fn drift_is_observed_and_the_policy_decides() {
     let e = m
         .map(
             change(json!({"id": 4})),
-            &ctx(None, &no_header),
+            &ctx(&|| None, &no_header),
             &mut unknown,
         )
         .unwrap_err();
     assert_eq!(e.action(), OnError::Fail);
     let delete = change_of(Op::Delete, json!({"id": 5}));
-    m.map(delete, &ctx(None, &no_header), &mut unknown).unwrap();
+    m.map(delete, &ctx(&|| None, &no_header), &mut unknown)
+        .unwrap();
 }
 
 #[test]
@@ -355,7 +357,7 @@ fn evolve_adds_typed_columns_and_waits_for_a_value() {
     let mut map = |after| {
         m.map(
             change_of(Op::Update, after),
-            &ctx(None, &no_header),
+            &ctx(&|| None, &no_header),
             &mut unknown,
         )
     };
@@ -407,7 +409,7 @@ fn evolve_adds_typed_columns_and_waits_for_a_value() {
     let row = fresh
         .map(
             change_of(Op::Update, json!({"id": 4, "amount": "1.50"})),
-            &ctx(None, &no_header),
+            &ctx(&|| None, &no_header),
             &mut unknown,
         )
         .unwrap();
@@ -435,7 +437,7 @@ fn review_holds_new_fields_until_the_table_has_their_column() {
     let e = m
         .map(
             change_of(Op::Update, json!({"id": 1, "tier": "gold"})),
-            &ctx(None, &no_header),
+            &ctx(&|| None, &no_header),
             &mut unknown,
         )
         .unwrap_err();
@@ -446,7 +448,7 @@ fn review_holds_new_fields_until_the_table_has_their_column() {
     // A null field holds nothing back.
     m.map(
         change_of(Op::Update, json!({"id": 2, "tier": null})),
-        &ctx(None, &no_header),
+        &ctx(&|| None, &no_header),
         &mut unknown,
     )
     .unwrap();
@@ -469,7 +471,7 @@ fn review_holds_new_fields_until_the_table_has_their_column() {
     let row = m
         .map(
             change_of(Op::Update, json!({"id": 3, "tier": "gold"})),
-            &ctx(None, &no_header),
+            &ctx(&|| None, &no_header),
             &mut unknown,
         )
         .unwrap();
@@ -481,9 +483,128 @@ fn review_holds_new_fields_until_the_table_has_their_column() {
     let row = m
         .map(
             change_of(Op::Update, json!({"id": 4, "tier": "gold"})),
-            &ctx(None, &no_header),
+            &ctx(&|| None, &no_header),
             &mut unknown,
         )
         .unwrap();
     assert_eq!(row.rescued.as_deref(), Some(r#"{"tier":"gold"}"#));
+}
+
+/// Avro fields land in contract columns without passing through JSON; text and epoch numbers follow
+/// the same column rules as JSON; evolution types new columns from the Avro type.
+#[test]
+fn avro_fields_coerce_by_type_and_evolve_typed_columns() {
+    use crate::contract::{DriftAction, DriftPolicy, EpochUnit};
+    use crate::decode::AvroField as A;
+    let mut amount = col("amount", ColumnType::Decimal, true);
+    (amount.precision, amount.scale) = (Some(12), Some(4));
+    let mut at = col("at", ColumnType::Timestamp, true);
+    at.unit = EpochUnit::Ms;
+    let contract = Contract {
+        on_error: OnError::DeadLetter,
+        drift: DriftPolicy {
+            new_column: DriftAction::Evolve,
+            missing_column: DriftAction::Ignore,
+            review_hold: Default::default(),
+        },
+        columns: vec![
+            col("id", ColumnType::Int64, false),
+            amount,
+            at,
+            col("day", ColumnType::Date, true),
+            col("small", ColumnType::Int32, true),
+            col("doc", ColumnType::Json, true),
+            col("label", ColumnType::String, true),
+            col("created", ColumnType::Timestamp, true),
+        ],
+    };
+    let mut d = dataset();
+    d.header_columns.clear();
+    d.key_from_message_key = false;
+    let mut m = Mapper::new(&d, contract).unwrap();
+    let no_header = |_: &str| None;
+    let map = |m: &mut Mapper, fields: Vec<(&str, A)>| {
+        let row = Fields::Avro(
+            fields
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
+        );
+        let change = Change {
+            op: Op::Create,
+            row: Some(row),
+            source_ts_ms: Some(1),
+            source_pos: None,
+        };
+        m.map(change, &ctx(&|| None, &no_header), &mut 0)
+    };
+    let row = map(
+        &mut m,
+        vec![
+            ("id", A::Int(7)),
+            (
+                "amount",
+                A::Decimal {
+                    unscaled: 12_345,
+                    scale: 2,
+                    precision: Some(10),
+                },
+            ),
+            ("at", A::Long(1_700_000_000_123)),
+            ("day", A::Int(19_000)),
+            ("small", A::Long(5)),
+            ("doc", A::Nested(json!({"a": [1, 2]}))),
+            (
+                "label",
+                A::Decimal {
+                    unscaled: -5,
+                    scale: 1,
+                    precision: None,
+                },
+            ),
+            ("created", A::Date(1)),
+            (
+                "rating",
+                A::Decimal {
+                    unscaled: 45,
+                    scale: 1,
+                    precision: Some(3),
+                },
+            ),
+            ("flag", A::Boolean(true)),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        row.data,
+        [
+            Cell::Int64(7),
+            Cell::Decimal(1_234_500),
+            Cell::Timestamp(1_700_000_000_123_000),
+            Cell::Date(19_000),
+            Cell::Int32(5),
+            Cell::Str(r#"{"a":[1,2]}"#.into()),
+            Cell::Str("-0.5".into()),
+            Cell::Timestamp(86_400_000_000),
+            Cell::Decimal(45),
+            Cell::Bool(true),
+        ]
+    );
+    let evolved: Vec<_> = m.contract().columns[8..]
+        .iter()
+        .map(|c| (c.name.as_str(), c.ty, c.precision, c.scale))
+        .collect();
+    assert_eq!(
+        evolved,
+        [
+            ("rating", ColumnType::Decimal, Some(3), Some(1)),
+            ("flag", ColumnType::Bool, None, None)
+        ]
+    );
+    // A long beyond int32 and a timestamp into a date column are refused, naming the Avro type.
+    let e = map(&mut m, vec![("id", A::Int(1)), ("small", A::Long(1 << 40))]).unwrap_err();
+    assert_eq!(e.kind(), "type_mismatch");
+    assert!(e.to_string().contains("out of range for int32"), "{e}");
+    let e = map(&mut m, vec![("id", A::Int(1)), ("day", A::Timestamp(5))]).unwrap_err();
+    assert!(e.to_string().contains("found timestamp"), "{e}");
 }
