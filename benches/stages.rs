@@ -1,19 +1,25 @@
 //! Micro-benchmarks of the data path's stages on a realistic 20-column Debezium orders row (ints,
 //! strings, decimals, a date, timestamps, a boolean, a nullable JSON column), ~750 B of JSON per event:
-//! decode (Debezium JSON envelope), map (decode + coercion into typed cells), buffer (Arrow builders,
-//! in-flush dedup by key, batch build) and Parquet encode (snappy, page statistics, as the sink writes).
+//! decode (Debezium JSON envelope), map (decode + coercion into typed cells), the same two for the same
+//! events as Confluent-framed Debezium Avro (decimals as Avro `decimal`), buffer (Arrow builders, in-flush
+//! dedup by key, batch build) and Parquet encode (snappy, page statistics, as the sink writes).
 //!
 //! `cargo bench --bench stages` (criterion; rows/s and bytes/s per stage).
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Instant;
+
+use apache_avro::Schema;
+use apache_avro::types::Value as Avro;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 use bronze::buffer::DatasetBuffer;
 use bronze::config::{Compression, Config, Format};
 use bronze::contract::Contract;
-use bronze::decode::{self, Decoded};
+use bronze::decode::registry::Registry;
+use bronze::decode::{self, Decoded, Decoder};
 use bronze::transform::{Mapper, MessageContext, Row};
 
 const EVENTS: usize = 10_000;
@@ -71,6 +77,109 @@ fn events() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The row as the Confluent AvroConverter writes it for Debezium with `decimal.handling.mode=precise`.
+const AVRO_ENVELOPE: &str = r#"{"type": "record", "name": "Envelope", "namespace": "shop.public.orders", "fields": [
+  {"name": "before", "type": ["null", {"type": "record", "name": "Value", "fields": [
+    {"name": "id", "type": "long"}, {"name": "customer_id", "type": "long"}, {"name": "store_id", "type": "int"},
+    {"name": "status", "type": "string"}, {"name": "currency", "type": "string"},
+    {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}},
+    {"name": "tax", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}},
+    {"name": "discount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}},
+    {"name": "quantity", "type": "int"}, {"name": "sku", "type": "string"}, {"name": "channel", "type": "string"},
+    {"name": "country", "type": "string"}, {"name": "city", "type": "string"}, {"name": "email", "type": "string"},
+    {"name": "is_gift", "type": "boolean"},
+    {"name": "order_date", "type": {"type": "int", "connect.name": "io.debezium.time.Date"}},
+    {"name": "created_at", "type": {"type": "long", "connect.name": "io.debezium.time.MicroTimestamp"}},
+    {"name": "updated_at", "type": {"type": "long", "connect.name": "io.debezium.time.MicroTimestamp"}},
+    {"name": "notes", "type": ["null", "string"]},
+    {"name": "attributes", "type": {"type": "string", "connect.name": "io.debezium.data.Json"}}]}]},
+  {"name": "after", "type": ["null", "Value"]},
+  {"name": "source", "type": {"type": "record", "name": "Source", "fields": [
+    {"name": "version", "type": "string"}, {"name": "connector", "type": "string"}, {"name": "name", "type": "string"},
+    {"name": "ts_ms", "type": "long"}, {"name": "snapshot", "type": "string"}, {"name": "db", "type": "string"},
+    {"name": "schema", "type": "string"}, {"name": "table", "type": "string"}, {"name": "txId", "type": "long"},
+    {"name": "lsn", "type": "long"}, {"name": "xmin", "type": ["null", "long"]}]}},
+  {"name": "op", "type": "string"}, {"name": "ts_ms", "type": ["null", "long"]},
+  {"name": "transaction", "type": ["null", "string"]}]}"#;
+
+const AVRO_SCHEMA_ID: u32 = 1;
+
+/// A JSON event as the Avro value of `schema` (decimals from their JSON numbers).
+fn to_avro(v: &serde_json::Value, schema: &Schema, value_record: &Schema) -> Avro {
+    use serde_json::Value as J;
+    match (schema, v) {
+        (Schema::Ref { .. }, v) => to_avro(v, value_record, value_record),
+        (Schema::Null, _) => Avro::Null,
+        (Schema::Union(_), J::Null) => Avro::Union(0, Box::new(Avro::Null)),
+        (Schema::Union(u), v) => {
+            Avro::Union(1, Box::new(to_avro(v, &u.variants()[1], value_record)))
+        }
+        (Schema::Record(r), J::Object(o)) => Avro::Record(
+            r.fields
+                .iter()
+                .map(|f| {
+                    (
+                        f.name.clone(),
+                        to_avro(&o[&f.name], &f.schema, value_record),
+                    )
+                })
+                .collect(),
+        ),
+        (Schema::Decimal(_), J::Number(n)) => {
+            let unscaled = (n.as_f64().expect("number") * 100.0).round() as i64;
+            Avro::Decimal(apache_avro::Decimal::from(unscaled.to_be_bytes()))
+        }
+        (Schema::Int, J::Number(n)) => Avro::Int(n.as_i64().expect("int") as i32),
+        (Schema::Long, J::Number(n)) => Avro::Long(n.as_i64().expect("long")),
+        (Schema::Boolean, J::Bool(b)) => Avro::Boolean(*b),
+        (Schema::String, J::String(s)) => Avro::String(s.clone()),
+        (s, v) => panic!("bench event {v} does not fit {s:?}"),
+    }
+}
+
+/// The same events, Confluent-framed Avro, and a decoder whose registry already holds their schema.
+fn avro_events(events: &[Vec<u8>]) -> (Decoder, Vec<Vec<u8>>) {
+    let schema = Schema::parse_str(AVRO_ENVELOPE).expect("bench schema");
+    let Schema::Record(r) = &schema else {
+        panic!("record")
+    };
+    let Schema::Union(u) = &r.fields[0].schema else {
+        panic!("union")
+    };
+    let value_record = u.variants()[1].clone();
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .expect("writer");
+    let framed = events
+        .iter()
+        .map(|e| {
+            let json: serde_json::Value = serde_json::from_slice(e).expect("event");
+            let datum = writer
+                .write_value_to_vec(to_avro(&json, &schema, &value_record))
+                .expect("bench event encodes");
+            let mut out = vec![0];
+            out.extend_from_slice(&AVRO_SCHEMA_ID.to_be_bytes());
+            out.extend(datum);
+            out
+        })
+        .collect();
+    let registry = Registry::new(&bronze::config::SchemaRegistryConfig {
+        url: "http://127.0.0.1:9".into(),
+        username: None,
+        password: None,
+        timeout: std::time::Duration::from_secs(1),
+        max_backoff: std::time::Duration::from_secs(1),
+    })
+    .expect("registry client");
+    registry
+        .preload(AVRO_SCHEMA_ID, AVRO_ENVELOPE)
+        .expect("bench schema");
+    (
+        Decoder::new(Format::DebeziumAvro, Some(Arc::new(registry))),
+        framed,
+    )
+}
+
 /// The bench dataset: `benches/schemas/wide_orders.toml`, keyed by `id`, partitioned by date.
 fn mapper(dir: &std::path::Path) -> Mapper {
     let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/schemas");
@@ -89,13 +198,13 @@ fn mapper(dir: &std::path::Path) -> Mapper {
     Mapper::new(d, Contract::load(&d.schema_file).expect("bench contract")).expect("mapper")
 }
 
-fn map_all(mapper: &mut Mapper, payloads: &[Vec<u8>]) -> Vec<Row> {
+fn map_all(mapper: &mut Mapper, decoder: &Decoder, payloads: &[Vec<u8>]) -> Vec<Row> {
     let no_header = |_: &str| None;
     payloads
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let Ok(Decoded::Change(change)) = decode::decode(Format::DebeziumJson, Some(p)) else {
+            let Ok(Decoded::Change(change)) = decoder.decode(Some(p)) else {
                 panic!("bench events decode")
             };
             let ctx = MessageContext {
@@ -117,7 +226,18 @@ fn stages(c: &mut Criterion) {
     let schema = mapper.contract().table_schema(mapper.partition_columns());
     let ncols = mapper.contract().columns.len();
     let pcols = mapper.partition_columns().len();
-    let rows = map_all(&mut mapper, &payloads);
+    let json = Decoder::new(Format::DebeziumJson, None);
+    let (avro, avro_payloads) = avro_events(&payloads);
+    let avro_bytes: usize = avro_payloads.iter().map(Vec::len).sum();
+    let rows = map_all(&mut mapper, &json, &payloads);
+    assert_eq!(
+        map_all(&mut mapper, &avro, &avro_payloads)
+            .iter()
+            .map(|r| &r.data)
+            .collect::<Vec<_>>(),
+        rows.iter().map(|r| &r.data).collect::<Vec<_>>(),
+        "Avro and JSON events map to the same cells"
+    );
     let batch = {
         let mut b = DatasetBuffer::new(schema.clone(), ncols, pcols);
         let now = Instant::now();
@@ -139,7 +259,18 @@ fn stages(c: &mut Criterion) {
         })
     });
     g.bench_function("decode_and_coerce", |b| {
-        b.iter(|| black_box(map_all(&mut mapper, &payloads)))
+        b.iter(|| black_box(map_all(&mut mapper, &json, &payloads)))
+    });
+    g.throughput(Throughput::Bytes(avro_bytes as u64));
+    g.bench_function("decode_debezium_avro", |b| {
+        b.iter(|| {
+            for p in &avro_payloads {
+                black_box(avro.decode(Some(p)).expect("decode"));
+            }
+        })
+    });
+    g.bench_function("decode_and_coerce_avro", |b| {
+        b.iter(|| black_box(map_all(&mut mapper, &avro, &avro_payloads)))
     });
     g.throughput(Throughput::Elements(EVENTS as u64));
     g.bench_function("buffer_dedup_build_arrow", |b| {

@@ -18,7 +18,7 @@ mod dead_letter;
 mod redelivery;
 
 pub use dead_letter::DeadLetter;
-pub use redelivery::{RedeliveryWindow, source_event_id};
+pub use redelivery::{RedeliveryWindow, event_ids_of, source_event_id};
 
 use crate::config::FlushLimits;
 use crate::contract::RESCUED_COLUMN;

@@ -5,15 +5,54 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use crate::transform::Row;
+use arrow::array::{Array, AsArray, RecordBatch};
+
+use crate::transform::{Cell, Row};
 
 /// Identity of a source event: its key and its position in the source log. `None` when either is
 /// unknown (keyless datasets, plain JSON): such rows are never taken for redeliveries.
 pub fn source_event_id(row: &Row) -> Option<u64> {
     let (key, pos) = (row.dedup_key.as_ref()?, row.source_pos.as_ref()?);
+    Some(event_id(key, pos, row.op.as_str()))
+}
+
+fn event_id(key: &str, pos: &str, op: &str) -> u64 {
     let mut h = DefaultHasher::new();
-    (key, pos, row.op.as_str()).hash(&mut h);
-    Some(h.finish())
+    (key, pos, op).hash(&mut h);
+    h.finish()
+}
+
+/// The ids of committed rows read back from the table, oldest first: `batches` hold the key columns (as
+/// the table types them, in `key_columns` order), then `_source_pos` and `_op`. The key text is made
+/// exactly as the mapper makes a row's dedup key, so a row read back has the id it had when it was
+/// written.
+pub fn event_ids_of(batches: &[RecordBatch], key_columns: usize) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut key = String::new();
+    for b in batches {
+        if b.num_columns() < key_columns + 2 {
+            continue;
+        }
+        let (pos, op) = (b.column(key_columns), b.column(key_columns + 1));
+        let (Some(pos), Some(op)) = (pos.as_string_opt::<i32>(), op.as_string_opt::<i32>()) else {
+            continue;
+        };
+        'rows: for i in 0..b.num_rows() {
+            if pos.is_null(i) || op.is_null(i) {
+                continue;
+            }
+            key.clear();
+            for c in 0..key_columns {
+                let Some(cell) = Cell::from_arrow(b.column(c).as_ref(), i) else {
+                    continue 'rows;
+                };
+                cell.write_key(&mut key);
+                key.push('\u{1f}');
+            }
+            ids.push(event_id(&key, pos.value(i), op.value(i)));
+        }
+    }
+    ids
 }
 
 /// The ids of the last `capacity` committed source events. Only committed rows enter it, so a batch

@@ -211,3 +211,67 @@ fn evolving_the_buffer_back_fills_nulls() {
         .unwrap();
     assert_eq!(tier.iter().collect::<Vec<_>>(), [None, Some("gold"), None]);
 }
+
+/// A committed row read back from its Arrow batch has the source-event id it had as a row, for every key
+/// type: that is what lets a restart seed the redelivery window from the table.
+#[test]
+fn event_ids_read_back_from_batches_match_the_rows() {
+    let types = [
+        (ColumnType::Int64, Cell::Int64(-42)),
+        (ColumnType::String, Cell::Str("k\u{e9}y".into())),
+        (ColumnType::Int32, Cell::Int32(7)),
+        (ColumnType::Date, Cell::Date(19_000)),
+        (
+            ColumnType::Timestamp,
+            Cell::Timestamp(1_700_000_000_123_456),
+        ),
+        (ColumnType::Decimal, Cell::Decimal(-12_345)),
+        (ColumnType::Bool, Cell::Bool(true)),
+        (ColumnType::Binary, Cell::Binary(vec![0, 255])),
+    ];
+    let columns: Vec<Column> = types
+        .iter()
+        .enumerate()
+        .map(|(i, (ty, _))| {
+            let mut c = Column::new(&format!("k{i}"), *ty);
+            (c.precision, c.scale) = (Some(10), Some(2));
+            c
+        })
+        .collect();
+    let contract = Contract {
+        on_error: OnError::default(),
+        drift: Default::default(),
+        columns,
+    };
+    let mut b = DatasetBuffer::new(contract.table_schema(&[]), types.len(), 0);
+    let mut key = String::new();
+    for (_, cell) in &types {
+        cell.write_key(&mut key);
+        key.push('\u{1f}');
+    }
+    let mut r = row(1, "x", 0, Some(1));
+    r.data = types.iter().map(|(_, c)| c.clone()).collect();
+    r.partition_values = Vec::new();
+    r.dedup_key = Some(key);
+    r.source_pos = Some("0/16B3748".into());
+    let expected = source_event_id(&r).unwrap();
+    b.push("t", 0, r, Instant::now());
+    let f = b.take("batch").unwrap().unwrap();
+    let batch = &f.batches[0];
+    let mut projected: Vec<arrow::array::ArrayRef> = (0..types.len())
+        .map(|i| batch.column_by_name(&format!("k{i}")).unwrap().clone())
+        .collect();
+    projected.push(batch.column_by_name("_source_pos").unwrap().clone());
+    projected.push(batch.column_by_name("_op").unwrap().clone());
+    let fields: Vec<arrow::datatypes::Field> = projected
+        .iter()
+        .enumerate()
+        .map(|(i, a)| arrow::datatypes::Field::new(format!("c{i}"), a.data_type().clone(), true))
+        .collect();
+    let read_back = arrow::array::RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        projected,
+    )
+    .unwrap();
+    assert_eq!(event_ids_of(&[read_back], types.len()), [expected]);
+}

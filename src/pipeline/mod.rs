@@ -108,14 +108,25 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
         let data_columns = mapper.contract().columns.len();
         let buffer = DatasetBuffer::new(schema, data_columns, pcols.len());
         let dead_letter_sink = DeadLetterSink::new(&d.dead_letters.table_uri, &options);
-        out.push(DatasetState::new(
+        let mut state = DatasetState::new(
             d.clone(),
             Decoder::new(d.format, registry.clone()),
             mapper,
             buffer,
             sink,
             dead_letter_sink,
-        ));
+        );
+        match state.seed_redeliveries(&options).await {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(dataset = %d.name, events = n, "redelivery window seeded from the table")
+            }
+            // Only redeliveries across the restart go unnoticed: worth a warning, not a stop.
+            Err(e) => {
+                warn!(dataset = %d.name, error = %e, "cannot seed the redelivery window from the table")
+            }
+        }
+        out.push(state);
     }
     Ok(out)
 }

@@ -247,6 +247,38 @@ impl DatasetState {
         }
     }
 
+    /// Fill the redelivery window with the newest committed source events of the table, so exact
+    /// redeliveries are also caught across a restart (and for rows other members committed before).
+    pub(super) async fn seed_redeliveries(
+        &mut self,
+        storage_options: &std::collections::HashMap<String, String>,
+    ) -> Result<usize, crate::sink::SinkError> {
+        if self.cfg.redelivery_window == 0 || self.cfg.key_columns.is_empty() {
+            return Ok(0);
+        }
+        let contract = self.mapper.contract();
+        let mut columns: Vec<(&str, arrow::datatypes::DataType)> = Vec::new();
+        for k in &self.cfg.key_columns {
+            let Some(i) = contract.index_of(k) else {
+                return Ok(0);
+            };
+            columns.push((k.as_str(), contract.columns[i].arrow_type()));
+        }
+        columns.push(("_source_pos", arrow::datatypes::DataType::Utf8));
+        columns.push(("_op", arrow::datatypes::DataType::Utf8));
+        let batches = crate::sink::scan::newest_rows(
+            self.sink.uri(),
+            storage_options,
+            &columns,
+            self.cfg.redelivery_window,
+        )
+        .await?;
+        let ids = crate::buffer::event_ids_of(&batches, self.cfg.key_columns.len());
+        let n = ids.len();
+        self.redeliveries.extend(ids);
+        Ok(n)
+    }
+
     /// Buffered bytes plus the Arrow memory of a batch waiting to be committed.
     pub(super) fn memory_bytes(&self) -> usize {
         self.buffer.bytes() + self.pending.as_ref().map_or(0, |p| p.batch.memory_bytes())

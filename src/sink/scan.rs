@@ -59,3 +59,69 @@ pub async fn frame(
     let df = ctx.read_table(provider).map_err(|e| query_error(uri, e))?;
     Ok(Some(df))
 }
+
+/// The newest `limit` rows of the table by `_ingested_at`, oldest first, with `columns` cast to `types`.
+/// Looks back an hour, then a day, a week and the whole table until it has `limit` rows, so the scan is
+/// pruned by file and row-group statistics on `_ingested_at` where the recent rows suffice.
+pub async fn newest_rows(
+    uri: &str,
+    storage_options: &HashMap<String, String>,
+    columns: &[(&str, DataType)],
+    limit: usize,
+) -> Result<Vec<RecordBatch>, SinkError> {
+    let Some(df) = frame(uri, storage_options).await? else {
+        return Ok(Vec::new());
+    };
+    let now = chrono::Utc::now().timestamp_micros();
+    let hour = 3_600_000_000i64;
+    for lookback in [Some(hour), Some(24 * hour), Some(7 * 24 * hour), None] {
+        let mut q = df.clone();
+        if let Some(back) = lookback {
+            q = q
+                .filter(at_or_after("_ingested_at", now - back))
+                .map_err(|e| query_error(uri, e))?;
+        }
+        let mut select: Vec<Expr> = columns.iter().map(|(c, _)| col(*c)).collect();
+        select.push(col("_ingested_at"));
+        let batches = q
+            .select(select)
+            .and_then(|q| q.sort(vec![col("_ingested_at").sort(false, true)]))
+            .and_then(|q| q.limit(0, Some(limit)))
+            .map_err(|e| query_error(uri, e))?
+            .collect()
+            .await
+            .map_err(|e| query_error(uri, e))?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows < limit && lookback.is_some() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(batches.len());
+        // Newest first from the sort: reversed, row by row, to oldest first.
+        for b in batches.iter().rev() {
+            let arrays = columns
+                .iter()
+                .map(|(c, ty)| column_as(uri, b, c, ty))
+                .collect::<Result<Vec<_>, _>>()?;
+            let indices =
+                arrow::array::UInt32Array::from_iter_values((0..b.num_rows() as u32).rev());
+            let arrays = arrays
+                .iter()
+                .map(|a| arrow::compute::take(a.as_ref(), &indices, None))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| query_error(uri, e))?;
+            let fields: Vec<arrow::datatypes::Field> = columns
+                .iter()
+                .map(|(c, ty)| arrow::datatypes::Field::new(*c, ty.clone(), true))
+                .collect();
+            out.push(
+                RecordBatch::try_new(
+                    std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+                    arrays,
+                )
+                .map_err(|e| query_error(uri, e))?,
+            );
+        }
+        return Ok(out);
+    }
+    Ok(Vec::new())
+}

@@ -350,6 +350,35 @@ fn parse_timestamp(s: &str, col: &Column) -> Option<i64> {
 }
 
 impl Cell {
+    /// The cell of row `i` of a table column (the Arrow types [`Column::arrow_type`] gives); `None` for
+    /// other types.
+    pub fn from_arrow(array: &dyn arrow::array::Array, i: usize) -> Option<Cell> {
+        use arrow::array::{AsArray, types};
+        use arrow::datatypes::DataType as T;
+        if array.is_null(i) {
+            return Some(Cell::Null);
+        }
+        Some(match array.data_type() {
+            T::Utf8 => Cell::Str(array.as_string::<i32>().value(i).to_string()),
+            T::Boolean => Cell::Bool(array.as_boolean().value(i)),
+            T::Int32 => Cell::Int32(array.as_primitive::<types::Int32Type>().value(i)),
+            T::Int64 => Cell::Int64(array.as_primitive::<types::Int64Type>().value(i)),
+            T::Float32 => Cell::Float32(array.as_primitive::<types::Float32Type>().value(i)),
+            T::Float64 => Cell::Float64(array.as_primitive::<types::Float64Type>().value(i)),
+            T::Date32 => Cell::Date(array.as_primitive::<types::Date32Type>().value(i)),
+            T::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _) => Cell::Timestamp(
+                array
+                    .as_primitive::<types::TimestampMicrosecondType>()
+                    .value(i),
+            ),
+            T::Decimal128(..) => {
+                Cell::Decimal(array.as_primitive::<types::Decimal128Type>().value(i))
+            }
+            T::Binary => Cell::Binary(array.as_binary::<i32>().value(i).to_vec()),
+            _ => return None,
+        })
+    }
+
     /// Append a stable text form, used to compare keys.
     pub(crate) fn write_key(&self, out: &mut String) {
         use std::fmt::Write;
