@@ -325,3 +325,49 @@ def test_registry_outage_delays_avro_partitions_and_loses_nothing(tmp_path, regi
     except TableNotFoundError:
         pass
     assert "writer schema unavailable; partition waits at this message" in Path(log).read_text()
+
+
+def test_type_widening_evolves_the_table_column(tmp_path, registry):
+    """The source widens `product_id` from int to bigint (Avro int -> long). Under `type_widening =
+    "evolve"` the table column becomes int64 in one commit that rewrites the files (dataChange false),
+    before the first rows that need it; values beyond int32 land; readers see one int64 column."""
+    topic = h.unique("avro.widen")
+    h.create_topics({topic: 1})
+    p = AvroProducer(registry, topic)
+    v1 = p.serializer(ENVELOPE)
+    wide = p.serializer(envelope_with(lambda f: f[4].update(type=["null", "long"])))
+    for i in range(1, 51):
+        p.send("row", p.key(i), p.frame(v1, change(row(i), i)))
+    p.flush()
+    cfg, env = config(tmp_path, "avro-widen", registry, topic)
+    contract = tmp_path / "orders_avro.toml"
+    contract.write_text(CONTRACT.replace('new_column = "evolve"', 'new_column = "evolve"\ntype_widening = "evolve"'))
+    h.run_bronze(cfg, "run", "--until-caught-up", env=env)
+    uri = str(tmp_path / "lake" / "orders")
+    assert str(h.read_delta(uri).schema.field("product_id").type) == "int32"
+    files_before = len(h.referenced_files(Path(uri)))
+    for i in range(51, 101):
+        p.send("row", p.key(i), p.frame(wide, change(row(i, product_id=i * 100_000_000), i)))
+    p.flush()
+    run = h.run_bronze(cfg, "run", "--until-caught-up", env=env)
+    assert "table column widened" in run.stderr
+    table = h.read_delta(uri)
+    assert str(table.schema.field("product_id").type) == "int64"
+    h.assert_no_duplicate_offsets(table)
+    got = dict(zip(table.column("order_id").to_pylist(), table.column("product_id").to_pylist()))
+    assert got == {i: (i % 7 if i <= 50 else i * 100_000_000) for i in range(1, 101)}
+    assert h.read_polars(uri)["product_id"].dtype.__class__.__name__ == "Int64"
+    log = Path(uri) / "_delta_log"
+    commits = [[json.loads(line) for line in f.read_text().splitlines() if line] for f in sorted(log.glob("*.json"))]
+    widen = [c for c in commits if any(a.get("commitInfo", {}).get("bronze", {}).get("kind") == "widen_column"
+                                       for a in c)]
+    assert len(widen) == 1
+    actions = widen[0]
+    assert any("metaData" in a for a in actions)
+    removes = [a["remove"] for a in actions if "remove" in a]
+    adds = [a["add"] for a in actions if "add" in a]
+    assert len(removes) == files_before and adds and not any(a["dataChange"] for a in removes + adds)
+    assert not any("txn" in a for a in actions), "the widening carries no offsets"
+    # A member started later takes the widened type on from the table.
+    again = h.run_bronze(cfg, "run", "--until-caught-up", env=env)
+    assert "table has columns widened beyond the contract" in again.stderr

@@ -101,9 +101,13 @@ def test_rename_add_and_drop_are_detected_and_the_policy_applies(tmp_path):
         ("rescuing", "renamed", "email_address", "mapped"),
         ("rescuing", "new_column", "tier", "rescue"),
         ("rescuing", "missing_column", "name", "ignore"),
+        # "lots" in an int column: an incompatible type, under each column's on_error.
+        ("lenient", "type_change", "score", "null"),
+        ("strict", "type_change", "score", "dead_letter"),
+        ("rescuing", "type_change", "score", "rescue"),
     }, seen
     counts = {(r["dataset"], json.loads(r["detail"])["kind"]): r["rows_in"] for r in drift}
     assert counts[("lenient", "new_column")] == 15 and counts[("lenient", "renamed")] == 20
     assert "schema drift" in run.stderr and "column=tier" in run.stderr
     status = {d["dataset"]: d for d in map(json.loads, h.run_bronze(cfg, "status", "--json").stdout.splitlines())}
-    assert status["lenient"]["drift_events_1h"] == 3 and status["strict"]["dead_letters_1h"] == 16
+    assert status["lenient"]["drift_events_1h"] == 4 and status["strict"]["dead_letters_1h"] == 16

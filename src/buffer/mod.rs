@@ -63,6 +63,8 @@ pub enum FlushReason {
     Memory,
     Shutdown,
     CaughtUp,
+    /// Before a column of the table is widened.
+    SchemaChange,
 }
 
 impl FlushReason {
@@ -74,6 +76,7 @@ impl FlushReason {
             FlushReason::Memory => "memory",
             FlushReason::Shutdown => "shutdown",
             FlushReason::CaughtUp => "caught_up",
+            FlushReason::SchemaChange => "schema_change",
         }
     }
 }

@@ -24,6 +24,8 @@
 //! [drift]               # what a message that disagrees with the columns does
 //! new_column = "ignore" # ignore (default: counted, logged, recorded) | rescue | quarantine | fail
 //! missing_column = "ignore"
+//! type_widening = "ignore" # int32→int64, float32→float64, date→timestamp, decimal precision up:
+//!                          # ignore | evolve (widen the table column) | quarantine | fail
 //!
 //! [[columns]]
 //! name = "amount"
@@ -335,6 +337,17 @@ pub struct Contract {
     pub columns: Vec<Column>,
 }
 
+/// Whether values of Arrow type `from` all fit `to` exactly: the widenings `type_widening` applies.
+pub fn is_widening(from: &DataType, to: &DataType) -> bool {
+    match (from, to) {
+        (DataType::Int32, DataType::Int64)
+        | (DataType::Float32, DataType::Float64)
+        | (DataType::Date32, DataType::Timestamp(..)) => true,
+        (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) => s1 == s2 && p2 > p1,
+        _ => false,
+    }
+}
+
 /// The dataset's drift policy (`[drift]` in the contract), per kind of change. Type changes that break
 /// a column follow that column's `on_error`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -349,6 +362,11 @@ pub struct DriftPolicy {
     /// Under `new_column = "review"`: what happens to a message with a field awaiting approval.
     #[serde(default)]
     pub review_hold: ReviewHold,
+    /// A value of a wider type than its column (int32→int64, float32→float64, date→timestamp, decimal
+    /// precision up at the same scale). `ignore` takes values that fit (others follow the column's
+    /// `on_error`); `evolve` widens the table column first.
+    #[serde(default)]
+    pub type_widening: DriftAction,
 }
 
 /// Where messages wait while a new column awaits an operator's decision.
@@ -432,6 +450,18 @@ impl Contract {
                 message: format!(
                     "`drift.missing_column` cannot be `{}`: it applies to new columns only",
                     self.drift.missing_column.as_str()
+                ),
+            });
+        }
+        if matches!(
+            self.drift.type_widening,
+            DriftAction::Rescue | DriftAction::Review
+        ) {
+            return Err(ContractError::Parse {
+                file: file.to_string(),
+                message: format!(
+                    "`drift.type_widening` cannot be `{}`: use ignore, evolve, quarantine or fail",
+                    self.drift.type_widening.as_str()
                 ),
             });
         }
@@ -526,6 +556,15 @@ impl Contract {
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// Give column `i` a wider type (see [`is_widening`]); its other rules stay.
+    pub fn widen(&mut self, i: usize, ty: ColumnType, precision_scale: Option<(u8, i8)>) {
+        let c = &mut self.columns[i];
+        c.ty = ty;
+        if let Some((p, s)) = precision_scale {
+            (c.precision, c.scale) = (Some(p), Some(s));
+        }
     }
 
     /// Whether the table may have columns beyond the contract: added by `evolve`, or approved under

@@ -184,6 +184,11 @@ pub(crate) async fn open_dataset(
         cfg.storage.compression,
     )
     .await?;
+    let widened = sink.widened_columns(&schema)?;
+    if !widened.is_empty() {
+        info!(dataset = %d.name, columns = ?widened, "table has columns widened beyond the contract");
+        adopt_widened(&mut mapper, &widened);
+    }
     let evolved = sink.columns_beyond(&schema)?;
     if !evolved.is_empty() {
         let names: Vec<&str> = evolved.iter().map(|f| f.name().as_str()).collect();
@@ -191,6 +196,15 @@ pub(crate) async fn open_dataset(
         mapper.adopt(&evolved)?;
     }
     Ok((mapper, sink))
+}
+
+/// Give the mapper's columns the wider types the table has.
+pub(crate) fn adopt_widened(mapper: &mut Mapper, widened: &[(String, arrow::datatypes::DataType)]) {
+    for (name, ty) in widened {
+        if let Some((ty, ps)) = crate::contract::ColumnType::from_arrow(ty) {
+            mapper.widen(name, ty, ps);
+        }
+    }
 }
 
 /// Grow `buffer` by the columns `mapper` evolved since it was built.
@@ -300,6 +314,9 @@ fn dead_letter_publishers(cfg: &Config) -> Result<Option<PublisherHandle>, Pipel
     Ok((!topics.is_empty()).then(|| PublisherHandle::spawn(topics, Duration::from_secs(1))))
 }
 
+/// Widenings one message may ask for before the run gives up on it (a bug, not data).
+const MAX_WIDENINGS_PER_MESSAGE: usize = 8;
+
 /// How long a finishing run waits for its last ledger write.
 const AUDIT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -343,7 +360,7 @@ impl Run {
                 // Before `recv`: a busy consumer must not starve age flushes and gauges.
                 _ = tick.tick() => {
                     self.handle_rebalance().await?;
-                    self.resume_registry_waits();
+                    self.resume_waiting();
                     self.flush_due().await?;
                     self.enforce_budget().await?;
                     self.update_gauges();
@@ -473,10 +490,24 @@ impl Run {
             return self.wait_for_registry(d, &tp, &m, e);
         }
         let ps = self.partitions.get_mut(&tp).expect("checked above");
-        ps.registry_failures = 0;
+        ps.wait_failures = 0;
         ps.next_offset = Some(m.offset + 1);
         ps.buffered_ts.get_or_insert(m.timestamp_ms);
-        self.ingest(d, &tp, m)
+        let (mut m, mut again) = (m, false);
+        // Each widening changes a column for good, so a message asks for each at most once.
+        for _ in 0..=MAX_WIDENINGS_PER_MESSAGE {
+            let Some((w, back)) = self.ingest(d, &tp, m, again)? else {
+                return Ok(());
+            };
+            if !self.widen_column(d, &tp, &back, &w).await? {
+                return Ok(());
+            }
+            (m, again) = (back, true);
+        }
+        Err(PipelineError::Stopped(format!(
+            "dataset `{}`: a message keeps asking for wider columns",
+            self.datasets[d].cfg.name
+        )))
     }
 
     /// The registry cannot give this message's writer schema: rewind the partition to the message and
@@ -488,35 +519,91 @@ impl Run {
         m: &OwnedMessage,
         error: RegistryError,
     ) -> Result<(), PipelineError> {
+        let backoff = self.rewind_and_wait(tp, m)?;
+        let dataset = &self.datasets[d].cfg.name;
+        metrics::counter!("bronze_registry_waits_total", "dataset" => dataset.clone()).increment(1);
+        warn!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset, error = %error,
+            retry_in = ?backoff, "writer schema unavailable; partition waits at this message");
+        Ok(())
+    }
+
+    /// Rewind `tp` to `m` and pause it for a growing backoff (see [`Run::resume_waiting`]).
+    fn rewind_and_wait(
+        &mut self,
+        tp: &TopicPartition,
+        m: &OwnedMessage,
+    ) -> Result<Duration, PipelineError> {
         let max = self
             .cfg
             .schema_registry
             .as_ref()
             .map_or(Duration::from_secs(30), |r| r.max_backoff);
         let Some(ps) = self.partitions.get_mut(tp) else {
-            return Ok(());
+            return Ok(Duration::ZERO);
         };
-        ps.registry_failures += 1;
-        let backoff =
-            (Duration::from_millis(250) * 2u32.pow(ps.registry_failures.min(10))).min(max);
-        ps.registry_wait = Some(Instant::now() + backoff);
+        ps.wait_failures += 1;
+        let backoff = (Duration::from_millis(250) * 2u32.pow(ps.wait_failures.min(10))).min(max);
+        ps.waiting_until = Some(Instant::now() + backoff);
         ps.stopped_ts.get_or_insert(m.timestamp_ms);
-        let dataset = &self.datasets[d].cfg.name;
-        metrics::counter!("bronze_registry_waits_total", "dataset" => dataset.clone()).increment(1);
-        warn!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset, error = %error,
-            retry_in = ?backoff, "writer schema unavailable; partition waits at this message");
         source::seek(&self.consumer, tp, m.offset)?;
         source::pause(&self.consumer, tp);
         self.set_phase(tp, Phase::Seeking(m.offset));
-        Ok(())
+        Ok(backoff)
     }
 
-    /// Resume the partitions whose registry backoff is over; they re-read from the waiting message.
-    fn resume_registry_waits(&mut self) {
+    /// `type_widening = "evolve"`: commit what is buffered, widen the table column (one commit that
+    /// rewrites the files), take the new type on. `false` when it could not be done now: the partition
+    /// then waits at the message and tries again.
+    async fn widen_column(
+        &mut self,
+        d: usize,
+        tp: &TopicPartition,
+        m: &OwnedMessage,
+        w: &Widening,
+    ) -> Result<bool, PipelineError> {
+        self.flush(d, FlushReason::SchemaChange).await?;
+        let ds = &mut self.datasets[d];
+        let name = ds.cfg.name.clone();
+        let failed = if ds.pending.is_some() || !ds.buffer.is_empty() {
+            Some("the buffered rows are not committed yet".to_string())
+        } else {
+            let mut column = crate::contract::Column::new(&w.column, w.to);
+            if let Some((p, s)) = w.precision_scale {
+                (column.precision, column.scale) = (Some(p), Some(s));
+            }
+            match ds.sink.widen_column(&w.column, &column.arrow_type()).await {
+                Ok(widened) => {
+                    info!(dataset = %name, column = %w.column, to = %column.arrow_type(), version = ?widened.version,
+                        files_rewritten = widened.files, "table column widened");
+                    metrics::counter!("bronze_columns_widened_total", "dataset" => name.clone())
+                        .increment(1);
+                    ds.mapper.widen(&w.column, w.to, w.precision_scale);
+                    let pcols = ds.mapper.partition_columns();
+                    ds.buffer = DatasetBuffer::new(
+                        ds.mapper.contract().table_schema(pcols),
+                        ds.mapper.contract().columns.len(),
+                        pcols.len(),
+                    );
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            }
+        };
+        let Some(why) = failed else {
+            return Ok(true);
+        };
+        let backoff = self.rewind_and_wait(tp, m)?;
+        error!(dataset = %name, column = %w.column, reason = %why, retry_in = ?backoff,
+            "cannot widen the column now; partition waits at this message");
+        Ok(false)
+    }
+
+    /// Resume the partitions whose backoff is over; they re-read from the waiting message.
+    fn resume_waiting(&mut self) {
         let now = Instant::now();
         for (tp, ps) in self.partitions.iter_mut() {
-            if ps.registry_wait.is_some_and(|t| now >= t) {
-                ps.registry_wait = None;
+            if ps.waiting_until.is_some_and(|t| now >= t) {
+                ps.waiting_until = None;
                 ps.stopped_ts = None;
                 source::resume(&self.consumer, tp);
             }
@@ -532,18 +619,23 @@ impl Run {
         }
     }
 
+    /// Admit one message into its dataset's buffer (or dead letters). Returns it with the widening it
+    /// needs first, if any; `again` when it was counted already.
     fn ingest(
         &mut self,
         d: usize,
         tp: &TopicPartition,
         m: OwnedMessage,
-    ) -> Result<(), PipelineError> {
+        again: bool,
+    ) -> Result<Option<(Widening, OwnedMessage)>, PipelineError> {
         let now = Instant::now();
         let ds = &mut self.datasets[d];
         let dataset = ds.cfg.name.clone();
-        metrics::counter!("bronze_events_consumed_total", "dataset" => dataset.clone(), "topic" => tp.0.clone())
-            .increment(1);
-        ds.summary.events += 1;
+        if !again {
+            metrics::counter!("bronze_events_consumed_total", "dataset" => dataset.clone(), "topic" => tp.0.clone())
+                .increment(1);
+            ds.summary.events += 1;
+        }
         let rejection = match admit(&ds.cfg, &ds.decoder, &mut ds.mapper, &m) {
             Admission::Row(row) => {
                 if source_event_id(&row).is_some_and(|id| ds.redeliveries.contains(id)) {
@@ -555,17 +647,20 @@ impl Run {
                     sync_columns(&ds.mapper, &mut ds.buffer);
                     ds.buffer.push(&tp.0, tp.1, *row, now);
                 }
-                return Ok(());
+                return Ok(None);
             }
             Admission::Skip(reason) => {
                 metrics::counter!("bronze_skipped_messages_total", "dataset" => dataset.clone(), "reason" => reason.as_str())
                     .increment(1);
                 ds.summary.skipped += 1;
                 ds.buffer.skip(&tp.0, tp.1, m.offset, now);
-                return Ok(());
+                return Ok(None);
             }
             Admission::Reject(r) => r,
         };
+        if let Some(w) = rejection.widen {
+            return Ok(Some((w, m)));
+        }
         metrics::counter!("bronze_decode_errors_total", "dataset" => dataset.clone(), "kind" => rejection.reason)
             .increment(1);
         if !rejection.fail {
@@ -585,7 +680,7 @@ impl Run {
                 },
                 now,
             );
-            return Ok(());
+            return Ok(None);
         }
         // `fail`: nothing is skipped silently, and the offset is never committed past the message.
         error!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset, kind = rejection.reason,
@@ -598,7 +693,7 @@ impl Run {
             ps.stopped_ts = Some(m.timestamp_ms);
             ps.next_offset = Some(m.offset);
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn flush_due(&mut self) -> Result<(), PipelineError> {
@@ -855,9 +950,9 @@ impl Run {
         }
         let over = used(&self.datasets) >= self.budget;
         for (tp, ps) in self.partitions.iter_mut() {
-            // A partition waiting for the registry is paused already and resumes on its own clock.
+            // A waiting partition (registry, widening) is paused already and resumes on its own clock.
             let blocked =
-                over && self.datasets[ps.dataset].pending.is_some() && ps.registry_wait.is_none();
+                over && self.datasets[ps.dataset].pending.is_some() && ps.waiting_until.is_none();
             if blocked && !ps.paused_for_memory && !ps.stopped {
                 source::pause(&self.consumer, tp);
                 ps.paused_for_memory = true;
@@ -1017,6 +1112,15 @@ struct Rejection {
     reason: &'static str,
     error: String,
     fail: bool,
+    /// A column to widen first (`type_widening = "evolve"`); streaming does it and retries the message.
+    widen: Option<Widening>,
+}
+
+/// A table column to widen, as the mapper asked.
+struct Widening {
+    column: String,
+    to: crate::contract::ColumnType,
+    precision_scale: Option<(u8, i8)>,
 }
 
 /// What becomes of one message.
@@ -1044,6 +1148,7 @@ fn admit(
                 rules.max_message_bytes
             ),
             fail: invalid_fails,
+            widen: None,
         });
     }
     if rules.require_key && m.key.is_none() {
@@ -1051,6 +1156,7 @@ fn admit(
             reason: "null_key",
             error: "message has no key and the dataset requires one".to_string(),
             fail: invalid_fails,
+            widen: None,
         });
     }
     let change = match decoder.decode(m.payload.as_deref()) {
@@ -1061,6 +1167,7 @@ fn admit(
                 reason: e.kind(),
                 error: e.to_string(),
                 fail: invalid_fails,
+                widen: None,
             });
         }
     };
@@ -1084,6 +1191,19 @@ fn admit(
             reason: e.kind(),
             error: e.to_string(),
             fail: e.action() == OnError::Fail,
+            widen: match e {
+                crate::transform::TransformError::Widen {
+                    column,
+                    to,
+                    precision_scale,
+                    ..
+                } => Some(Widening {
+                    column,
+                    to,
+                    precision_scale,
+                }),
+                _ => None,
+            },
         }),
     }
 }

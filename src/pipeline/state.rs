@@ -29,10 +29,11 @@ pub(super) struct PartitionState {
     /// Stopped on a message that cannot be ingested.
     pub stopped: bool,
     pub paused_for_memory: bool,
-    /// Paused until then, rewound to a message whose writer schema the registry could not give.
-    pub registry_wait: Option<Instant>,
-    /// Failed registry lookups in a row, for the backoff.
-    pub registry_failures: u32,
+    /// Paused until then, rewound to a message that cannot be taken yet (its writer schema is not to be
+    /// had, or its column cannot be widened yet).
+    pub waiting_until: Option<Instant>,
+    /// Failed attempts in a row, for the backoff.
+    pub wait_failures: u32,
     /// Kafka timestamps (ms) of the oldest uncommitted message: in the buffer, in the batch being
     /// committed, and the message the partition stopped on. They make `bronze_consumer_lag_seconds`.
     pub buffered_ts: Option<i64>,
@@ -51,8 +52,8 @@ impl PartitionState {
             committed: None,
             stopped: false,
             paused_for_memory: false,
-            registry_wait: None,
-            registry_failures: 0,
+            waiting_until: None,
+            wait_failures: 0,
             buffered_ts: None,
             pending_ts: None,
             stopped_ts: None,
@@ -221,13 +222,29 @@ impl DatasetState {
     /// Take on columns the table gained from elsewhere (another member evolved it, an operator approved a
     /// proposal), so their fields land in them from the next message on.
     pub(super) fn adopt_table_columns(&mut self) {
-        if !self.mapper.contract().evolves() {
-            return;
-        }
         let schema = self
             .mapper
             .contract()
             .table_schema(self.mapper.partition_columns());
+        // The buffer's builders have the old types: only an empty buffer can take a widened column.
+        if self.buffer.is_empty() {
+            match self.sink.widened_columns(&schema) {
+                Ok(widened) if !widened.is_empty() => {
+                    super::adopt_widened(&mut self.mapper, &widened);
+                    let pcols = self.mapper.partition_columns();
+                    self.buffer = DatasetBuffer::new(
+                        self.mapper.contract().table_schema(pcols),
+                        self.mapper.contract().columns.len(),
+                        pcols.len(),
+                    );
+                    tracing::info!(dataset = %self.cfg.name, columns = ?widened, "taking on columns the table widened");
+                }
+                _ => {}
+            }
+        }
+        if !self.mapper.contract().evolves() {
+            return;
+        }
         let extra = match self.sink.columns_beyond(&schema) {
             Ok(extra) if !extra.is_empty() => extra,
             _ => return,

@@ -14,6 +14,7 @@ pub mod dead_letters;
 pub mod delta_log;
 mod orphans;
 pub mod scan;
+mod widen;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -35,6 +36,7 @@ use crate::buffer::{FlushBatch, OffsetRange, TopicPartition};
 use crate::config::Compression;
 
 pub use orphans::sweep_orphans;
+pub use widen::Widened;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -381,6 +383,26 @@ impl TableSink {
             .collect())
     }
 
+    /// Columns of `schema` the table has in a wider type (widened by `type_widening = "evolve"`), with
+    /// the table's type.
+    pub fn widened_columns(
+        &self,
+        schema: &Schema,
+    ) -> Result<Vec<(String, arrow::datatypes::DataType)>, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        Ok(snapshot
+            .snapshot()
+            .arrow_schema()
+            .fields()
+            .iter()
+            .filter_map(|t| {
+                let ours = schema.field_with_name(t.name()).ok()?;
+                crate::contract::is_widening(ours.data_type(), t.data_type())
+                    .then(|| (t.name().clone(), t.data_type().clone()))
+            })
+            .collect())
+    }
+
     /// Add `field` to the table schema in a commit of its own (commitInfo `bronze.kind` = `kind`).
     pub async fn add_column(&mut self, field: Field, kind: &str) -> Result<u64, SinkError> {
         let name = field.name().clone();
@@ -420,10 +442,17 @@ impl TableSink {
         let batch: StructType = schema
             .try_into_kernel()
             .map_err(|e| generic(e.to_string()))?;
+        let table_arrow = snapshot.snapshot().arrow_schema();
         let mut added = Vec::new();
         for f in batch.fields() {
+            // A column another member widened: the batch is cast on writing.
+            let widened = || {
+                let theirs = table_arrow.field_with_name(&f.name).ok();
+                let ours = schema.field_with_name(&f.name).ok();
+                matches!((ours, theirs), (Some(o), Some(t)) if crate::contract::is_widening(o.data_type(), t.data_type()))
+            };
             match table_schema.field(&f.name) {
-                Some(existing) if existing.data_type() != f.data_type() => {
+                Some(existing) if existing.data_type() != f.data_type() && !widened() => {
                     return Err(SinkError::SchemaMismatch {
                         uri: self.uri.clone(),
                         detail: format!(
@@ -527,6 +556,44 @@ impl TableSink {
                 .fields()
                 .iter()
                 .all(|f| table_schema.field_with_name(f.name()).is_ok());
+        // Columns the table has widened since the batch was built (by another member) are cast up.
+        let widened: Vec<(usize, arrow::datatypes::DataType)> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let t = table_schema.field_with_name(f.name()).ok()?;
+                crate::contract::is_widening(f.data_type(), t.data_type())
+                    .then(|| (i, t.data_type().clone()))
+            })
+            .collect();
+        let cast =
+            |batch: &arrow::array::RecordBatch| -> Result<arrow::array::RecordBatch, SinkError> {
+                if widened.is_empty() {
+                    return Ok(batch.clone());
+                }
+                let arrow_err = |e| self.delta_err(DeltaTableError::Arrow { source: e });
+                let mut fields: Vec<Field> = batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                let mut columns = batch.columns().to_vec();
+                for (i, ty) in &widened {
+                    columns[*i] = arrow::compute::cast(&columns[*i], ty).map_err(arrow_err)?;
+                    fields[*i] = fields[*i].clone().with_data_type(ty.clone());
+                }
+                arrow::array::RecordBatch::try_new(
+                    std::sync::Arc::new(Schema::new(fields)),
+                    columns,
+                )
+                .map_err(arrow_err)
+            };
+        let schema = match batches.first().map(&cast).transpose()? {
+            Some(b) => b.schema(),
+            None => schema,
+        };
         let writer = if same_columns {
             RecordBatchWriter::for_table(&self.table)
         } else {
@@ -543,7 +610,7 @@ impl TableSink {
             .with_target_file_size(self.target_file_size);
         for batch in batches {
             writer
-                .write(batch.clone())
+                .write(cast(batch)?)
                 .await
                 .map_err(|e| self.delta_err(e))?;
         }

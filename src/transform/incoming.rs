@@ -17,6 +17,10 @@ pub(super) trait Incoming: Clone {
     fn infer(&self) -> Option<(ColumnType, Option<(u8, i8)>)>;
     fn into_json(self) -> Value;
     fn coerce(self, col: &Column) -> Result<Cell, CoerceError>;
+    /// The wider column type this value needs, when it is a widening of `col`'s (int32→int64,
+    /// float32→float64, date→timestamp, decimal precision up at the same scale); `None` when the column
+    /// takes it as it is or the value is of another type altogether.
+    fn widening(&self, col: &Column) -> Option<(ColumnType, Option<(u8, i8)>)>;
 }
 
 impl Incoming for Value {
@@ -34,6 +38,13 @@ impl Incoming for Value {
 
     fn coerce(self, col: &Column) -> Result<Cell, CoerceError> {
         coerce::coerce(col, self)
+    }
+
+    /// JSON has no types beyond its values: an integer beyond int32 in an int32 column.
+    fn widening(&self, col: &Column) -> Option<(ColumnType, Option<(u8, i8)>)> {
+        let n = self.as_i64()?;
+        (col.ty == ColumnType::Int32 && i32::try_from(n).is_err())
+            .then_some((ColumnType::Int64, None))
     }
 }
 
@@ -73,6 +84,10 @@ impl Incoming for AvroField {
 
     fn into_json(self) -> Value {
         self.to_json()
+    }
+
+    fn widening(&self, col: &Column) -> Option<(ColumnType, Option<(u8, i8)>)> {
+        self.widening_of(col)
     }
 
     fn coerce(self, col: &Column) -> Result<Cell, CoerceError> {
@@ -136,6 +151,33 @@ impl Incoming for AvroField {
                 let kind = other.kind();
                 coerce::coerce(col, other.to_json()).map_err(|e| e.found(kind))
             }
+        }
+    }
+}
+
+impl AvroField {
+    /// The writer's type decides, whatever the value: a `long` is a widening of an int32 column even
+    /// when this value would fit.
+    fn widening_of(&self, col: &Column) -> Option<(ColumnType, Option<(u8, i8)>)> {
+        use AvroField as A;
+        match (col.ty, self) {
+            (ColumnType::Int32, A::Long(_)) => Some((ColumnType::Int64, None)),
+            (ColumnType::Float32, A::Double(_)) => Some((ColumnType::Float64, None)),
+            (ColumnType::Date, A::Timestamp(_)) => Some((ColumnType::Timestamp, None)),
+            (
+                ColumnType::Decimal,
+                A::Decimal {
+                    scale,
+                    precision: Some(p),
+                    ..
+                },
+            ) if i32::from(col.scale.unwrap_or(0)) == *scale
+                && *p > col.precision.unwrap_or(38)
+                && *p <= 38 =>
+            {
+                Some((ColumnType::Decimal, Some((*p, col.scale.unwrap_or(0)))))
+            }
+            _ => None,
         }
     }
 }

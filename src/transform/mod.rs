@@ -33,6 +33,14 @@ pub enum TransformError {
         op: &'static str,
         action: OnError,
     },
+    /// Under `type_widening = "evolve"`: the table column must be widened before this message lands.
+    #[error("column `{column}` must widen from {from} to {}", to.as_str())]
+    Widen {
+        column: String,
+        from: &'static str,
+        to: ColumnType,
+        precision_scale: Option<(u8, i8)>,
+    },
     #[error(
         "schema drift: {kind} `{column}` ({detail}); the contract's drift policy is `{policy}`"
     )]
@@ -50,6 +58,7 @@ impl TransformError {
         match self {
             TransformError::Coerce { .. } => "type_mismatch",
             TransformError::MissingValue { .. } => "missing_value",
+            TransformError::Widen { .. } => "type_widening",
             TransformError::Drift { policy, .. } if *policy == "review" => "schema_review",
             TransformError::Drift { .. } => "schema_drift",
         }
@@ -61,6 +70,8 @@ impl TransformError {
             TransformError::Coerce { action, .. }
             | TransformError::MissingValue { action, .. }
             | TransformError::Drift { action, .. } => *action,
+            // Only streaming can widen a table column; elsewhere the message waits as a dead letter.
+            TransformError::Widen { .. } => OnError::DeadLetter,
         }
     }
 }
@@ -72,6 +83,11 @@ pub enum DriftKind {
     MissingColumn,
     /// A field arrived under one of a column's `aliases`.
     Renamed,
+    /// A value of a wider type than its column (int32→int64, float32→float64, date→timestamp, decimal
+    /// precision up).
+    TypeWidening,
+    /// A value of a type its column cannot take (narrowing or incompatible); the column's `on_error`.
+    TypeChange,
 }
 
 impl DriftKind {
@@ -80,6 +96,8 @@ impl DriftKind {
             DriftKind::NewColumn => "new_column",
             DriftKind::MissingColumn => "missing_column",
             DriftKind::Renamed => "renamed",
+            DriftKind::TypeWidening => "type_widening",
+            DriftKind::TypeChange => "type_change",
         }
     }
 }
@@ -90,6 +108,8 @@ impl std::fmt::Display for DriftKind {
             DriftKind::NewColumn => "new column",
             DriftKind::MissingColumn => "missing column",
             DriftKind::Renamed => "renamed column",
+            DriftKind::TypeWidening => "wider type in column",
+            DriftKind::TypeChange => "incompatible type in column",
         })
     }
 }
@@ -361,6 +381,13 @@ impl Mapper {
             DriftAction::Evolve.as_str(),
         );
         Some(i)
+    }
+
+    /// Give column `name` the wider type the table now has (this run widened it, or another member did).
+    pub fn widen(&mut self, name: &str, ty: ColumnType, precision_scale: Option<(u8, i8)>) {
+        if let Some(i) = self.contract.index_of(name) {
+            self.contract.widen(i, ty, precision_scale);
+        }
     }
 
     /// Take on columns the table has beyond the contract (evolved by an earlier run or another member),
@@ -684,13 +711,53 @@ impl Mapper {
             };
             seen[i] = true;
             let col = &self.contract.columns[i];
+            if let Some((to, ps)) = value.widening(col) {
+                let policy = self.contract.drift.type_widening;
+                let (from, column) = (col.ty.as_str(), col.name.clone());
+                observe(
+                    &mut self.drift,
+                    DriftKind::TypeWidening,
+                    &column,
+                    &type_text(to, ps),
+                    from,
+                    policy.as_str(),
+                );
+                if policy == DriftAction::Evolve {
+                    return Err(TransformError::Widen {
+                        column,
+                        from,
+                        to,
+                        precision_scale: ps,
+                    });
+                }
+                if let Some(e) = Self::drift_error(
+                    DriftKind::TypeWidening,
+                    &column,
+                    format!("{} value in a {from} column", type_text(to, ps)),
+                    policy,
+                ) {
+                    return Err(e);
+                }
+            }
+            let col = &self.contract.columns[i];
             let action = col.on_error(self.contract.on_error);
+            let kind = value.kind();
             // Only rescuing columns pay for a copy of each value.
             let original = (action == OnError::Rescue).then(|| value.clone());
             data[i] = match value.coerce(col) {
                 Ok(cell) => cell,
                 Err(source) => {
                     count_column_error(&self.dataset, &col.name, action);
+                    if matches!(source, CoerceError::Mismatch { .. }) {
+                        observe(
+                            &mut self.drift,
+                            DriftKind::TypeChange,
+                            &col.name,
+                            kind,
+                            col.ty.as_str(),
+                            action.as_str(),
+                        );
+                    }
                     match (action, original) {
                         (OnError::Null, _) => {}
                         (OnError::Rescue, Some(v)) => {
@@ -710,6 +777,14 @@ impl Mapper {
             present[i] = !matches!(data[i], Cell::Null);
         }
         Ok(())
+    }
+}
+
+/// A column type as contracts write it, with a decimal's precision and scale.
+fn type_text(ty: ColumnType, precision_scale: Option<(u8, i8)>) -> String {
+    match precision_scale {
+        Some((p, s)) => format!("{}({p},{s})", ty.as_str()),
+        None => ty.as_str().to_string(),
     }
 }
 

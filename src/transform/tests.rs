@@ -267,6 +267,7 @@ fn drift_is_observed_and_the_policy_decides() {
             new_column: DriftAction::Quarantine,
             missing_column: DriftAction::Ignore,
             review_hold: Default::default(),
+            type_widening: Default::default(),
         },
         columns: vec![col("id", ColumnType::Int64, false), email],
     };
@@ -345,6 +346,7 @@ fn evolve_adds_typed_columns_and_waits_for_a_value() {
             new_column: DriftAction::Evolve,
             missing_column: DriftAction::Ignore,
             review_hold: Default::default(),
+            type_widening: Default::default(),
         },
         columns: vec![col("id", ColumnType::Int64, false)],
     };
@@ -425,6 +427,7 @@ fn review_holds_new_fields_until_the_table_has_their_column() {
             new_column: DriftAction::Review,
             missing_column: DriftAction::Ignore,
             review_hold: ReviewHold::Quarantine,
+            type_widening: Default::default(),
         },
         columns: vec![col("id", ColumnType::Int64, false)],
     };
@@ -506,6 +509,7 @@ fn avro_fields_coerce_by_type_and_evolve_typed_columns() {
             new_column: DriftAction::Evolve,
             missing_column: DriftAction::Ignore,
             review_hold: Default::default(),
+            type_widening: Default::default(),
         },
         columns: vec![
             col("id", ColumnType::Int64, false),
@@ -607,4 +611,104 @@ fn avro_fields_coerce_by_type_and_evolve_typed_columns() {
     assert!(e.to_string().contains("out of range for int32"), "{e}");
     let e = map(&mut m, vec![("id", A::Int(1)), ("day", A::Timestamp(5))]).unwrap_err();
     assert!(e.to_string().contains("found timestamp"), "{e}");
+}
+
+/// Wider values: `ignore` takes those that fit, `evolve` asks for the wider column first, `quarantine`
+/// dead-letters; every sighting is a `type_widening` drift event. Values of another type are
+/// `type_change` drift and follow the column's `on_error`.
+#[test]
+fn type_widening_and_type_change_are_classified() {
+    use crate::contract::{DriftAction, DriftPolicy};
+    use crate::decode::AvroField as A;
+    let contract = |policy| Contract {
+        on_error: OnError::DeadLetter,
+        drift: DriftPolicy {
+            type_widening: policy,
+            ..Default::default()
+        },
+        columns: vec![
+            col("id", ColumnType::Int64, false),
+            col("qty", ColumnType::Int32, true),
+        ],
+    };
+    let mut d = dataset();
+    d.header_columns.clear();
+    d.key_from_message_key = false;
+    let no_header = |_: &str| None;
+    let avro = |qty: A| Change {
+        op: Op::Create,
+        row: Some(Fields::Avro(vec![
+            ("id".into(), A::Long(1)),
+            ("qty".into(), qty),
+        ])),
+        source_ts_ms: Some(1),
+        source_pos: None,
+    };
+    let map = |m: &mut Mapper, c: Change| m.map(c, &ctx(&|| None, &no_header), &mut 0);
+
+    let mut ignore = Mapper::new(&d, contract(DriftAction::Ignore)).unwrap();
+    assert_eq!(
+        map(&mut ignore, avro(A::Long(5))).unwrap().data[1],
+        Cell::Int32(5)
+    );
+    let e = map(&mut ignore, avro(A::Long(1 << 40))).unwrap_err();
+    assert_eq!(e.kind(), "type_mismatch");
+    let e = map(&mut ignore, avro(A::String("x".into()))).unwrap_err();
+    assert_eq!(e.kind(), "type_mismatch");
+    let drift: Vec<_> = ignore
+        .take_drift()
+        .into_iter()
+        .map(|e| {
+            (
+                e.kind.as_str(),
+                e.observed,
+                e.expected,
+                e.action,
+                e.messages,
+            )
+        })
+        .collect();
+    assert_eq!(
+        drift,
+        [
+            ("type_widening", "int64".into(), "int32".into(), "ignore", 2),
+            (
+                "type_change",
+                "string".into(),
+                "int32".into(),
+                "dead_letter",
+                1
+            )
+        ]
+    );
+
+    let mut evolve = Mapper::new(&d, contract(DriftAction::Evolve)).unwrap();
+    let e = map(&mut evolve, avro(A::Long(5))).unwrap_err();
+    assert!(
+        matches!(&e, TransformError::Widen { column, to: ColumnType::Int64, .. } if column == "qty")
+    );
+    // JSON has no writer types: only a value beyond int32 asks for the wider column.
+    assert!(
+        map(
+            &mut evolve,
+            change_of(Op::Create, json!({"id": 1, "qty": 5}))
+        )
+        .is_ok()
+    );
+    let e = map(
+        &mut evolve,
+        change_of(Op::Create, json!({"id": 1, "qty": 1u64 << 33})),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), "type_widening");
+    evolve.widen("qty", ColumnType::Int64, None);
+    let row = map(&mut evolve, avro(A::Long(1 << 40))).unwrap();
+    assert_eq!(row.data[1], Cell::Int64(1 << 40));
+
+    let mut quarantine = Mapper::new(&d, contract(DriftAction::Quarantine)).unwrap();
+    let e = map(&mut quarantine, avro(A::Long(5))).unwrap_err();
+    assert_eq!(
+        (e.kind(), e.action()),
+        ("schema_drift", OnError::DeadLetter)
+    );
 }

@@ -1,0 +1,234 @@
+//! Widening a column's type (`type_widening = "evolve"`): int32→int64, float32→float64, date→timestamp,
+//! decimal precision up at the same scale.
+//!
+//! Delta's `typeWidening` table feature would change only the schema, but delta-rs 1.1 (and so every
+//! bronze reader) refuses to read tables that use it. So the column is widened the portable way: one
+//! commit with the new schema, every live file removed and rewritten with the column cast, all with
+//! `dataChange = false` (the rows are the same rows). The cost is one read and write of the table, file
+//! by file (one file in memory at a time); it is paid once per widening.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow::datatypes::{DataType, Field, Schema};
+use deltalake::DeltaTableError;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::{Action, Add, MetadataExt, StructType};
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use object_store::ObjectStoreExt;
+use serde_json::json;
+use tracing::info;
+
+use super::{MAX_COMMIT_ATTEMPTS, SinkError, TableSink, table_url};
+use crate::contract::is_widening;
+
+/// What a widening did.
+#[derive(Debug, Clone, Copy)]
+pub struct Widened {
+    /// The commit, or `None` when the table had the type already (another member widened it).
+    pub version: Option<u64>,
+    pub files: usize,
+}
+
+impl TableSink {
+    /// Give column `name` the type `to`, rewriting the table's files in the same commit. Retried against
+    /// concurrent commits (files rewritten in an earlier attempt are reused while they are still live).
+    pub async fn widen_column(&mut self, name: &str, to: &DataType) -> Result<Widened, SinkError> {
+        let generic = |e: String| DeltaTableError::Generic(e);
+        // Old file path -> its rewritten files.
+        let mut rewritten: HashMap<String, Vec<Add>> = HashMap::new();
+        for _ in 0..MAX_COMMIT_ATTEMPTS {
+            self.refresh().await?;
+            let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+            let table_schema = snapshot.snapshot().arrow_schema();
+            let Ok(field) = table_schema.field_with_name(name) else {
+                return Err(self.mismatch(format!("the table has no column `{name}` to widen")));
+            };
+            if field.data_type() == to {
+                self.discard_files(&rewritten.into_values().flatten().collect::<Vec<_>>())
+                    .await;
+                return Ok(Widened {
+                    version: None,
+                    files: 0,
+                });
+            }
+            if !is_widening(field.data_type(), to) {
+                return Err(self.mismatch(format!(
+                    "column `{name}` is {} in the table; {to} is not a widening of it",
+                    field.data_type()
+                )));
+            }
+            let fields: Vec<Field> = table_schema
+                .fields()
+                .iter()
+                .map(|f| match f.name() == name {
+                    true => f.as_ref().clone().with_data_type(to.clone()),
+                    false => f.as_ref().clone(),
+                })
+                .collect();
+            let widened = Arc::new(Schema::new(fields));
+            let partition_columns = snapshot.metadata().partition_columns().to_vec();
+            let live: Vec<(
+                String,
+                HashMap<String, Option<String>>,
+                deltalake::kernel::Remove,
+            )> = snapshot
+                .log_data()
+                .iter()
+                .map(|f| {
+                    (
+                        f.path().to_string(),
+                        f.partition_values_map().into_iter().collect(),
+                        f.remove_action(false),
+                    )
+                })
+                .collect();
+            let gone: Vec<String> = rewritten
+                .keys()
+                .filter(|p| !live.iter().any(|(l, _, _)| l == *p))
+                .cloned()
+                .collect();
+            for p in gone {
+                if let Some(adds) = rewritten.remove(&p) {
+                    self.discard_files(&adds).await;
+                }
+            }
+            for (path, values, _) in &live {
+                if !rewritten.contains_key(path) {
+                    let adds = self
+                        .rewrite_file(path, values, &widened, &partition_columns)
+                        .await?;
+                    rewritten.insert(path.clone(), adds);
+                }
+            }
+            let kernel: StructType = widened
+                .as_ref()
+                .try_into_kernel()
+                .map_err(|e| self.delta_err(generic(e.to_string())))?;
+            let metadata = snapshot
+                .metadata()
+                .clone()
+                .with_schema(&kernel)
+                .map_err(|e| self.delta_err(generic(e.to_string())))?;
+            let mut actions = vec![Action::Metadata(metadata)];
+            actions.extend(live.iter().map(|(_, _, r)| Action::Remove(r.clone())));
+            actions.extend(rewritten.values().flatten().cloned().map(Action::Add));
+            let info = vec![(
+                "bronze".to_string(),
+                json!({ "kind": "widen_column", "column": name, "to": to.to_string() }),
+            )];
+            let operation = DeltaOperation::Write {
+                mode: SaveMode::Overwrite,
+                partition_by: None,
+                predicate: None,
+            };
+            if let Some(version) = self
+                .try_commit_actions(actions, Vec::new(), info, operation)
+                .await?
+            {
+                info!(table = %self.uri, column = name, to = %to, version, files = live.len(), "column widened");
+                return Ok(Widened {
+                    version: Some(version),
+                    files: live.len(),
+                });
+            }
+        }
+        self.discard_files(&rewritten.into_values().flatten().collect::<Vec<_>>())
+            .await;
+        Err(SinkError::TooManyConflicts {
+            uri: self.uri.clone(),
+            attempts: MAX_COMMIT_ATTEMPTS,
+        })
+    }
+
+    /// One live file as new files of the `widened` schema: columns cast, columns the file predates
+    /// (evolved later) as nulls, partition values as constant columns for the writer to split on.
+    async fn rewrite_file(
+        &self,
+        path: &str,
+        partition_values: &HashMap<String, Option<String>>,
+        widened: &Arc<Schema>,
+        partition_columns: &[String],
+    ) -> Result<Vec<Add>, SinkError> {
+        let storage = |source| SinkError::Storage {
+            uri: self.uri.clone(),
+            source,
+        };
+        let location = object_store::path::Path::from_url_path(path)
+            .map_err(|e| self.delta_err(DeltaTableError::Generic(e.to_string())))?;
+        let bytes = self
+            .table
+            .object_store()
+            .get(&location)
+            .await
+            .map_err(storage)?
+            .bytes()
+            .await
+            .map_err(storage)?;
+        let parquet = |e: deltalake::parquet::errors::ParquetError| {
+            self.delta_err(DeltaTableError::Generic(format!("{path}: {e}")))
+        };
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(parquet)?
+            .build()
+            .map_err(parquet)?;
+        let mut writer = RecordBatchWriter::try_new(
+            table_url(&self.uri)?.as_str(),
+            widened.clone(),
+            Some(partition_columns.to_vec()),
+            Some(self.storage_options.clone()),
+        )
+        .map_err(|e| self.delta_err(e))?
+        .with_writer_properties(self.writer_properties.clone())
+        .with_target_file_size(self.target_file_size);
+        for batch in reader {
+            let batch = batch.map_err(|e| self.delta_err(DeltaTableError::Arrow { source: e }))?;
+            let columns = widened
+                .fields()
+                .iter()
+                .map(|f| conform(&batch, f, partition_values))
+                .collect::<Result<Vec<ArrayRef>, _>>()
+                .map_err(|e| self.delta_err(DeltaTableError::Arrow { source: e }))?;
+            let conformed = RecordBatch::try_new(widened.clone(), columns)
+                .map_err(|e| self.delta_err(DeltaTableError::Arrow { source: e }))?;
+            writer
+                .write(conformed)
+                .await
+                .map_err(|e| self.delta_err(e))?;
+        }
+        let mut adds = writer.flush().await.map_err(|e| self.delta_err(e))?;
+        for a in &mut adds {
+            a.data_change = false;
+        }
+        Ok(adds)
+    }
+
+    fn mismatch(&self, detail: String) -> SinkError {
+        SinkError::SchemaMismatch {
+            uri: self.uri.clone(),
+            detail,
+        }
+    }
+}
+
+/// Column `field` of a rewritten file: from the file (cast), a partition value, or nulls.
+fn conform(
+    batch: &RecordBatch,
+    field: &Field,
+    partition_values: &HashMap<String, Option<String>>,
+) -> Result<ArrayRef, arrow::error::ArrowError> {
+    let rows = batch.num_rows();
+    if let Some(c) = batch.column_by_name(field.name()) {
+        return arrow::compute::cast(c.as_ref(), field.data_type());
+    }
+    match partition_values.get(field.name()) {
+        Some(value) => {
+            let column = arrow::array::StringArray::from(vec![value.clone(); rows]);
+            arrow::compute::cast(&column as &dyn Array, field.data_type())
+        }
+        None => Ok(new_null_array(field.data_type(), rows)),
+    }
+}
