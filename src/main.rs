@@ -177,6 +177,17 @@ enum Command {
         #[arg(long)]
         submit: bool,
     },
+    /// Bring the `latest` views (newest row per key, `[datasets.latest]`) up to their tables; `bronze run`
+    /// does it every `latest.interval`.
+    Latest {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One dataset (default: all with a latest view).
+        #[arg(long)]
+        dataset: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete files the tables removed longer ago than the retention (never below
     /// `vacuum.min_retention`).
     Vacuum {
@@ -300,6 +311,7 @@ fn main() -> ExitCode {
         | Command::Status { config, .. }
         | Command::Runs { config, .. }
         | Command::Compact { config, .. }
+        | Command::Latest { config, .. }
         | Command::Backfill { config, .. }
         | Command::Extract { config, .. }
         | Command::Vacuum { config, .. }
@@ -440,6 +452,7 @@ fn main() -> ExitCode {
                     compact(&cfg, dataset.as_deref(), all_partitions, dry_run, json).await
                 }
             }
+            Command::Latest { dataset, json, .. } => latest(&cfg, dataset.as_deref(), json).await,
             Command::Vacuum {
                 dataset,
                 retention,
@@ -946,6 +959,47 @@ async fn compact(
                 r.bytes_rewritten,
                 r.duration_ms,
                 r.partitions_skipped_unsealed
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn latest(cfg: &Config, dataset: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let datasets: Vec<&bronze::config::DatasetConfig> = selected(cfg, dataset)?
+        .into_iter()
+        .filter(|d| d.latest.is_some() || dataset.is_some())
+        .collect();
+    for d in datasets {
+        let r = bronze::maintenance::latest::refresh(cfg, d).await?;
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else if r.conflict {
+            println!(
+                "{}: another writer refreshed the view first; nothing committed",
+                r.dataset
+            );
+        } else if r.version.is_none() {
+            println!(
+                "{}: up to date (table version {:?})",
+                r.dataset, r.to_version
+            );
+        } else {
+            println!(
+                "{}: table versions {:?}..={:?}{} applied: {} files, {} rows read; {} keys upserted, {} deleted; {} buckets rewritten in {} passes ({} files removed, {} added) in {} ms",
+                r.dataset,
+                r.from_version,
+                r.to_version,
+                if r.rebuilt { " (rebuilt)" } else { "" },
+                r.files_read,
+                r.rows_read,
+                r.keys_upserted,
+                r.keys_deleted,
+                r.buckets_rewritten,
+                r.passes,
+                r.files_removed,
+                r.files_added,
+                r.duration_ms
             );
         }
     }

@@ -7,7 +7,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 
-use crate::transform::{Cell, Row};
+use crate::transform::{Row, key_of_arrow};
 
 /// Identity of a source event: its key and its position in the source log. `None` when either is
 /// unknown (keyless datasets, plain JSON): such rows are never taken for redeliveries.
@@ -37,17 +37,10 @@ pub fn event_ids_of(batches: &[RecordBatch], key_columns: usize) -> Vec<u64> {
         let (Some(pos), Some(op)) = (pos.as_string_opt::<i32>(), op.as_string_opt::<i32>()) else {
             continue;
         };
-        'rows: for i in 0..b.num_rows() {
-            if pos.is_null(i) || op.is_null(i) {
+        let keys: Vec<&dyn Array> = (0..key_columns).map(|c| b.column(c).as_ref()).collect();
+        for i in 0..b.num_rows() {
+            if pos.is_null(i) || op.is_null(i) || !key_of_arrow(&keys, i, &mut key) {
                 continue;
-            }
-            key.clear();
-            for c in 0..key_columns {
-                let Some(cell) = Cell::from_arrow(b.column(c).as_ref(), i) else {
-                    continue 'rows;
-                };
-                cell.write_key(&mut key);
-                key.push('\u{1f}');
             }
             ids.push(event_id(&key, pos.value(i), op.value(i)));
         }

@@ -492,6 +492,46 @@ pub struct DatasetConfig {
     pub redelivery_window: usize,
     /// A database the dataset can be extracted from (`bronze extract`, `extract` requests).
     pub extract: Option<ExtractConfig>,
+    /// A second table with the newest row per key (`[datasets.latest]`).
+    pub latest: Option<LatestConfig>,
+}
+
+/// `[datasets.latest]`: a table holding the newest row of every key, derived from the dataset's table.
+#[derive(Debug, Clone)]
+pub struct LatestConfig {
+    /// Full URI (default `<dataset>_latest` under the root).
+    pub table_uri: String,
+    /// Hash buckets of the key: the unit a refresh rewrites.
+    pub buckets: u32,
+    /// How often `bronze run` refreshes it.
+    pub interval: Duration,
+    /// Memory a refresh may hold for the rows it merges; more passes when more is needed.
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLatest {
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default = "default_latest_buckets")]
+    buckets: u32,
+    #[serde(default = "default_latest_interval", with = "humantime_serde_compat")]
+    interval: Duration,
+    #[serde(default = "default_latest_max_bytes")]
+    max_bytes: usize,
+}
+
+fn default_latest_buckets() -> u32 {
+    16
+}
+
+fn default_latest_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_latest_max_bytes() -> usize {
+    256 * 1024 * 1024
 }
 
 /// `[datasets.extract]`: a Postgres query the dataset's partitions can be rebuilt from.
@@ -665,6 +705,8 @@ struct RawDataset {
     redelivery_window: usize,
     #[serde(default)]
     extract: Option<ExtractConfig>,
+    #[serde(default)]
+    latest: Option<RawLatest>,
 }
 
 fn default_redelivery_window() -> usize {
@@ -851,6 +893,32 @@ impl Config {
                     format!("schema file {} does not exist", schema_file.display()),
                 ));
             }
+            let latest = match d.latest {
+                None => None,
+                Some(_) if d.key_columns.is_empty() => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key("latest"),
+                        "a latest view needs `key_columns`",
+                    ));
+                }
+                Some(l) if !(1..=1024).contains(&l.buckets) => {
+                    return Err(ConfigError::invalid(
+                        file,
+                        key("latest.buckets"),
+                        "must be between 1 and 1024",
+                    ));
+                }
+                Some(l) => Some(LatestConfig {
+                    table_uri: table_uri(
+                        &root,
+                        l.table.as_deref().unwrap_or(&format!("{}_latest", d.name)),
+                    ),
+                    buckets: l.buckets,
+                    interval: l.interval,
+                    max_bytes: l.max_bytes.max(1),
+                }),
+            };
             let flush = FlushLimits {
                 max_rows: d.flush.max_rows.unwrap_or(raw.flush.max_rows),
                 max_bytes: d.flush.max_bytes.unwrap_or(raw.flush.max_bytes),
@@ -889,6 +957,7 @@ impl Config {
                 },
                 redelivery_window: d.redelivery_window,
                 extract: d.extract,
+                latest,
             });
         }
         if let Some(c) = &raw.control {
@@ -987,7 +1056,11 @@ impl Config {
         };
         let mut tables: Vec<(&str, &str)> = Vec::new();
         for d in &datasets {
-            for uri in [&d.table_uri, &d.dead_letters.table_uri] {
+            let latest = d.latest.as_ref().map(|l| &l.table_uri);
+            for uri in [&d.table_uri, &d.dead_letters.table_uri]
+                .into_iter()
+                .chain(latest)
+            {
                 if let Some((other, _)) = tables.iter().find(|(_, u)| u == uri) {
                     return Err(ConfigError::invalid(
                         file,

@@ -9,6 +9,8 @@
 //! blind append through in either order); two compactions of the same files conflict and the loser
 //! gives up that partition until the next round.
 
+pub mod latest;
+
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
@@ -38,6 +40,8 @@ pub enum MaintenanceError {
         "retention {asked} is below vacuum.min_retention ({min}): readers of recent table versions may still need those files"
     )]
     RetentionTooShort { asked: String, min: String },
+    #[error("dataset `{0}` has no `[datasets.latest]` view")]
+    NotConfigured(String),
 }
 
 impl From<SinkError> for MaintenanceError {

@@ -239,6 +239,7 @@ pub async fn run(
     };
     let publishers = dead_letter_publishers(&cfg)?;
     let compaction = crate::maintenance::spawn_background(cfg.clone());
+    let latest = crate::maintenance::latest::spawn_background(cfg.clone());
     let control = crate::control::spawn(
         cfg.clone(),
         run_id.clone(),
@@ -271,8 +272,8 @@ pub async fn run(
     if let Some(p) = publishers {
         p.close(AUDIT_CLOSE_TIMEOUT).await;
     }
-    if let Some(c) = compaction {
-        c.abort();
+    for task in [compaction, latest].into_iter().flatten() {
+        task.abort();
     }
     // A request cut short is not committed on the control topic: the next owner resumes it.
     if let Some(c) = control {

@@ -31,6 +31,61 @@ pub async fn read_entry(
     Ok(Some(parse_entry(version, &bytes)?))
 }
 
+/// A data file a commit added.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddedFile {
+    pub path: String,
+    pub partition_values: std::collections::HashMap<String, Option<String>>,
+    pub size: i64,
+}
+
+/// The files commit `version` added with `dataChange = true` (new rows, not rewrites); `None` when the
+/// log no longer has that version.
+pub async fn added_files(
+    store: &dyn LogStore,
+    version: u64,
+) -> Result<Option<Vec<AddedFile>>, DeltaTableError> {
+    let Some(bytes) = store.read_commit_entry(version).await? else {
+        return Ok(None);
+    };
+    parse_adds(version, &bytes).map(Some)
+}
+
+fn parse_adds(version: u64, bytes: &[u8]) -> Result<Vec<AddedFile>, DeltaTableError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Add {
+        path: String,
+        #[serde(default)]
+        partition_values: std::collections::HashMap<String, Option<String>>,
+        #[serde(default)]
+        size: i64,
+        data_change: bool,
+    }
+    let mut out = Vec::new();
+    for line in bytes.split(|b| *b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let action: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|e| DeltaTableError::Generic(format!("log version {version}: {e}")))?;
+        let Some(add) = action.get("add") else {
+            continue;
+        };
+        let add: Add = serde_json::from_value(add.clone())
+            .map_err(|e| DeltaTableError::Generic(format!("log version {version}: add: {e}")))?;
+        if add.data_change {
+            // Paths in the log are URL-encoded, as object_store's `from_url_path` expects them.
+            out.push(AddedFile {
+                path: add.path,
+                partition_values: add.partition_values,
+                size: add.size,
+            });
+        }
+    }
+    Ok(out)
+}
+
 fn parse_entry(version: u64, bytes: &[u8]) -> Result<LogEntry, DeltaTableError> {
     let mut entry = LogEntry {
         version,
@@ -80,6 +135,22 @@ mod tests {
         assert_eq!(e.operation.as_deref(), Some("WRITE"));
         assert_eq!(e.bronze.unwrap()["rows_written"], 3);
         assert_eq!((e.files_added, e.bytes_added, e.files_removed), (2, 350, 1));
+    }
+
+    #[test]
+    fn added_files_are_the_data_changing_adds() {
+        let log = br#"{"commitInfo":{"operation":"OPTIMIZE"}}
+{"add":{"path":"event_date=2026-01-01/a.parquet","partitionValues":{"event_date":"2026-01-01"},"size":10,"dataChange":true}}
+{"add":{"path":"b.parquet","partitionValues":{},"size":20,"dataChange":false}}
+{"remove":{"path":"old.parquet","dataChange":true}}
+"#;
+        let adds = parse_adds(3, log).unwrap();
+        assert_eq!(adds.len(), 1);
+        assert_eq!(adds[0].path, "event_date=2026-01-01/a.parquet");
+        assert_eq!(
+            adds[0].partition_values["event_date"].as_deref(),
+            Some("2026-01-01")
+        );
     }
 
     #[test]

@@ -383,6 +383,107 @@ impl TableSink {
             .collect())
     }
 
+    /// The table's current schema, partition columns included.
+    pub fn arrow_schema(&self) -> Result<SchemaRef, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        Ok(snapshot.snapshot().arrow_schema())
+    }
+
+    /// Data file `path` of this table as batches of `schema` (or of its fields named in `columns`):
+    /// columns cast to the schema's types, columns the file predates (evolved later) as nulls, partition
+    /// values as constant columns. One file in memory at a time.
+    pub async fn read_file(
+        &self,
+        path: &str,
+        partition_values: &HashMap<String, Option<String>>,
+        schema: &SchemaRef,
+        columns: Option<&[&str]>,
+    ) -> Result<Vec<arrow::array::RecordBatch>, SinkError> {
+        use deltalake::parquet::arrow::ProjectionMask;
+        use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let storage = |source| SinkError::Storage {
+            uri: self.uri.clone(),
+            source,
+        };
+        let generic = |e: String| self.delta_err(DeltaTableError::Generic(format!("{path}: {e}")));
+        let location =
+            object_store::path::Path::from_url_path(path).map_err(|e| generic(e.to_string()))?;
+        let bytes = self
+            .table
+            .object_store()
+            .get(&location)
+            .await
+            .map_err(storage)?
+            .bytes()
+            .await
+            .map_err(storage)?;
+        let mut builder =
+            ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| generic(e.to_string()))?;
+        let out_schema = match columns {
+            Some(names) => {
+                let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());
+                builder = builder.with_projection(mask);
+                let fields: Vec<Field> = schema
+                    .fields()
+                    .iter()
+                    .filter(|f| names.contains(&f.name().as_str()))
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                std::sync::Arc::new(Schema::new(fields))
+            }
+            None => schema.clone(),
+        };
+        let reader = builder.build().map_err(|e| generic(e.to_string()))?;
+        let mut out = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| generic(e.to_string()))?;
+            let columns = out_schema
+                .fields()
+                .iter()
+                .map(|f| conform(&batch, f, partition_values))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| generic(e.to_string()))?;
+            out.push(
+                arrow::array::RecordBatch::try_new(out_schema.clone(), columns)
+                    .map_err(|e| generic(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Replace files: `removes` and `adds` (of rows of `schema`, which evolves the table where it has
+    /// columns the table lacks) in one commit attempt; `Ok(None)` when another commit came first.
+    pub async fn try_commit_rewrite(
+        &mut self,
+        removes: Vec<deltalake::kernel::Remove>,
+        adds: &[Add],
+        txns: Vec<Transaction>,
+        metadata: Vec<(String, serde_json::Value)>,
+        schema: &Schema,
+    ) -> Result<Option<u64>, SinkError> {
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: None,
+            predicate: None,
+        };
+        let mut actions: Vec<Action> = self.evolution(schema)?.into_iter().collect();
+        actions.extend(removes.into_iter().map(Action::Remove));
+        actions.extend(adds.iter().cloned().map(Action::Add));
+        self.try_commit_actions(actions, txns, metadata, operation)
+            .await
+    }
+
+    /// The data files commit `version` added with `dataChange = true`, with their partition values;
+    /// `None` when the log no longer has that version.
+    pub async fn files_added_in(
+        &self,
+        version: u64,
+    ) -> Result<Option<Vec<delta_log::AddedFile>>, SinkError> {
+        delta_log::added_files(self.table.log_store().as_ref(), version)
+            .await
+            .map_err(|e| self.delta_err(e))
+    }
+
     /// Columns of `schema` the table has in a wider type (widened by `type_widening = "evolve"`), with
     /// the table's type.
     pub fn widened_columns(
@@ -923,6 +1024,25 @@ fn commit_metadata(
             "duplicates_dropped": flush.duplicates_dropped,
         }),
     )]
+}
+
+/// Column `field` of a file's batch: from the file (cast), a partition value, or nulls.
+fn conform(
+    batch: &arrow::array::RecordBatch,
+    field: &Field,
+    partition_values: &HashMap<String, Option<String>>,
+) -> Result<arrow::array::ArrayRef, arrow::error::ArrowError> {
+    let rows = batch.num_rows();
+    if let Some(c) = batch.column_by_name(field.name()) {
+        return arrow::compute::cast(c.as_ref(), field.data_type());
+    }
+    match partition_values.get(field.name()) {
+        Some(value) => {
+            let column = arrow::array::StringArray::from(vec![value.clone(); rows]);
+            arrow::compute::cast(&column as &dyn arrow::array::Array, field.data_type())
+        }
+        None => Ok(arrow::array::new_null_array(field.data_type(), rows)),
+    }
 }
 
 /// Parquet settings of every data file: the codec, page statistics, truncated long statistics.

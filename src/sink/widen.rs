@@ -10,15 +10,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
 use arrow::datatypes::{DataType, Field, Schema};
 use deltalake::DeltaTableError;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::{Action, Add, MetadataExt, StructType};
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use object_store::ObjectStoreExt;
 use serde_json::json;
 use tracing::info;
 
@@ -144,8 +141,7 @@ impl TableSink {
         })
     }
 
-    /// One live file as new files of the `widened` schema: columns cast, columns the file predates
-    /// (evolved later) as nulls, partition values as constant columns for the writer to split on.
+    /// One live file as new files of the `widened` schema (see [`TableSink::read_file`]).
     async fn rewrite_file(
         &self,
         path: &str,
@@ -153,28 +149,9 @@ impl TableSink {
         widened: &Arc<Schema>,
         partition_columns: &[String],
     ) -> Result<Vec<Add>, SinkError> {
-        let storage = |source| SinkError::Storage {
-            uri: self.uri.clone(),
-            source,
-        };
-        let location = object_store::path::Path::from_url_path(path)
-            .map_err(|e| self.delta_err(DeltaTableError::Generic(e.to_string())))?;
-        let bytes = self
-            .table
-            .object_store()
-            .get(&location)
-            .await
-            .map_err(storage)?
-            .bytes()
-            .await
-            .map_err(storage)?;
-        let parquet = |e: deltalake::parquet::errors::ParquetError| {
-            self.delta_err(DeltaTableError::Generic(format!("{path}: {e}")))
-        };
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .map_err(parquet)?
-            .build()
-            .map_err(parquet)?;
+        let batches = self
+            .read_file(path, partition_values, widened, None)
+            .await?;
         let mut writer = RecordBatchWriter::try_new(
             table_url(&self.uri)?.as_str(),
             widened.clone(),
@@ -184,20 +161,8 @@ impl TableSink {
         .map_err(|e| self.delta_err(e))?
         .with_writer_properties(self.writer_properties.clone())
         .with_target_file_size(self.target_file_size);
-        for batch in reader {
-            let batch = batch.map_err(|e| self.delta_err(DeltaTableError::Arrow { source: e }))?;
-            let columns = widened
-                .fields()
-                .iter()
-                .map(|f| conform(&batch, f, partition_values))
-                .collect::<Result<Vec<ArrayRef>, _>>()
-                .map_err(|e| self.delta_err(DeltaTableError::Arrow { source: e }))?;
-            let conformed = RecordBatch::try_new(widened.clone(), columns)
-                .map_err(|e| self.delta_err(DeltaTableError::Arrow { source: e }))?;
-            writer
-                .write(conformed)
-                .await
-                .map_err(|e| self.delta_err(e))?;
+        for batch in batches {
+            writer.write(batch).await.map_err(|e| self.delta_err(e))?;
         }
         let mut adds = writer.flush().await.map_err(|e| self.delta_err(e))?;
         for a in &mut adds {
@@ -211,24 +176,5 @@ impl TableSink {
             uri: self.uri.clone(),
             detail,
         }
-    }
-}
-
-/// Column `field` of a rewritten file: from the file (cast), a partition value, or nulls.
-fn conform(
-    batch: &RecordBatch,
-    field: &Field,
-    partition_values: &HashMap<String, Option<String>>,
-) -> Result<ArrayRef, arrow::error::ArrowError> {
-    let rows = batch.num_rows();
-    if let Some(c) = batch.column_by_name(field.name()) {
-        return arrow::compute::cast(c.as_ref(), field.data_type());
-    }
-    match partition_values.get(field.name()) {
-        Some(value) => {
-            let column = arrow::array::StringArray::from(vec![value.clone(); rows]);
-            arrow::compute::cast(&column as &dyn Array, field.data_type())
-        }
-        None => Ok(new_null_array(field.data_type(), rows)),
     }
 }

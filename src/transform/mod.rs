@@ -547,7 +547,7 @@ impl Mapper {
             let mut k = String::new();
             for &i in &self.key_columns {
                 data[i].write_key(&mut k);
-                k.push('\u{1f}');
+                k.push(KEY_SEPARATOR);
             }
             Some(k)
         };
@@ -779,6 +779,23 @@ impl Mapper {
         Ok(())
     }
 }
+
+/// The dedup key of row `i` of table columns (the key columns, in order), exactly as [`Mapper::map`]
+/// makes a row's, into `out`; `false` for a column of a type no contract column has.
+pub fn key_of_arrow(columns: &[&dyn arrow::array::Array], i: usize, out: &mut String) -> bool {
+    out.clear();
+    for c in columns {
+        let Some(cell) = Cell::from_arrow(*c, i) else {
+            return false;
+        };
+        cell.write_key(out);
+        out.push(KEY_SEPARATOR);
+    }
+    true
+}
+
+/// Ends each key column's text in a dedup key.
+const KEY_SEPARATOR: char = '\u{1f}';
 
 /// A column type as contracts write it, with a decimal's precision and scale.
 fn type_text(ty: ColumnType, precision_scale: Option<(u8, i8)>) -> String {

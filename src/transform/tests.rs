@@ -42,6 +42,7 @@ fn dataset() -> DatasetConfig {
         },
         redelivery_window: 0,
         extract: None,
+        latest: None,
     }
 }
 
