@@ -10,6 +10,7 @@ use crate::contract::{Column, ColumnType};
 use crate::decode::AvroField;
 
 pub(super) trait Incoming: Clone {
+    fn is_null(&self) -> bool;
     /// The input type, in the format's own terms.
     fn kind(&self) -> &'static str;
     /// The column type a new column for this value gets (with a decimal's precision and scale);
@@ -24,6 +25,10 @@ pub(super) trait Incoming: Clone {
 }
 
 impl Incoming for Value {
+    fn is_null(&self) -> bool {
+        Value::is_null(self)
+    }
+
     fn kind(&self) -> &'static str {
         crate::decode::json_kind(self)
     }
@@ -49,6 +54,10 @@ impl Incoming for Value {
 }
 
 impl Incoming for AvroField {
+    fn is_null(&self) -> bool {
+        matches!(self, AvroField::Null)
+    }
+
     fn kind(&self) -> &'static str {
         AvroField::kind(self)
     }

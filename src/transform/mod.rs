@@ -88,6 +88,9 @@ pub enum DriftKind {
     TypeWidening,
     /// A value of a type its column cannot take (narrowing or incompatible); the column's `on_error`.
     TypeChange,
+    /// A null for a column the contract says is not nullable (the source column became nullable); the
+    /// column's `on_error`.
+    Nullability,
 }
 
 impl DriftKind {
@@ -98,6 +101,7 @@ impl DriftKind {
             DriftKind::Renamed => "renamed",
             DriftKind::TypeWidening => "type_widening",
             DriftKind::TypeChange => "type_change",
+            DriftKind::Nullability => "nullability",
         }
     }
 }
@@ -110,6 +114,7 @@ impl std::fmt::Display for DriftKind {
             DriftKind::Renamed => "renamed column",
             DriftKind::TypeWidening => "wider type in column",
             DriftKind::TypeChange => "incompatible type in column",
+            DriftKind::Nullability => "null in non-nullable column",
         })
     }
 }
@@ -243,6 +248,8 @@ pub struct Mapper {
     normalize: bool,
     /// Incoming field name -> where it goes, memoized because field names repeat on every message.
     lookup: HashMap<String, Target>,
+    /// Columns of the message being mapped that arrived as an explicit null.
+    nulls: Vec<usize>,
     /// Drift seen since [`Mapper::take_drift`] was last called, by kind and column.
     drift: BTreeMap<DriftKind, BTreeMap<String, DriftEvent>>,
     key_columns: Vec<usize>,
@@ -324,6 +331,7 @@ impl Mapper {
             contract,
             normalize: dataset.normalize_names,
             lookup: HashMap::new(),
+            nulls: Vec::new(),
             drift: BTreeMap::new(),
             key_columns,
             key_from_message_key: dataset.key_from_message_key,
@@ -449,6 +457,7 @@ impl Mapper {
         unknown_fields: &mut u64,
     ) -> Result<Row, TransformError> {
         let ncols = self.contract.columns.len();
+        self.nulls.clear();
         let mut data = vec![Cell::Null; ncols];
         let mut present = vec![false; ncols];
         // Fields the row carried, null or not: absence is drift, null is a value.
@@ -533,6 +542,16 @@ impl Mapper {
                 // `null` is refused for non-nullable columns when the contract loads.
                 let action = c.on_error(self.contract.on_error);
                 count_column_error(&self.dataset, &c.name, action);
+                if self.nulls.contains(&i) {
+                    observe(
+                        &mut self.drift,
+                        DriftKind::Nullability,
+                        &c.name,
+                        "null",
+                        "not null",
+                        action.as_str(),
+                    );
+                }
                 return Err(TransformError::MissingValue {
                     column: c.name.clone(),
                     op: change.op.as_str(),
@@ -711,6 +730,9 @@ impl Mapper {
             };
             seen[i] = true;
             let col = &self.contract.columns[i];
+            if !col.nullable && value.is_null() {
+                self.nulls.push(i);
+            }
             if let Some((to, ps)) = value.widening(col) {
                 let policy = self.contract.drift.type_widening;
                 let (from, column) = (col.ty.as_str(), col.name.clone());

@@ -713,3 +713,50 @@ fn type_widening_and_type_change_are_classified() {
         ("schema_drift", OnError::DeadLetter)
     );
 }
+
+/// An explicit null for a non-nullable column is `nullability` drift (the source column became
+/// nullable) under the column's `on_error`; an absent field is `missing_column` drift.
+#[test]
+fn explicit_nulls_in_non_nullable_columns_are_nullability_drift() {
+    let mut d = dataset();
+    d.header_columns.clear();
+    d.key_from_message_key = false;
+    let contract = Contract {
+        on_error: OnError::DeadLetter,
+        drift: Default::default(),
+        columns: vec![
+            col("id", ColumnType::Int64, false),
+            col("name", ColumnType::String, false),
+        ],
+    };
+    let mut m = Mapper::new(&d, contract).unwrap();
+    let no_header = |_: &str| None;
+    let e = m
+        .map(
+            change_of(Op::Create, json!({"id": 1, "name": null})),
+            &ctx(&|| None, &no_header),
+            &mut 0,
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), "missing_value");
+    let e = m
+        .map(
+            change_of(Op::Create, json!({"id": 2})),
+            &ctx(&|| None, &no_header),
+            &mut 0,
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), "missing_value");
+    let drift: Vec<_> = m
+        .take_drift()
+        .into_iter()
+        .map(|e| (e.kind.as_str(), e.column, e.action, e.messages))
+        .collect();
+    assert_eq!(
+        drift,
+        [
+            ("missing_column", "name".to_string(), "ignore", 1),
+            ("nullability", "name".to_string(), "dead_letter", 1)
+        ]
+    );
+}
