@@ -587,7 +587,7 @@ async fn commit(
     report.files_added = adds.len();
     crate::sink::failpoint("latest_before_commit");
     match view
-        .try_commit_rewrite(removes, &adds, vec![txn], info, view_schema)
+        .try_commit_replace(removes, &adds, vec![txn], info, None, Some(view_schema))
         .await
     {
         Ok(Some(version)) => {

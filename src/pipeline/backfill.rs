@@ -436,7 +436,14 @@ pub async fn backfill(
             }),
         )];
         match sink
-            .try_commit_replace(removes, &adds, vec![txn], metadata, predicate(&targets))
+            .try_commit_replace(
+                removes,
+                &adds,
+                vec![txn],
+                metadata,
+                Some(predicate(&targets)),
+                None,
+            )
             .await
         {
             Ok(Some(version)) => {

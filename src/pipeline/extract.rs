@@ -441,7 +441,7 @@ pub async fn extract(
         None => format!("partitions from {}", rfc3339(from_us)),
     };
     match sink
-        .try_commit_replace(removes, &adds, txns, metadata, pred)
+        .try_commit_replace(removes, &adds, txns, metadata, Some(pred), None)
         .await?
     {
         Some(version) => {

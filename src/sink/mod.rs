@@ -451,28 +451,6 @@ impl TableSink {
         Ok(out)
     }
 
-    /// Replace files: `removes` and `adds` (of rows of `schema`, which evolves the table where it has
-    /// columns the table lacks) in one commit attempt; `Ok(None)` when another commit came first.
-    pub async fn try_commit_rewrite(
-        &mut self,
-        removes: Vec<deltalake::kernel::Remove>,
-        adds: &[Add],
-        txns: Vec<Transaction>,
-        metadata: Vec<(String, serde_json::Value)>,
-        schema: &Schema,
-    ) -> Result<Option<u64>, SinkError> {
-        let operation = DeltaOperation::Write {
-            mode: SaveMode::Overwrite,
-            partition_by: None,
-            predicate: None,
-        };
-        let mut actions: Vec<Action> = self.evolution(schema)?.into_iter().collect();
-        actions.extend(removes.into_iter().map(Action::Remove));
-        actions.extend(adds.iter().cloned().map(Action::Add));
-        self.try_commit_actions(actions, txns, metadata, operation)
-            .await
-    }
-
     /// The data files commit `version` added with `dataChange = true`, with their partition values;
     /// `None` when the log no longer has that version.
     pub async fn files_added_in(
@@ -742,26 +720,29 @@ impl TableSink {
             .await
     }
 
-    /// Replace the files of some partitions: `removes` (every live file of them, from the loaded
-    /// snapshot) and `adds` in one commit (replaceWhere), `predicate` naming the partitions.
+    /// Replace files: `removes` (from the loaded snapshot) and `adds` in one commit attempt (a
+    /// replaceWhere when `predicate` names the partitions); `schema`, the rows added, evolves the table
+    /// where it has columns the table lacks. `Ok(None)` when another commit came first.
     pub async fn try_commit_replace(
         &mut self,
         removes: Vec<deltalake::kernel::Remove>,
         adds: &[Add],
         txns: Vec<Transaction>,
         metadata: Vec<(String, serde_json::Value)>,
-        predicate: String,
+        predicate: Option<String>,
+        schema: Option<&Schema>,
     ) -> Result<Option<u64>, SinkError> {
         let operation = DeltaOperation::Write {
             mode: SaveMode::Overwrite,
             partition_by: None,
-            predicate: Some(predicate),
+            predicate,
         };
-        let actions = removes
-            .into_iter()
-            .map(Action::Remove)
-            .chain(adds.iter().cloned().map(Action::Add))
-            .collect();
+        let mut actions: Vec<Action> = match schema {
+            Some(schema) => self.evolution(schema)?.into_iter().collect(),
+            None => Vec::new(),
+        };
+        actions.extend(removes.into_iter().map(Action::Remove));
+        actions.extend(adds.iter().cloned().map(Action::Add));
         self.try_commit_actions(actions, txns, metadata, operation)
             .await
     }
