@@ -198,6 +198,19 @@ def test_debezium_avro_fixtures_land_with_keys_from_the_avro_key(tmp_path, regis
     # Writer schemas are fetched once per id, with basic auth.
     ids = {i for i in registry.store.by_id}
     assert ids and all(registry.lookups(i) <= 1 for i in ids)
+    # A backfill replays the Avro messages through the registry too (its own process, its own cache).
+    day = [r for r in table if str(r["event_date"]) == "2023-06-05"]
+    out = json.loads(h.run_bronze(cfg, "backfill", "--dataset", "orders", "--from", "2023-06-05",
+                                  "--to", "2023-06-06", "--json", env=env).stdout)
+    assert out["status"] == "succeeded" and not out["still_failing"], out
+    assert out["messages_read"] == 7
+    after = h.read_delta(str(tmp_path / "lake" / "orders")).to_pylist()
+    after_day = [r for r in after if str(r["event_date"]) == "2023-06-05"]
+    # The replay dedups among the day's rows only (streaming dropped the snapshot rows of keys changed later
+    # in the same flush, in other partitions), so the day may gain rows; it never loses one.
+    assert out["rows_written"] == len(after_day) and {r["order_id"] for r in day} <= {r["order_id"] for r in after_day}
+    assert {r["_offset"] for r in after_day} <= {0, 1, 2, 3, 4}
+    h.assert_no_duplicate_offsets(h.read_delta(str(tmp_path / "lake" / "orders")))
 
 
 def test_avro_corpus_and_schema_changes_mid_stream(tmp_path, registry):

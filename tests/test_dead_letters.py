@@ -48,6 +48,8 @@ def corpus():
         ("missing_value", b"k15", envelope({k: v for k, v in good_row(7).items() if k != "id"})),
         ("oversized", b"k16", envelope({**good_row(8), "status": "x" * (MAX_BYTES + 10)})),
         ("null_key", None, envelope(good_row(9))),                                          # key required
+        ("type_mismatch", b"k18", envelope({**good_row(10), "updated_at": 253_402_300_800_000})),  # year 10000
+        ("type_mismatch", b"k19", envelope({**good_row(11), "order_date": -719_163})),     # year 0
     ]
 
 

@@ -349,7 +349,30 @@ fn parse_timestamp(s: &str, col: &Column) -> Option<i64> {
     None
 }
 
+/// Delta's date and timestamp range: 0001-01-01 to 9999-12-31 (days and µs since the epoch).
+const MIN_DAYS: i32 = -719_162;
+const MAX_DAYS: i32 = 2_932_896;
+const MIN_MICROS: i64 = -62_135_596_800_000_000;
+const MAX_MICROS: i64 = 253_402_300_799_999_999;
+
 impl Cell {
+    /// The cell, if it is a date or timestamp Delta can store (years 1 to 9999); readers such as Spark
+    /// refuse others, so they are errors here rather than rows nobody can read.
+    pub(crate) fn in_delta_range(self) -> Result<Cell, CoerceError> {
+        let out_of_range = |value: String, expected| CoerceError::OutOfRange { expected, value };
+        match self {
+            Cell::Date(d) if !(MIN_DAYS..=MAX_DAYS).contains(&d) => Err(out_of_range(
+                format!("{d} days since the epoch"),
+                "a date in years 1 to 9999",
+            )),
+            Cell::Timestamp(us) if !(MIN_MICROS..=MAX_MICROS).contains(&us) => Err(out_of_range(
+                format!("{us} µs since the epoch"),
+                "a timestamp in years 1 to 9999",
+            )),
+            cell => Ok(cell),
+        }
+    }
+
     /// The cell of row `i` of a table column (the Arrow types [`Column::arrow_type`] gives); `None` for
     /// other types.
     pub fn from_arrow(array: &dyn arrow::array::Array, i: usize) -> Option<Cell> {
@@ -440,6 +463,34 @@ mod tests {
         let mut col = Column::new("d", ColumnType::Decimal);
         (col.precision, col.scale, col.rounding) = (Some(p), Some(s), rounding);
         coerce(&col, v)
+    }
+
+    #[test]
+    fn dates_and_timestamps_stay_in_years_1_to_9999() {
+        let ok = |c: Cell| c.clone().in_delta_range() == Ok(c);
+        assert!(ok(Cell::Date(MIN_DAYS)) && ok(Cell::Date(MAX_DAYS)));
+        assert!(ok(Cell::Timestamp(MIN_MICROS)) && ok(Cell::Timestamp(MAX_MICROS)));
+        assert!(Cell::Date(MAX_DAYS + 1).in_delta_range().is_err());
+        assert!(Cell::Timestamp(MIN_MICROS - 1).in_delta_range().is_err());
+        // 10000-01-01 as epoch milliseconds, and year 0 as text.
+        let ts = c(ColumnType::Timestamp, json!(253_402_300_800_000i64)).unwrap();
+        assert!(ts.in_delta_range().is_err());
+        let mut day = Column::new("d", ColumnType::Date);
+        day.nullable = true;
+        let year0 = coerce(&day, json!("0000-06-01")).unwrap();
+        assert!(year0.in_delta_range().is_err());
+        assert_eq!(
+            MIN_DAYS,
+            (NaiveDate::from_ymd_opt(1, 1, 1).unwrap()
+                - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap())
+            .num_days() as i32
+        );
+        assert_eq!(
+            MAX_DAYS,
+            (NaiveDate::from_ymd_opt(9999, 12, 31).unwrap()
+                - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap())
+            .num_days() as i32
+        );
     }
 
     #[test]

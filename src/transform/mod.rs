@@ -766,7 +766,7 @@ impl Mapper {
             let kind = value.kind();
             // Only rescuing columns pay for a copy of each value.
             let original = (action == OnError::Rescue).then(|| value.clone());
-            data[i] = match value.coerce(col) {
+            data[i] = match value.coerce(col).and_then(Cell::in_delta_range) {
                 Ok(cell) => cell,
                 Err(source) => {
                     count_column_error(&self.dataset, &col.name, action);
