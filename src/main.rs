@@ -492,6 +492,9 @@ fn main() -> ExitCode {
             }
         }
     });
+    // Everything is committed by now; a background call still blocked on a broker (a dead-letter topic
+    // transaction, say) must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -596,6 +599,10 @@ async fn validate(cfg: &Config) -> anyhow::Result<ExitCode> {
                 failed = true;
             }
         }
+        if let Err(e) = compare_with_registry(cfg, d, mapper.contract()).await {
+            eprintln!("{}: {e}", d.name);
+            failed = true;
+        }
     }
     Ok(if failed {
         ExitCode::from(EXIT_CONFIG)
@@ -603,6 +610,80 @@ async fn validate(cfg: &Config) -> anyhow::Result<ExitCode> {
         println!("{}: valid", cfg.file.display());
         ExitCode::SUCCESS
     })
+}
+
+/// For Avro datasets: the latest value schema registered for each topic (`<topic>-value`) against the
+/// contract — the fields it would add and the columns it lacks — before any message arrives.
+async fn compare_with_registry(
+    cfg: &Config,
+    d: &bronze::config::DatasetConfig,
+    contract: &Contract,
+) -> anyhow::Result<()> {
+    let (Some(rc), bronze::config::TopicSelector::Names(topics)) =
+        (&cfg.schema_registry, &d.topics)
+    else {
+        return Ok(());
+    };
+    if !d.format.is_avro() {
+        return Ok(());
+    }
+    let registry = bronze::decode::registry::Registry::new(rc)?;
+    let envelope = d.format == bronze::config::Format::DebeziumAvro;
+    for topic in topics {
+        let subject = format!("{topic}-value");
+        let Some((version, w)) = registry.latest(&subject).await? else {
+            println!("{}: registry subject {subject}: not registered yet", d.name);
+            continue;
+        };
+        let Some(fields) = bronze::decode::avro::row_fields(&w, envelope) else {
+            anyhow::bail!(
+                "registry subject {subject} version {version}: no row record in the schema"
+            );
+        };
+        let normalized = |f: &str| {
+            if d.normalize_names {
+                bronze::transform::snake_case(f)
+            } else {
+                f.to_string()
+            }
+        };
+        let new: Vec<String> = fields
+            .iter()
+            .filter(|(f, _)| contract.resolve(&normalized(f)).is_none())
+            .map(|(f, ty)| format!("{f} {ty}"))
+            .collect();
+        let lacking: Vec<&str> = contract
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                !fields.iter().any(|(f, _)| {
+                    contract
+                        .resolve(&normalized(f))
+                        .is_some_and(|(c, _)| c == *i)
+                })
+            })
+            .map(|(_, c)| c.name.as_str())
+            .filter(|c| !d.header_columns.contains_key(*c))
+            .collect();
+        println!(
+            "{}: registry subject {subject} version {version} (id {}): {} fields; not in the contract: {}; contract columns it lacks: {}",
+            d.name,
+            w.id,
+            fields.len(),
+            if new.is_empty() {
+                "none".to_string()
+            } else {
+                new.join(", ")
+            },
+            if lacking.is_empty() {
+                "none".to_string()
+            } else {
+                lacking.join(", ")
+            },
+        );
+    }
+    Ok(())
 }
 
 /// `--since`: `1h`-style durations back from now, or an RFC 3339 time; µs since the epoch.

@@ -301,6 +301,10 @@ def test_registry_outage_delays_avro_partitions_and_loses_nothing(tmp_path, regi
                     "schema": '"customers.toml"', "partitioning": '{ by = "date" }'}
     cfg, env = config(tmp_path, "avro-outage", registry, topic, extra_datasets=[customers_ds],
                       extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n')
+    # `bronze validate` compares the contract with the latest value schema of the subject.
+    validate = h.run_bronze(cfg, "validate", env=env).stdout
+    assert f"registry subject {topic}-value version 2" in validate, validate
+    assert "not in the contract: discount double?; contract columns it lacks: none" in validate, validate
     lake = tmp_path / "lake"
     log = tmp_path / "bronze.log"
     proc = h.start_bronze(cfg, env=env, log=log)

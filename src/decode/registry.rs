@@ -50,6 +50,16 @@ struct SchemaById {
     schema_type: Option<String>,
 }
 
+/// `GET /subjects/{subject}/versions/latest` answer.
+#[derive(Deserialize)]
+struct SubjectVersion {
+    id: u32,
+    version: u32,
+    schema: String,
+    #[serde(rename = "schemaType", default)]
+    schema_type: Option<String>,
+}
+
 /// Confluent error body.
 #[derive(Deserialize)]
 struct ErrorBody {
@@ -124,8 +134,37 @@ impl Registry {
         Ok(())
     }
 
-    async fn fetch(&self, id: u32) -> Result<Lookup, RegistryError> {
-        let url = format!("{}/schemas/ids/{id}", self.base);
+    /// The latest version of `subject` (e.g. `<topic>-value`): (version, its schema); `None` when the
+    /// registry has no such subject. Not cached: it changes as schemas are registered.
+    pub async fn latest(
+        &self,
+        subject: &str,
+    ) -> Result<Option<(u32, Arc<WriterSchema>)>, RegistryError> {
+        let path = format!(
+            "subjects/{}/versions/latest",
+            percent_encoding::utf8_percent_encode(subject, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let (status, body) = self.get(&path).await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let unavailable = |e: String| RegistryError::Unavailable(format!("subject {subject}: {e}"));
+        if !status.is_success() {
+            return Err(unavailable(format!("HTTP {status}")));
+        }
+        let answer: SubjectVersion =
+            serde_json::from_slice(&body).map_err(|e| unavailable(e.to_string()))?;
+        if let Some(t) = answer.schema_type.filter(|t| t != "AVRO") {
+            return Err(unavailable(format!("a {t} schema, not Avro")));
+        }
+        let w = parse(answer.id, &answer.schema)
+            .map_err(|e| unavailable(format!("schema does not parse as Avro: {e}")))?;
+        Ok(Some((answer.version, Arc::new(w))))
+    }
+
+    /// `GET {base}/{path}`: status and body; errs when the registry cannot be reached.
+    async fn get(&self, path: &str) -> Result<(reqwest::StatusCode, Vec<u8>), RegistryError> {
+        let url = format!("{}/{path}", self.base);
         let mut request = self
             .http
             .get(&url)
@@ -144,6 +183,13 @@ impl Registry {
             .bytes()
             .await
             .map_err(|e| unavailable(e.to_string()))?;
+        Ok((status, body.to_vec()))
+    }
+
+    async fn fetch(&self, id: u32) -> Result<Lookup, RegistryError> {
+        let (status, body) = self.get(&format!("schemas/ids/{id}")).await?;
+        let url = format!("{}/schemas/ids/{id}", self.base);
+        let unavailable = |e: String| RegistryError::Unavailable(format!("GET {url}: {e}"));
         if status == reqwest::StatusCode::NOT_FOUND {
             let detail = serde_json::from_slice::<ErrorBody>(&body)
                 .ok()

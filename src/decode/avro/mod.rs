@@ -236,6 +236,56 @@ pub fn decode_key(registry: &Registry, key: &[u8]) -> Option<Fields> {
     }
 }
 
+/// The row fields a writer schema declares, with their Avro types (`int`, `long`, `["null","string"]`
+/// as `string?`, ...): the record itself (`avro`) or the `after` branch of the envelope (`debezium-avro`).
+pub fn row_fields(w: &WriterSchema, envelope: bool) -> Option<Vec<(String, String)>> {
+    let names = Names(w);
+    let top = names.record(w.schema)?;
+    let row = if envelope {
+        let after = top.fields.iter().find(|f| f.name == "after")?;
+        match names.deref(&after.schema) {
+            Schema::Union(u) => u.variants().iter().find_map(|v| names.record(v))?,
+            other => names.record(other)?,
+        }
+    } else {
+        top
+    };
+    Some(
+        row.fields
+            .iter()
+            .map(|f| (f.name.clone(), type_name(names.deref(&f.schema), &names)))
+            .collect(),
+    )
+}
+
+fn type_name(schema: &Schema, names: &Names<'_>) -> String {
+    match schema {
+        Schema::Union(u) => {
+            let non_null: Vec<&Schema> = u
+                .variants()
+                .iter()
+                .filter(|v| !matches!(v, Schema::Null))
+                .collect();
+            let nullable = non_null.len() < u.variants().len();
+            let inner = match non_null.as_slice() {
+                [one] => type_name(names.deref(one), names),
+                _ => "union".to_string(),
+            };
+            if nullable { format!("{inner}?") } else { inner }
+        }
+        Schema::Record(r) => r.name.name().to_string(),
+        Schema::Decimal(d) => format!("decimal({},{})", d.precision, d.scale),
+        Schema::Ref { name } => name.name().to_string(),
+        other => {
+            let text = format!("{other:?}");
+            text.split(['(', ' ', '{'])
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        }
+    }
+}
+
 /// `source.ts_ms`, and the position: Postgres `lsn`, MySQL `file:pos[:row]`.
 fn source_info(fields: Vec<(String, Avro)>) -> (Option<i64>, Option<String>) {
     let (mut ts, mut lsn, mut file, mut pos, mut row) = (None, None, None, None, None);
