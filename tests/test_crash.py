@@ -68,3 +68,28 @@ def test_kill_9_at_random_points_and_between_upload_and_commit(tmp_path):
     # Commits of killed runs reach the ledger through later runs, each exactly once.
     h.assert_ledger_complete(str(root), "orders")
     print(f"rows after each kill: {progress}; final {len(rows)}")
+
+
+def test_until_caught_up_ends_when_the_table_is_ahead_of_the_group_offsets(tmp_path):
+    """A crash between a Delta commit and the group-offset commit leaves the group behind the table. The
+    next `--until-caught-up` run seeks to the table's position, which is the end of the partition: no
+    message arrives after the seek, and the run must still see that it is caught up."""
+    from confluent_kafka import Consumer, TopicPartition
+    topic = h.unique("caughtup.orders")
+    h.create_topics({topic: 1})
+    produced = h.produce(events_for(3, 400), {"orders": topic})
+    root = tmp_path / "lake"
+    group = h.unique("caughtup")
+    cfg = h.write_config(tmp_path, group=group, root=str(root), datasets=h.keyless_orders(topic))
+    h.run_bronze(cfg, "run", "--until-caught-up")
+    rows = len(h.stored_offsets(str(root / "orders")))
+    assert rows == len(h.data_offsets(produced))
+    # The group's offsets go back to the start, as if the process died right after the Delta commit.
+    c = Consumer({"bootstrap.servers": h.bootstrap(), "group.id": group, "enable.auto.commit": False})
+    c.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
+    c.close()
+    out = h.run_bronze(cfg, "run", "--until-caught-up", timeout=120)
+    assert "seeking to the table's position" in out.stderr
+    assert "caught up with the high watermarks" in out.stderr
+    h.assert_no_duplicate_offsets(h.read_delta(str(root / "orders")))
+    assert len(h.stored_offsets(str(root / "orders"))) == rows

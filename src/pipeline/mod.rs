@@ -1064,14 +1064,17 @@ impl Run {
                     tp.0, tp.1
                 )));
             }
-            let position = match ps.next_offset {
-                Some(next) => Some(next),
+            let position = match (ps.next_offset, ps.phase) {
+                (Some(next), _) => Some(next),
                 // Nothing read yet: maybe the table is already there.
-                None if ps.phase == Phase::Unknown => {
+                (None, Phase::Unknown) => {
                     let d = ps.dataset;
                     self.table_position(d, &tp).await?
                 }
-                None => None,
+                // On the way to the table's position: everything before it is in the table. When that
+                // is the end of the partition no message will ever arrive to say so.
+                (None, Phase::Seeking(target)) => Some(target),
+                (None, Phase::Ready) => None,
             };
             if position.is_none_or(|p| p < high) {
                 all = false;
