@@ -69,6 +69,9 @@ def main() -> None:
                     help="also measure produce -> committed latency at a moderate steady rate")
     ap.add_argument("--rate", type=int, default=20_000, help="events/s for --latency")
     ap.add_argument("--seconds", type=int, default=20, help="how long --latency produces")
+    ap.add_argument("--matrix", action="store_true",
+                    help="also the scaling matrix: partitions 1/3/12, 1 vs 2 members, flush sizes")
+    ap.add_argument("--matrix-events", type=int, default=200_000, help="events per matrix topic")
     args = ap.parse_args()
     n = 20_000 if args.smoke else args.events
     rng = random.Random(42)
@@ -129,6 +132,58 @@ def main() -> None:
     if args.latency:
         rate, seconds = (2_000, 4) if args.smoke else (args.rate, args.seconds)
         latency(args.bin, work, rate, seconds)
+    if args.matrix:
+        matrix(args.bin, work, 3_000 if args.smoke else args.matrix_events, base_ms)
+
+
+def ingest(binary: str, work: Path, topic: str, n: int, members: int, max_rows: int, label: str) -> dict:
+    """`members` bronze processes of one group run `--until-caught-up` on `topic` (n events) into a fresh
+    table: ingest seconds (first assignment to last catch-up), CPU seconds of all, files, peak RSS."""
+    dataset = {"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": f'"{SCHEMA}"',
+               "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
+    cell = work / label
+    cfg = h.write_config(cell, group=h.unique("matrix"), root=str(cell / "lake"), datasets=[dataset],
+                         flush_age="5s", max_rows=max_rows, budget=512 * 1024 * 1024)
+    cfg.write_text(cfg.read_text().replace("max_bytes = 67108864", "max_bytes = 134217728"))
+    env = dict(os.environ, RUST_LOG="info")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    procs = [subprocess.Popen([binary, "run", "--until-caught-up", "--config", str(cfg)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(members)]
+    outputs = [p.communicate() for p in procs]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for p, (_, err) in zip(procs, outputs):
+        if p.returncode != 0:
+            sys.exit(f"bronze failed ({p.returncode}) in {label}:\n{err[-4000:]}")
+    stamps = [(datetime.fromisoformat(line[:27].rstrip("Z")), line) for _, err in outputs
+              for line in err.splitlines() if line[:4].isdigit()]
+    start = min(t for t, l in stamps if "partitions assigned" in l)
+    end = max(t for t, l in stamps if "caught up" in l)
+    table = h.read_delta(str(cell / "lake" / "orders"))
+    assert table.num_rows == n, (label, table.num_rows, n)
+    from deltalake import DeltaTable
+    files = DeltaTable(str(cell / "lake" / "orders")).file_uris()
+    rss = max(float(re.search(r"peak RSS: ([0-9.]+) MiB", out).group(1)) for out, _ in outputs)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"seconds": (end - start).total_seconds(), "cpu": cpu, "files": len(files), "rss": rss}
+
+
+def matrix(binary: str, work: Path, n: int, base_ms: int) -> None:
+    """Throughput across partition counts, group members and flush sizes, on the same events."""
+    rng = random.Random(7)
+    events = [Event(i, rng, base_ms) for i in range(n)]
+    topics = {}
+    for partitions in (1, 3, 12):
+        topics[partitions] = h.unique(f"bench.matrix{partitions}")
+        h.create_topics({topics[partitions]: partitions})
+        h.produce(events, {"orders": topics[partitions]})
+    cells = [(1, 1, 500_000), (3, 1, 500_000), (12, 1, 500_000), (12, 2, 500_000),
+             (12, 1, n // 20 or 1), (12, 1, n // 4 or 1)]
+    print(f"scaling matrix: {n} events per cell, `--until-caught-up` from the first assignment to the last catch-up")
+    print(f"  {'partitions':>10} {'members':>7} {'flush rows':>10} {'events/s':>10} {'per CPU-s':>10} {'files':>6} {'peak RSS MiB':>12}")
+    for partitions, members, rows in cells:
+        r = ingest(binary, work, topics[partitions], n, members, rows, f"m{partitions}-{members}-{rows}")
+        print(f"  {partitions:>10} {members:>7} {rows:>10} {n / max(r['seconds'], 1e-3):>10.0f}"
+              f" {n / max(r['cpu'], 1e-3):>10.0f} {r['files']:>6} {r['rss']:>12.0f}")
 
 
 def latency(binary: str, work: Path, rate: int, seconds: int, flush_age: float = 1.0) -> None:
