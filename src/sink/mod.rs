@@ -372,10 +372,8 @@ impl TableSink {
 
     /// Columns the table has beyond `schema`, in table order: added by schema evolution.
     pub fn columns_beyond(&self, schema: &Schema) -> Result<Vec<FieldRef>, SinkError> {
-        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
-        Ok(snapshot
-            .snapshot()
-            .arrow_schema()
+        Ok(self
+            .arrow_schema()?
             .fields()
             .iter()
             .filter(|f| schema.field_with_name(f.name()).is_err())
@@ -468,10 +466,8 @@ impl TableSink {
         &self,
         schema: &Schema,
     ) -> Result<Vec<(String, arrow::datatypes::DataType)>, SinkError> {
-        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
-        Ok(snapshot
-            .snapshot()
-            .arrow_schema()
+        Ok(self
+            .arrow_schema()?
             .fields()
             .iter()
             .filter_map(|t| {
