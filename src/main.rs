@@ -701,6 +701,12 @@ fn progress_bar(template: &str, message: String, hidden: bool) -> indicatif::Pro
     bar
 }
 
+/// `read` of `total` on `bar` (backfill messages, extract rows, a submitted request's progress).
+fn show_progress(bar: &indicatif::ProgressBar, read: u64, total: u64) {
+    bar.set_length(total);
+    bar.set_position(read);
+}
+
 /// An RFC 3339 time or a UTC date, in µs since the epoch.
 fn parse_time(s: &str) -> Result<i64, String> {
     bronze::control::request::parse_time(s)
@@ -734,10 +740,7 @@ async fn extract(cfg: &Config, r: &Request, json: bool) -> anyhow::Result<ExitCo
         format!("extract {}", r.dataset),
         json,
     );
-    let report = |read: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(read);
-    };
+    let report = |read: u64, total: u64| show_progress(&bar, read, total);
     let outcome = pipeline::extract::extract(cfg, &r.extract(), &report).await;
     bar.finish_and_clear();
     let o = outcome?;
@@ -780,8 +783,7 @@ async fn submit_request(cfg: &Config, r: &Request, json: bool) -> anyhow::Result
             s.status
         ));
         if let Some((read, total)) = s.progress {
-            bar.set_length(total);
-            bar.set_position(read);
+            show_progress(&bar, read, total);
         }
     };
     let last = bronze::control::submit(cfg, r, &on_status).await;
@@ -822,10 +824,7 @@ async fn backfill(
         format!("backfill {}", req.dataset),
         json,
     );
-    let report = |read: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(read);
-    };
+    let report = |read: u64, total: u64| show_progress(&bar, read, total);
     let outcome = pipeline::backfill::backfill(cfg, req, &report).await;
     bar.finish_and_clear();
     let o = outcome?;

@@ -206,8 +206,7 @@ impl Decoder {
             (Format::DebeziumAvro | Format::Avro, None) => Err(DecodeError::BadWriterSchema(
                 "no schema registry is configured for an Avro dataset".to_string(),
             )),
-            (format, None) => decode(format, Some(bytes)),
-            (format, Some(_)) => decode(format, Some(bytes)),
+            (format, _) => decode(format, Some(bytes)),
         }
     }
 

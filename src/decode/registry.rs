@@ -149,9 +149,6 @@ impl Registry {
             return Ok(None);
         }
         let unavailable = |e: String| RegistryError::Unavailable(format!("subject {subject}: {e}"));
-        if !status.is_success() {
-            return Err(unavailable(format!("HTTP {status}")));
-        }
         let answer: SubjectVersion =
             serde_json::from_slice(&body).map_err(|e| unavailable(e.to_string()))?;
         if let Some(t) = answer.schema_type.filter(|t| t != "AVRO") {
@@ -162,7 +159,8 @@ impl Registry {
         Ok(Some((answer.version, Arc::new(w))))
     }
 
-    /// `GET {base}/{path}`: status and body; errs when the registry cannot be reached.
+    /// `GET {base}/{path}`: a success or a 404, with the body; errs when the registry cannot be reached
+    /// or answers anything else (5xx, refused credentials), which is worth retrying.
     async fn get(&self, path: &str) -> Result<(reqwest::StatusCode, Vec<u8>), RegistryError> {
         let url = format!("{}/{path}", self.base);
         let mut request = self
@@ -183,13 +181,19 @@ impl Registry {
             .bytes()
             .await
             .map_err(|e| unavailable(e.to_string()))?;
+        if !status.is_success() && status != reqwest::StatusCode::NOT_FOUND {
+            metrics::counter!("bronze_registry_errors_total").increment(1);
+            let text = String::from_utf8_lossy(&body);
+            return Err(unavailable(format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            )));
+        }
         Ok((status, body.to_vec()))
     }
 
     async fn fetch(&self, id: u32) -> Result<Lookup, RegistryError> {
         let (status, body) = self.get(&format!("schemas/ids/{id}")).await?;
-        let url = format!("{}/schemas/ids/{id}", self.base);
-        let unavailable = |e: String| RegistryError::Unavailable(format!("GET {url}: {e}"));
         if status == reqwest::StatusCode::NOT_FOUND {
             let detail = serde_json::from_slice::<ErrorBody>(&body)
                 .ok()
@@ -203,14 +207,6 @@ impl Registry {
                 .unwrap_or_else(|| "404".to_string());
             return Ok(Lookup::Unknown(format!(
                 "schema id {id} is not in the registry: {detail}"
-            )));
-        }
-        if !status.is_success() {
-            metrics::counter!("bronze_registry_errors_total").increment(1);
-            let text = String::from_utf8_lossy(&body);
-            return Err(unavailable(format!(
-                "HTTP {status}: {}",
-                text.chars().take(200).collect::<String>()
             )));
         }
         let answer: SchemaById = match serde_json::from_slice(&body) {

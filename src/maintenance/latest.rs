@@ -157,13 +157,21 @@ pub async fn refresh(cfg: &Config, d: &DatasetConfig) -> Result<LatestReport, Ma
     } else {
         by_bucket.keys().copied().collect()
     };
-    let passes = plan_passes(&view, &buckets, &files, &by_bucket, view_cfg.max_bytes)?;
+    let mut view_files = files_by_bucket(&view)?;
+    let passes = plan_passes(
+        &view_files,
+        &buckets,
+        &files,
+        &by_bucket,
+        view_cfg.max_bytes,
+    );
     report.passes = passes.len();
     let mut removes = Vec::new();
     let mut adds = Vec::new();
     let written = merge_passes(
         &history,
         &view,
+        &mut view_files,
         &view_schema,
         &history_schema,
         d,
@@ -368,34 +376,49 @@ async fn newest_changes(
     Ok(changes)
 }
 
-/// Group buckets into passes whose estimated merge memory stays under `max_bytes`: a bucket's view
-/// files plus its share of the new files, decoded (≈ 4× their Parquet size).
-fn plan_passes(
+/// The view's live files by bucket, as the remove actions a rewrite of the bucket commits.
+fn files_by_bucket(
     view: &TableSink,
-    buckets: &[u32],
-    files: &[NewFile],
-    by_bucket: &BTreeMap<u32, Vec<(&String, &Change)>>,
-    max_bytes: usize,
-) -> Result<Vec<Vec<u32>>, SinkError> {
-    const DECODED_PER_PARQUET_BYTE: u64 = 4;
-    let new_bytes: u64 = files.iter().map(|f| f.size.max(0) as u64).sum();
-    let changes: usize = by_bucket.values().map(Vec::len).sum::<usize>().max(1);
-    let mut view_bytes: HashMap<String, u64> = HashMap::new();
+) -> Result<HashMap<u32, Vec<deltalake::kernel::Remove>>, SinkError> {
+    let mut out: HashMap<u32, Vec<deltalake::kernel::Remove>> = HashMap::new();
     for r in view.removes_where(|_| true)? {
         let bucket = r
             .partition_values
             .as_ref()
             .and_then(|p| p.get(BUCKET_COLUMN).cloned().flatten())
+            .and_then(|b| b.parse().ok())
             .unwrap_or_default();
-        *view_bytes.entry(bucket).or_default() += r.size.unwrap_or(0).max(0) as u64;
+        out.entry(bucket).or_default().push(r);
     }
+    Ok(out)
+}
+
+/// Group buckets into passes whose estimated merge memory stays under `max_bytes`: a bucket's view
+/// files plus its share of the new files, decoded (≈ 4× their Parquet size).
+fn plan_passes(
+    view_files: &HashMap<u32, Vec<deltalake::kernel::Remove>>,
+    buckets: &[u32],
+    files: &[NewFile],
+    by_bucket: &BTreeMap<u32, Vec<(&String, &Change)>>,
+    max_bytes: usize,
+) -> Vec<Vec<u32>> {
+    const DECODED_PER_PARQUET_BYTE: u64 = 4;
+    let new_bytes: u64 = files.iter().map(|f| f.size.max(0) as u64).sum();
+    let changes: usize = by_bucket.values().map(Vec::len).sum::<usize>().max(1);
+    let view_bytes = |b: u32| -> u64 {
+        view_files
+            .get(&b)
+            .into_iter()
+            .flatten()
+            .map(|r| r.size.unwrap_or(0).max(0) as u64)
+            .sum()
+    };
     let mut passes: Vec<Vec<u32>> = Vec::new();
     let mut current: Vec<u32> = Vec::new();
     let mut used = 0u64;
     for &b in buckets {
         let share = by_bucket.get(&b).map_or(0, Vec::len) as u64 * new_bytes / changes as u64;
-        let cost = (view_bytes.get(&b.to_string()).copied().unwrap_or(0) + share)
-            * DECODED_PER_PARQUET_BYTE;
+        let cost = (view_bytes(b) + share) * DECODED_PER_PARQUET_BYTE;
         if !current.is_empty() && used + cost > max_bytes as u64 {
             passes.push(std::mem::take(&mut current));
             used = 0;
@@ -406,7 +429,7 @@ fn plan_passes(
     if !current.is_empty() {
         passes.push(current);
     }
-    Ok(passes)
+    passes
 }
 
 /// Phase two: per pass, read the new files once for the rows of its buckets, merge each bucket with
@@ -415,6 +438,7 @@ fn plan_passes(
 async fn merge_passes(
     history: &TableSink,
     view: &TableSink,
+    view_files: &mut HashMap<u32, Vec<deltalake::kernel::Remove>>,
     view_schema: &SchemaRef,
     history_schema: &SchemaRef,
     d: &DatasetConfig,
@@ -454,11 +478,7 @@ async fn merge_passes(
         }
         for b in pass {
             let bucket = b.to_string();
-            let old = view.removes_where(|values| {
-                values
-                    .iter()
-                    .any(|(k, v)| k == BUCKET_COLUMN && v.as_deref() == Some(bucket.as_str()))
-            })?;
+            let old = view_files.remove(b).unwrap_or_default();
             let changed: HashMap<&String, &Change> = by_bucket
                 .get(b)
                 .into_iter()

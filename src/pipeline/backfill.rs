@@ -340,11 +340,7 @@ pub async fn backfill(
         .collect();
 
     let pcols = mapper.partition_columns();
-    let mut buffer = DatasetBuffer::new(
-        mapper.contract().table_schema(pcols),
-        mapper.contract().columns.len(),
-        pcols.len(),
-    );
+    let mut buffer = super::buffer_for(&mapper);
     let mut adds = Vec::new();
     let mut counts = (0usize, 0usize);
     let mut total = 0u64;

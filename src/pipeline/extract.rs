@@ -30,7 +30,6 @@ use super::backfill::{
     PartitionValues, label, partitions_between, predicate, request_app_id, sorted, stray_file,
     write_chunk,
 };
-use crate::buffer::DatasetBuffer;
 use crate::config::{Config, DatasetConfig, ExtractConfig};
 use crate::decode::{Change, Fields, Op};
 use crate::transform::{MessageContext, span_of_partitions};
@@ -311,11 +310,7 @@ pub async fn extract(
     drop(tx);
 
     let pcols = mapper.partition_columns();
-    let mut buffer = DatasetBuffer::new(
-        mapper.contract().table_schema(pcols),
-        mapper.contract().columns.len(),
-        pcols.len(),
-    );
+    let mut buffer = super::buffer_for(&mapper);
     let topic = format!("postgres:{}", d.name);
     let mut adds = Vec::new();
     let mut counts = (0usize, 0usize);

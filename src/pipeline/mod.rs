@@ -80,8 +80,6 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
     let mut out = Vec::with_capacity(cfg.datasets.len());
     for d in &cfg.datasets {
         let (mapper, sink) = open_dataset(cfg, d).await?;
-        let pcols = mapper.partition_columns();
-        let schema = mapper.contract().table_schema(pcols);
         match sink::sweep_orphans(&sink, cfg.storage.orphan_grace).await {
             Ok(n) => {
                 metrics::counter!("bronze_orphan_files_deleted_total", "dataset" => d.name.clone())
@@ -105,8 +103,7 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
             metrics::gauge!("bronze_last_commit_timestamp_seconds", "dataset" => d.name.clone())
                 .set(ms as f64 / 1000.0);
         }
-        let data_columns = mapper.contract().columns.len();
-        let buffer = DatasetBuffer::new(schema, data_columns, pcols.len());
+        let buffer = buffer_for(&mapper);
         let dead_letter_sink = DeadLetterSink::new(&d.dead_letters.table_uri, &options);
         let mut state = DatasetState::new(
             d.clone(),
@@ -205,6 +202,16 @@ pub(crate) fn adopt_widened(mapper: &mut Mapper, widened: &[(String, arrow::data
             mapper.widen(name, ty, ps);
         }
     }
+}
+
+/// An empty buffer for the mapper's current columns (and their types).
+pub(crate) fn buffer_for(mapper: &Mapper) -> DatasetBuffer {
+    let pcols = mapper.partition_columns();
+    DatasetBuffer::new(
+        mapper.contract().table_schema(pcols),
+        mapper.contract().columns.len(),
+        pcols.len(),
+    )
 }
 
 /// Grow `buffer` by the columns `mapper` evolved since it was built.
@@ -579,12 +586,7 @@ impl Run {
                     metrics::counter!("bronze_columns_widened_total", "dataset" => name.clone())
                         .increment(1);
                     ds.mapper.widen(&w.column, w.to, w.precision_scale);
-                    let pcols = ds.mapper.partition_columns();
-                    ds.buffer = DatasetBuffer::new(
-                        ds.mapper.contract().table_schema(pcols),
-                        ds.mapper.contract().columns.len(),
-                        pcols.len(),
-                    );
+                    ds.buffer = buffer_for(&ds.mapper);
                     None
                 }
                 Err(e) => Some(e.to_string()),

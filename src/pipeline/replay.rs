@@ -16,7 +16,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::{Admission, OwnedMessage, PipelineError, admit};
-use crate::buffer::{DatasetBuffer, DeadLetter};
+use crate::buffer::DeadLetter;
 use crate::config::Config;
 use crate::decode::Decoder;
 use crate::sink::dead_letters::{self, DeadLetterFilter};
@@ -61,9 +61,6 @@ pub async fn replay(
     let letters = dead_letters::read(&d.dead_letters.table_uri, &options, filter).await?;
     let (mut mapper, mut sink) = super::open_dataset(cfg, d).await?;
     let decoder = Decoder::new(d.format, super::registry(cfg)?);
-    let pcols = mapper.partition_columns();
-    let schema = mapper.contract().table_schema(pcols);
-    let data_columns = mapper.contract().columns.len();
     let run_id = uuid::Uuid::now_v7().to_string();
     let app_id = replay_app_id(&cfg.kafka.group_id, &d.name);
     for _ in 0..MAX_ATTEMPTS {
@@ -75,7 +72,7 @@ pub async fn replay(
             dry_run,
             ..ReplaySummary::default()
         };
-        let mut buffer = DatasetBuffer::new(schema.clone(), data_columns, pcols.len());
+        let mut buffer = super::buffer_for(&mapper);
         let now = Instant::now();
         for l in &letters {
             if present.contains(&(l.topic.clone(), l.partition, l.offset)) {

@@ -231,12 +231,7 @@ impl DatasetState {
             match self.sink.widened_columns(&schema) {
                 Ok(widened) if !widened.is_empty() => {
                     super::adopt_widened(&mut self.mapper, &widened);
-                    let pcols = self.mapper.partition_columns();
-                    self.buffer = DatasetBuffer::new(
-                        self.mapper.contract().table_schema(pcols),
-                        self.mapper.contract().columns.len(),
-                        pcols.len(),
-                    );
+                    self.buffer = super::buffer_for(&self.mapper);
                     tracing::info!(dataset = %self.cfg.name, columns = ?widened, "taking on columns the table widened");
                 }
                 _ => {}

@@ -95,8 +95,29 @@ impl Incoming for AvroField {
         self.to_json()
     }
 
+    /// The writer's type decides, whatever the value: a `long` is a widening of an int32 column even
+    /// when this value would fit.
     fn widening(&self, col: &Column) -> Option<(ColumnType, Option<(u8, i8)>)> {
-        self.widening_of(col)
+        use AvroField as A;
+        match (col.ty, self) {
+            (ColumnType::Int32, A::Long(_)) => Some((ColumnType::Int64, None)),
+            (ColumnType::Float32, A::Double(_)) => Some((ColumnType::Float64, None)),
+            (ColumnType::Date, A::Timestamp(_)) => Some((ColumnType::Timestamp, None)),
+            (
+                ColumnType::Decimal,
+                A::Decimal {
+                    scale,
+                    precision: Some(p),
+                    ..
+                },
+            ) if i32::from(col.scale.unwrap_or(0)) == *scale
+                && *p > col.precision.unwrap_or(38)
+                && *p <= 38 =>
+            {
+                Some((ColumnType::Decimal, Some((*p, col.scale.unwrap_or(0)))))
+            }
+            _ => None,
+        }
     }
 
     fn coerce(self, col: &Column) -> Result<Cell, CoerceError> {
@@ -160,33 +181,6 @@ impl Incoming for AvroField {
                 let kind = other.kind();
                 coerce::coerce(col, other.to_json()).map_err(|e| e.found(kind))
             }
-        }
-    }
-}
-
-impl AvroField {
-    /// The writer's type decides, whatever the value: a `long` is a widening of an int32 column even
-    /// when this value would fit.
-    fn widening_of(&self, col: &Column) -> Option<(ColumnType, Option<(u8, i8)>)> {
-        use AvroField as A;
-        match (col.ty, self) {
-            (ColumnType::Int32, A::Long(_)) => Some((ColumnType::Int64, None)),
-            (ColumnType::Float32, A::Double(_)) => Some((ColumnType::Float64, None)),
-            (ColumnType::Date, A::Timestamp(_)) => Some((ColumnType::Timestamp, None)),
-            (
-                ColumnType::Decimal,
-                A::Decimal {
-                    scale,
-                    precision: Some(p),
-                    ..
-                },
-            ) if i32::from(col.scale.unwrap_or(0)) == *scale
-                && *p > col.precision.unwrap_or(38)
-                && *p <= 38 =>
-            {
-                Some((ColumnType::Decimal, Some((*p, col.scale.unwrap_or(0)))))
-            }
-            _ => None,
         }
     }
 }

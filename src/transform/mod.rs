@@ -735,18 +735,18 @@ impl Mapper {
             }
             if let Some((to, ps)) = value.widening(col) {
                 let policy = self.contract.drift.type_widening;
-                let (from, column) = (col.ty.as_str(), col.name.clone());
+                let (from, wider) = (col.ty.as_str(), type_text(to, ps));
                 observe(
                     &mut self.drift,
                     DriftKind::TypeWidening,
-                    &column,
-                    &type_text(to, ps),
+                    &col.name,
+                    &wider,
                     from,
                     policy.as_str(),
                 );
                 if policy == DriftAction::Evolve {
                     return Err(TransformError::Widen {
-                        column,
+                        column: col.name.clone(),
                         from,
                         to,
                         precision_scale: ps,
@@ -754,8 +754,8 @@ impl Mapper {
                 }
                 if let Some(e) = Self::drift_error(
                     DriftKind::TypeWidening,
-                    &column,
-                    format!("{} value in a {from} column", type_text(to, ps)),
+                    &col.name,
+                    format!("{wider} value in a {from} column"),
                     policy,
                 ) {
                     return Err(e);
@@ -820,10 +820,11 @@ pub fn key_of_arrow(columns: &[&dyn arrow::array::Array], i: usize, out: &mut St
 const KEY_SEPARATOR: char = '\u{1f}';
 
 /// A column type as contracts write it, with a decimal's precision and scale.
-fn type_text(ty: ColumnType, precision_scale: Option<(u8, i8)>) -> String {
+/// Borrowed unless it names a decimal: it runs for every message with a wider value.
+fn type_text(ty: ColumnType, precision_scale: Option<(u8, i8)>) -> std::borrow::Cow<'static, str> {
     match precision_scale {
-        Some((p, s)) => format!("{}({p},{s})", ty.as_str()),
-        None => ty.as_str().to_string(),
+        Some((p, s)) => format!("{}({p},{s})", ty.as_str()).into(),
+        None => ty.as_str().into(),
     }
 }
 
