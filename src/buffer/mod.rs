@@ -2,7 +2,7 @@
 //! revoked partition's rows can be dropped without touching the others), until a flush limit is hit.
 //! A flush concatenates the partitions and keeps only the latest row per key.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -350,7 +350,11 @@ impl DatasetBuffer {
         if let Some(b) = &mut buf.rescued {
             b.append_option(row.rescued);
         }
-        for (b, v) in buf.partition_values.iter_mut().zip(row.partition_values) {
+        for (b, v) in buf
+            .partition_values
+            .iter_mut()
+            .zip(row.partition_values.iter())
+        {
             b.append_value(v);
         }
         buf.dedup.push((row.dedup_key, row.order));
@@ -497,7 +501,7 @@ impl FlushBatch {
 /// Indices (ascending) of the rows to keep: every keyless row, and per key the row with the greatest
 /// (order value, offset, partition).
 fn latest_per_key(rows: &[(Option<String>, OrderValue, i64, i32)]) -> Vec<u32> {
-    let mut best: HashMap<&str, usize> = HashMap::new();
+    let mut best: foldhash::HashMap<&str, usize> = foldhash::HashMap::default();
     let mut keep = Vec::with_capacity(rows.len());
     for (i, (key, order, offset, partition)) in rows.iter().enumerate() {
         let Some(key) = key else {

@@ -2,8 +2,8 @@
 //! source position). In-flush dedup catches them inside one flush; this bounded window of recently
 //! committed (key, source position) pairs catches them in later flushes.
 
-use std::collections::{HashSet, VecDeque};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 
@@ -16,10 +16,9 @@ pub fn source_event_id(row: &Row) -> Option<u64> {
     Some(event_id(key, pos, row.op.as_str()))
 }
 
+/// Fixed-seeded: ids are recomputed from the table at start and must come out the same in every run.
 fn event_id(key: &str, pos: &str, op: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    (key, pos, op).hash(&mut h);
-    h.finish()
+    foldhash::fast::FixedState::with_seed(0).hash_one((key, pos, op))
 }
 
 /// The ids of committed rows read back from the table, oldest first: `batches` hold the key columns (as
@@ -52,7 +51,7 @@ pub fn event_ids_of(batches: &[RecordBatch], key_columns: usize) -> Vec<u64> {
 /// that is dropped (stale, revoked) never hides its rows when they are read again.
 pub struct RedeliveryWindow {
     capacity: usize,
-    ids: HashSet<u64>,
+    ids: foldhash::HashSet<u64>,
     order: VecDeque<u64>,
 }
 
@@ -60,7 +59,7 @@ impl RedeliveryWindow {
     pub fn new(capacity: usize) -> Self {
         RedeliveryWindow {
             capacity,
-            ids: HashSet::new(),
+            ids: foldhash::HashSet::default(),
             order: VecDeque::new(),
         }
     }

@@ -29,7 +29,7 @@ fn row(id: i64, name: &str, offset: i64, ts: Option<i64>) -> Row {
         ingested_at_us: 1,
         source_ts_us: ts,
         source_pos: None,
-        partition_values: vec!["2024-01-01".into()],
+        partition_values: vec!["2024-01-01".to_string()].into(),
         dedup_key: Some(format!("{id}\u{1f}")),
         order: ts.map_or(OrderValue::Null, OrderValue::Int),
         rescued: None,
@@ -251,7 +251,7 @@ fn event_ids_read_back_from_batches_match_the_rows() {
     }
     let mut r = row(1, "x", 0, Some(1));
     r.data = types.iter().map(|(_, c)| c.clone()).collect();
-    r.partition_values = Vec::new();
+    r.partition_values = Vec::new().into();
     r.dedup_key = Some(key);
     r.source_pos = Some("0/16B3748".into());
     let expected = source_event_id(&r).unwrap();

@@ -8,6 +8,7 @@
 //!   (see [`avro`] and [`registry`]).
 
 pub mod avro;
+pub mod json;
 pub mod registry;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Format;
 pub use avro::AvroField;
+pub use json::{JsonField, JsonRow};
 use registry::{Registry, RegistryError};
 
 /// The kind of change, as Debezium spells it.
@@ -52,30 +54,39 @@ impl Op {
     }
 }
 
-/// The fields of a row, as the format delivers them.
+/// The fields of a row, as the format delivers them, in message order.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Fields {
-    Json(Map<String, Value>),
+pub enum Fields<'a> {
+    /// Text borrowed from the message where it can.
+    Json(JsonRow<'a>),
     /// In the writer schema's field order.
     Avro(Vec<(String, AvroField)>),
 }
 
-impl Fields {
-    /// The JSON fields, when the row came as JSON.
-    pub fn as_json(&self) -> Option<&Map<String, Value>> {
+impl Fields<'_> {
+    /// The fields as one JSON object (a later duplicate name wins, as in any JSON reader).
+    pub fn to_json_map(&self) -> Map<String, Value> {
         match self {
-            Fields::Json(m) => Some(m),
-            Fields::Avro(_) => None,
+            Fields::Json(row) => row
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone().into_json()))
+                .collect(),
+            Fields::Avro(row) => row.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
         }
+    }
+
+    /// Fields from a parsed JSON object.
+    pub fn from_json_map(map: Map<String, Value>) -> Fields<'static> {
+        Fields::Json(json::row_from_map(map))
     }
 }
 
-/// One decoded change event.
+/// One decoded change event, borrowing from the message it came from.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Change {
+pub struct Change<'a> {
     pub op: Op,
     /// Column values: `after` for c/u/r, `before` for d, none for t.
-    pub row: Option<Fields>,
+    pub row: Option<Fields<'a>>,
     /// `source.ts_ms`: when the change happened in the source database.
     pub source_ts_ms: Option<i64>,
     /// Position in the source log: Postgres `lsn`, MySQL `file:pos`.
@@ -101,8 +112,8 @@ impl Skip {
 }
 
 #[derive(Debug)]
-pub enum Decoded {
-    Change(Change),
+pub enum Decoded<'a> {
+    Change(Change<'a>),
     Skip(Skip),
 }
 
@@ -110,6 +121,8 @@ pub enum Decoded {
 pub enum DecodeError {
     #[error("value is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("value is not valid JSON: {0}")]
+    Utf8(std::str::Utf8Error),
     #[error("value is a JSON {0}, expected an object")]
     NotAnObject(&'static str),
     #[error("Debezium envelope has no `op` field")]
@@ -144,7 +157,7 @@ impl DecodeError {
     /// Short, stable label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            DecodeError::Json(_) => "invalid_json",
+            DecodeError::Json(_) | DecodeError::Utf8(_) => "invalid_json",
             DecodeError::NotAnObject(_) => "not_an_object",
             DecodeError::MissingOp | DecodeError::UnknownOp(_) => "bad_op",
             DecodeError::MissingRow { .. } | DecodeError::RowNotObject { .. } => "bad_envelope",
@@ -195,7 +208,7 @@ impl Decoder {
     }
 
     /// Decode one message value.
-    pub fn decode(&self, value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
+    pub fn decode<'a>(&self, value: Option<&'a [u8]>) -> Result<Decoded<'a>, DecodeError> {
         let Some(bytes) = value else {
             return Ok(Decoded::Skip(Skip::Tombstone));
         };
@@ -211,135 +224,18 @@ impl Decoder {
     }
 
     /// Decode a message key into its fields: framed Avro when it is (Avro formats), else JSON.
-    pub fn decode_key(&self, key: Option<&[u8]>) -> Option<Fields> {
+    pub fn decode_key(&self, key: Option<&[u8]>) -> Option<Fields<'static>> {
         let key = key?;
         if let Some(registry) = &self.registry
             && let Some(fields) = avro::decode_key(registry, key)
         {
             return Some(fields);
         }
-        decode_key(Some(key)).map(Fields::Json)
+        decode_key(key).map(Fields::Json)
     }
 }
 
-/// Decode one JSON message value (`json` and `debezium-json`).
-pub fn decode(format: Format, value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
-    let Some(bytes) = value else {
-        return Ok(Decoded::Skip(Skip::Tombstone));
-    };
-    let parsed: Value = serde_json::from_slice(bytes)?;
-    match format {
-        Format::DebeziumJson => decode_debezium(parsed),
-        _ => match parsed {
-            Value::Object(row) => Ok(Decoded::Change(Change {
-                op: Op::Create,
-                row: Some(Fields::Json(row)),
-                source_ts_ms: None,
-                source_pos: None,
-            })),
-            other => Err(DecodeError::NotAnObject(json_kind(&other))),
-        },
-    }
-}
-
-/// Decode a message key into an object of key fields (Debezium keys may be wrapped too).
-/// Returns `None` for keys that are absent or not JSON objects; such keys simply contribute nothing.
-pub fn decode_key(key: Option<&[u8]>) -> Option<Map<String, Value>> {
-    let parsed: Value = serde_json::from_slice(key?).ok()?;
-    match unwrap_connect(parsed) {
-        Value::Object(m) => Some(m),
-        _ => None,
-    }
-}
-
-/// Strip the Kafka Connect JsonConverter wrapper `{"schema": ..., "payload": ...}` if present.
-fn unwrap_connect(v: Value) -> Value {
-    match v {
-        Value::Object(mut m)
-            if m.len() == 2 && m.contains_key("schema") && m.contains_key("payload") =>
-        {
-            m.remove("payload").unwrap_or(Value::Null)
-        }
-        other => other,
-    }
-}
-
-fn decode_debezium(parsed: Value) -> Result<Decoded, DecodeError> {
-    let envelope = match unwrap_connect(parsed) {
-        // A wrapped null payload is how the legacy JsonConverter writes a tombstone.
-        Value::Null => return Ok(Decoded::Skip(Skip::Tombstone)),
-        Value::Object(m) => m,
-        other => return Err(DecodeError::NotAnObject(json_kind(&other))),
-    };
-    let op_str = envelope
-        .get("op")
-        .and_then(Value::as_str)
-        .ok_or(DecodeError::MissingOp)?;
-    if op_str == "m" {
-        return Ok(Decoded::Skip(Skip::LogicalMessage));
-    }
-    let op = Op::parse(op_str).ok_or_else(|| DecodeError::UnknownOp(op_str.to_string()))?;
-    let source = envelope.get("source").and_then(Value::as_object);
-    let source_ts_ms = source
-        .and_then(|s| s.get("ts_ms"))
-        .and_then(Value::as_i64)
-        .or_else(|| envelope.get("ts_ms").and_then(Value::as_i64));
-    let source_pos = source.and_then(source_position);
-    let row = match op {
-        Op::Truncate => None,
-        Op::Delete => Some(Fields::Json(row_field(&envelope, "before", op)?)),
-        Op::Create | Op::Update | Op::Read => {
-            Some(Fields::Json(row_field(&envelope, "after", op)?))
-        }
-    };
-    Ok(Decoded::Change(Change {
-        op,
-        row,
-        source_ts_ms,
-        source_pos,
-    }))
-}
-
-fn row_field(
-    envelope: &Map<String, Value>,
-    field: &'static str,
-    op: Op,
-) -> Result<Map<String, Value>, DecodeError> {
-    match envelope.get(field) {
-        Some(Value::Object(m)) => Ok(m.clone()),
-        // A delete without `before` (e.g. REPLICA IDENTITY NOTHING) still carries its key in the message key.
-        Some(Value::Null) | None if op == Op::Delete => Ok(Map::new()),
-        Some(Value::Null) | None => Err(DecodeError::MissingRow {
-            op: op.as_str(),
-            field,
-        }),
-        Some(other) => Err(DecodeError::RowNotObject {
-            field,
-            found: json_kind(other),
-        }),
-    }
-}
-
-/// Postgres: `lsn`; MySQL/MariaDB: `file:pos` (plus `:row` for multi-row events).
-fn source_position(source: &Map<String, Value>) -> Option<String> {
-    if let Some(lsn) = source.get("lsn").filter(|v| !v.is_null()) {
-        return Some(scalar_text(lsn));
-    }
-    let file = source.get("file").and_then(Value::as_str)?;
-    let pos = source.get("pos").filter(|v| !v.is_null())?;
-    let mut s = format!("{file}:{}", scalar_text(pos));
-    if let Some(row) = source.get("row").and_then(Value::as_i64).filter(|r| *r > 0) {
-        s.push_str(&format!(":{row}"));
-    }
-    Some(s)
-}
-
-fn scalar_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
+pub use json::{decode, decode_key};
 
 pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {

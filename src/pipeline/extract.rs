@@ -336,7 +336,7 @@ pub async fn extract(
         };
         let change = Change {
             op: Op::Read,
-            row: Some(Fields::Json(row)),
+            row: Some(Fields::from_json_map(row)),
             source_ts_ms: Some(snapshot_us / 1000),
             source_pos: Some(snapshot.clone()),
         };

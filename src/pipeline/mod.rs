@@ -427,7 +427,9 @@ impl Run {
                                 self.targets.insert(tp.clone(), high);
                             }
                         }
-                        self.partitions.insert(tp, PartitionState::new(d));
+                        let consumed = metrics::counter!("bronze_events_consumed_total",
+                            "dataset" => self.cfg.datasets[d].name.clone(), "topic" => tp.0.clone());
+                        self.partitions.insert(tp, PartitionState::new(d, consumed));
                     }
                 }
             }
@@ -498,6 +500,7 @@ impl Run {
             return self.wait_for_registry(d, &tp, &m, e);
         }
         let ps = self.partitions.get_mut(&tp).expect("checked above");
+        ps.consumed.increment(1);
         ps.wait_failures = 0;
         ps.next_offset = Some(m.offset + 1);
         ps.buffered_ts.get_or_insert(m.timestamp_ms);
@@ -633,10 +636,9 @@ impl Run {
     ) -> Result<Option<(Widening, OwnedMessage)>, PipelineError> {
         let now = Instant::now();
         let ds = &mut self.datasets[d];
-        let dataset = ds.cfg.name.clone();
+        // Borrowed: this runs for every message.
+        let dataset = &ds.cfg.name;
         if !again {
-            metrics::counter!("bronze_events_consumed_total", "dataset" => dataset.clone(), "topic" => tp.0.clone())
-                .increment(1);
             ds.summary.events += 1;
         }
         let rejection = match admit(&ds.cfg, &ds.decoder, &mut ds.mapper, &m) {
@@ -664,6 +666,7 @@ impl Run {
         if let Some(w) = rejection.widen {
             return Ok(Some((w, m)));
         }
+        let dataset = dataset.clone();
         metrics::counter!("bronze_decode_errors_total", "dataset" => dataset.clone(), "kind" => rejection.reason)
             .increment(1);
         if !rejection.fail {

@@ -41,10 +41,12 @@ pub(super) struct PartitionState {
     pub stopped_ts: Option<i64>,
     /// Since when everything consumed from this partition is committed (assignment or last commit).
     pub settled_since: Instant,
+    /// `bronze_events_consumed_total` of this partition, looked up once rather than per message.
+    pub consumed: metrics::Counter,
 }
 
 impl PartitionState {
-    pub fn new(dataset: usize) -> Self {
+    pub fn new(dataset: usize, consumed: metrics::Counter) -> Self {
         PartitionState {
             dataset,
             phase: Phase::Unknown,
@@ -58,6 +60,7 @@ impl PartitionState {
             pending_ts: None,
             stopped_ts: None,
             settled_since: Instant::now(),
+            consumed,
         }
     }
 

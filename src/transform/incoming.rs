@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::coerce::{self, Cell, CoerceError, fit_decimal};
 use crate::contract::{Column, ColumnType};
-use crate::decode::AvroField;
+use crate::decode::{AvroField, JsonField};
 
 pub(super) trait Incoming: Clone {
     fn is_null(&self) -> bool;
@@ -24,25 +24,32 @@ pub(super) trait Incoming: Clone {
     fn widening(&self, col: &Column) -> Option<(ColumnType, Option<(u8, i8)>)>;
 }
 
-impl Incoming for Value {
+impl Incoming for JsonField<'_> {
     fn is_null(&self) -> bool {
-        Value::is_null(self)
+        matches!(self, JsonField::Null)
     }
 
     fn kind(&self) -> &'static str {
-        crate::decode::json_kind(self)
+        JsonField::kind(self)
     }
 
     fn infer(&self) -> Option<(ColumnType, Option<(u8, i8)>)> {
-        ColumnType::infer(self).map(|t| (t, None))
+        ColumnType::infer(&self.clone().into_json()).map(|t| (t, None))
     }
 
     fn into_json(self) -> Value {
-        self
+        JsonField::into_json(self)
     }
 
+    /// Text into a text column keeps its (borrowed) string; everything else follows the JSON rules,
+    /// which for scalars other than text costs no allocation.
     fn coerce(self, col: &Column) -> Result<Cell, CoerceError> {
-        coerce::coerce(col, self)
+        match (col.ty, self) {
+            (ColumnType::String | ColumnType::Json, JsonField::Str(s)) => {
+                Ok(Cell::Str(s.into_owned()))
+            }
+            (_, other) => coerce::coerce(col, other.into_json()),
+        }
     }
 
     /// JSON has no types beyond its values: an integer beyond int32 in an int32 column.

@@ -5,7 +5,8 @@ mod coerce;
 mod incoming;
 mod names;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Timelike};
 use serde_json::{Map, Value};
@@ -140,7 +141,7 @@ enum Target {
     /// A column, through one of its `aliases`.
     Alias(usize),
     /// No column: its normalized name, for drift reports.
-    Unknown(std::sync::Arc<str>),
+    Unknown(Arc<str>),
 }
 
 /// Count one message showing `kind` of drift on `column`. Runs per message, so it allocates only the
@@ -218,7 +219,7 @@ enum OrderSource {
 pub struct MessageContext<'a> {
     pub offset: i64,
     /// The message key's fields, decoded on demand (only rows that lack a key column need them).
-    pub key: &'a dyn Fn() -> Option<Fields>,
+    pub key: &'a dyn Fn() -> Option<Fields<'static>>,
     pub ingested_at_us: i64,
     /// Header lookup: name -> first value.
     pub header: &'a dyn Fn(&str) -> Option<String>,
@@ -233,7 +234,8 @@ pub struct Row {
     pub ingested_at_us: i64,
     pub source_ts_us: Option<i64>,
     pub source_pos: Option<String>,
-    pub partition_values: Vec<String>,
+    /// Shared by the rows of one hour (or day): made once per partition, not per row.
+    pub partition_values: Arc<[String]>,
     /// `None` when the dataset has no keys or the row has none (truncate): never deduplicated.
     pub dedup_key: Option<String>,
     pub order: OrderValue,
@@ -247,7 +249,12 @@ pub struct Mapper {
     contract: Contract,
     normalize: bool,
     /// Incoming field name -> where it goes, memoized because field names repeat on every message.
-    lookup: HashMap<String, Target>,
+    lookup: foldhash::HashMap<String, Target>,
+    /// Per-message scratch: which columns got a value, and which the row carried at all.
+    present: Vec<bool>,
+    seen: Vec<bool>,
+    /// The partition values last made and the time span `[start, end)` (µs) they cover.
+    last_partition: Option<(i64, i64, Arc<[String]>)>,
     /// Columns of the message being mapped that arrived as an explicit null.
     nulls: Vec<usize>,
     /// Drift seen since [`Mapper::take_drift`] was last called, by kind and column.
@@ -330,7 +337,10 @@ impl Mapper {
             dataset: dataset.name.clone(),
             contract,
             normalize: dataset.normalize_names,
-            lookup: HashMap::new(),
+            lookup: foldhash::HashMap::default(),
+            present: Vec::new(),
+            seen: Vec::new(),
+            last_partition: None,
             nulls: Vec::new(),
             drift: BTreeMap::new(),
             key_columns,
@@ -452,28 +462,39 @@ impl Mapper {
     /// Build the row for one change. `unknown_fields` counts fields the contract does not name.
     pub fn map(
         &mut self,
-        change: Change,
+        change: Change<'_>,
         ctx: &MessageContext<'_>,
         unknown_fields: &mut u64,
     ) -> Result<Row, TransformError> {
         let ncols = self.contract.columns.len();
         self.nulls.clear();
-        let mut data = vec![Cell::Null; ncols];
-        let mut present = vec![false; ncols];
+        let data = vec![Cell::Null; ncols];
+        let mut present = std::mem::take(&mut self.present);
+        present.clear();
+        present.resize(ncols, false);
         // Fields the row carried, null or not: absence is drift, null is a value.
-        let mut seen = vec![false; ncols];
+        let mut seen = std::mem::take(&mut self.seen);
+        seen.clear();
+        seen.resize(ncols, false);
+        let row = self.map_into(change, ctx, unknown_fields, data, &mut present, &mut seen);
+        (self.present, self.seen) = (present, seen);
+        row
+    }
+
+    fn map_into(
+        &mut self,
+        change: Change<'_>,
+        ctx: &MessageContext<'_>,
+        unknown_fields: &mut u64,
+        mut data: Vec<Cell>,
+        present: &mut Vec<bool>,
+        seen: &mut Vec<bool>,
+    ) -> Result<Row, TransformError> {
         let full_row = matches!(change.op, Op::Create | Op::Update | Op::Read);
         let had_row = change.row.is_some();
         let mut rescued = Map::new();
         if let Some(row) = change.row {
-            self.fill(
-                row,
-                &mut data,
-                &mut present,
-                &mut seen,
-                &mut rescued,
-                unknown_fields,
-            )?;
+            self.fill(row, &mut data, present, seen, &mut rescued, unknown_fields)?;
         }
         if full_row && had_row {
             let policy = self.contract.drift.missing_column;
@@ -586,7 +607,14 @@ impl Mapper {
             },
         }
         .unwrap_or(ctx.ingested_at_us);
-        let partition_values = partition_values(self.partition_by, time_us);
+        let partition_values = match &self.last_partition {
+            Some((start, end, values)) if (*start..*end).contains(&time_us) => values.clone(),
+            _ => {
+                let (start, end, values) = partition_of(self.partition_by, time_us);
+                self.last_partition = Some((start, end, values.clone()));
+                values
+            }
+        };
         Ok(Row {
             data,
             op: change.op,
@@ -604,7 +632,7 @@ impl Mapper {
     /// Fill from the message key: fields it has beyond the key columns are not drift.
     fn fill_key(
         &mut self,
-        key: Fields,
+        key: Fields<'_>,
         data: &mut Vec<Cell>,
         present: &mut Vec<bool>,
         seen: &mut Vec<bool>,
@@ -624,7 +652,7 @@ impl Mapper {
 
     fn fill(
         &mut self,
-        row: Fields,
+        row: Fields<'_>,
         data: &mut Vec<Cell>,
         present: &mut Vec<bool>,
         seen: &mut Vec<bool>,
@@ -637,9 +665,9 @@ impl Mapper {
         }
     }
 
-    fn fill_from<V: Incoming>(
+    fn fill_from<K: AsRef<str> + Into<String>, V: Incoming>(
         &mut self,
-        row: impl IntoIterator<Item = (String, V)>,
+        row: impl IntoIterator<Item = (K, V)>,
         data: &mut Vec<Cell>,
         present: &mut Vec<bool>,
         seen: &mut Vec<bool>,
@@ -647,7 +675,7 @@ impl Mapper {
         unknown_fields: &mut u64,
     ) -> Result<(), TransformError> {
         for (field, value) in row {
-            let i = match self.column_of(&field) {
+            let i = match self.column_of(field.as_ref()) {
                 Target::Column(i) => i,
                 Target::Alias(i) => {
                     let column = &self.contract.columns[i].name;
@@ -655,7 +683,7 @@ impl Mapper {
                         &mut self.drift,
                         DriftKind::Renamed,
                         column,
-                        &field,
+                        field.as_ref(),
                         column,
                         "mapped",
                     );
@@ -678,7 +706,7 @@ impl Mapper {
                             policy.as_str(),
                         );
                         if self.contract.drift.review_hold == ReviewHold::Rescue {
-                            rescued.insert(field, value.into_json());
+                            rescued.insert(field.into(), value.into_json());
                             continue;
                         }
                         return Err(TransformError::Drift {
@@ -722,7 +750,7 @@ impl Mapper {
                             return Err(e);
                         }
                         if policy == DriftAction::Rescue {
-                            rescued.insert(field, value.into_json());
+                            rescued.insert(field.into(), value.into_json());
                         }
                         continue;
                     }
@@ -783,7 +811,7 @@ impl Mapper {
                     match (action, original) {
                         (OnError::Null, _) => {}
                         (OnError::Rescue, Some(v)) => {
-                            rescued.insert(field, v.into_json());
+                            rescued.insert(field.into(), v.into_json());
                         }
                         _ => {
                             return Err(TransformError::Coerce {
@@ -865,14 +893,29 @@ pub fn span_of_partitions<'a>(
         .flatten()
 }
 
-/// `event_date` (and `event_hour`) of a time in microseconds since the epoch, UTC.
-fn partition_values(by: PartitionBy, time_us: i64) -> Vec<String> {
-    let t = DateTime::from_timestamp_micros(time_us).unwrap_or_default();
-    match by {
-        PartitionBy::None => Vec::new(),
-        PartitionBy::Date => vec![t.format("%Y-%m-%d").to_string()],
-        PartitionBy::DateHour => vec![t.format("%Y-%m-%d").to_string(), format!("{:02}", t.hour())],
-    }
+/// `event_date` (and `event_hour`) of a time in microseconds since the epoch, UTC, with the span
+/// `[start, end)` of times that share them.
+fn partition_of(by: PartitionBy, time_us: i64) -> (i64, i64, Arc<[String]>) {
+    const HOUR: i64 = 3_600_000_000;
+    let len = match by {
+        PartitionBy::None => return (i64::MIN, i64::MAX, Arc::new([])),
+        PartitionBy::Date => 24 * HOUR,
+        PartitionBy::DateHour => HOUR,
+    };
+    let (t, start, end) = match DateTime::from_timestamp_micros(time_us) {
+        Some(t) => {
+            let start = time_us.div_euclid(len) * len;
+            (t, start, start.saturating_add(len))
+        }
+        // Beyond chrono's range: the epoch's values, for this time alone.
+        None => (DateTime::default(), time_us, time_us.saturating_add(1)),
+    };
+    let date = t.format("%Y-%m-%d").to_string();
+    let values = match by {
+        PartitionBy::DateHour => vec![date, format!("{:02}", t.hour())],
+        _ => vec![date],
+    };
+    (start, end, values.into())
 }
 
 #[cfg(test)]

@@ -47,10 +47,10 @@ fn dataset() -> DatasetConfig {
 }
 
 /// A change of `op` whose row is `after`.
-fn change_of(op: Op, after: serde_json::Value) -> Change {
+fn change_of(op: Op, after: serde_json::Value) -> Change<'static> {
     Change {
         op,
-        row: after.as_object().cloned().map(Fields::Json),
+        row: after.as_object().cloned().map(Fields::from_json_map),
         source_ts_ms: Some(1),
         source_pos: None,
     }
@@ -70,7 +70,7 @@ fn mapper() -> Mapper {
 }
 
 fn ctx<'a>(
-    key: &'a dyn Fn() -> Option<Fields>,
+    key: &'a dyn Fn() -> Option<Fields<'static>>,
     header: &'a dyn Fn(&str) -> Option<String>,
 ) -> MessageContext<'a> {
     MessageContext {
@@ -81,10 +81,10 @@ fn ctx<'a>(
     }
 }
 
-fn change(op: Op, row: serde_json::Value) -> Change {
+fn change(op: Op, row: serde_json::Value) -> Change<'static> {
     Change {
         op,
-        row: row.as_object().cloned().map(Fields::Json),
+        row: row.as_object().cloned().map(Fields::from_json_map),
         // 2019-05-28T09:38:24.863Z
         source_ts_ms: Some(1559036304863),
         source_pos: Some("1".into()),
@@ -117,7 +117,7 @@ fn maps_normalized_names_headers_partitions_and_key() {
     assert_eq!(unknown, 1);
     assert_eq!(
         row.partition_values,
-        vec!["2019-05-28".to_string(), "09".to_string()]
+        vec!["2019-05-28".to_string(), "09".to_string()].into()
     );
     assert_eq!(row.dedup_key.as_deref(), Some("1\u{1f}"));
     assert_eq!(row.order, OrderValue::Int(1559036304863000));
@@ -132,7 +132,7 @@ fn delete_with_key_only_takes_key_from_message_key() {
     let row = m
         .map(
             change(Op::Delete, json!({})),
-            &ctx(&|| decode_key(Some(key)).map(Fields::Json), &no_headers),
+            &ctx(&|| decode_key(key).map(Fields::Json), &no_headers),
             &mut unknown,
         )
         .unwrap();
@@ -178,7 +178,7 @@ fn truncate_has_no_key_and_falls_back_to_ingest_time_without_source_ts() {
     // 1_700_000_000 s = 2023-11-14T22:13:20Z
     assert_eq!(
         row.partition_values,
-        vec!["2023-11-14".to_string(), "22".to_string()]
+        vec!["2023-11-14".to_string(), "22".to_string()].into()
     );
 }
 

@@ -153,7 +153,11 @@ fn read(
 }
 
 /// Decode an `avro` (row per message) or `debezium-avro` (envelope) value.
-pub fn decode(registry: &Registry, value: &[u8], envelope: bool) -> Result<Decoded, DecodeError> {
+pub fn decode(
+    registry: &Registry,
+    value: &[u8],
+    envelope: bool,
+) -> Result<Decoded<'static>, DecodeError> {
     let (value, w) = read(registry, value)?;
     let names = Names(&w);
     let Avro::Record(fields) = value else {
@@ -227,7 +231,7 @@ pub fn decode(registry: &Registry, value: &[u8], envelope: bool) -> Result<Decod
 }
 
 /// The fields of a framed Avro key record; `None` when the key is not one.
-pub fn decode_key(registry: &Registry, key: &[u8]) -> Option<Fields> {
+pub fn decode_key(registry: &Registry, key: &[u8]) -> Option<Fields<'static>> {
     let (value, w) = read(registry, key).ok()?;
     let names = Names(&w);
     match value {
