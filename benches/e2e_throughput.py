@@ -136,14 +136,17 @@ def main() -> None:
         matrix(args.bin, work, 3_000 if args.smoke else args.matrix_events, base_ms)
 
 
-def ingest(binary: str, work: Path, topic: str, n: int, members: int, max_rows: int, label: str) -> dict:
-    """`members` bronze processes of one group run `--until-caught-up` on `topic` (n events) into a fresh
-    table: ingest seconds (first assignment to last catch-up), CPU seconds of all, files, peak RSS."""
+def ingest(binary: str, work: Path, topic: str, n: int, members: int, threads: int, max_rows: int,
+           label: str) -> dict:
+    """`members` bronze processes of one group, each decoding on `threads` threads, run `--until-caught-up`
+    on `topic` (n events) into a fresh table: ingest seconds (first assignment to last catch-up), CPU
+    seconds of all, files, peak RSS."""
     dataset = {"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": f'"{SCHEMA}"',
                "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
     cell = work / label
     cfg = h.write_config(cell, group=h.unique("matrix"), root=str(cell / "lake"), datasets=[dataset],
-                         flush_age="5s", max_rows=max_rows, budget=512 * 1024 * 1024)
+                         flush_age="5s", max_rows=max_rows, budget=512 * 1024 * 1024,
+                         extra=f"\n[pipeline]\ndecode_threads = {threads}\n")
     cfg.write_text(cfg.read_text().replace("max_bytes = 67108864", "max_bytes = 134217728"))
     env = dict(os.environ, RUST_LOG="info")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -168,7 +171,8 @@ def ingest(binary: str, work: Path, topic: str, n: int, members: int, max_rows: 
 
 
 def matrix(binary: str, work: Path, n: int, base_ms: int) -> None:
-    """Throughput across partition counts, group members and flush sizes, on the same events."""
+    """Throughput across partition counts, group members, decode threads and flush sizes, on the same
+    events."""
     rng = random.Random(7)
     events = [Event(i, rng, base_ms) for i in range(n)]
     topics = {}
@@ -176,13 +180,16 @@ def matrix(binary: str, work: Path, n: int, base_ms: int) -> None:
         topics[partitions] = h.unique(f"bench.matrix{partitions}")
         h.create_topics({topics[partitions]: partitions})
         h.produce(events, {"orders": topics[partitions]})
-    cells = [(1, 1, 500_000), (3, 1, 500_000), (12, 1, 500_000), (12, 2, 500_000),
-             (12, 1, n // 20 or 1), (12, 1, n // 4 or 1)]
+    # (partitions, members, decode threads per member, flush rows)
+    cells = [(1, 1, 1, 500_000), (1, 1, 2, 500_000), (3, 1, 2, 500_000), (12, 1, 1, 500_000),
+             (12, 1, 2, 500_000), (12, 2, 1, 500_000), (12, 1, 2, n // 20 or 1), (12, 1, 2, n // 4 or 1)]
     print(f"scaling matrix: {n} events per cell, `--until-caught-up` from the first assignment to the last catch-up")
-    print(f"  {'partitions':>10} {'members':>7} {'flush rows':>10} {'events/s':>10} {'per CPU-s':>10} {'files':>6} {'peak RSS MiB':>12}")
-    for partitions, members, rows in cells:
-        r = ingest(binary, work, topics[partitions], n, members, rows, f"m{partitions}-{members}-{rows}")
-        print(f"  {partitions:>10} {members:>7} {rows:>10} {n / max(r['seconds'], 1e-3):>10.0f}"
+    print(f"  {'partitions':>10} {'members':>7} {'threads':>7} {'flush rows':>10} {'events/s':>10} {'per CPU-s':>10}"
+          f" {'files':>6} {'peak RSS MiB':>12}")
+    for partitions, members, threads, rows in cells:
+        r = ingest(binary, work, topics[partitions], n, members, threads, rows,
+                   f"m{partitions}-{members}-{threads}-{rows}")
+        print(f"  {partitions:>10} {members:>7} {threads:>7} {rows:>10} {n / max(r['seconds'], 1e-3):>10.0f}"
               f" {n / max(r['cpu'], 1e-3):>10.0f} {r['files']:>6} {r['rss']:>12.0f}")
 
 

@@ -54,6 +54,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub flush: FlushLimits,
     pub memory: MemoryConfig,
+    pub pipeline: PipelineConfig,
     pub metrics: MetricsConfig,
     pub audit: AuditConfig,
     pub compaction: CompactionConfig,
@@ -354,6 +355,29 @@ impl Default for MemoryConfig {
     }
 }
 
+/// The ingest loop (`[pipeline]`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Threads that decode and map the messages one poll finds ready, the loop's own included; 1 maps
+    /// every message in turn on the loop's thread. Default: the CPUs available, at most 4 (the loop
+    /// then applies the rows in order on its own, so more threads add little).
+    #[serde(default = "default_decode_threads")]
+    pub decode_threads: usize,
+}
+
+fn default_decode_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            decode_threads: default_decode_threads(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
@@ -648,6 +672,8 @@ struct RawConfig {
     #[serde(default)]
     memory: MemoryConfig,
     #[serde(default)]
+    pipeline: PipelineConfig,
+    #[serde(default)]
     metrics: MetricsConfig,
     #[serde(default)]
     audit: RawAudit,
@@ -794,6 +820,13 @@ impl Config {
                 file,
                 "memory.budget_bytes",
                 "must be at least 1 MiB",
+            ));
+        }
+        if !(1..=64).contains(&raw.pipeline.decode_threads) {
+            return Err(ConfigError::invalid(
+                file,
+                "pipeline.decode_threads",
+                "must be between 1 and 64",
             ));
         }
         if let Some(addr) = &raw.metrics.address
@@ -1093,6 +1126,7 @@ impl Config {
             },
             flush: raw.flush,
             memory: raw.memory,
+            pipeline: raw.pipeline,
             metrics: raw.metrics,
             datasets,
         })

@@ -164,6 +164,10 @@ fn broken_configs_name_key_and_reason() {
             "audit.interval",
         ),
         (
+            format!("{good}\n[pipeline]\ndecode_threads = 0\n"),
+            "pipeline.decode_threads",
+        ),
+        (
             format!("{good}\n[audit]\ntable = \"customers\"\n"),
             "is the table of dataset `customers`",
         ),

@@ -207,6 +207,18 @@ impl Decoder {
         Ok(())
     }
 
+    /// Whether every writer schema the message names is looked up already ([`Decoder::prepare`]
+    /// would not wait).
+    pub fn is_prepared(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> bool {
+        let Some(registry) = self.registry.as_ref().filter(|_| self.format.is_avro()) else {
+            return true;
+        };
+        [value, key]
+            .into_iter()
+            .flatten()
+            .all(|bytes| avro::frame(bytes).map_or(true, |(id, _)| registry.cached(id).is_some()))
+    }
+
     /// Decode one message value.
     pub fn decode<'a>(&self, value: Option<&'a [u8]>) -> Result<Decoded<'a>, DecodeError> {
         let Some(bytes) = value else {

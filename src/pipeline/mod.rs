@@ -13,6 +13,7 @@ pub mod review;
 mod state;
 
 pub use replay::{ReplaySummary, replay};
+mod speculate;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
+use futures::FutureExt;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -37,6 +39,7 @@ use crate::sink::dead_letters::DeadLetterSink;
 use crate::sink::{self, CommitContext, CommitOutcome, TableSink};
 use crate::source::{self, RebalanceEvent, Source};
 use crate::transform::{Mapper, MessageContext, Row};
+use speculate::Speculation;
 
 use state::{DatasetState, PartitionState, PendingBatch, Phase};
 pub use state::{DatasetSummary, RunSummary};
@@ -257,6 +260,7 @@ pub async fn run(
     metrics::gauge!("bronze_up").set(1.0);
     // Later changes of readiness publish themselves (see `Health`).
     options.health.publish();
+    let workers = speculate::Workers::start(cfg.pipeline.decode_threads)?;
     let mut run = Run {
         group_id: cfg.kafka.group_id.clone(),
         budget: cfg.memory.budget_bytes,
@@ -265,6 +269,8 @@ pub async fn run(
         run_id,
         datasets,
         partitions: HashMap::new(),
+        repositioned: Default::default(),
+        workers,
         targets: HashMap::new(),
         options,
         started: Instant::now(),
@@ -338,6 +344,9 @@ struct Run {
     partitions: HashMap<TopicPartition, PartitionState>,
     /// `--until-caught-up`: high watermark per partition, read when it was assigned.
     targets: HashMap<TopicPartition, i64>,
+    /// Partitions sent to another offset while the messages of one poll are handled.
+    repositioned: std::collections::HashSet<TopicPartition>,
+    workers: speculate::Workers,
     options: RunOptions,
     started: Instant,
     ever_assigned: bool,
@@ -379,18 +388,35 @@ impl Run {
                     }
                 }
                 msg = consumer.recv() => {
-                    // Detach the message from the consumer borrow before taking `&mut self`.
-                    let msg = msg.map(|m| OwnedMessage::from(&m));
-                    self.handle_rebalance().await?;
-                    match msg {
-                        Ok(owned) => self.handle_message(owned).await?,
-                        Err(e) => {
-                            metrics::counter!("bronze_kafka_errors_total").increment(1);
-                            warn!(error = %e, "kafka consumer error");
+                    // Detach the messages from the consumer borrow before taking `&mut self`; take
+                    // whatever else is ready too, to map it on both cores.
+                    let mut batch = vec![msg.map(|m| OwnedMessage::from(&m))];
+                    let mut bytes = 0;
+                    while batch.len() < speculate::MAX_MESSAGES && bytes < speculate::MAX_BYTES {
+                        match consumer.recv().now_or_never() {
+                            Some(msg) => {
+                                let msg = msg.map(|m| OwnedMessage::from(&m));
+                                bytes += msg.as_ref().map_or(0, OwnedMessage::bytes);
+                                batch.push(msg);
+                            }
+                            None => break,
                         }
                     }
-                    self.flush_due().await?;
-                    self.enforce_budget().await?;
+                    let (batch, speculations) =
+                        speculate::speculate(&self.cfg, &mut self.datasets, &self.workers, batch)?;
+                    self.repositioned.clear();
+                    for (msg, speculation) in batch.into_iter().zip(speculations) {
+                        self.handle_rebalance().await?;
+                        match msg {
+                            Ok(owned) => self.handle_message(owned, speculation).await?,
+                            Err(e) => {
+                                metrics::counter!("bronze_kafka_errors_total").increment(1);
+                                warn!(error = %e, "kafka consumer error");
+                            }
+                        }
+                        self.flush_due().await?;
+                        self.enforce_budget().await?;
+                    }
                 }
             }
         }
@@ -457,8 +483,17 @@ impl Run {
         Ok(position)
     }
 
-    async fn handle_message(&mut self, m: OwnedMessage) -> Result<(), PipelineError> {
+    async fn handle_message(
+        &mut self,
+        m: OwnedMessage,
+        speculation: Option<Speculation>,
+    ) -> Result<(), PipelineError> {
         let tp = (m.topic.clone(), m.partition);
+        // Taken from the consumer before its partition was sent elsewhere: the consumer delivers
+        // from the new position.
+        if !self.repositioned.is_empty() && self.repositioned.contains(&tp) {
+            return Ok(());
+        }
         let Some(ps) = self.partitions.get(&tp) else {
             return Ok(());
         };
@@ -470,8 +505,7 @@ impl Run {
             Phase::Unknown => match self.table_position(d, &tp).await? {
                 Some(pos) if m.offset != pos => {
                     info!(topic = %tp.0, partition = tp.1, from = m.offset, to = pos, "seeking to the table's position");
-                    source::seek(&self.consumer, &tp, pos)?;
-                    self.set_phase(&tp, Phase::Seeking(pos));
+                    self.seek(&tp, pos)?;
                     return Ok(());
                 }
                 _ => self.set_phase(&tp, Phase::Ready),
@@ -504,10 +538,10 @@ impl Run {
         ps.wait_failures = 0;
         ps.next_offset = Some(m.offset + 1);
         ps.buffered_ts.get_or_insert(m.timestamp_ms);
-        let (mut m, mut again) = (m, false);
+        let (mut m, mut again, mut speculation) = (m, false, speculation);
         // Each widening changes a column for good, so a message asks for each at most once.
         for _ in 0..=MAX_WIDENINGS_PER_MESSAGE {
-            let Some((w, back)) = self.ingest(d, &tp, m, again)? else {
+            let Some((w, back)) = self.ingest(d, &tp, m, again, speculation.take())? else {
                 return Ok(());
             };
             if !self.widen_column(d, &tp, &back, &w).await? {
@@ -556,10 +590,18 @@ impl Run {
         let backoff = (Duration::from_millis(250) * 2u32.pow(ps.wait_failures.min(10))).min(max);
         ps.waiting_until = Some(Instant::now() + backoff);
         ps.stopped_ts.get_or_insert(m.timestamp_ms);
-        source::seek(&self.consumer, tp, m.offset)?;
+        self.seek(tp, m.offset)?;
         source::pause(&self.consumer, tp);
-        self.set_phase(tp, Phase::Seeking(m.offset));
         Ok(backoff)
+    }
+
+    /// Send `tp` back (or on) to `offset`. Messages of it already taken from the consumer are passed
+    /// over: the consumer delivers from `offset` next.
+    fn seek(&mut self, tp: &TopicPartition, offset: i64) -> Result<(), PipelineError> {
+        source::seek(&self.consumer, tp, offset)?;
+        self.repositioned.insert(tp.clone());
+        self.set_phase(tp, Phase::Seeking(offset));
+        Ok(())
     }
 
     /// `type_widening = "evolve"`: commit what is buffered, widen the table column (one commit that
@@ -633,6 +675,7 @@ impl Run {
         tp: &TopicPartition,
         m: OwnedMessage,
         again: bool,
+        speculation: Option<Speculation>,
     ) -> Result<Option<(Widening, OwnedMessage)>, PipelineError> {
         let now = Instant::now();
         let ds = &mut self.datasets[d];
@@ -641,7 +684,24 @@ impl Run {
         if !again {
             ds.summary.events += 1;
         }
-        let rejection = match admit(&ds.cfg, &ds.decoder, &mut ds.mapper, &m) {
+        // Made under the contract the mapper still has, or made again now.
+        let speculation = match speculation {
+            Some(s) if s.generation != ds.mapper.generation() => {
+                metrics::counter!("bronze_parallel_remapped_total", "dataset" => dataset.clone())
+                    .increment(1);
+                None
+            }
+            s => s,
+        };
+        let admission = match speculation {
+            Some(s) => {
+                ds.mapper.absorb_drift(s.observed.drift);
+                count_observed(dataset, s.unknown, s.observed.column_errors);
+                s.admission
+            }
+            None => admit(&ds.cfg, &ds.decoder, &mut ds.mapper, &m),
+        };
+        let rejection = match admission {
             Admission::Row(row) => {
                 if source_event_id(&row).is_some_and(|id| ds.redeliveries.contains(id)) {
                     metrics::counter!("bronze_redeliveries_dropped_total", "dataset" => dataset.clone())
@@ -881,8 +941,7 @@ impl Run {
                     }
                     if self.partitions.contains_key(&tp) {
                         let pos = self.table_position(d, &tp).await?.unwrap_or(r.first);
-                        source::seek(&self.consumer, &tp, pos)?;
-                        self.set_phase(&tp, Phase::Seeking(pos));
+                        self.seek(&tp, pos)?;
                     }
                 }
             }
@@ -1146,6 +1205,34 @@ fn admit(
     mapper: &mut Mapper,
     m: &OwnedMessage,
 ) -> Admission {
+    let mut unknown = 0;
+    let admission = judge(cfg, decoder, mapper, m, &mut unknown);
+    count_observed(&cfg.name, unknown, mapper.take_column_errors());
+    admission
+}
+
+/// `bronze_unknown_fields_total` and `bronze_coercion_errors_total` for what admitting messages saw.
+fn count_observed(dataset: &str, unknown: u64, column_errors: Vec<(String, OnError)>) {
+    if unknown > 0 {
+        metrics::counter!("bronze_unknown_fields_total", "dataset" => dataset.to_string())
+            .increment(unknown);
+    }
+    for (column, action) in column_errors {
+        metrics::counter!("bronze_coercion_errors_total", "dataset" => dataset.to_string(),
+            "column" => column, "action" => action.as_str())
+        .increment(1);
+    }
+}
+
+/// [`admit`] without counting: fields the contract does not name are added to `unknown`, errors of
+/// the mapping are left in `mapper` ([`Mapper::take_column_errors`]).
+fn judge(
+    cfg: &DatasetConfig,
+    decoder: &Decoder,
+    mapper: &mut Mapper,
+    m: &OwnedMessage,
+    unknown: &mut u64,
+) -> Admission {
     let rules = &cfg.dead_letters;
     let invalid_fails = rules.on_invalid == InvalidMessage::Fail;
     let size = m.payload.as_ref().map_or(0, Vec::len);
@@ -1188,13 +1275,7 @@ fn admit(
         ingested_at_us: chrono::Utc::now().timestamp_micros(),
         header: &header,
     };
-    let mut unknown = 0;
-    let mapped = mapper.map(change, &ctx, &mut unknown);
-    if unknown > 0 {
-        metrics::counter!("bronze_unknown_fields_total", "dataset" => cfg.name.clone())
-            .increment(unknown);
-    }
-    match mapped {
+    match mapper.map(change, &ctx, unknown) {
         Ok(row) => Admission::Row(Box::new(row)),
         Err(e) => Admission::Reject(Rejection {
             reason: e.kind(),
@@ -1218,6 +1299,7 @@ fn admit(
 }
 
 /// What the loop needs of a Kafka message, without the consumer borrow.
+#[derive(Clone)]
 struct OwnedMessage {
     topic: String,
     partition: i32,
@@ -1230,6 +1312,11 @@ struct OwnedMessage {
 }
 
 impl OwnedMessage {
+    /// Key and value bytes.
+    fn bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
+    }
+
     fn header(&self, name: &str) -> Option<String> {
         self.headers
             .iter()

@@ -177,6 +177,8 @@ pub struct DatasetState {
     pub(super) cfg: DatasetConfig,
     pub(super) decoder: Decoder,
     pub(super) mapper: Mapper,
+    /// Clones of `mapper` that map messages ahead of their turn (see `speculate`).
+    pub(super) spares: Vec<Mapper>,
     pub(super) buffer: DatasetBuffer,
     pub(super) sink: TableSink,
     pub(super) dead_letter_sink: DeadLetterSink,
@@ -209,6 +211,7 @@ impl DatasetState {
             cfg,
             decoder,
             mapper,
+            spares: Vec::new(),
             buffer,
             sink,
             dead_letter_sink,

@@ -173,11 +173,20 @@ fn observe(
     }
 }
 
-/// `bronze_coercion_errors_total`: every value that broke its column's contract, by the rule applied.
-fn count_column_error(dataset: &str, column: &str, action: OnError) {
-    metrics::counter!("bronze_coercion_errors_total", "dataset" => dataset.to_string(),
-        "column" => column.to_string(), "action" => action.as_str())
-    .increment(1);
+/// A stamp for a contract as a mapper holds it: every change takes a stamp never used before, so equal
+/// stamps mean the same columns (see [`Mapper::generation`]).
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What mapping messages observed beyond their rows, for the caller to count.
+#[derive(Debug, Default)]
+pub struct Observations {
+    /// Drift, one event per kind and column (see [`Mapper::take_drift`]).
+    pub drift: Vec<DriftEvent>,
+    /// Values that broke their column's contract: column and the rule applied.
+    pub column_errors: Vec<(String, OnError)>,
 }
 
 /// Why a dataset's mapping cannot be set up (reported by `bronze validate`).
@@ -243,7 +252,9 @@ pub struct Row {
     pub rescued: Option<String>,
 }
 
-/// Maps changes of one dataset onto its contract.
+/// Maps changes of one dataset onto its contract. A clone maps alike (on another thread, say) until
+/// either changes its contract; [`Mapper::generation`] tells.
+#[derive(Clone)]
 pub struct Mapper {
     dataset: String,
     contract: Contract,
@@ -257,6 +268,10 @@ pub struct Mapper {
     last_partition: Option<(i64, i64, Arc<[String]>)>,
     /// Columns of the message being mapped that arrived as an explicit null.
     nulls: Vec<usize>,
+    /// Changes with the contract: evolved, widened or adopted columns.
+    generation: u64,
+    /// Coercion errors since the last [`Mapper::take_column_errors`].
+    column_errors: Vec<(String, OnError)>,
     /// Drift seen since [`Mapper::take_drift`] was last called, by kind and column.
     drift: BTreeMap<DriftKind, BTreeMap<String, DriftEvent>>,
     key_columns: Vec<usize>,
@@ -341,6 +356,8 @@ impl Mapper {
             present: Vec::new(),
             seen: Vec::new(),
             last_partition: None,
+            generation: next_generation(),
+            column_errors: Vec::new(),
             nulls: Vec::new(),
             drift: BTreeMap::new(),
             key_columns,
@@ -387,6 +404,7 @@ impl Mapper {
     fn evolve(&mut self, name: &str, value: &impl Incoming) -> Option<usize> {
         let (ty, ps) = value.infer()?;
         let i = self.contract.add_evolved(name, ty, ps);
+        self.generation = next_generation();
         // Field spellings that normalize to this name now land in the new column.
         self.lookup
             .retain(|_, t| !matches!(t, Target::Unknown(n) if n.as_ref() == name));
@@ -405,6 +423,7 @@ impl Mapper {
     pub fn widen(&mut self, name: &str, ty: ColumnType, precision_scale: Option<(u8, i8)>) {
         if let Some(i) = self.contract.index_of(name) {
             self.contract.widen(i, ty, precision_scale);
+            self.generation = next_generation();
         }
     }
 
@@ -423,8 +442,43 @@ impl Mapper {
             })?;
             self.contract.add_evolved(f.name(), ty, ps);
         }
-        self.lookup.clear();
+        if !fields.is_empty() {
+            self.lookup.clear();
+            self.generation = next_generation();
+        }
         Ok(())
+    }
+
+    /// The contract's stamp: two mappers with the same stamp map every message alike (same columns,
+    /// types and rules); any change of columns takes a new one.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The values that broke their column's contract since the last call (column, rule applied).
+    pub fn take_column_errors(&mut self) -> Vec<(String, OnError)> {
+        std::mem::take(&mut self.column_errors)
+    }
+
+    /// Drift and errors since the last call, for mapping done on a clone.
+    pub fn take_observations(&mut self) -> Observations {
+        Observations {
+            drift: self.take_drift(),
+            column_errors: self.take_column_errors(),
+        }
+    }
+
+    /// Count drift a clone saw as if seen here.
+    pub fn absorb_drift(&mut self, events: Vec<DriftEvent>) {
+        for e in events {
+            let by_column = self.drift.entry(e.kind).or_default();
+            match by_column.get_mut(&e.column) {
+                Some(mine) => mine.messages += e.messages,
+                None => {
+                    by_column.insert(e.column.clone(), e);
+                }
+            }
+        }
     }
 
     /// The drift seen since the last call, one event per kind and column.
@@ -562,7 +616,7 @@ impl Mapper {
             if required && change.op != Op::Truncate && matches!(data[i], Cell::Null) {
                 // `null` is refused for non-nullable columns when the contract loads.
                 let action = c.on_error(self.contract.on_error);
-                count_column_error(&self.dataset, &c.name, action);
+                self.column_errors.push((c.name.clone(), action));
                 if self.nulls.contains(&i) {
                     observe(
                         &mut self.drift,
@@ -797,7 +851,7 @@ impl Mapper {
             data[i] = match value.coerce(col).and_then(Cell::in_delta_range) {
                 Ok(cell) => cell,
                 Err(source) => {
-                    count_column_error(&self.dataset, &col.name, action);
+                    self.column_errors.push((col.name.clone(), action));
                     if matches!(source, CoerceError::Mismatch { .. }) {
                         observe(
                             &mut self.drift,

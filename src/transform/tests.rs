@@ -338,6 +338,71 @@ fn drift_is_observed_and_the_policy_decides() {
         .unwrap();
 }
 
+/// A clone maps like its original until either changes its contract (stamps are never reused), and
+/// what a clone observed counts, once handed over, as if the original had seen it.
+#[test]
+fn clones_map_alike_until_a_contract_change_and_hand_over_what_they_saw() {
+    use crate::contract::{DriftAction, DriftPolicy};
+    let contract = Contract {
+        on_error: OnError::DeadLetter,
+        drift: DriftPolicy {
+            new_column: DriftAction::Evolve,
+            missing_column: DriftAction::Ignore,
+            review_hold: Default::default(),
+            type_widening: Default::default(),
+        },
+        columns: vec![col("id", ColumnType::Int64, false)],
+    };
+    let mut d = dataset();
+    d.header_columns.clear();
+    d.key_from_message_key = false;
+    let no_header = |_: &str| None;
+    let map = |m: &mut Mapper, after| {
+        m.map(
+            change_of(Op::Update, after),
+            &ctx(&|| None, &no_header),
+            &mut 0,
+        )
+    };
+    let mut original = Mapper::new(&d, contract).unwrap();
+    let (mut evolving, mut erring) = (original.clone(), original.clone());
+    assert_eq!(evolving.generation(), original.generation());
+    map(&mut evolving, json!({"id": 1, "extra": 5})).unwrap();
+    assert_ne!(evolving.generation(), original.generation());
+
+    let bad = json!({"id": "x"});
+    assert_eq!(
+        map(&mut erring, bad.clone()).unwrap_err().kind(),
+        "type_mismatch"
+    );
+    assert_eq!(erring.generation(), original.generation());
+    let seen = erring.take_observations();
+    assert!(erring.take_observations().drift.is_empty());
+    assert_eq!(
+        seen.column_errors,
+        [("id".to_string(), OnError::DeadLetter)]
+    );
+    original.absorb_drift(seen.drift);
+    map(&mut original, bad).unwrap_err();
+    let drift = original.take_drift();
+    assert_eq!(drift.len(), 1);
+    assert_eq!(
+        (drift[0].kind, drift[0].column.as_str(), drift[0].messages),
+        (DriftKind::TypeChange, "id", 2)
+    );
+
+    // The same change made on both sides still gives different stamps: each is its own lineage.
+    map(&mut original, json!({"id": 2, "extra": 5})).unwrap();
+    assert_ne!(original.generation(), evolving.generation());
+    let stamp = original.generation();
+    original.adopt(&[]).unwrap();
+    assert_eq!(
+        original.generation(),
+        stamp,
+        "adopting nothing changes nothing"
+    );
+}
+
 #[test]
 fn evolve_adds_typed_columns_and_waits_for_a_value() {
     use crate::contract::{DriftAction, DriftPolicy};
