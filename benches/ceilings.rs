@@ -20,10 +20,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-// The allocator bronze runs with, so the stages and ceilings compare like with like.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 struct Args {
     config: std::path::PathBuf,
     events: usize,

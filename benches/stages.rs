@@ -22,10 +22,6 @@ use bronze::decode::registry::Registry;
 use bronze::decode::{self, Decoded, Decoder};
 use bronze::transform::{Mapper, MessageContext, Row};
 
-// The allocator bronze runs with, so the stages and ceilings compare like with like.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 const EVENTS: usize = 10_000;
 
 /// Deterministic pseudo-random numbers, so every run benchmarks the same bytes.

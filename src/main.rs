@@ -301,11 +301,6 @@ fn parse_column_type(s: &str) -> Result<ColumnType, String> {
     ColumnType::parse(s).ok_or_else(|| format!("`{s}` is not a column type"))
 }
 
-/// jemalloc: rows are made on the decode threads and freed on the loop's, which glibc's allocator
-/// serves badly. Tuned in `.cargo/config.toml`.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     pin_mmap_threshold();
     let cli = Cli::parse();

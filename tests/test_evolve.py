@@ -181,7 +181,7 @@ def test_a_burst_mapped_on_two_threads_evolves_and_counts_exactly_once(tmp_path)
     port = h.free_port()
     cfg = h.write_config(tmp_path, group=h.unique("burst"), root=str(root),
                          datasets=[dataset("burst", topic, schema)],
-                         extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n')
+                         extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n[pipeline]\ndecode_threads = 2\n')
     rows = []
     for i in range(3000):
         after = {"id": i, "name": f"n{i}", "qty": "x" if i % 100 == 37 else i % 50}

@@ -8,6 +8,8 @@ from collections import Counter
 
 from confluent_kafka import Producer
 
+import pytest
+
 import harness as h
 
 
@@ -64,9 +66,11 @@ def test_redeliveries_are_dropped_across_flushes(tmp_path):
     assert len(h.read_delta(str(root / "windowed")).to_pylist()) == 230, out.stderr[-2000:]
 
 
-def test_the_window_survives_a_restart(tmp_path):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_window_survives_a_restart(tmp_path, threads):
     """A restarted bronze seeds its window from the table: redeliveries of events committed before the
-    restart are still dropped, and a window smaller than the history keeps the newest events only."""
+    restart are still dropped, and a window smaller than the history keeps the newest events only —
+    also when the messages were mapped on two threads (their rows share one ingest time per poll)."""
     topic = h.unique("redeliver.restart")
     h.create_topics({topic: 1})
     datasets = [{"name": '"customers"', "topics": f'["{topic}"]', "format": '"debezium-json"',
@@ -74,7 +78,7 @@ def test_the_window_survives_a_restart(tmp_path):
                  "redelivery_window": "150"}]
     root = tmp_path / "lake"
     cfg = h.write_config(tmp_path, group=h.unique("redeliver-restart"), root=str(root), datasets=datasets,
-                         flush_age="200ms")
+                         flush_age="200ms", extra=f"\n[pipeline]\ndecode_threads = {threads}\n")
     originals = [(i, 1000 + i) for i in range(200)]
     produce([topic], originals)
     h.run_bronze(cfg, "run", "--until-caught-up")

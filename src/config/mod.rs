@@ -359,15 +359,16 @@ impl Default for MemoryConfig {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Threads that decode and map the messages one poll finds ready, the loop's own included; 1 maps
-    /// every message in turn on the loop's thread. Default: the CPUs available, at most 4 (the loop
-    /// then applies the rows in order on its own, so more threads add little).
+    /// Threads that decode and map the messages one poll finds ready, the loop's own included; 1 (the
+    /// default) maps every message in turn on the loop's thread. More pays only with an allocator that
+    /// serves rows made on one thread and freed on another well: with glibc's, two threads measured
+    /// slower than one (README, Results).
     #[serde(default = "default_decode_threads")]
     pub decode_threads: usize,
 }
 
 fn default_decode_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    1
 }
 
 impl Default for PipelineConfig {

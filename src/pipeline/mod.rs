@@ -390,12 +390,14 @@ impl Run {
                 msg = consumer.recv() => {
                     // Detach the messages from the consumer borrow before taking `&mut self`; take
                     // whatever else is ready too, to map it on both cores.
-                    let mut batch = vec![msg.map(|m| OwnedMessage::from(&m))];
+                    // One ingest time per poll: rows keep their order by it, whichever thread maps them.
+                    let now_us = chrono::Utc::now().timestamp_micros();
+                    let mut batch = vec![msg.map(|m| OwnedMessage::received(&m, now_us))];
                     let mut bytes = 0;
                     while batch.len() < speculate::MAX_MESSAGES && bytes < speculate::MAX_BYTES {
                         match consumer.recv().now_or_never() {
                             Some(msg) => {
-                                let msg = msg.map(|m| OwnedMessage::from(&m));
+                                let msg = msg.map(|m| OwnedMessage::received(&m, now_us));
                                 bytes += msg.as_ref().map_or(0, OwnedMessage::bytes);
                                 batch.push(msg);
                             }
@@ -1272,7 +1274,7 @@ fn judge(
     let ctx = MessageContext {
         offset: m.offset,
         key: &key,
-        ingested_at_us: chrono::Utc::now().timestamp_micros(),
+        ingested_at_us: m.received_at_us,
         header: &header,
     };
     match mapper.map(change, &ctx, unknown) {
@@ -1309,6 +1311,8 @@ struct OwnedMessage {
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     headers: Vec<(String, Option<Vec<u8>>)>,
+    /// When bronze took it from the consumer, µs since the epoch: the row's `_ingested_at`.
+    received_at_us: i64,
 }
 
 impl OwnedMessage {
@@ -1336,12 +1340,20 @@ impl From<DeadLetter> for OwnedMessage {
             key: l.key,
             payload: l.value,
             headers: l.headers,
+            received_at_us: chrono::Utc::now().timestamp_micros(),
         }
     }
 }
 
 impl From<&BorrowedMessage<'_>> for OwnedMessage {
     fn from(m: &BorrowedMessage<'_>) -> Self {
+        OwnedMessage::received(m, chrono::Utc::now().timestamp_micros())
+    }
+}
+
+impl OwnedMessage {
+    /// A copy of `m`, taken from the consumer at `at_us`.
+    fn received(m: &BorrowedMessage<'_>, at_us: i64) -> Self {
         let headers = m
             .headers()
             .map(|h| {
@@ -1361,6 +1373,7 @@ impl From<&BorrowedMessage<'_>> for OwnedMessage {
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
             headers,
+            received_at_us: at_us,
         }
     }
 }

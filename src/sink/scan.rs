@@ -60,7 +60,8 @@ pub async fn frame(
     Ok(Some(df))
 }
 
-/// The newest `limit` rows of the table by `_ingested_at`, oldest first, with `columns` cast to `types`.
+/// The newest `limit` rows of the table by `_ingested_at` (then `_offset`), oldest first, with `columns`
+/// cast to `types`.
 /// Looks back an hour, then a day, a week and the whole table until it has `limit` rows, so the scan is
 /// pruned by file and row-group statistics on `_ingested_at` where the recent rows suffice.
 pub async fn newest_rows(
@@ -82,10 +83,16 @@ pub async fn newest_rows(
                 .map_err(|e| query_error(uri, e))?;
         }
         let mut select: Vec<Expr> = columns.iter().map(|(c, _)| col(*c)).collect();
-        select.push(col("_ingested_at"));
+        select.extend([col("_ingested_at"), col("_offset")]);
         let batches = q
             .select(select)
-            .and_then(|q| q.sort(vec![col("_ingested_at").sort(false, true)]))
+            // Rows of one poll share their ingest time; the later offset is the newer event.
+            .and_then(|q| {
+                q.sort(vec![
+                    col("_ingested_at").sort(false, true),
+                    col("_offset").sort(false, true),
+                ])
+            })
             .and_then(|q| q.limit(0, Some(limit)))
             .map_err(|e| query_error(uri, e))?
             .collect()
