@@ -394,21 +394,32 @@ impl Run {
                     let now_us = chrono::Utc::now().timestamp_micros();
                     let mut batch = vec![msg.map(|m| OwnedMessage::received(&m, now_us))];
                     let mut bytes = 0;
-                    while batch.len() < speculate::MAX_MESSAGES && bytes < speculate::MAX_BYTES {
-                        match consumer.recv().now_or_never() {
-                            Some(msg) => {
-                                let msg = msg.map(|m| OwnedMessage::received(&m, now_us));
-                                bytes += msg.as_ref().map_or(0, OwnedMessage::bytes);
-                                batch.push(msg);
-                            }
-                            None => break,
-                        }
+                    // A poll that serves a rebalance returns messages of the new assignment only: the
+                    // rebalance is handled right before the first of them, after the messages taken
+                    // under the old assignment, and ends the batch.
+                    let rebalanced = || consumer.context().has_events();
+                    let mut rebalance_at = rebalanced().then_some(0);
+                    // Mapping in turn needs no batch: one message at a time, as it comes.
+                    let most = if self.workers.idle() { 1 } else { speculate::MAX_MESSAGES };
+                    while rebalance_at.is_none()
+                        && batch.len() < most
+                        && bytes < speculate::MAX_BYTES
+                    {
+                        let Some(msg) = consumer.recv().now_or_never() else {
+                            break;
+                        };
+                        let msg = msg.map(|m| OwnedMessage::received(&m, now_us));
+                        bytes += msg.as_ref().map_or(0, OwnedMessage::bytes);
+                        batch.push(msg);
+                        rebalance_at = rebalanced().then_some(batch.len() - 1);
                     }
                     let (batch, speculations) =
                         speculate::speculate(&self.cfg, &mut self.datasets, &self.workers, batch)?;
                     self.repositioned.clear();
-                    for (msg, speculation) in batch.into_iter().zip(speculations) {
-                        self.handle_rebalance().await?;
+                    for (i, (msg, speculation)) in batch.into_iter().zip(speculations).enumerate() {
+                        if rebalance_at == Some(i) {
+                            self.handle_rebalance().await?;
+                        }
                         match msg {
                             Ok(owned) => self.handle_message(owned, speculation).await?,
                             Err(e) => {
@@ -419,6 +430,8 @@ impl Run {
                         self.flush_due().await?;
                         self.enforce_budget().await?;
                     }
+                    // A rebalance served by a poll that found no message.
+                    self.handle_rebalance().await?;
                 }
             }
         }

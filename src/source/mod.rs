@@ -47,6 +47,11 @@ impl SourceContext {
         lock(&self.watermarks).clone()
     }
 
+    /// Whether rebalance events wait to be taken.
+    pub fn has_events(&self) -> bool {
+        !lock(&self.events).is_empty()
+    }
+
     pub fn take_events(&self) -> Vec<RebalanceEvent> {
         std::mem::take(&mut *lock(&self.events))
     }
