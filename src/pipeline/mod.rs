@@ -388,9 +388,9 @@ impl Run {
                     }
                 }
                 msg = consumer.recv() => {
-                    // Detach the messages from the consumer borrow before taking `&mut self`; take
-                    // whatever else is ready too, to map it on both cores.
-                    // One ingest time per poll: rows keep their order by it, whichever thread maps them.
+                    // Detach the messages from the consumer borrow before taking `&mut self`. With
+                    // decode threads, whatever else is ready is taken too, to be mapped on all of them,
+                    // under one ingest time: rows keep their order by it, whichever thread maps them.
                     let now_us = chrono::Utc::now().timestamp_micros();
                     let mut batch = vec![msg.map(|m| OwnedMessage::received(&m, now_us))];
                     let mut bytes = 0;

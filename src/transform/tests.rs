@@ -338,10 +338,8 @@ fn drift_is_observed_and_the_policy_decides() {
         .unwrap();
 }
 
-/// A clone maps like its original until either changes its contract (stamps are never reused), and
-/// what a clone observed counts, once handed over, as if the original had seen it.
-#[test]
-fn clones_map_alike_until_a_contract_change_and_hand_over_what_they_saw() {
+/// A dataset without header or message-key columns and a contract of one `id` column that evolves.
+fn evolving() -> (DatasetConfig, Contract) {
     use crate::contract::{DriftAction, DriftPolicy};
     let contract = Contract {
         on_error: OnError::DeadLetter,
@@ -356,6 +354,14 @@ fn clones_map_alike_until_a_contract_change_and_hand_over_what_they_saw() {
     let mut d = dataset();
     d.header_columns.clear();
     d.key_from_message_key = false;
+    (d, contract)
+}
+
+/// A clone maps like its original until either changes its contract (stamps are never reused), and
+/// what a clone observed counts, once handed over, as if the original had seen it.
+#[test]
+fn clones_map_alike_until_a_contract_change_and_hand_over_what_they_saw() {
+    let (d, contract) = evolving();
     let no_header = |_: &str| None;
     let map = |m: &mut Mapper, after| {
         m.map(
@@ -405,20 +411,7 @@ fn clones_map_alike_until_a_contract_change_and_hand_over_what_they_saw() {
 
 #[test]
 fn evolve_adds_typed_columns_and_waits_for_a_value() {
-    use crate::contract::{DriftAction, DriftPolicy};
-    let contract = Contract {
-        on_error: OnError::DeadLetter,
-        drift: DriftPolicy {
-            new_column: DriftAction::Evolve,
-            missing_column: DriftAction::Ignore,
-            review_hold: Default::default(),
-            type_widening: Default::default(),
-        },
-        columns: vec![col("id", ColumnType::Int64, false)],
-    };
-    let mut d = dataset();
-    d.header_columns.clear();
-    d.key_from_message_key = false;
+    let (d, contract) = evolving();
     let mut m = Mapper::new(&d, contract).unwrap();
     let no_header = |_: &str| None;
     let mut unknown = 0;
