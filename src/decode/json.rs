@@ -156,7 +156,8 @@ struct Envelope<'a> {
     before: Option<&'a RawValue>,
     source: Option<Source<'a>>,
     ts_ms: Option<JsonField<'a>>,
-    /// The Kafka Connect JsonConverter wrapper `{"schema": ..., "payload": ...}`.
+    /// The Kafka Connect JsonConverter wrapper `{"schema": ..., "payload": ...}`: a `schema` field, the
+    /// payload, and whether any field but these two was there.
     schema: bool,
     payload: Option<Top<'a>>,
     other_fields: bool,
@@ -181,12 +182,16 @@ enum Slot<'a> {
 
 impl<'a> Envelope<'a> {
     fn into_change(self) -> Result<Decoded<'a>, DecodeError> {
-        if self.schema && !self.other_fields {
-            match self.payload {
-                Some(Top::Envelope(inner)) => return inner.into_change(),
-                Some(Top::Null) | None => return Ok(Decoded::Skip(Skip::Tombstone)),
-                Some(Top::Other(kind)) => return Err(DecodeError::NotAnObject(kind)),
-            }
+        // Only `schema` and `payload`: the wrapper, whose envelope is the payload.
+        if self.schema
+            && !self.other_fields
+            && let Some(payload) = self.payload
+        {
+            return match payload {
+                Top::Envelope(inner) => inner.into_change(),
+                Top::Null => Ok(Decoded::Skip(Skip::Tombstone)),
+                Top::Other(kind) => Err(DecodeError::NotAnObject(kind)),
+            };
         }
         let op_str = self
             .op
@@ -338,7 +343,8 @@ impl<'de> Deserialize<'de> for JsonField<'de> {
     }
 }
 
-/// Visits anything that is not an object as its kind (consuming it), for the envelope's shape errors.
+/// Visits anything that is not an object as its kind (consuming it): the envelope's and rows' shape
+/// errors, and a `source` that is no object.
 macro_rules! other_kinds {
     ($other:expr, $null:expr) => {
         fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
@@ -420,10 +426,6 @@ impl<'de> Deserialize<'de> for Top<'de> {
                     if !matches!(k.as_ref(), "schema" | "payload") {
                         e.other_fields = true;
                     }
-                }
-                // Only `schema` and `payload`: the wrapper, whose envelope is the payload.
-                if !(e.schema && e.payload.is_some()) {
-                    e.schema = false;
                 }
                 Ok(Top::Envelope(Box::new(e)))
             }

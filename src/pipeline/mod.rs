@@ -700,21 +700,19 @@ impl Run {
             ds.summary.events += 1;
         }
         // Made under the contract the mapper still has, or made again now.
-        let speculation = match speculation {
-            Some(s) if s.generation != ds.mapper.generation() => {
-                metrics::counter!("bronze_parallel_remapped_total", "dataset" => dataset.clone())
-                    .increment(1);
-                None
-            }
-            s => s,
-        };
         let admission = match speculation {
-            Some(s) => {
+            Some(s) if s.generation == ds.mapper.generation() => {
                 ds.mapper.absorb_drift(s.observed.drift);
                 count_observed(dataset, s.unknown, s.observed.column_errors);
                 s.admission
             }
-            None => admit(&ds.cfg, &ds.decoder, &mut ds.mapper, &m),
+            stale => {
+                if stale.is_some() {
+                    metrics::counter!("bronze_parallel_remapped_total", "dataset" => dataset.clone())
+                        .increment(1);
+                }
+                admit(&ds.cfg, &ds.decoder, &mut ds.mapper, &m)
+            }
         };
         let rejection = match admission {
             Admission::Row(row) => {
@@ -1329,6 +1327,31 @@ struct OwnedMessage {
 }
 
 impl OwnedMessage {
+    /// A copy of `m`, taken from the consumer at `at_us`.
+    fn received(m: &BorrowedMessage<'_>, at_us: i64) -> Self {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        OwnedMessage {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m
+                .timestamp()
+                .to_millis()
+                .unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+            received_at_us: at_us,
+        }
+    }
+
     /// Key and value bytes.
     fn bytes(&self) -> usize {
         self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
@@ -1361,32 +1384,5 @@ impl From<DeadLetter> for OwnedMessage {
 impl From<&BorrowedMessage<'_>> for OwnedMessage {
     fn from(m: &BorrowedMessage<'_>) -> Self {
         OwnedMessage::received(m, chrono::Utc::now().timestamp_micros())
-    }
-}
-
-impl OwnedMessage {
-    /// A copy of `m`, taken from the consumer at `at_us`.
-    fn received(m: &BorrowedMessage<'_>, at_us: i64) -> Self {
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        OwnedMessage {
-            topic: m.topic().to_string(),
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp_ms: m
-                .timestamp()
-                .to_millis()
-                .unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
-            headers,
-            received_at_us: at_us,
-        }
     }
 }
