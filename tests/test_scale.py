@@ -112,3 +112,58 @@ def test_zombie_batch_after_rebalance_is_dropped_not_doubled(tmp_path):
     assert {r["kind"] for r in failed} == {"commit_failed", "batch_dropped"}, failed
     assert all(r["dataset"] == "orders" and r["error"] for r in failed)
     assert any("outage injected" in r["error"] for r in failed if r["kind"] == "commit_failed")
+
+
+def test_until_caught_up_members_stop_only_when_the_group_is_done(tmp_path):
+    """`bronze run --until-caught-up` with two members. A member that joins is first assigned nothing
+    (cooperative rebalance), and partitions moving between members belong to neither for a while: each
+    member must keep running until the table holds every event produced before it started, whoever
+    commits them. A cannot commit (storage outage) and stops reading at its memory budget; B joins, takes
+    half the partitions and commits them, and must wait for A's half."""
+    topic = h.unique("catchup.orders")
+    h.create_topics({topic: 12})
+    plan = cdc.generate(40_000, seed=12)
+    produced = h.produce([e for e in plan.events if e.table == "orders"], {"orders": topic})
+    expected = h.data_offsets(produced)
+    root = tmp_path / "lake"
+    uri = str(root / "orders")
+    group = h.unique("catchup")
+    port_a, port_b = h.free_port(), h.free_port()
+    cfgs = [h.write_config(tmp_path / name, group=group, root=str(root), datasets=h.keyless_orders(topic),
+                           flush_age="300ms", budget=2 * 1024 * 1024,
+                           extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n')
+            for name, port in (("a", port_a), ("b", port_b))]
+    url_a, url_b = f"http://127.0.0.1:{port_a}/metrics", f"http://127.0.0.1:{port_b}/metrics"
+    outage = tmp_path / "a-storage-down"
+    outage.touch()
+    a = h.start_bronze(cfgs[0], "--until-caught-up", env={"BRONZE_FAIL_COMMITS_WHILE": str(outage)},
+                       log=tmp_path / "a.log")
+    b = None
+    try:
+        h.wait_until(lambda: h.metric(h.scrape(url_a), "bronze_commit_errors_total") >= 1
+                     and h.metric(h.scrape(url_a), "bronze_paused_partitions") > 0, 60, what="A paused at its budget")
+        assert h.metric(h.scrape(url_a), "bronze_events_consumed_total") < len(produced)
+        b = h.start_bronze(cfgs[1], "--until-caught-up", log=tmp_path / "b.log")
+        h.wait_until(lambda: h.metric(h.scrape(url_b), "bronze_rows_written_total") > 0, 60, what="B commits")
+
+        # B's half is in the table once the table stops growing (A commits nothing).
+        seen = [-1]
+
+        def settled():
+            n = len(h.stored_offsets(uri))
+            done, seen[0] = n == seen[0], n
+            return done
+        h.wait_until(settled, 90, interval=3, what="B's commits to settle")
+        assert b.poll() is None, "B stopped while A's partitions were not in the table"
+        assert len(h.stored_offsets(uri)) < len(expected)
+        outage.unlink()
+        assert b.wait(timeout=120) == 0
+        assert len(h.stored_offsets(uri)) >= len(expected), "B stopped before the table had every event"
+        assert a.wait(timeout=120) == 0
+    finally:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
+                p.kill()
+    rows = h.stored_offsets(uri)
+    assert len(rows) == len(set(rows)), "an offset was stored twice"
+    assert set(rows) == expected

@@ -272,6 +272,8 @@ pub async fn run(
         repositioned: Default::default(),
         workers,
         targets: HashMap::new(),
+        group_targets: HashMap::new(),
+        last_group_check: None,
         options,
         started: Instant::now(),
         ever_assigned: false,
@@ -344,6 +346,13 @@ struct Run {
     partitions: HashMap<TopicPartition, PartitionState>,
     /// `--until-caught-up`: high watermark per partition, read when it was assigned.
     targets: HashMap<TopicPartition, i64>,
+    /// `--until-caught-up`: every partition of the subscribed topics (its dataset and high watermark),
+    /// read at the first assignment. A member's own partitions cannot tell when the group is done: a
+    /// partition on its way between members (revoked, not yet assigned) belongs to none of them, and a
+    /// member that joins may first be assigned nothing. So a member stops only once the table holds
+    /// every one of these.
+    group_targets: HashMap<TopicPartition, (usize, i64)>,
+    last_group_check: Option<Instant>,
     /// Partitions sent to another offset while the messages of one poll are handled.
     repositioned: std::collections::HashSet<TopicPartition>,
     workers: speculate::Workers,
@@ -454,6 +463,9 @@ impl Run {
                     }
                 }
                 RebalanceEvent::Assigned(tps) => {
+                    if self.options.until_caught_up && !self.ever_assigned {
+                        self.group_targets = self.read_group_targets()?;
+                    }
                     self.ever_assigned = true;
                     for tp in tps {
                         let Some(d) = self.cfg.dataset_for_topic(&tp.0) else {
@@ -1157,12 +1169,64 @@ impl Run {
                 all = false;
             }
         }
-        if !all {
+        if !all || !self.others_caught_up().await? {
             return Ok(false);
         }
         self.flush_all(FlushReason::CaughtUp).await?;
         info!("caught up with the high watermarks read at assignment");
         Ok(true)
+    }
+
+    /// Every partition of the subscribed topics with something in it, and its high watermark.
+    fn read_group_targets(&self) -> Result<HashMap<TopicPartition, (usize, i64)>, PipelineError> {
+        let mut out = HashMap::new();
+        for (d, ds) in self.cfg.datasets.iter().enumerate() {
+            let partitions = tokio::task::block_in_place(|| {
+                source::partitions_of(&*self.consumer, &ds.topics, Duration::from_secs(10))
+            })?;
+            for tp in partitions {
+                let (low, high) = source::watermarks(&self.consumer, &tp)?;
+                if high > low {
+                    out.insert(tp, (d, high));
+                }
+            }
+        }
+        debug!(partitions = out.len(), "group targets read");
+        Ok(out)
+    }
+
+    /// Whether the table holds, for every partition this member does not own, everything up to the
+    /// high watermark read at the first assignment. Read at most every half second: it reads the log.
+    async fn others_caught_up(&mut self) -> Result<bool, PipelineError> {
+        const EVERY: Duration = Duration::from_millis(500);
+        if self.last_group_check.is_some_and(|t| t.elapsed() < EVERY) {
+            return Ok(false);
+        }
+        self.last_group_check = Some(Instant::now());
+        let mut refreshed = vec![false; self.datasets.len()];
+        let mut behind = 0;
+        for (tp, &(d, high)) in &self.group_targets {
+            if self.partitions.contains_key(tp) {
+                continue;
+            }
+            let ds = &mut self.datasets[d];
+            if !refreshed[d] {
+                ds.sink.refresh().await?;
+                refreshed[d] = true;
+            }
+            let app_id = sink::app_id(&self.group_id, &tp.0, tp.1);
+            let position = ds.sink.committed_offset(&app_id).await?.map(|v| v + 1);
+            if position.is_none_or(|p| p < high) {
+                behind += 1;
+            }
+        }
+        if behind > 0 {
+            debug!(
+                behind,
+                "own partitions caught up; waiting for partitions other members own or are taking over"
+            );
+        }
+        Ok(behind == 0)
     }
 
     fn summary(&self) -> RunSummary {

@@ -31,19 +31,7 @@ impl Inspector {
 
     /// Every partition of the topics `selector` names, sorted.
     pub fn partitions(&self, selector: &TopicSelector) -> Result<Vec<TopicPartition>, KafkaError> {
-        let metadata = self.consumer.fetch_metadata(None, REQUEST_TIMEOUT)?;
-        let mut out: Vec<TopicPartition> = metadata
-            .topics()
-            .iter()
-            .filter(|t| !t.name().starts_with("__") && selector.matches(t.name()))
-            .flat_map(|t| {
-                t.partitions()
-                    .iter()
-                    .map(|p| (t.name().to_string(), p.id()))
-            })
-            .collect();
-        out.sort();
-        Ok(out)
+        super::partitions_of(&self.consumer, selector, REQUEST_TIMEOUT)
     }
 
     /// Low and high watermark.

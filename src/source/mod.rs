@@ -20,7 +20,7 @@ mod inspect;
 pub use inspect::Inspector;
 
 use crate::buffer::TopicPartition;
-use crate::config::Config;
+use crate::config::{Config, TopicSelector};
 use crate::observability::Health;
 
 /// A partition assignment change, recorded by the rebalance callback and handled by the run loop
@@ -234,6 +234,27 @@ pub fn resume(consumer: &Source, tp: &TopicPartition) {
 /// Low and high watermark of a partition (blocking request to the broker).
 pub fn watermarks(consumer: &Source, tp: &TopicPartition) -> Result<(i64, i64), KafkaError> {
     tokio::task::block_in_place(|| consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(10)))
+}
+
+/// Every partition of the topics `selector` names, sorted (blocking request to the broker).
+pub fn partitions_of<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    selector: &TopicSelector,
+    timeout: Duration,
+) -> Result<Vec<TopicPartition>, KafkaError> {
+    let metadata = consumer.fetch_metadata(None, timeout)?;
+    let mut out: Vec<TopicPartition> = metadata
+        .topics()
+        .iter()
+        .filter(|t| !t.name().starts_with("__") && selector.matches(t.name()))
+        .flat_map(|t| {
+            t.partitions()
+                .iter()
+                .map(|p| (t.name().to_string(), p.id()))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 /// Whether the cluster answers a metadata request (used to clear a broker outage while idle).
