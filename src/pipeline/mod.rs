@@ -397,9 +397,10 @@ impl Run {
                     }
                 }
                 msg = consumer.recv() => {
-                    // Detach the messages from the consumer borrow before taking `&mut self`. With
-                    // decode threads, whatever else is ready is taken too, to be mapped on all of them,
-                    // under one ingest time: rows keep their order by it, whichever thread maps them.
+                    // Detach the messages from the consumer borrow before taking `&mut self`. Whatever
+                    // else is ready is taken too (one turn of the loop for many messages; with decode
+                    // threads, mapped on all of them), under one ingest time: rows keep their order by
+                    // it, whichever thread maps them.
                     let now_us = chrono::Utc::now().timestamp_micros();
                     let mut batch = vec![msg.map(|m| OwnedMessage::received(&m, now_us))];
                     let mut bytes = 0;
@@ -408,10 +409,8 @@ impl Run {
                     // under the old assignment, and ends the batch.
                     let rebalanced = || consumer.context().has_events();
                     let mut rebalance_at = rebalanced().then_some(0);
-                    // Mapping in turn needs no batch: one message at a time, as it comes.
-                    let most = if self.workers.idle() { 1 } else { speculate::MAX_MESSAGES };
                     while rebalance_at.is_none()
-                        && batch.len() < most
+                        && batch.len() < speculate::MAX_MESSAGES
                         && bytes < speculate::MAX_BYTES
                     {
                         let Some(msg) = consumer.recv().now_or_never() else {

@@ -82,13 +82,6 @@ impl Workers {
     }
 }
 
-impl Workers {
-    /// No decode threads: every message is mapped in turn.
-    pub(super) fn idle(&self) -> bool {
-        self.jobs.is_empty()
-    }
-}
-
 fn serve(jobs: Receiver<Job>) {
     for job in jobs {
         let Job {
