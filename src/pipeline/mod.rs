@@ -274,6 +274,7 @@ pub async fn run(
         targets: HashMap::new(),
         group_targets: HashMap::new(),
         last_group_check: None,
+        own_committed: false,
         options,
         started: Instant::now(),
         ever_assigned: false,
@@ -353,6 +354,8 @@ struct Run {
     /// every one of these.
     group_targets: HashMap<TopicPartition, (usize, i64)>,
     last_group_check: Option<Instant>,
+    /// Whether what this member read of its current partitions is committed since they caught up.
+    own_committed: bool,
     /// Partitions sent to another offset while the messages of one poll are handled.
     repositioned: std::collections::HashSet<TopicPartition>,
     workers: speculate::Workers,
@@ -447,6 +450,7 @@ impl Run {
 
     async fn handle_rebalance(&mut self) -> Result<(), PipelineError> {
         for event in self.consumer.context().take_events() {
+            self.own_committed = false;
             match event {
                 RebalanceEvent::Revoked(tps) => {
                     for tp in tps {
@@ -1168,7 +1172,16 @@ impl Run {
                 all = false;
             }
         }
-        if !all || !self.others_caught_up().await? {
+        if !all {
+            return Ok(false);
+        }
+        // Other members may be waiting for these partitions to be in the table: commit them now
+        // rather than at the flush age.
+        if !self.own_committed {
+            self.flush_all(FlushReason::CaughtUp).await?;
+            self.own_committed = true;
+        }
+        if !self.others_caught_up().await? {
             return Ok(false);
         }
         self.flush_all(FlushReason::CaughtUp).await?;
