@@ -1,5 +1,6 @@
 """Scale-out: two bronze processes in one group, a third joining mid-stream (rebalance), one killed with
-SIGKILL; traffic keeps flowing the whole time. At the end every event is stored exactly once."""
+SIGKILL; traffic keeps flowing the whole time. At the end every event is stored exactly once. Also: a member
+whose batch turned stale while its partition moved, and `--until-caught-up` members stopping together."""
 
 import json
 import signal
@@ -8,6 +9,26 @@ import time
 
 import harness as h
 from harness import cdc
+
+
+def orders_topic(prefix: str, partitions: int, n_events: int, seed: int):
+    """A new topic with the orders of `n_events` generated change events: (topic, produced, offsets)."""
+    topic = h.unique(prefix)
+    h.create_topics({topic: partitions})
+    plan = cdc.generate(n_events, seed=seed)
+    produced = h.produce([e for e in plan.events if e.table == "orders"], {"orders": topic})
+    return topic, produced, h.data_offsets(produced)
+
+
+def two_members(tmp_path, group: str, root, topic: str, **config):
+    """Configs of members A and B of `group` (each with its own metrics port) and their metrics URLs."""
+    cfgs, urls = [], []
+    for name in ("a", "b"):
+        port = h.free_port()
+        cfgs.append(h.write_config(tmp_path / name, group=group, root=str(root), datasets=h.keyless_orders(topic),
+                                   extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n', **config))
+        urls.append(f"http://127.0.0.1:{port}/metrics")
+    return cfgs, urls
 
 
 def test_three_members_rebalance_and_a_crash(tmp_path):
@@ -63,21 +84,11 @@ def test_zombie_batch_after_rebalance_is_dropped_not_doubled(tmp_path):
     """A holds a batch it cannot commit (storage outage) while its partition moves to B, which commits
     the same offsets. When A's storage comes back, A must find its batch stale, drop it, delete its files
     and re-read the partitions it still owns from the table: every event exactly once."""
-    topic = h.unique("zombie.orders")
-    h.create_topics({topic: 2})
-    plan = cdc.generate(6_000, seed=77)
-    produced = h.produce([e for e in plan.events if e.table == "orders"], {"orders": topic})
-    expected = h.data_offsets(produced)
+    topic, produced, expected = orders_topic("zombie.orders", 2, 6_000, seed=77)
     root = tmp_path / "lake"
     uri = str(root / "orders")
-    port_a, port_b = h.free_port(), h.free_port()
-    group = h.unique("zombie")
-    cfgs = []
-    for name, port in (("a", port_a), ("b", port_b)):
-        # A long flush age: A's first (failing) batch then holds both partitions, whichever moves to B.
-        cfgs.append(h.write_config(tmp_path / name, group=group, root=str(root), datasets=h.keyless_orders(topic),
-                                   flush_age="4s", extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n'))
-    url_a, url_b = f"http://127.0.0.1:{port_a}/metrics", f"http://127.0.0.1:{port_b}/metrics"
+    # A long flush age: A's first (failing) batch then holds both partitions, whichever moves to B.
+    cfgs, (url_a, url_b) = two_members(tmp_path, h.unique("zombie"), root, topic, flush_age="4s")
     outage = tmp_path / "a-storage-down"
     outage.touch()
     a = h.start_bronze(cfgs[0], env={"BRONZE_FAIL_COMMITS_WHILE": str(outage)}, log=tmp_path / "a.log")
@@ -120,22 +131,13 @@ def test_until_caught_up_members_stop_only_when_the_group_is_done(tmp_path):
     member must keep running until the table holds every event produced before it started, whoever
     commits them. A cannot commit (storage outage) and stops reading at its memory budget; B joins, takes
     half the partitions and commits them, and must wait for A's half."""
-    topic = h.unique("catchup.orders")
-    h.create_topics({topic: 12})
-    plan = cdc.generate(40_000, seed=12)
-    produced = h.produce([e for e in plan.events if e.table == "orders"], {"orders": topic})
-    expected = h.data_offsets(produced)
+    topic, produced, expected = orders_topic("catchup.orders", 12, 40_000, seed=12)
     root = tmp_path / "lake"
     uri = str(root / "orders")
-    group = h.unique("catchup")
-    port_a, port_b = h.free_port(), h.free_port()
     # No flush by age: a member commits what it read as soon as its own partitions are caught up, for
     # the members waiting for them.
-    cfgs = [h.write_config(tmp_path / name, group=group, root=str(root), datasets=h.keyless_orders(topic),
-                           flush_age="10m", budget=2 * 1024 * 1024,
-                           extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n')
-            for name, port in (("a", port_a), ("b", port_b))]
-    url_a, url_b = f"http://127.0.0.1:{port_a}/metrics", f"http://127.0.0.1:{port_b}/metrics"
+    cfgs, (url_a, url_b) = two_members(tmp_path, h.unique("catchup"), root, topic, flush_age="10m",
+                                       budget=2 * 1024 * 1024)
     outage = tmp_path / "a-storage-down"
     outage.touch()
     a = h.start_bronze(cfgs[0], "--until-caught-up", env={"BRONZE_FAIL_COMMITS_WHILE": str(outage)},
