@@ -90,10 +90,14 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
             Some(t) => t.last_commit().await?.and_then(|e| e.timestamp_ms),
             None => None,
         };
-        let tps = tokio::task::block_in_place(|| inspector.partitions(&d.topics))?;
+        let (tps, watermarks) = tokio::task::block_in_place(|| {
+            let tps = inspector.partitions(&d.topics)?;
+            let watermarks = inspector.watermarks_of(&tps)?;
+            Ok::<_, rdkafka::error::KafkaError>((tps, watermarks))
+        })?;
         let mut partitions = Vec::with_capacity(tps.len());
         for tp in tps {
-            let (low, high) = tokio::task::block_in_place(|| inspector.watermarks(&tp))?;
+            let (low, high) = watermarks.get(&tp).copied().unwrap_or_default();
             let position = match &table {
                 Some(t) => t
                     .committed_offset(&sink::app_id(&cfg.kafka.group_id, &tp.0, tp.1))

@@ -366,6 +366,9 @@ struct Run {
     audit: Option<AuditHandle>,
 }
 
+/// How long `--until-caught-up` waits for the broker's answer to a metadata or offsets request.
+const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long `--until-caught-up` waits for a first assignment before giving up.
 const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -470,14 +473,20 @@ impl Run {
                         self.group_targets = self.read_group_targets()?;
                     }
                     self.ever_assigned = true;
+                    let watermarks = if self.options.until_caught_up {
+                        tokio::task::block_in_place(|| {
+                            source::watermarks_of(&*self.consumer, &tps, WATERMARKS_TIMEOUT)
+                        })?
+                    } else {
+                        HashMap::new()
+                    };
                     for tp in tps {
                         let Some(d) = self.cfg.dataset_for_topic(&tp.0) else {
                             warn!(topic = %tp.0, "assigned a topic no dataset claims; ignoring it");
                             continue;
                         };
                         self.datasets[d].needs_refresh = true;
-                        if self.options.until_caught_up {
-                            let (low, high) = source::watermarks(&self.consumer, &tp)?;
+                        if let Some(&(low, high)) = watermarks.get(&tp) {
                             debug!(topic = %tp.0, partition = tp.1, low, high, "watermarks");
                             if high > low {
                                 self.targets.insert(tp.clone(), high);
@@ -1193,11 +1202,12 @@ impl Run {
     fn read_group_targets(&self) -> Result<HashMap<TopicPartition, (usize, i64)>, PipelineError> {
         let mut out = HashMap::new();
         for (d, ds) in self.cfg.datasets.iter().enumerate() {
-            let partitions = tokio::task::block_in_place(|| {
-                source::partitions_of(&*self.consumer, &ds.topics, Duration::from_secs(10))
+            let watermarks = tokio::task::block_in_place(|| {
+                let partitions =
+                    source::partitions_of(&*self.consumer, &ds.topics, WATERMARKS_TIMEOUT)?;
+                source::watermarks_of(&*self.consumer, &partitions, WATERMARKS_TIMEOUT)
             })?;
-            for tp in partitions {
-                let (low, high) = source::watermarks(&self.consumer, &tp)?;
+            for (tp, (low, high)) in watermarks {
                 if high > low {
                     out.insert(tp, (d, high));
                 }

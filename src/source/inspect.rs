@@ -34,6 +34,14 @@ impl Inspector {
         super::partitions_of(&self.consumer, selector, REQUEST_TIMEOUT)
     }
 
+    /// Low and high watermarks of `partitions`, in two requests.
+    pub fn watermarks_of(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<HashMap<TopicPartition, (i64, i64)>, KafkaError> {
+        super::watermarks_of(&self.consumer, partitions, REQUEST_TIMEOUT)
+    }
+
     /// Low and high watermark.
     pub fn watermarks(&self, tp: &TopicPartition) -> Result<(i64, i64), KafkaError> {
         self.consumer.fetch_watermarks(&tp.0, tp.1, REQUEST_TIMEOUT)

@@ -231,9 +231,45 @@ pub fn resume(consumer: &Source, tp: &TopicPartition) {
     }
 }
 
-/// Low and high watermark of a partition (blocking request to the broker).
-pub fn watermarks(consumer: &Source, tp: &TopicPartition) -> Result<(i64, i64), KafkaError> {
-    tokio::task::block_in_place(|| consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(10)))
+/// Low and high watermarks of `partitions` (blocking): two requests for all of them, where asking
+/// partition by partition takes two round trips each.
+pub fn watermarks_of<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    partitions: &[TopicPartition],
+    timeout: Duration,
+) -> Result<HashMap<TopicPartition, (i64, i64)>, KafkaError> {
+    if partitions.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // ListOffsets with the timestamps -2 and -1: the earliest and the latest offset.
+    let at = |position: Offset| -> Result<Vec<(TopicPartition, i64)>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            tpl.add_partition_offset(topic, *partition, position)?;
+        }
+        let found = consumer.offsets_for_times(tpl, timeout)?;
+        found
+            .elements()
+            .iter()
+            .map(|e| {
+                e.error()?;
+                let offset = match e.offset() {
+                    Offset::Offset(o) => o,
+                    // No offset: an empty partition.
+                    _ => 0,
+                };
+                Ok(((e.topic().to_string(), e.partition()), offset))
+            })
+            .collect()
+    };
+    let low: HashMap<TopicPartition, i64> = at(Offset::Beginning)?.into_iter().collect();
+    Ok(at(Offset::End)?
+        .into_iter()
+        .map(|(tp, high)| {
+            let low = low.get(&tp).copied().unwrap_or(high);
+            (tp, (low, high))
+        })
+        .collect())
 }
 
 /// Every partition of the topics `selector` names, sorted (blocking request to the broker).
