@@ -31,6 +31,18 @@ def two_members(tmp_path, group: str, root, topic: str, **config):
     return cfgs, urls
 
 
+def kill_survivors(*procs) -> None:
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.kill()
+
+
+def assert_exactly_once(uri: str, expected: set) -> None:
+    rows = h.stored_offsets(uri)
+    assert len(rows) == len(set(rows)), "an offset was stored twice"
+    assert set(rows) == expected
+
+
 def test_three_members_rebalance_and_a_crash(tmp_path):
     topic = h.unique("scale.orders")
     h.create_topics({topic: 6})
@@ -69,9 +81,7 @@ def test_three_members_rebalance_and_a_crash(tmp_path):
     h.wait_until(lambda: len(h.stored_offsets(uri)) >= len(expected), 180, interval=1, what="survivors to catch up")
     assert h.stop(a) == 0
     assert h.stop(c) == 0
-    rows = h.stored_offsets(uri)
-    assert len(rows) == len(set(rows)), "an offset was stored twice"
-    assert set(rows) == expected
+    assert_exactly_once(uri, expected)
     # Three different runs committed to the table.
     runs = {c["bronze"]["run_id"] for c in h.delta_history(uri) if c.get("bronze")}
     assert len(runs) >= 3, runs
@@ -107,12 +117,8 @@ def test_zombie_batch_after_rebalance_is_dropped_not_doubled(tmp_path):
         assert h.stop(a) == 0
         assert h.stop(b) == 0
     finally:
-        for p in (a, b):
-            if p is not None and p.poll() is None:
-                p.kill()
-    rows = h.stored_offsets(uri)
-    assert len(rows) == len(set(rows)), "an offset was stored twice"
-    assert set(rows) == expected
+        kill_survivors(a, b)
+    assert_exactly_once(uri, expected)
     assert "already committed some of these offsets" in (tmp_path / "a.log").read_text()
     # The stale batch's files were deleted.
     assert h.parquet_files_on_disk(root / "orders") == h.referenced_files(root / "orders")
@@ -165,9 +171,5 @@ def test_until_caught_up_members_stop_only_when_the_group_is_done(tmp_path):
         assert len(h.stored_offsets(uri)) >= len(expected), "B stopped before the table had every event"
         assert a.wait(timeout=120) == 0
     finally:
-        for p in (a, b):
-            if p is not None and p.poll() is None:
-                p.kill()
-    rows = h.stored_offsets(uri)
-    assert len(rows) == len(set(rows)), "an offset was stored twice"
-    assert set(rows) == expected
+        kill_survivors(a, b)
+    assert_exactly_once(uri, expected)
