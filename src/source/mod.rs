@@ -253,12 +253,12 @@ pub fn watermarks_of<C: ConsumerContext>(
             .iter()
             .map(|e| {
                 e.error()?;
-                let offset = match e.offset() {
-                    Offset::Offset(o) => o,
-                    // No offset: an empty partition.
-                    _ => 0,
-                };
-                Ok(((e.topic().to_string(), e.partition()), offset))
+                match e.offset() {
+                    Offset::Offset(o) => Ok(((e.topic().to_string(), e.partition()), o)),
+                    // The broker answers both with an offset, 0 for an empty partition; taking anything
+                    // else for "empty" could end a catch-up early.
+                    _ => Err(KafkaError::OffsetFetch(RDKafkaErrorCode::Fail)),
+                }
             })
             .collect()
     };
