@@ -469,28 +469,35 @@ impl Run {
                     }
                 }
                 RebalanceEvent::Assigned(tps) => {
-                    if self.options.until_caught_up && !self.ever_assigned {
+                    // High watermarks of the assigned partitions that have something in them. At the
+                    // first assignment they are among the group's, read just now for all partitions.
+                    let highs: HashMap<TopicPartition, i64> = if !self.options.until_caught_up {
+                        HashMap::new()
+                    } else if !self.ever_assigned {
                         self.group_targets = self.read_group_targets()?;
-                    }
-                    self.ever_assigned = true;
-                    let watermarks = if self.options.until_caught_up {
+                        self.group_targets
+                            .iter()
+                            .map(|(tp, &(_, high))| (tp.clone(), high))
+                            .collect()
+                    } else {
                         tokio::task::block_in_place(|| {
                             source::watermarks_of(&*self.consumer, &tps, WATERMARKS_TIMEOUT)
                         })?
-                    } else {
-                        HashMap::new()
+                        .into_iter()
+                        .filter(|(_, (low, high))| high > low)
+                        .map(|(tp, (_, high))| (tp, high))
+                        .collect()
                     };
+                    self.ever_assigned = true;
                     for tp in tps {
                         let Some(d) = self.cfg.dataset_for_topic(&tp.0) else {
                             warn!(topic = %tp.0, "assigned a topic no dataset claims; ignoring it");
                             continue;
                         };
                         self.datasets[d].needs_refresh = true;
-                        if let Some(&(low, high)) = watermarks.get(&tp) {
-                            debug!(topic = %tp.0, partition = tp.1, low, high, "watermarks");
-                            if high > low {
-                                self.targets.insert(tp.clone(), high);
-                            }
+                        if let Some(&high) = highs.get(&tp) {
+                            debug!(topic = %tp.0, partition = tp.1, high, "catch-up target");
+                            self.targets.insert(tp.clone(), high);
                         }
                         let consumed = metrics::counter!("bronze_events_consumed_total",
                             "dataset" => self.cfg.datasets[d].name.clone(), "topic" => tp.0.clone());

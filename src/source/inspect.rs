@@ -54,11 +54,12 @@ impl Inspector {
         partitions: &[TopicPartition],
         time_ms: i64,
     ) -> Result<HashMap<TopicPartition, i64>, KafkaError> {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in partitions {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(time_ms))?;
-        }
-        let found = self.consumer.offsets_for_times(tpl, REQUEST_TIMEOUT)?;
+        let found = super::list_offsets(
+            &self.consumer,
+            partitions,
+            Offset::Offset(time_ms),
+            REQUEST_TIMEOUT,
+        )?;
         let mut out = HashMap::new();
         for e in found.elements() {
             let tp = (e.topic().to_string(), e.partition());

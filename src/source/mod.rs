@@ -243,12 +243,7 @@ pub fn watermarks_of<C: ConsumerContext>(
     }
     // ListOffsets with the timestamps -2 and -1: the earliest and the latest offset.
     let at = |position: Offset| -> Result<Vec<(TopicPartition, i64)>, KafkaError> {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in partitions {
-            tpl.add_partition_offset(topic, *partition, position)?;
-        }
-        let found = consumer.offsets_for_times(tpl, timeout)?;
-        found
+        list_offsets(consumer, partitions, position, timeout)?
             .elements()
             .iter()
             .map(|e| {
@@ -270,6 +265,21 @@ pub fn watermarks_of<C: ConsumerContext>(
             (tp, (low, high))
         })
         .collect())
+}
+
+/// One ListOffsets request (blocking): for each of `partitions`, the first offset whose timestamp is at or
+/// after `at` (`Offset::Beginning` / `Offset::End`: the earliest / latest offset), as the broker answers.
+pub fn list_offsets<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    partitions: &[TopicPartition],
+    at: Offset,
+    timeout: Duration,
+) -> Result<TopicPartitionList, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        tpl.add_partition_offset(topic, *partition, at)?;
+    }
+    consumer.offsets_for_times(tpl, timeout)
 }
 
 /// Every partition of the topics `selector` names, sorted (blocking request to the broker).
