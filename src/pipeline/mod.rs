@@ -41,7 +41,7 @@ use crate::source::{self, RebalanceEvent, Source};
 use crate::transform::{Mapper, MessageContext, Row};
 use speculate::Speculation;
 
-use state::{DatasetState, PartitionState, PendingBatch, Phase};
+use state::{Commit, Committed, DatasetState, PartitionState, PendingBatch, Phase};
 pub use state::{DatasetSummary, RunSummary};
 
 #[derive(Debug, thiserror::Error)]
@@ -391,6 +391,7 @@ impl Run {
                 }
                 // Before `recv`: a busy consumer must not starve age flushes and gauges.
                 _ = tick.tick() => {
+                    self.settle_finished().await?;
                     self.handle_rebalance().await?;
                     self.resume_waiting();
                     self.flush_due().await?;
@@ -446,12 +447,18 @@ impl Run {
                     }
                     // A rebalance served by a poll that found no message.
                     self.handle_rebalance().await?;
+                    self.settle_finished().await?;
                 }
             }
         }
     }
 
     async fn handle_rebalance(&mut self) -> Result<(), PipelineError> {
+        if !self.consumer.context().has_events() {
+            return Ok(());
+        }
+        // Commits running now were decided under the old assignment: they are taken in first.
+        self.settle_all().await?;
         for event in self.consumer.context().take_events() {
             self.own_committed = false;
             match event {
@@ -516,13 +523,23 @@ impl Run {
         d: usize,
         tp: &TopicPartition,
     ) -> Result<Option<i64>, PipelineError> {
+        self.settle(d).await?;
+        self.read_position(d, tp).await
+    }
+
+    /// [`Run::table_position`] with no commit of the dataset running.
+    async fn read_position(
+        &mut self,
+        d: usize,
+        tp: &TopicPartition,
+    ) -> Result<Option<i64>, PipelineError> {
         let ds = &mut self.datasets[d];
         if ds.needs_refresh {
-            ds.sink.refresh().await?;
+            ds.sink().refresh().await?;
             ds.needs_refresh = false;
         }
         let app_id = sink::app_id(&self.group_id, &tp.0, tp.1);
-        let position = ds.sink.committed_offset(&app_id).await?.map(|v| v + 1);
+        let position = ds.sink().committed_offset(&app_id).await?.map(|v| v + 1);
         if let Some(ps) = self.partitions.get_mut(tp) {
             ps.committed = position;
         }
@@ -661,6 +678,7 @@ impl Run {
         w: &Widening,
     ) -> Result<bool, PipelineError> {
         self.flush(d, FlushReason::SchemaChange).await?;
+        self.settle(d).await?;
         let ds = &mut self.datasets[d];
         let name = ds.cfg.name.clone();
         let failed = if ds.pending.is_some() || !ds.buffer.is_empty() {
@@ -670,7 +688,11 @@ impl Run {
             if let Some((p, s)) = w.precision_scale {
                 (column.precision, column.scale) = (Some(p), Some(s));
             }
-            match ds.sink.widen_column(&w.column, &column.arrow_type()).await {
+            match ds
+                .sink()
+                .widen_column(&w.column, &column.arrow_type())
+                .await
+            {
                 Ok(widened) => {
                     info!(dataset = %name, column = %w.column, to = %column.arrow_type(), version = ?widened.version,
                         files_rewritten = widened.files, "table column widened");
@@ -822,8 +844,11 @@ impl Run {
         Ok(())
     }
 
-    /// Write and commit dataset `d`'s buffer (or its pending batch from a failed attempt).
+    /// Write and commit dataset `d`'s buffer (or its pending batch from a failed attempt) in the
+    /// background: the loop goes on reading while the batch is encoded and committed. One commit per
+    /// dataset at a time, in order: a running one is settled first (the wait is the backpressure).
     async fn flush(&mut self, d: usize, reason: FlushReason) -> Result<(), PipelineError> {
+        self.settle(d).await?;
         let ds = &mut self.datasets[d];
         if ds.pending.is_none() {
             let batch_id = uuid::Uuid::now_v7().to_string();
@@ -855,46 +880,87 @@ impl Run {
                 }
             }
         }
-        let Some(PendingBatch {
-            batch,
-            id: batch_id,
-            started_ms,
-            mut dead_letters_done,
-        }) = ds.pending.take()
-        else {
+        let ds = &mut self.datasets[d];
+        let Some(batch) = ds.pending.take() else {
             return Ok(());
         };
         let ctx = CommitContext {
             group_id: self.group_id.clone(),
             run_id: self.run_id.clone(),
             dataset: ds.cfg.name.clone(),
-            started_ms,
+            started_ms: batch.started_ms,
         };
-        let started = Instant::now();
-        // Dead letters first: if the process dies before the rows' commit, the next owner re-reads
-        // these offsets and finds their dead letters already recorded.
-        let dead_letters = if dead_letters_done || batch.dead_letters.is_empty() {
-            Ok(())
-        } else {
-            ds.dead_letter_sink
-                .record(&batch.dead_letters, &ctx, &batch_id)
-                .await
-                .map(|recorded| {
-                    for (reason, n) in &recorded.by_reason {
-                        metrics::counter!("bronze_dead_letters_total", "dataset" => ctx.dataset.clone(), "reason" => reason.clone())
-                            .increment(*n as u64);
-                    }
-                    ds.summary.dead_lettered += recorded.written() as u64;
-                    info!(dataset = %ctx.dataset, written = recorded.written(), already_recorded = recorded.already_recorded,
-                        reasons = ?recorded.by_reason, batch_id = %batch_id, "dead letters committed");
-                    dead_letters_done = true;
-                    sink::failpoint("after_dead_letters");
-                })
+        let memory = batch.batch.memory_bytes();
+        let sinks = ds.lend_sinks();
+        let task = tokio::spawn(commit_batch(sinks, batch, ctx, reason));
+        ds.commit = Some(Commit { task, memory });
+        Ok(())
+    }
+
+    /// Wait for dataset `d`'s running commit, if any, and take in its outcome.
+    async fn settle(&mut self, d: usize) -> Result<(), PipelineError> {
+        let Some(commit) = self.datasets[d].commit.take() else {
+            return Ok(());
         };
-        let result = match dead_letters {
-            Ok(()) => ds.sink.commit(&batch, &ctx, &batch_id).await,
-            Err(e) => Err(e),
-        };
+        let done = commit.task.await.map_err(|e| {
+            PipelineError::Stopped(format!(
+                "dataset `{}`: the commit task failed: {e}",
+                self.datasets[d].cfg.name
+            ))
+        })?;
+        self.committed(d, done).await
+    }
+
+    /// Take in the outcome of every commit that has finished, without waiting for the others.
+    async fn settle_finished(&mut self) -> Result<(), PipelineError> {
+        for d in 0..self.datasets.len() {
+            if self.datasets[d]
+                .commit
+                .as_ref()
+                .is_some_and(|c| c.task.is_finished())
+            {
+                self.settle(d).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn settle_all(&mut self) -> Result<(), PipelineError> {
+        for d in 0..self.datasets.len() {
+            self.settle(d).await?;
+        }
+        Ok(())
+    }
+
+    /// A commit's outcome: positions, group offsets and metrics when it went in; re-reading from the
+    /// table when another member was first; the batch kept for a retry when it failed.
+    async fn committed(&mut self, d: usize, done: Committed) -> Result<(), PipelineError> {
+        let Committed {
+            sinks,
+            batch:
+                PendingBatch {
+                    batch,
+                    id: batch_id,
+                    started_ms,
+                    dead_letters_done,
+                },
+            reason,
+            ctx,
+            dead_letters,
+            result,
+            elapsed,
+        } = done;
+        let ds = &mut self.datasets[d];
+        ds.return_sinks(sinks);
+        if let Some(recorded) = dead_letters {
+            for (reason, n) in &recorded.by_reason {
+                metrics::counter!("bronze_dead_letters_total", "dataset" => ctx.dataset.clone(), "reason" => reason.clone())
+                    .increment(*n as u64);
+            }
+            ds.summary.dead_lettered += recorded.written() as u64;
+            info!(dataset = %ctx.dataset, written = recorded.written(), already_recorded = recorded.already_recorded,
+                reasons = ?recorded.by_reason, batch_id = %batch_id, "dead letters committed");
+        }
         match result {
             Ok(CommitOutcome::Committed {
                 version,
@@ -923,7 +989,7 @@ impl Run {
                 metrics::counter!("bronze_duplicates_dropped_total", "dataset" => name.clone())
                     .increment(batch.duplicates_dropped as u64);
                 metrics::histogram!("bronze_flush_duration_seconds", "dataset" => name.clone())
-                    .record(started.elapsed().as_secs_f64());
+                    .record(elapsed.as_secs_f64());
                 metrics::gauge!("bronze_last_commit_timestamp_seconds", "dataset" => name.clone())
                     .set(chrono::Utc::now().timestamp() as f64);
                 ds.redeliveries.extend(batch.source_ids.iter().copied());
@@ -984,7 +1050,7 @@ impl Run {
                         ps.pending_ts = None;
                     }
                     if self.partitions.contains_key(&tp) {
-                        let pos = self.table_position(d, &tp).await?.unwrap_or(r.first);
+                        let pos = self.read_position(d, &tp).await?.unwrap_or(r.first);
                         self.seek(&tp, pos)?;
                     }
                 }
@@ -1022,6 +1088,7 @@ impl Run {
         for d in 0..self.datasets.len() {
             for attempt in 0..5 {
                 self.flush(d, reason).await?;
+                self.settle(d).await?;
                 if self.datasets[d].pending.is_none() {
                     break;
                 }
@@ -1037,16 +1104,24 @@ impl Run {
         Ok(())
     }
 
-    /// Keep memory under the budget. Buffers get half of it: a flush briefly holds its rows twice (builders
-    /// and encoded Parquet), and builders over-allocate as they grow. Over half, the largest buffer is
-    /// flushed; over the whole budget (batches that cannot be committed right now), the partitions of
-    /// those datasets are paused until their batches are committed.
+    /// Keep memory under the budget. Buffers and the batches being committed get half of it: a commit
+    /// holds its rows twice for a while (Arrow and encoded Parquet), and builders over-allocate as they
+    /// grow. Over half, a running commit is waited for, or else the largest buffer is flushed; over the
+    /// whole budget (batches that cannot be committed right now), the partitions of those datasets are
+    /// paused until their batches are committed.
     async fn enforce_budget(&mut self) -> Result<(), PipelineError> {
         let used = |ds: &[DatasetState]| ds.iter().map(DatasetState::memory_bytes).sum::<usize>();
         let flush_at = self.budget / 2;
         let mut attempts = 0;
-        while used(&self.datasets) >= flush_at && attempts < self.datasets.len() {
+        while used(&self.datasets) >= flush_at && attempts < 2 * self.datasets.len() {
             attempts += 1;
+            // Waiting frees the batch's memory; flushing another buffer now would only add a commit.
+            if let Some(running) =
+                (0..self.datasets.len()).find(|&d| self.datasets[d].commit.is_some())
+            {
+                self.settle(running).await?;
+                continue;
+            }
             let Some(largest) = (0..self.datasets.len())
                 .filter(|&d| {
                     self.datasets[d].pending.is_none() && !self.datasets[d].buffer.is_empty()
@@ -1232,6 +1307,7 @@ impl Run {
             return Ok(false);
         }
         self.last_group_check = Some(Instant::now());
+        self.settle_all().await?;
         let mut refreshed = vec![false; self.datasets.len()];
         let mut behind = 0;
         for (tp, &(d, high)) in &self.group_targets {
@@ -1240,11 +1316,11 @@ impl Run {
             }
             let ds = &mut self.datasets[d];
             if !refreshed[d] {
-                ds.sink.refresh().await?;
+                ds.sink().refresh().await?;
                 refreshed[d] = true;
             }
             let app_id = sink::app_id(&self.group_id, &tp.0, tp.1);
-            let position = ds.sink.committed_offset(&app_id).await?.map(|v| v + 1);
+            let position = ds.sink().committed_offset(&app_id).await?.map(|v| v + 1);
             if position.is_none_or(|p| p < high) {
                 behind += 1;
             }
@@ -1265,13 +1341,54 @@ impl Run {
             datasets: self
                 .datasets
                 .iter()
-                .map(|d| (d.cfg.name.clone(), d.summary.clone(), d.sink.version()))
+                .map(|d| (d.cfg.name.clone(), d.summary.clone(), d.version()))
                 .collect(),
         }
     }
 }
 
 /// `bronze_consumer_lag_messages` of one partition.
+/// Commit one batch: its dead letters first (if the process dies before the rows' commit, the next
+/// owner re-reads these offsets and finds their dead letters already recorded), then its rows with
+/// their offsets. Runs as a task of its own, owning the dataset's sinks until it hands them back.
+async fn commit_batch(
+    mut sinks: Box<state::DatasetSinks>,
+    mut batch: PendingBatch,
+    ctx: CommitContext,
+    reason: FlushReason,
+) -> Committed {
+    let started = Instant::now();
+    let mut dead_letters = None;
+    let mut recorded = Ok(());
+    if !batch.dead_letters_done && !batch.batch.dead_letters.is_empty() {
+        match sinks
+            .dead_letters
+            .record(&batch.batch.dead_letters, &ctx, &batch.id)
+            .await
+        {
+            Ok(r) => {
+                dead_letters = Some(r);
+                batch.dead_letters_done = true;
+                sink::failpoint("after_dead_letters");
+            }
+            Err(e) => recorded = Err(e),
+        }
+    }
+    let result = match recorded {
+        Ok(()) => sinks.table.commit(&batch.batch, &ctx, &batch.id).await,
+        Err(e) => Err(e),
+    };
+    Committed {
+        sinks,
+        batch,
+        reason,
+        ctx,
+        dead_letters,
+        result,
+        elapsed: started.elapsed(),
+    }
+}
+
 fn lag_gauge(dataset: &str, tp: &TopicPartition) -> metrics::Gauge {
     metrics::gauge!("bronze_consumer_lag_messages", "dataset" => dataset.to_string(), "topic" => tp.0.clone(), "partition" => tp.1.to_string())
 }

@@ -2,11 +2,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::buffer::FlushReason;
 use crate::buffer::{DatasetBuffer, FlushBatch, RedeliveryWindow};
 use crate::config::DatasetConfig;
 use crate::decode::Decoder;
-use crate::sink::TableSink;
-use crate::sink::dead_letters::DeadLetterSink;
+use crate::sink::dead_letters::{DeadLetterSink, Recorded};
+use crate::sink::{CommitContext, CommitOutcome, SinkError, TableSink};
 use crate::transform::Mapper;
 
 /// Where a partition's fetch position stands relative to its table.
@@ -173,6 +174,31 @@ pub(super) struct PendingBatch {
     pub dead_letters_done: bool,
 }
 
+/// A dataset's table and its dead-letter table: they travel together to the task that commits a batch.
+pub(super) struct DatasetSinks {
+    pub table: TableSink,
+    pub dead_letters: DeadLetterSink,
+}
+
+/// A batch being committed in the background, while the loop goes on reading.
+pub(super) struct Commit {
+    pub task: tokio::task::JoinHandle<Committed>,
+    /// Arrow memory of the batch (the Parquet writer's buffers come on top).
+    pub memory: usize,
+}
+
+/// What a background commit hands back: the sinks, the batch, and how it went.
+pub(super) struct Committed {
+    pub sinks: Box<DatasetSinks>,
+    pub batch: PendingBatch,
+    pub reason: FlushReason,
+    pub ctx: CommitContext,
+    /// The batch's dead letters recorded by this attempt (none when there were none, or earlier).
+    pub dead_letters: Option<Recorded>,
+    pub result: Result<CommitOutcome, SinkError>,
+    pub elapsed: Duration,
+}
+
 pub struct DatasetState {
     pub(super) cfg: DatasetConfig,
     pub(super) decoder: Decoder,
@@ -180,8 +206,10 @@ pub struct DatasetState {
     /// Clones of `mapper` that map messages ahead of their turn (see `speculate`).
     pub(super) spares: Vec<Mapper>,
     pub(super) buffer: DatasetBuffer,
-    pub(super) sink: TableSink,
-    pub(super) dead_letter_sink: DeadLetterSink,
+    /// Here between commits, away (in `commit`) while one runs: the loop settles a commit before it
+    /// touches the table again.
+    sinks: Option<Box<DatasetSinks>>,
+    pub(super) commit: Option<Commit>,
     /// Source events committed recently, to drop exact redeliveries.
     pub(super) redeliveries: RedeliveryWindow,
     /// A taken batch whose commit failed, kept to retry (its rows are no longer in `buffer`).
@@ -213,8 +241,11 @@ impl DatasetState {
             mapper,
             spares: Vec::new(),
             buffer,
-            sink,
-            dead_letter_sink,
+            sinks: Some(Box::new(DatasetSinks {
+                table: sink,
+                dead_letters: dead_letter_sink,
+            })),
+            commit: None,
             pending: None,
             retry_at: None,
             failures: 0,
@@ -223,6 +254,33 @@ impl DatasetState {
             review_pending: Default::default(),
             summary: DatasetSummary::default(),
         }
+    }
+
+    /// The dataset's table. Only between commits: callers settle a running commit first.
+    pub(super) fn sink(&mut self) -> &mut TableSink {
+        &mut self.sinks_here().table
+    }
+
+    fn sinks_here(&mut self) -> &mut DatasetSinks {
+        self.sinks
+            .as_mut()
+            .expect("a running commit is settled before the table is used")
+    }
+
+    /// Hand the sinks to a commit task.
+    pub(super) fn lend_sinks(&mut self) -> Box<DatasetSinks> {
+        self.sinks
+            .take()
+            .expect("one commit at a time: the running one is settled first")
+    }
+
+    pub(super) fn return_sinks(&mut self, sinks: Box<DatasetSinks>) {
+        self.sinks = Some(sinks);
+    }
+
+    /// The table version loaded, when no commit is running.
+    pub(super) fn version(&self) -> Option<u64> {
+        self.sinks.as_ref().and_then(|s| s.table.version())
     }
 
     /// Take on columns the table gained from elsewhere (another member evolved it, an operator approved a
@@ -234,7 +292,7 @@ impl DatasetState {
             .table_schema(self.mapper.partition_columns());
         // The buffer's builders have the old types: only an empty buffer can take a widened column.
         if self.buffer.is_empty() {
-            match self.sink.widened_columns(&schema) {
+            match self.sink().widened_columns(&schema) {
                 Ok(widened) if !widened.is_empty() => {
                     super::adopt_widened(&mut self.mapper, &widened);
                     self.buffer = super::buffer_for(&self.mapper);
@@ -246,7 +304,7 @@ impl DatasetState {
         if !self.mapper.contract().evolves() {
             return;
         }
-        let extra = match self.sink.columns_beyond(&schema) {
+        let extra = match self.sink().columns_beyond(&schema) {
             Ok(extra) if !extra.is_empty() => extra,
             _ => return,
         };
@@ -274,6 +332,7 @@ impl DatasetState {
         if self.cfg.redelivery_window == 0 || self.cfg.key_columns.is_empty() {
             return Ok(0);
         }
+        let uri = self.sink().uri().to_string();
         let contract = self.mapper.contract();
         let mut columns: Vec<(&str, arrow::datatypes::DataType)> = Vec::new();
         for k in &self.cfg.key_columns {
@@ -285,7 +344,7 @@ impl DatasetState {
         columns.push(("_source_pos", arrow::datatypes::DataType::Utf8));
         columns.push(("_op", arrow::datatypes::DataType::Utf8));
         let batches = crate::sink::scan::newest_rows(
-            self.sink.uri(),
+            &uri,
             storage_options,
             &columns,
             self.cfg.redelivery_window,
@@ -297,8 +356,10 @@ impl DatasetState {
         Ok(n)
     }
 
-    /// Buffered bytes plus the Arrow memory of a batch waiting to be committed.
+    /// Buffered bytes plus the Arrow memory of a batch waiting to be committed or being committed.
     pub(super) fn memory_bytes(&self) -> usize {
-        self.buffer.bytes() + self.pending.as_ref().map_or(0, |p| p.batch.memory_bytes())
+        self.buffer.bytes()
+            + self.pending.as_ref().map_or(0, |p| p.batch.memory_bytes())
+            + self.commit.as_ref().map_or(0, |c| c.memory)
     }
 }
