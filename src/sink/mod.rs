@@ -114,6 +114,17 @@ fn injected_outage() -> bool {
     std::env::var_os("BRONZE_FAIL_COMMITS_WHILE").is_some_and(|p| std::path::Path::new(&p).exists())
 }
 
+/// Delay injection for tests of commits running in the background: while the file named by
+/// `BRONZE_HOLD_COMMITS_WHILE` exists, a commit waits between its upload and its log write.
+async fn held_commit() {
+    let Some(path) = std::env::var_os("BRONZE_HOLD_COMMITS_WHILE") else {
+        return;
+    };
+    while std::path::Path::new(&path).exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Size of a table at its loaded version.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableStats {
@@ -591,6 +602,7 @@ impl TableSink {
     ) -> Result<CommitOutcome, SinkError> {
         let adds = self.write_files(&flush.batches).await?;
         failpoint("after_upload");
+        held_commit().await;
         let result = if injected_outage() {
             Err(SinkError::InjectedOutage {
                 uri: self.uri.clone(),

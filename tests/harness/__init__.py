@@ -297,7 +297,9 @@ def age_files(table_dir: Path, seconds: float) -> None:
 
 
 def parquet_files_on_disk(table_dir: Path) -> set:
-    return {str(p.relative_to(table_dir)) for p in table_dir.rglob("*.parquet")}
+    """Data files under the table directory (log checkpoints are Parquet too, and not data)."""
+    return {str(p.relative_to(table_dir)) for p in table_dir.rglob("*.parquet")
+            if p.relative_to(table_dir).parts[0] != "_delta_log"}
 
 
 def referenced_files(table_dir: Path) -> set:
