@@ -283,7 +283,13 @@ pub async fn run(
     };
     // Every line of the run carries its id (a field of the span in JSON logs).
     let span = tracing::info_span!("run", run_id = %run.run_id);
-    let result = run.event_loop(shutdown).instrument(span).await;
+    let result = run.event_loop(shutdown).instrument(span.clone()).await;
+    if result.is_err() {
+        // A commit still running may land: its outcome belongs in the summary and the ledger.
+        if let Err(e) = run.settle_all().instrument(span).await {
+            warn!(error = %e, "a commit running when the run stopped did not finish");
+        }
+    }
     run.report_drift();
     if let Some(p) = publishers {
         p.close(AUDIT_CLOSE_TIMEOUT).await;
@@ -454,12 +460,11 @@ impl Run {
     }
 
     async fn handle_rebalance(&mut self) -> Result<(), PipelineError> {
-        if !self.consumer.context().has_events() {
+        let events = self.consumer.context().take_events();
+        if events.is_empty() {
             return Ok(());
         }
-        // Commits running now were decided under the old assignment: they are taken in first.
-        self.settle_all().await?;
-        for event in self.consumer.context().take_events() {
+        for event in events {
             self.own_committed = false;
             match event {
                 RebalanceEvent::Revoked(tps) => {
@@ -513,7 +518,9 @@ impl Run {
                 }
             }
         }
-        Ok(())
+        // Commits running now were decided under the old assignment. Taken in after it is updated, a
+        // commit another member made stale re-reads only the partitions still owned.
+        self.settle_all().await
     }
 
     /// Where a partition resumes: the offset after the table's txn version for it. Also recorded as the
@@ -1135,8 +1142,10 @@ impl Run {
         let over = used(&self.datasets) >= self.budget;
         for (tp, ps) in self.partitions.iter_mut() {
             // A waiting partition (registry, widening) is paused already and resumes on its own clock.
+            let ds = &self.datasets[ps.dataset];
+            // Also while a retry is running: the failed batch is in the commit then, not pending.
             let blocked =
-                over && self.datasets[ps.dataset].pending.is_some() && ps.waiting_until.is_none();
+                over && (ds.pending.is_some() || ds.commit.is_some()) && ps.waiting_until.is_none();
             if blocked && !ps.paused_for_memory && !ps.stopped {
                 source::pause(&self.consumer, tp);
                 ps.paused_for_memory = true;
