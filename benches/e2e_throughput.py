@@ -182,7 +182,9 @@ def matrix(binary: str, work: Path, n: int, base_ms: int) -> None:
         h.produce(events, {"orders": topics[partitions]})
     # (partitions, members, decode threads per member, flush rows)
     cells = [(1, 1, 1, 500_000), (1, 1, 2, 500_000), (3, 1, 2, 500_000), (12, 1, 1, 500_000),
-             (12, 1, 2, 500_000), (12, 2, 1, 500_000), (12, 1, 2, n // 20 or 1), (12, 1, 2, n // 4 or 1)]
+             (12, 1, 2, 500_000), (12, 2, 1, 500_000), (12, 1, 2, n // 20 or 1), (12, 1, 2, n // 4 or 1),
+             # Flushes during the run: commits overlap reading (one flush at the end cannot).
+             (12, 1, 1, n // 20 or 1), (12, 1, 1, n // 4 or 1)]
     print(f"scaling matrix: {n} events per cell, `--until-caught-up` from the first assignment to the last catch-up")
     print(f"  {'partitions':>10} {'members':>7} {'threads':>7} {'flush rows':>10} {'events/s':>10} {'per CPU-s':>10}"
           f" {'files':>6} {'peak RSS MiB':>12}")
