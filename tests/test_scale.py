@@ -20,15 +20,18 @@ def orders_topic(prefix: str, partitions: int, n_events: int, seed: int):
     return topic, produced, h.data_offsets(produced)
 
 
+def member(directory, group: str, root, topic: str, **config):
+    """Config of a member of `group` with its own metrics port, and its metrics URL."""
+    port = h.free_port()
+    cfg = h.write_config(directory, group=group, root=str(root), datasets=h.keyless_orders(topic),
+                         extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n', **config)
+    return cfg, f"http://127.0.0.1:{port}/metrics"
+
+
 def two_members(tmp_path, group: str, root, topic: str, **config):
-    """Configs of members A and B of `group` (each with its own metrics port) and their metrics URLs."""
-    cfgs, urls = [], []
-    for name in ("a", "b"):
-        port = h.free_port()
-        cfgs.append(h.write_config(tmp_path / name, group=group, root=str(root), datasets=h.keyless_orders(topic),
-                                   extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n', **config))
-        urls.append(f"http://127.0.0.1:{port}/metrics")
-    return cfgs, urls
+    """Configs of members A and B of `group` and their metrics URLs."""
+    (a, url_a), (b, url_b) = (member(tmp_path / name, group, root, topic, **config) for name in ("a", "b"))
+    return [a, b], [url_a, url_b]
 
 
 def kill_survivors(*procs) -> None:
@@ -129,6 +132,40 @@ def test_zombie_batch_after_rebalance_is_dropped_not_doubled(tmp_path):
     assert {r["kind"] for r in failed} == {"commit_failed", "batch_dropped"}, failed
     assert all(r["dataset"] == "orders" and r["error"] for r in failed)
     assert any("outage injected" in r["error"] for r in failed if r["kind"] == "commit_failed")
+
+
+def test_commit_running_across_a_rebalance_goes_stale_not_double(tmp_path):
+    """A's first batch (both partitions) is being committed in the background, held between its upload and
+    its log write, while A reads on and B joins: one partition moves to B, which commits it first. When A's
+    commit goes on, it must find that partition taken, drop the batch with its files, and re-read the
+    partition it still owns from the table: every event exactly once."""
+    topic, produced, expected = orders_topic("inflight.orders", 2, 6_000, seed=78)
+    root = tmp_path / "lake"
+    uri = str(root / "orders")
+    group = h.unique("inflight")
+    # A flushes once, at two thirds of the rows, and then only when stopped: its one commit is the held one.
+    cfg_a, url_a = member(tmp_path / "a", group, root, topic, flush_age="10m", max_rows=len(expected) * 2 // 3)
+    cfg_b, url_b = member(tmp_path / "b", group, root, topic, flush_age="500ms")
+    hold = tmp_path / "hold-a"
+    hold.touch()
+    a = h.start_bronze(cfg_a, env={"BRONZE_HOLD_COMMITS_WHILE": str(hold)}, log=tmp_path / "a.log")
+    b = None
+    try:
+        h.wait_until(lambda: h.metric(h.scrape(url_a), "bronze_events_consumed_total") == len(produced), 60,
+                     what="A reading everything while its first commit is held")
+        b = h.start_bronze(cfg_b, log=tmp_path / "b.log")
+        h.wait_until(lambda: h.metric(h.scrape(url_b), "bronze_rows_written_total") > 0, 60, what="B commits")
+        assert h.metric(h.scrape(url_a), "bronze_rows_written_total") == 0, "A's commit is still held"
+        hold.unlink()
+        h.wait_until(lambda: h.metric(h.scrape(url_a), "bronze_stale_batches_total") >= 1, 60,
+                     what="A's running commit found stale")
+        assert h.stop(a) == 0  # commits what A re-read of the partition it kept
+        h.wait_until(lambda: len(h.stored_offsets(uri)) >= len(expected), 60, what="all rows")
+        assert h.stop(b) == 0
+    finally:
+        kill_survivors(a, b)
+    assert_exactly_once(uri, expected)
+    assert h.parquet_files_on_disk(root / "orders") == h.referenced_files(root / "orders")
 
 
 def test_until_caught_up_members_stop_only_when_the_group_is_done(tmp_path):
