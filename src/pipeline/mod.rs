@@ -1356,7 +1356,6 @@ impl Run {
     }
 }
 
-/// `bronze_consumer_lag_messages` of one partition.
 /// Commit one batch: its dead letters first (if the process dies before the rows' commit, the next
 /// owner re-reads these offsets and finds their dead letters already recorded), then its rows with
 /// their offsets. Runs as a task of its own, owning the dataset's sinks until it hands them back.
@@ -1398,6 +1397,7 @@ async fn commit_batch(
     }
 }
 
+/// `bronze_consumer_lag_messages` of one partition.
 fn lag_gauge(dataset: &str, tp: &TopicPartition) -> metrics::Gauge {
     metrics::gauge!("bronze_consumer_lag_messages", "dataset" => dataset.to_string(), "topic" => tp.0.clone(), "partition" => tp.1.to_string())
 }

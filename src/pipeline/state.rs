@@ -2,8 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::buffer::FlushReason;
-use crate::buffer::{DatasetBuffer, FlushBatch, RedeliveryWindow};
+use crate::buffer::{DatasetBuffer, FlushBatch, FlushReason, RedeliveryWindow};
 use crate::config::DatasetConfig;
 use crate::decode::Decoder;
 use crate::sink::dead_letters::{DeadLetterSink, Recorded};
@@ -258,13 +257,11 @@ impl DatasetState {
 
     /// The dataset's table. Only between commits: callers settle a running commit first.
     pub(super) fn sink(&mut self) -> &mut TableSink {
-        &mut self.sinks_here().table
-    }
-
-    fn sinks_here(&mut self) -> &mut DatasetSinks {
-        self.sinks
+        &mut self
+            .sinks
             .as_mut()
             .expect("a running commit is settled before the table is used")
+            .table
     }
 
     /// Hand the sinks to a commit task.
