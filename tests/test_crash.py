@@ -84,12 +84,9 @@ def test_reading_goes_on_while_a_commit_runs_and_a_kill_then_loses_nothing(tmp_p
     expected = h.data_offsets(produced)
     root = tmp_path / "lake"
     table_dir = root / "orders"
-    port = h.free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
     # One flush by rows, at two thirds of the rows: the last third stays below the limit (no age flush).
-    cfg = h.write_config(tmp_path, group=h.unique("overlap"), root=str(root), datasets=h.keyless_orders(topic),
-                         flush_age="10m", max_rows=len(expected) * 2 // 3,
-                         extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n')
+    cfg, url = h.orders_member(tmp_path, h.unique("overlap"), root, topic, flush_age="10m",
+                               max_rows=len(expected) * 2 // 3)
     hold = tmp_path / "hold-commits"
     hold.touch()
     proc = h.start_bronze(cfg, env={"BRONZE_HOLD_COMMITS_WHILE": str(hold)}, log=tmp_path / "bronze.log")
@@ -105,9 +102,7 @@ def test_reading_goes_on_while_a_commit_runs_and_a_kill_then_loses_nothing(tmp_p
     hold.unlink()
     h.age_files(table_dir, 2 * 3600)
     h.run_bronze(cfg, "run", "--until-caught-up")
-    rows = h.stored_offsets(str(table_dir))
-    assert len(rows) == len(set(rows)), "an offset was stored twice"
-    assert set(rows) == expected, (len(set(rows)), len(expected))
+    h.assert_exactly_once(str(table_dir), expected)
     assert h.parquet_files_on_disk(table_dir) == h.referenced_files(table_dir)
 
 

@@ -20,17 +20,9 @@ def orders_topic(prefix: str, partitions: int, n_events: int, seed: int):
     return topic, produced, h.data_offsets(produced)
 
 
-def member(directory, group: str, root, topic: str, **config):
-    """Config of a member of `group` with its own metrics port, and its metrics URL."""
-    port = h.free_port()
-    cfg = h.write_config(directory, group=group, root=str(root), datasets=h.keyless_orders(topic),
-                         extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n', **config)
-    return cfg, f"http://127.0.0.1:{port}/metrics"
-
-
 def two_members(tmp_path, group: str, root, topic: str, **config):
     """Configs of members A and B of `group` and their metrics URLs."""
-    (a, url_a), (b, url_b) = (member(tmp_path / name, group, root, topic, **config) for name in ("a", "b"))
+    (a, url_a), (b, url_b) = (h.orders_member(tmp_path / name, group, root, topic, **config) for name in ("a", "b"))
     return [a, b], [url_a, url_b]
 
 
@@ -38,12 +30,6 @@ def kill_survivors(*procs) -> None:
     for p in procs:
         if p is not None and p.poll() is None:
             p.kill()
-
-
-def assert_exactly_once(uri: str, expected: set) -> None:
-    rows = h.stored_offsets(uri)
-    assert len(rows) == len(set(rows)), "an offset was stored twice"
-    assert set(rows) == expected
 
 
 def test_three_members_rebalance_and_a_crash(tmp_path):
@@ -84,7 +70,7 @@ def test_three_members_rebalance_and_a_crash(tmp_path):
     h.wait_until(lambda: len(h.stored_offsets(uri)) >= len(expected), 180, interval=1, what="survivors to catch up")
     assert h.stop(a) == 0
     assert h.stop(c) == 0
-    assert_exactly_once(uri, expected)
+    h.assert_exactly_once(uri, expected)
     # Three different runs committed to the table.
     runs = {c["bronze"]["run_id"] for c in h.delta_history(uri) if c.get("bronze")}
     assert len(runs) >= 3, runs
@@ -121,7 +107,7 @@ def test_zombie_batch_after_rebalance_is_dropped_not_doubled(tmp_path):
         assert h.stop(b) == 0
     finally:
         kill_survivors(a, b)
-    assert_exactly_once(uri, expected)
+    h.assert_exactly_once(uri, expected)
     assert "already committed some of these offsets" in (tmp_path / "a.log").read_text()
     # The stale batch's files were deleted.
     assert h.parquet_files_on_disk(root / "orders") == h.referenced_files(root / "orders")
@@ -144,8 +130,8 @@ def test_commit_running_across_a_rebalance_goes_stale_not_double(tmp_path):
     uri = str(root / "orders")
     group = h.unique("inflight")
     # A flushes once, at two thirds of the rows, and then only when stopped: its one commit is the held one.
-    cfg_a, url_a = member(tmp_path / "a", group, root, topic, flush_age="10m", max_rows=len(expected) * 2 // 3)
-    cfg_b, url_b = member(tmp_path / "b", group, root, topic, flush_age="500ms")
+    cfg_a, url_a = h.orders_member(tmp_path / "a", group, root, topic, flush_age="10m", max_rows=len(expected) * 2 // 3)
+    cfg_b, url_b = h.orders_member(tmp_path / "b", group, root, topic, flush_age="500ms")
     hold = tmp_path / "hold-a"
     hold.touch()
     a = h.start_bronze(cfg_a, env={"BRONZE_HOLD_COMMITS_WHILE": str(hold)}, log=tmp_path / "a.log")
@@ -164,7 +150,7 @@ def test_commit_running_across_a_rebalance_goes_stale_not_double(tmp_path):
         assert h.stop(b) == 0
     finally:
         kill_survivors(a, b)
-    assert_exactly_once(uri, expected)
+    h.assert_exactly_once(uri, expected)
     assert h.parquet_files_on_disk(root / "orders") == h.referenced_files(root / "orders")
 
 
@@ -209,4 +195,4 @@ def test_until_caught_up_members_stop_only_when_the_group_is_done(tmp_path):
         assert a.wait(timeout=120) == 0
     finally:
         kill_survivors(a, b)
-    assert_exactly_once(uri, expected)
+    h.assert_exactly_once(uri, expected)

@@ -949,28 +949,22 @@ impl Run {
     async fn committed(&mut self, d: usize, done: Committed) -> Result<(), PipelineError> {
         let Committed {
             sinks,
-            batch:
-                PendingBatch {
-                    batch,
-                    id: batch_id,
-                    started_ms,
-                    dead_letters_done,
-                },
+            batch: pending,
             reason,
-            ctx,
             dead_letters,
             result,
             elapsed,
         } = done;
+        let (batch, batch_id) = (&pending.batch, pending.id.as_str());
         let ds = &mut self.datasets[d];
         ds.return_sinks(sinks);
         if let Some(recorded) = dead_letters {
             for (reason, n) in &recorded.by_reason {
-                metrics::counter!("bronze_dead_letters_total", "dataset" => ctx.dataset.clone(), "reason" => reason.clone())
+                metrics::counter!("bronze_dead_letters_total", "dataset" => ds.cfg.name.clone(), "reason" => reason.clone())
                     .increment(*n as u64);
             }
             ds.summary.dead_lettered += recorded.written() as u64;
-            info!(dataset = %ctx.dataset, written = recorded.written(), already_recorded = recorded.already_recorded,
+            info!(dataset = %ds.cfg.name, written = recorded.written(), already_recorded = recorded.already_recorded,
                 reasons = ?recorded.by_reason, batch_id = %batch_id, "dead letters committed");
         }
         match result {
@@ -1045,7 +1039,7 @@ impl Run {
                     a.record(AuditRecord::batch_dropped(
                         &self.run_id,
                         &ds.cfg.name,
-                        &batch_id,
+                        batch_id,
                         batch.rows_in,
                     ));
                 }
@@ -1077,7 +1071,7 @@ impl Run {
                     a.record(AuditRecord::commit_failed(
                         &self.run_id,
                         &ds.cfg.name,
-                        &batch_id,
+                        batch_id,
                         &e.to_string(),
                     ));
                 }
@@ -1085,12 +1079,7 @@ impl Run {
                     .health
                     .commit_result(&ds.cfg.name, Some(e.to_string()));
                 ds.retry_at = Some(Instant::now() + backoff);
-                ds.pending = Some(PendingBatch {
-                    batch,
-                    id: batch_id,
-                    started_ms,
-                    dead_letters_done,
-                });
+                ds.pending = Some(pending);
             }
         }
         Ok(())
@@ -1376,7 +1365,6 @@ async fn commit_batch(
         sinks,
         batch,
         reason,
-        ctx,
         dead_letters,
         result,
         elapsed: started.elapsed(),
@@ -1388,18 +1376,22 @@ fn read_group_targets(
     cfg: &Config,
     client: &source::Inspector,
 ) -> Result<HashMap<TopicPartition, (usize, i64)>, PipelineError> {
-    let mut out = HashMap::new();
-    for (d, ds) in cfg.datasets.iter().enumerate() {
-        let watermarks = tokio::task::block_in_place(|| {
-            let partitions = client.partitions(&ds.topics)?;
-            client.watermarks_of(&partitions)
-        })?;
-        for (tp, (low, high)) in watermarks {
-            if high > low {
-                out.insert(tp, (d, high));
-            }
+    // The watermarks of every dataset's partitions in one pair of requests.
+    let watermarks = tokio::task::block_in_place(|| {
+        let mut partitions = Vec::new();
+        for ds in &cfg.datasets {
+            partitions.extend(client.partitions(&ds.topics)?);
         }
-    }
+        client.watermarks_of(&partitions)
+    })?;
+    let out: HashMap<TopicPartition, (usize, i64)> = watermarks
+        .into_iter()
+        .filter(|(_, (low, high))| high > low)
+        .filter_map(|(tp, (_, high))| {
+            let d = cfg.dataset_for_topic(&tp.0)?;
+            Some((tp, (d, high)))
+        })
+        .collect();
     debug!(partitions = out.len(), "group targets read");
     Ok(out)
 }

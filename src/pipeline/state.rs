@@ -6,7 +6,7 @@ use crate::buffer::{DatasetBuffer, FlushBatch, FlushReason, RedeliveryWindow};
 use crate::config::DatasetConfig;
 use crate::decode::Decoder;
 use crate::sink::dead_letters::{DeadLetterSink, Recorded};
-use crate::sink::{CommitContext, CommitOutcome, SinkError, TableSink};
+use crate::sink::{CommitOutcome, SinkError, TableSink};
 use crate::transform::Mapper;
 
 /// Where a partition's fetch position stands relative to its table.
@@ -191,7 +191,6 @@ pub(super) struct Committed {
     pub sinks: Box<DatasetSinks>,
     pub batch: PendingBatch,
     pub reason: FlushReason,
-    pub ctx: CommitContext,
     /// The batch's dead letters recorded by this attempt (none when there were none, or earlier).
     pub dead_letters: Option<Recorded>,
     pub result: Result<CommitOutcome, SinkError>,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -31,15 +31,69 @@ impl Inspector {
 
     /// Every partition of the topics `selector` names, sorted.
     pub fn partitions(&self, selector: &TopicSelector) -> Result<Vec<TopicPartition>, KafkaError> {
-        super::partitions_of(&self.consumer, selector, REQUEST_TIMEOUT)
+        let metadata = self.consumer.fetch_metadata(None, REQUEST_TIMEOUT)?;
+        let mut out: Vec<TopicPartition> = metadata
+            .topics()
+            .iter()
+            .filter(|t| !t.name().starts_with("__") && selector.matches(t.name()))
+            .flat_map(|t| {
+                t.partitions()
+                    .iter()
+                    .map(|p| (t.name().to_string(), p.id()))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
-    /// Low and high watermarks of `partitions`, in two requests.
+    /// Low and high watermarks of `partitions`: two requests for all of them, where asking partition
+    /// by partition takes two round trips each.
     pub fn watermarks_of(
         &self,
         partitions: &[TopicPartition],
     ) -> Result<HashMap<TopicPartition, (i64, i64)>, KafkaError> {
-        super::watermarks_of(&self.consumer, partitions, REQUEST_TIMEOUT)
+        if partitions.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // ListOffsets with the timestamps -2 and -1: the earliest and the latest offset.
+        let at = |position: Offset| -> Result<Vec<(TopicPartition, i64)>, KafkaError> {
+            self.list_offsets(partitions, position)?
+                .elements()
+                .iter()
+                .map(|e| {
+                    e.error()?;
+                    match e.offset() {
+                        Offset::Offset(o) => Ok(((e.topic().to_string(), e.partition()), o)),
+                        // The broker answers both with an offset, 0 for an empty partition; taking
+                        // anything else for "empty" could end a catch-up early.
+                        _ => Err(KafkaError::OffsetFetch(RDKafkaErrorCode::Fail)),
+                    }
+                })
+                .collect()
+        };
+        let low: HashMap<TopicPartition, i64> = at(Offset::Beginning)?.into_iter().collect();
+        Ok(at(Offset::End)?
+            .into_iter()
+            .map(|(tp, high)| {
+                let low = low.get(&tp).copied().unwrap_or(high);
+                (tp, (low, high))
+            })
+            .collect())
+    }
+
+    /// One ListOffsets request: for each of `partitions`, the first offset whose timestamp is at or
+    /// after `at` (`Offset::Beginning` / `Offset::End`: the earliest / latest offset), as the broker
+    /// answers.
+    fn list_offsets(
+        &self,
+        partitions: &[TopicPartition],
+        at: Offset,
+    ) -> Result<TopicPartitionList, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            tpl.add_partition_offset(topic, *partition, at)?;
+        }
+        self.consumer.offsets_for_times(tpl, REQUEST_TIMEOUT)
     }
 
     /// Low and high watermark.
@@ -54,12 +108,7 @@ impl Inspector {
         partitions: &[TopicPartition],
         time_ms: i64,
     ) -> Result<HashMap<TopicPartition, i64>, KafkaError> {
-        let found = super::list_offsets(
-            &self.consumer,
-            partitions,
-            Offset::Offset(time_ms),
-            REQUEST_TIMEOUT,
-        )?;
+        let found = self.list_offsets(partitions, Offset::Offset(time_ms))?;
         let mut out = HashMap::new();
         for e in found.elements() {
             let tp = (e.topic().to_string(), e.partition());

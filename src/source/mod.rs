@@ -20,7 +20,7 @@ mod inspect;
 pub use inspect::Inspector;
 
 use crate::buffer::TopicPartition;
-use crate::config::{Config, TopicSelector};
+use crate::config::Config;
 use crate::observability::Health;
 
 /// A partition assignment change, recorded by the rebalance callback and handled by the run loop
@@ -229,78 +229,6 @@ pub fn resume(consumer: &Source, tp: &TopicPartition) {
     if let Err(e) = consumer.resume(&single(tp)) {
         warn!(topic = %tp.0, partition = tp.1, error = %e, "resume failed");
     }
-}
-
-/// Low and high watermarks of `partitions` (blocking): two requests for all of them, where asking
-/// partition by partition takes two round trips each.
-pub fn watermarks_of<C: ConsumerContext>(
-    consumer: &impl Consumer<C>,
-    partitions: &[TopicPartition],
-    timeout: Duration,
-) -> Result<HashMap<TopicPartition, (i64, i64)>, KafkaError> {
-    if partitions.is_empty() {
-        return Ok(HashMap::new());
-    }
-    // ListOffsets with the timestamps -2 and -1: the earliest and the latest offset.
-    let at = |position: Offset| -> Result<Vec<(TopicPartition, i64)>, KafkaError> {
-        list_offsets(consumer, partitions, position, timeout)?
-            .elements()
-            .iter()
-            .map(|e| {
-                e.error()?;
-                match e.offset() {
-                    Offset::Offset(o) => Ok(((e.topic().to_string(), e.partition()), o)),
-                    // The broker answers both with an offset, 0 for an empty partition; taking anything
-                    // else for "empty" could end a catch-up early.
-                    _ => Err(KafkaError::OffsetFetch(RDKafkaErrorCode::Fail)),
-                }
-            })
-            .collect()
-    };
-    let low: HashMap<TopicPartition, i64> = at(Offset::Beginning)?.into_iter().collect();
-    Ok(at(Offset::End)?
-        .into_iter()
-        .map(|(tp, high)| {
-            let low = low.get(&tp).copied().unwrap_or(high);
-            (tp, (low, high))
-        })
-        .collect())
-}
-
-/// One ListOffsets request (blocking): for each of `partitions`, the first offset whose timestamp is at or
-/// after `at` (`Offset::Beginning` / `Offset::End`: the earliest / latest offset), as the broker answers.
-pub fn list_offsets<C: ConsumerContext>(
-    consumer: &impl Consumer<C>,
-    partitions: &[TopicPartition],
-    at: Offset,
-    timeout: Duration,
-) -> Result<TopicPartitionList, KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition) in partitions {
-        tpl.add_partition_offset(topic, *partition, at)?;
-    }
-    consumer.offsets_for_times(tpl, timeout)
-}
-
-/// Every partition of the topics `selector` names, sorted (blocking request to the broker).
-pub fn partitions_of<C: ConsumerContext>(
-    consumer: &impl Consumer<C>,
-    selector: &TopicSelector,
-    timeout: Duration,
-) -> Result<Vec<TopicPartition>, KafkaError> {
-    let metadata = consumer.fetch_metadata(None, timeout)?;
-    let mut out: Vec<TopicPartition> = metadata
-        .topics()
-        .iter()
-        .filter(|t| !t.name().starts_with("__") && selector.matches(t.name()))
-        .flat_map(|t| {
-            t.partitions()
-                .iter()
-                .map(|p| (t.name().to_string(), p.id()))
-        })
-        .collect();
-    out.sort();
-    Ok(out)
 }
 
 /// Whether the cluster answers a metadata request (used to clear a broker outage while idle).

@@ -245,6 +245,22 @@ def keyless_orders(topic: str) -> list[dict]:
              "partitioning": '{ by = "date" }'}]
 
 
+def orders_member(directory: Path, group: str, root, topic: str, **config) -> tuple[Path, str]:
+    """Config of a member of `group` ingesting `topic` as keyless orders, with its own metrics port, and
+    its metrics URL; `config` goes to `write_config`."""
+    port = free_port()
+    cfg = write_config(directory, group=group, root=str(root), datasets=keyless_orders(topic),
+                       extra=f'\n[metrics]\naddress = "127.0.0.1:{port}"\n', **config)
+    return cfg, f"http://127.0.0.1:{port}/metrics"
+
+
+def assert_exactly_once(uri: str, expected: set) -> None:
+    """Every offset of `expected` is in the table at `uri`, and nothing else, each once."""
+    rows = stored_offsets(uri)
+    assert len(rows) == len(set(rows)), "an offset was stored twice"
+    assert set(rows) == expected, (len(set(rows)), len(expected))
+
+
 def data_offsets(produced) -> set:
     """Offsets of produced messages that make rows (tombstones make none)."""
     return {(p.topic, p.partition, p.offset) for p in produced if p.op is not None}
