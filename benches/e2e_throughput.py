@@ -14,6 +14,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,10 +57,24 @@ class Event:
 
 
 def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bronze-bench-"))
+    before = set(h.topics())
+    try:
+        run(work)
+    finally:
+        # Each run leaves tables and topics of several hundred MB otherwise; a few runs fill a disk.
+        shutil.rmtree(work, ignore_errors=True)
+        created = [t for t in h.topics() if t not in before and t.startswith("bench.")]
+        if created:
+            h.delete_topics(created)
+
+
+def run(work: Path) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--smoke", action="store_true", help="20k events, for CI")
+    ap.add_argument("--decode-threads", type=int, default=1, help="[pipeline] decode_threads of the main run")
     ap.add_argument("--bin", default=os.environ.get("BRONZE_BIN"))
     ap.add_argument("--ceilings", default=os.environ.get("BRONZE_CEILINGS_BIN"),
                     help="the ceilings program (cargo build --example ceilings); skipped when absent")
@@ -88,11 +103,11 @@ def main() -> None:
         produced += len(h.produce(events, {"orders": topic}))
     produce_s = time.time() - t0
 
-    work = Path(tempfile.mkdtemp(prefix="bronze-bench-"))
     dataset = {"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": f'"{SCHEMA}"',
                "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
     cfg = h.write_config(work, group=h.unique("bench"), root=str(work / "lake"), datasets=[dataset],
-                         flush_age="5s", max_rows=500_000, budget=512 * 1024 * 1024)
+                         flush_age="5s", max_rows=500_000, budget=512 * 1024 * 1024,
+                         extra=f"\n[pipeline]\ndecode_threads = {args.decode_threads}\n")
     cfg.write_text(cfg.read_text().replace("max_bytes = 67108864", "max_bytes = 134217728"))
     env = dict(os.environ, RUST_LOG="info")
     started = time.time()

@@ -2,7 +2,6 @@
 //! revoked partition's rows can be dropped without touching the others), until a flush limit is hit.
 //! A flush concatenates the partitions and keeps only the latest row per key.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
+use compact_str::CompactString;
 
 mod dead_letter;
 mod redelivery;
@@ -173,7 +173,7 @@ struct PartitionBuffer {
     /// `_rescued_data`, in tables whose contract rescues.
     rescued: Option<StringBuilder>,
     partition_values: Vec<StringBuilder>,
-    dedup: Vec<(Option<String>, OrderValue)>,
+    dedup: Vec<(Option<CompactString>, OrderValue)>,
     dead_letters: Vec<DeadLetter>,
     source_ids: Vec<u64>,
     first_offset: i64,
@@ -216,7 +216,8 @@ pub struct DatasetBuffer {
     /// The schema has `_rescued_data` after the metadata columns.
     rescues: bool,
     partition_columns: usize,
-    partitions: BTreeMap<TopicPartition, PartitionBuffer>,
+    /// Sorted by topic and partition: found without making a key (every row looks its partition up).
+    partitions: Vec<(TopicPartition, PartitionBuffer)>,
     rows: usize,
     bytes: usize,
     /// When the oldest unflushed message arrived.
@@ -239,7 +240,7 @@ impl DatasetBuffer {
             schema,
             types,
             partition_columns,
-            partitions: BTreeMap::new(),
+            partitions: Vec::new(),
             rows: 0,
             bytes: 0,
             oldest: None,
@@ -265,7 +266,7 @@ impl DatasetBuffer {
             .skip(self.types.len())
             .map(|f| f.data_type().clone())
             .collect();
-        for buf in self.partitions.values_mut() {
+        for (_, buf) in &mut self.partitions {
             let rows = buf.rows();
             for ty in &added {
                 let mut b = ColumnBuilder::new(ty);
@@ -303,12 +304,23 @@ impl DatasetBuffer {
         let types = &self.types;
         let rescues = self.rescues;
         let pcols = self.partition_columns;
-        let buf = self
-            .partitions
-            .entry((topic.to_string(), partition))
-            .or_insert_with(|| PartitionBuffer::new(types, rescues, pcols, offset));
+        let i = match self.position_of(topic, partition) {
+            Ok(i) => i,
+            Err(i) => {
+                let buf = PartitionBuffer::new(types, rescues, pcols, offset);
+                self.partitions
+                    .insert(i, ((topic.to_string(), partition), buf));
+                i
+            }
+        };
+        let buf = &mut self.partitions[i].1;
         buf.last_offset = buf.last_offset.max(offset);
         buf
+    }
+
+    fn position_of(&self, topic: &str, partition: i32) -> Result<usize, usize> {
+        self.partitions
+            .binary_search_by(|((t, p), _)| (t.as_str(), *p).cmp(&(topic, partition)))
     }
 
     /// Record that `offset` was consumed but produced no row (tombstone, logical message).
@@ -328,9 +340,9 @@ impl DatasetBuffer {
     pub fn push(&mut self, topic: &str, partition: i32, row: Row, now: Instant) {
         let bytes = ROW_OVERHEAD_BYTES
             + row.data.iter().map(Cell::approx_bytes).sum::<usize>()
-            + row.source_pos.as_ref().map_or(0, String::len)
+            + row.source_pos.as_ref().map_or(0, |s| s.len())
             + row.rescued.as_ref().map_or(0, String::len)
-            + row.dedup_key.as_ref().map_or(0, String::len);
+            + row.dedup_key.as_ref().map_or(0, |s| s.len());
         let id = source_event_id(&row);
         let buf = self.partition(topic, partition, row.offset, now);
         buf.source_ids.extend(id);
@@ -365,7 +377,8 @@ impl DatasetBuffer {
 
     /// Forget a partition's rows (revoked, or to be re-read from the table's offset).
     pub fn drop_partition(&mut self, topic: &str, partition: i32) {
-        if let Some(buf) = self.partitions.remove(&(topic.to_string(), partition)) {
+        if let Ok(i) = self.position_of(topic, partition) {
+            let (_, buf) = self.partitions.remove(i);
             self.rows -= buf.rows();
             self.bytes -= buf.bytes;
         }
@@ -401,7 +414,7 @@ impl DatasetBuffer {
         self.oldest = None;
         let mut ranges = Vec::with_capacity(partitions.len());
         let mut batches: Vec<RecordBatch> = Vec::with_capacity(partitions.len());
-        let mut dedup: Vec<(Option<String>, OrderValue, i64, i32)> = Vec::new();
+        let mut dedup: Vec<(Option<CompactString>, OrderValue, i64, i32)> = Vec::new();
         let mut dead_letters = Vec::new();
         let mut source_ids = Vec::new();
         for ((topic, partition), mut buf) in partitions {
@@ -500,7 +513,7 @@ impl FlushBatch {
 
 /// Indices (ascending) of the rows to keep: every keyless row, and per key the row with the greatest
 /// (order value, offset, partition).
-fn latest_per_key(rows: &[(Option<String>, OrderValue, i64, i32)]) -> Vec<u32> {
+fn latest_per_key(rows: &[(Option<CompactString>, OrderValue, i64, i32)]) -> Vec<u32> {
     let mut best: foldhash::HashMap<&str, usize> = foldhash::HashMap::default();
     let mut keep = Vec::with_capacity(rows.len());
     for (i, (key, order, offset, partition)) in rows.iter().enumerate() {

@@ -30,7 +30,7 @@ fn row(id: i64, name: &str, offset: i64, ts: Option<i64>) -> Row {
         source_ts_us: ts,
         source_pos: None,
         partition_values: vec!["2024-01-01".to_string()].into(),
-        dedup_key: Some(format!("{id}\u{1f}")),
+        dedup_key: Some(format!("{id}\u{1f}").into()),
         order: ts.map_or(OrderValue::Null, OrderValue::Int),
         rescued: None,
     }
@@ -252,7 +252,7 @@ fn event_ids_read_back_from_batches_match_the_rows() {
     let mut r = row(1, "x", 0, Some(1));
     r.data = types.iter().map(|(_, c)| c.clone()).collect();
     r.partition_values = Vec::new().into();
-    r.dedup_key = Some(key);
+    r.dedup_key = Some(key.into());
     r.source_pos = Some("0/16B3748".into());
     let expected = source_event_id(&r).unwrap();
     b.push("t", 0, r, Instant::now());

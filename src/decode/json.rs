@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use compact_str::{CompactString, ToCompactString, format_compact};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -67,10 +68,11 @@ impl JsonField<'_> {
     }
 
     /// A scalar as text: strings as they are, anything else as its JSON.
-    fn into_text(self) -> String {
+    fn into_text(self) -> CompactString {
         match self {
-            JsonField::Str(s) => s.into_owned(),
-            other => other.into_json().to_string(),
+            JsonField::Str(s) => s.into(),
+            JsonField::Number(n) => n.to_compact_string(),
+            other => other.into_json().to_compact_string(),
         }
     }
 }
@@ -248,7 +250,7 @@ fn row_of<'a>(
 
 impl<'a> Source<'a> {
     /// Postgres: `lsn`; MySQL/MariaDB: `file:pos` (plus `:row` for multi-row events).
-    fn position(self) -> Option<String> {
+    fn position(self) -> Option<CompactString> {
         let present = |v: Option<JsonField<'a>>| v.filter(|v| *v != JsonField::Null);
         if let Some(lsn) = present(self.lsn) {
             return Some(lsn.into_text());
@@ -256,14 +258,14 @@ impl<'a> Source<'a> {
         let file = self.file?;
         let file = file.as_str()?;
         let pos = present(self.pos)?;
-        let mut s = format!("{file}:{}", pos.into_text());
+        let mut s = format_compact!("{file}:{}", pos.into_text());
         if let Some(row) = self
             .row
             .as_ref()
             .and_then(JsonField::as_i64)
             .filter(|r| *r > 0)
         {
-            s.push_str(&format!(":{row}"));
+            s.push_str(&format_compact!(":{row}"));
         }
         Some(s)
     }

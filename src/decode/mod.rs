@@ -90,7 +90,7 @@ pub struct Change<'a> {
     /// `source.ts_ms`: when the change happened in the source database.
     pub source_ts_ms: Option<i64>,
     /// Position in the source log: Postgres `lsn`, MySQL `file:pos`.
-    pub source_pos: Option<String>,
+    pub source_pos: Option<compact_str::CompactString>,
 }
 
 /// Messages that are valid but carry no row.

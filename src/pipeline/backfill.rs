@@ -25,7 +25,8 @@ use deltalake::kernel::Transaction;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::{Admission, OwnedMessage, PipelineError, admit};
+use super::message::Message;
+use super::{Admission, PipelineError, admit};
 use crate::buffer::{DatasetBuffer, TopicPartition};
 use crate::config::{Config, DatasetConfig, PartitionBy};
 use crate::decode::Decoder;
@@ -367,7 +368,7 @@ pub async fn backfill(
             tokio::task::block_in_place(|| {
                 inspector.read_ranges(&mut ends, READ_CHUNK, |m| {
                     out.messages_read += 1;
-                    let m = OwnedMessage::from(m);
+                    let m = Message::of_kafka(m, chrono::Utc::now().timestamp_micros());
                     if decoder.needs_registry() {
                         // Counted as still failing (`registry_unavailable`) if the wait runs out.
                         let wait = super::prepare_patiently(&decoder, &m, super::REGISTRY_PATIENCE);
@@ -378,7 +379,7 @@ pub async fn backfill(
                             if targets.contains(&sorted(&row.partition_values, pcols)) =>
                         {
                             super::sync_columns(&mapper, &mut buffer);
-                            buffer.push(&m.topic, m.partition, *row, now);
+                            buffer.push(m.topic, m.partition, *row, now);
                         }
                         Admission::Row(_) => out.rows_outside += 1,
                         Admission::Skip(_) => out.skipped += 1,

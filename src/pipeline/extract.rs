@@ -338,7 +338,7 @@ pub async fn extract(
             op: Op::Read,
             row: Some(Fields::from_json_map(row)),
             source_ts_ms: Some(snapshot_us / 1000),
-            source_pos: Some(snapshot.clone()),
+            source_pos: Some(snapshot.as_str().into()),
         };
         let mapped = {
             let ctx = MessageContext {

@@ -8,6 +8,7 @@
 
 pub mod backfill;
 pub mod extract;
+mod message;
 mod replay;
 pub mod review;
 mod state;
@@ -22,13 +23,11 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use futures::FutureExt;
-use rdkafka::Message;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{BorrowedMessage, Headers};
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::audit::{AuditHandle, AuditRecord, Ledger};
-use crate::buffer::{DatasetBuffer, DeadLetter, FlushReason, TopicPartition, source_event_id};
+use crate::buffer::{DatasetBuffer, FlushReason, TopicPartition, source_event_id};
 use crate::config::{Config, DatasetConfig, InvalidMessage};
 use crate::contract::{Contract, OnError};
 use crate::decode::registry::{Registry, RegistryError};
@@ -39,6 +38,7 @@ use crate::sink::dead_letters::DeadLetterSink;
 use crate::sink::{self, CommitContext, CommitOutcome, TableSink};
 use crate::source::{self, RebalanceEvent, Source};
 use crate::transform::{Mapper, MessageContext, Row};
+use message::Message;
 use speculate::Speculation;
 
 use state::{Commit, Committed, DatasetState, PartitionState, PendingBatch, Phase};
@@ -143,16 +143,13 @@ pub(crate) fn registry(cfg: &Config) -> Result<Option<Arc<Registry>>, PipelineEr
 /// backfill, replay). Streaming does not wait here: it rewinds the partition and carries on with others.
 async fn prepare_patiently(
     decoder: &Decoder,
-    m: &OwnedMessage,
+    m: &Message<'_>,
     patience: Duration,
 ) -> Result<(), RegistryError> {
     let deadline = Instant::now() + patience;
     let mut backoff = Duration::from_millis(250);
     loop {
-        match decoder
-            .prepare(m.key.as_deref(), m.payload.as_deref())
-            .await
-        {
+        match decoder.prepare(m.key, m.payload).await {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() + backoff > deadline => return Err(e),
             Err(e) => {
@@ -273,7 +270,7 @@ pub async fn run(
         consumer: Arc::new(consumer),
         run_id,
         datasets,
-        partitions: HashMap::new(),
+        partitions: Default::default(),
         repositioned: Default::default(),
         workers,
         targets: HashMap::new(),
@@ -356,7 +353,8 @@ struct Run {
     consumer: Arc<Source>,
     run_id: String,
     datasets: Vec<DatasetState>,
-    partitions: HashMap<TopicPartition, PartitionState>,
+    /// Looked up several times per message: a fast hash, the keys are the broker's.
+    partitions: foldhash::HashMap<TopicPartition, PartitionState>,
     /// `--until-caught-up`: high watermark per partition, read when it was assigned.
     targets: HashMap<TopicPartition, i64>,
     /// `--until-caught-up`: every partition of the subscribed topics (its dataset and high watermark),
@@ -373,7 +371,7 @@ struct Run {
     /// Whether what this member read of its current partitions is committed since they caught up.
     own_committed: bool,
     /// Partitions sent to another offset while the messages of one poll are handled.
-    repositioned: std::collections::HashSet<TopicPartition>,
+    repositioned: foldhash::HashSet<TopicPartition>,
     workers: speculate::Workers,
     options: RunOptions,
     started: Instant,
@@ -417,12 +415,12 @@ impl Run {
                     }
                 }
                 msg = consumer.recv() => {
-                    // Detach the messages from the consumer borrow before taking `&mut self`. Whatever
-                    // else is ready is taken too (one turn of the loop for many messages; with decode
-                    // threads, mapped on all of them), under one ingest time: rows keep their order by
-                    // it, whichever thread maps them.
+                    // Whatever else is ready is taken too (one turn of the loop for many messages; with
+                    // decode threads, mapped on all of them), under one ingest time: rows keep their
+                    // order by it, whichever thread maps them. The messages are read where librdkafka
+                    // holds them; they borrow the consumer, not `self`.
                     let now_us = chrono::Utc::now().timestamp_micros();
-                    let mut batch = vec![msg.map(|m| OwnedMessage::received(&m, now_us))];
+                    let mut batch = vec![msg];
                     let mut bytes = 0;
                     // A poll that serves a rebalance returns messages of the new assignment only: the
                     // rebalance is handled right before the first of them, after the messages taken
@@ -436,20 +434,30 @@ impl Run {
                         let Some(msg) = consumer.recv().now_or_never() else {
                             break;
                         };
-                        let msg = msg.map(|m| OwnedMessage::received(&m, now_us));
-                        bytes += msg.as_ref().map_or(0, OwnedMessage::bytes);
+                        bytes += msg.as_ref().map_or(0, |m| m.key_len() + m.payload_len());
                         batch.push(msg);
                         rebalance_at = rebalanced().then_some(batch.len() - 1);
                     }
-                    let (batch, speculations) =
-                        speculate::speculate(&self.cfg, &mut self.datasets, &self.workers, batch)?;
+                    let batch: Vec<_> = batch
+                        .iter()
+                        .map(|m| m.as_ref().map(|m| Message::of_kafka(m, now_us)))
+                        .collect();
+                    let speculations =
+                        speculate::speculate(&self.cfg, &mut self.datasets, &self.workers, &batch)?;
                     self.repositioned.clear();
+                    // Consecutive messages mostly share a partition: its name is made once for them.
+                    let mut tp: TopicPartition = Default::default();
                     for (i, (msg, speculation)) in batch.into_iter().zip(speculations).enumerate() {
                         if rebalance_at == Some(i) {
                             self.handle_rebalance().await?;
                         }
                         match msg {
-                            Ok(owned) => self.handle_message(owned, speculation).await?,
+                            Ok(m) => {
+                                if (tp.0.as_str(), tp.1) != (m.topic, m.partition) {
+                                    tp = (m.topic.to_string(), m.partition);
+                                }
+                                self.handle_message(m, &tp, speculation).await?
+                            }
                             Err(e) => {
                                 metrics::counter!("bronze_kafka_errors_total").increment(1);
                                 warn!(error = %e, "kafka consumer error");
@@ -560,16 +568,16 @@ impl Run {
 
     async fn handle_message(
         &mut self,
-        m: OwnedMessage,
+        m: Message<'_>,
+        tp: &TopicPartition,
         speculation: Option<Speculation>,
     ) -> Result<(), PipelineError> {
-        let tp = (m.topic.clone(), m.partition);
         // Taken from the consumer before its partition was sent elsewhere: the consumer delivers
         // from the new position.
-        if !self.repositioned.is_empty() && self.repositioned.contains(&tp) {
+        if !self.repositioned.is_empty() && self.repositioned.contains(tp) {
             return Ok(());
         }
-        let Some(ps) = self.partitions.get(&tp) else {
+        let Some(ps) = self.partitions.get(tp) else {
             return Ok(());
         };
         if ps.stopped {
@@ -577,13 +585,13 @@ impl Run {
         }
         let d = ps.dataset;
         match ps.phase {
-            Phase::Unknown => match self.table_position(d, &tp).await? {
+            Phase::Unknown => match self.table_position(d, tp).await? {
                 Some(pos) if m.offset != pos => {
                     info!(topic = %tp.0, partition = tp.1, from = m.offset, to = pos, "seeking to the table's position");
-                    self.seek(&tp, pos)?;
+                    self.seek(tp, pos)?;
                     return Ok(());
                 }
-                _ => self.set_phase(&tp, Phase::Ready),
+                _ => self.set_phase(tp, Phase::Ready),
             },
             Phase::Seeking(target) => {
                 if m.offset < target {
@@ -593,22 +601,18 @@ impl Run {
                     warn!(topic = %tp.0, partition = tp.1, expected = target, got = m.offset,
                         "offsets missing from the log (retention or compaction); continuing");
                 }
-                self.set_phase(&tp, Phase::Ready);
+                self.set_phase(tp, Phase::Ready);
             }
             Phase::Ready => {}
         }
-        let ps = self.partitions.get_mut(&tp).expect("checked above");
+        let ps = self.partitions.get_mut(tp).expect("checked above");
         if ps.next_offset.is_some_and(|next| m.offset < next) {
             return Ok(());
         }
-        if let Err(e) = self.datasets[d]
-            .decoder
-            .prepare(m.key.as_deref(), m.payload.as_deref())
-            .await
-        {
-            return self.wait_for_registry(d, &tp, &m, e);
+        if let Err(e) = self.datasets[d].decoder.prepare(m.key, m.payload).await {
+            return self.wait_for_registry(d, tp, &m, e);
         }
-        let ps = self.partitions.get_mut(&tp).expect("checked above");
+        let ps = self.partitions.get_mut(tp).expect("checked above");
         ps.consumed.increment(1);
         ps.wait_failures = 0;
         ps.next_offset = Some(m.offset + 1);
@@ -616,10 +620,10 @@ impl Run {
         let (mut m, mut again, mut speculation) = (m, false, speculation);
         // Each widening changes a column for good, so a message asks for each at most once.
         for _ in 0..=MAX_WIDENINGS_PER_MESSAGE {
-            let Some((w, back)) = self.ingest(d, &tp, m, again, speculation.take())? else {
+            let Some((w, back)) = self.ingest(d, tp, m, again, speculation.take())? else {
                 return Ok(());
             };
-            if !self.widen_column(d, &tp, &back, &w).await? {
+            if !self.widen_column(d, tp, &back, &w).await? {
                 return Ok(());
             }
             (m, again) = (back, true);
@@ -636,7 +640,7 @@ impl Run {
         &mut self,
         d: usize,
         tp: &TopicPartition,
-        m: &OwnedMessage,
+        m: &Message<'_>,
         error: RegistryError,
     ) -> Result<(), PipelineError> {
         let backoff = self.rewind_and_wait(tp, m)?;
@@ -651,7 +655,7 @@ impl Run {
     fn rewind_and_wait(
         &mut self,
         tp: &TopicPartition,
-        m: &OwnedMessage,
+        m: &Message<'_>,
     ) -> Result<Duration, PipelineError> {
         let max = self
             .cfg
@@ -686,7 +690,7 @@ impl Run {
         &mut self,
         d: usize,
         tp: &TopicPartition,
-        m: &OwnedMessage,
+        m: &Message<'_>,
         w: &Widening,
     ) -> Result<bool, PipelineError> {
         self.flush(d, FlushReason::SchemaChange).await?;
@@ -749,14 +753,14 @@ impl Run {
 
     /// Admit one message into its dataset's buffer (or dead letters). Returns it with the widening it
     /// needs first, if any; `again` when it was counted already.
-    fn ingest(
+    fn ingest<'m>(
         &mut self,
         d: usize,
         tp: &TopicPartition,
-        m: OwnedMessage,
+        m: Message<'m>,
         again: bool,
         speculation: Option<Speculation>,
-    ) -> Result<Option<(Widening, OwnedMessage)>, PipelineError> {
+    ) -> Result<Option<(Widening, Message<'m>)>, PipelineError> {
         let now = Instant::now();
         let ds = &mut self.datasets[d];
         // Borrowed: this runs for every message.
@@ -810,20 +814,8 @@ impl Run {
         if !rejection.fail {
             debug!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset,
                 reason = rejection.reason, error = %rejection.error, "dead letter");
-            ds.buffer.dead_letter(
-                DeadLetter {
-                    topic: m.topic,
-                    partition: m.partition,
-                    offset: m.offset,
-                    timestamp_ms: m.timestamp_ms,
-                    key: m.key,
-                    value: m.payload,
-                    headers: m.headers,
-                    reason: rejection.reason.to_string(),
-                    error: rejection.error,
-                },
-                now,
-            );
+            ds.buffer
+                .dead_letter(m.dead_letter(rejection.reason, rejection.error), now);
             return Ok(None);
         }
         // `fail`: nothing is skipped silently, and the offset is never committed past the message.
@@ -1434,7 +1426,7 @@ fn admit(
     cfg: &DatasetConfig,
     decoder: &Decoder,
     mapper: &mut Mapper,
-    m: &OwnedMessage,
+    m: &Message<'_>,
 ) -> Admission {
     let mut unknown = 0;
     let admission = judge(cfg, decoder, mapper, m, &mut unknown);
@@ -1461,12 +1453,12 @@ fn judge(
     cfg: &DatasetConfig,
     decoder: &Decoder,
     mapper: &mut Mapper,
-    m: &OwnedMessage,
+    m: &Message<'_>,
     unknown: &mut u64,
 ) -> Admission {
     let rules = &cfg.dead_letters;
     let invalid_fails = rules.on_invalid == InvalidMessage::Fail;
-    let size = m.payload.as_ref().map_or(0, Vec::len);
+    let size = m.payload.map_or(0, <[u8]>::len);
     if size > rules.max_message_bytes {
         return Admission::Reject(Rejection {
             reason: "oversized",
@@ -1486,7 +1478,7 @@ fn judge(
             widen: None,
         });
     }
-    let change = match decoder.decode(m.payload.as_deref()) {
+    let change = match decoder.decode(m.payload) {
         Ok(Decoded::Skip(reason)) => return Admission::Skip(reason),
         Ok(Decoded::Change(change)) => change,
         Err(e) => {
@@ -1499,7 +1491,7 @@ fn judge(
         }
     };
     let header = |name: &str| m.header(name);
-    let key = || decoder.decode_key(m.key.as_deref());
+    let key = || decoder.decode_key(m.key);
     let ctx = MessageContext {
         offset: m.offset,
         key: &key,
@@ -1526,81 +1518,5 @@ fn judge(
                 _ => None,
             },
         }),
-    }
-}
-
-/// What the loop needs of a Kafka message, without the consumer borrow.
-#[derive(Clone)]
-struct OwnedMessage {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    /// Kafka timestamp (create or log-append time) in ms, or the time it was read when absent.
-    timestamp_ms: i64,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
-    /// When bronze took it from the consumer, µs since the epoch: the row's `_ingested_at`.
-    received_at_us: i64,
-}
-
-impl OwnedMessage {
-    /// A copy of `m`, taken from the consumer at `at_us`.
-    fn received(m: &BorrowedMessage<'_>, at_us: i64) -> Self {
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        OwnedMessage {
-            topic: m.topic().to_string(),
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp_ms: m
-                .timestamp()
-                .to_millis()
-                .unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
-            headers,
-            received_at_us: at_us,
-        }
-    }
-
-    /// Key and value bytes.
-    fn bytes(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.as_deref())
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    }
-}
-
-impl From<DeadLetter> for OwnedMessage {
-    fn from(l: DeadLetter) -> Self {
-        OwnedMessage {
-            topic: l.topic,
-            partition: l.partition,
-            offset: l.offset,
-            timestamp_ms: l.timestamp_ms,
-            key: l.key,
-            payload: l.value,
-            headers: l.headers,
-            received_at_us: chrono::Utc::now().timestamp_micros(),
-        }
-    }
-}
-
-impl From<&BorrowedMessage<'_>> for OwnedMessage {
-    fn from(m: &BorrowedMessage<'_>) -> Self {
-        OwnedMessage::received(m, chrono::Utc::now().timestamp_micros())
     }
 }

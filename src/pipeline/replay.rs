@@ -15,7 +15,8 @@ use deltalake::kernel::Transaction;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::{Admission, OwnedMessage, PipelineError, admit};
+use super::message::Message;
+use super::{Admission, PipelineError, admit};
 use crate::buffer::DeadLetter;
 use crate::config::Config;
 use crate::decode::Decoder;
@@ -79,7 +80,7 @@ pub async fn replay(
                 summary.already_in_table += 1;
                 continue;
             }
-            let m = OwnedMessage::from(l.clone());
+            let m = Message::of_dead_letter(l, chrono::Utc::now().timestamp_micros());
             // A message still unreadable after the wait stays a dead letter (`registry_unavailable`).
             let _ = super::prepare_patiently(&decoder, &m, super::REGISTRY_PATIENCE).await;
             match admit(d, &decoder, &mut mapper, &m) {

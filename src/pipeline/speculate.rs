@@ -12,9 +12,10 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
-use rdkafka::error::KafkaResult;
+use rdkafka::error::KafkaError;
 
-use super::{Admission, OwnedMessage, PipelineError, judge};
+use super::message::{Message, OwnedMessage};
+use super::{Admission, PipelineError, judge};
 use crate::config::{Config, DatasetConfig};
 use crate::decode::Decoder;
 use crate::pipeline::state::DatasetState;
@@ -29,9 +30,6 @@ pub(super) const MIN_MESSAGES: usize = 128;
 pub(super) const MAX_MESSAGES: usize = 2048;
 pub(super) const MAX_BYTES: usize = 4 << 20;
 
-/// One poll's messages, shared with the decode threads while they map their parts.
-pub(super) type Batch = Vec<KafkaResult<OwnedMessage>>;
-
 /// A message admitted ahead of its turn.
 pub(super) struct Speculation {
     /// The clone's contract stamp after admitting it (see [`Mapper::generation`]).
@@ -42,9 +40,11 @@ pub(super) struct Speculation {
     pub observed: Observations,
 }
 
-/// A part of a batch for a decode thread, with everything it maps with.
+/// A part of a poll for a decode thread, with everything it maps with. The messages are copies: the
+/// consumer's buffers they are read from on the loop cannot be lent to a thread that outlives the poll.
 struct Job {
-    batch: Arc<Batch>,
+    messages: Vec<OwnedMessage>,
+    /// Where each message is in the poll.
     part: Vec<usize>,
     dataset: Arc<DatasetConfig>,
     decoder: Decoder,
@@ -85,16 +85,19 @@ impl Workers {
 fn serve(jobs: Receiver<Job>) {
     for job in jobs {
         let Job {
-            batch,
+            messages,
             part,
             dataset,
             decoder,
             mut mapper,
             done,
         } = job;
-        let speculations = admit_part(&batch, &part, &dataset, &decoder, &mut mapper);
-        // The loop takes the batch back once every thread has let go of it.
-        drop(batch);
+        let speculations = admit_part(
+            messages.iter().map(OwnedMessage::view),
+            &dataset,
+            &decoder,
+            &mut mapper,
+        );
         let _ = done.send(Done {
             part,
             mapper,
@@ -103,23 +106,21 @@ fn serve(jobs: Receiver<Job>) {
     }
 }
 
-/// Admit the messages at `part` of `batch` on `mapper`, a clone of the dataset's.
-fn admit_part(
-    batch: &Batch,
-    part: &[usize],
+/// Admit `messages` on `mapper`, a clone of the dataset's.
+fn admit_part<'a>(
+    messages: impl Iterator<Item = Message<'a>>,
     dataset: &DatasetConfig,
     decoder: &Decoder,
     mapper: &mut Mapper,
 ) -> Vec<Option<Speculation>> {
-    part.iter()
-        .map(|&i| {
-            let Ok(m) = &batch[i] else { return None };
+    messages
+        .map(|m| {
             // A writer schema still to be fetched is looked up in turn (it may have to wait).
-            if !decoder.is_prepared(m.key.as_deref(), m.payload.as_deref()) {
+            if !decoder.is_prepared(m.key, m.payload) {
                 return None;
             }
             let mut unknown = 0;
-            let admission = judge(dataset, decoder, mapper, m, &mut unknown);
+            let admission = judge(dataset, decoder, mapper, &m, &mut unknown);
             Some(Speculation {
                 generation: mapper.generation(),
                 admission,
@@ -130,18 +131,18 @@ fn admit_part(
         .collect()
 }
 
-/// Admit `batch` ahead of its turn where it pays. Gives the batch back with one entry per message,
-/// `None` where the message is left to be admitted in turn.
+/// Admit one poll's messages ahead of their turn where it pays. One entry
+/// per message, `None` where the message is left to be admitted in turn.
 pub(super) fn speculate(
     cfg: &Config,
     datasets: &mut [DatasetState],
     workers: &Workers,
-    batch: Batch,
-) -> Result<(Batch, Vec<Option<Speculation>>), PipelineError> {
+    batch: &[Result<Message<'_>, &KafkaError>],
+) -> Result<Vec<Option<Speculation>>, PipelineError> {
     let mut out: Vec<Option<Speculation>> = batch.iter().map(|_| None).collect();
     let threads = workers.jobs.len() + 1;
     if threads < 2 || batch.len() < MIN_MESSAGES {
-        return Ok((batch, out));
+        return Ok(out);
     }
     let mut by_dataset: Vec<Vec<usize>> = vec![Vec::new(); datasets.len()];
     let mut last: Option<(&str, Option<usize>)> = None;
@@ -150,8 +151,8 @@ pub(super) fn speculate(
         let d = match last {
             Some((topic, d)) if topic == m.topic => d,
             _ => {
-                let d = cfg.dataset_for_topic(&m.topic);
-                last = Some((&m.topic, d));
+                let d = cfg.dataset_for_topic(m.topic);
+                last = Some((m.topic, d));
                 d
             }
         };
@@ -159,7 +160,8 @@ pub(super) fn speculate(
             by_dataset[d].push(i);
         }
     }
-    let batch = Arc::new(batch);
+    // Every index in `by_dataset` holds a message.
+    let message = |i: usize| *batch[i].as_ref().expect("indexed above");
     for (ds, indices) in datasets.iter_mut().zip(by_dataset) {
         if indices.len() < MIN_MESSAGES {
             continue;
@@ -175,7 +177,7 @@ pub(super) fn speculate(
         let mut sent = 0;
         for (part, jobs) in parts.zip(&workers.jobs) {
             let job = Job {
-                batch: batch.clone(),
+                messages: part.iter().map(|&i| message(i).copied()).collect(),
                 part: part.to_vec(),
                 dataset: dataset.clone(),
                 decoder: ds.decoder.clone(),
@@ -188,7 +190,12 @@ pub(super) fn speculate(
         }
         drop(done_tx);
         let mut mine = ds.spares.pop().expect("one spare per thread");
-        let speculations = admit_part(&batch, own, &ds.cfg, &ds.decoder, &mut mine);
+        let speculations = admit_part(
+            own.iter().map(|&i| message(i)),
+            &ds.cfg,
+            &ds.decoder,
+            &mut mine,
+        );
         for (&i, s) in own.iter().zip(speculations) {
             out[i] = s;
         }
@@ -207,12 +214,7 @@ pub(super) fn speculate(
         metrics::counter!("bronze_parallel_mapped_total", "dataset" => ds.cfg.name.clone())
             .increment(mapped);
     }
-    let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| {
-        // Every thread sends its result after letting go of the batch, so this is not reached; if
-        // it were, copying the messages is still correct.
-        Batch::clone(&shared)
-    });
-    Ok((batch, out))
+    Ok(out)
 }
 
 /// A clone of `mapper` with nothing observed yet: what the original saw is its own to report.

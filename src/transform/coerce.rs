@@ -4,6 +4,7 @@
 
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone};
+use compact_str::{CompactString, ToCompactString};
 use serde_json::Value;
 
 use super::OrderValue;
@@ -14,7 +15,8 @@ use crate::decode::json_kind;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell {
     Null,
-    Str(String),
+    /// Inline up to 24 bytes: most text cells (codes, names, ids) need no allocation of their own.
+    Str(CompactString),
     Bool(bool),
     Int32(i32),
     Int64(i64),
@@ -84,13 +86,13 @@ pub fn coerce(col: &Column, v: Value) -> Result<Cell, CoerceError> {
     let unit = col.unit;
     match col.ty {
         ColumnType::String => Ok(Cell::Str(match v {
-            Value::String(s) => s,
-            other => other.to_string(),
+            Value::String(s) => s.into(),
+            other => other.to_compact_string(),
         })),
         ColumnType::Json => Ok(Cell::Str(match v {
             // Debezium's io.debezium.data.Json arrives as a string that already holds JSON text.
-            Value::String(s) => s,
-            other => other.to_string(),
+            Value::String(s) => s.into(),
+            other => other.to_compact_string(),
         })),
         ColumnType::Bool => match &v {
             Value::Bool(b) => Ok(Cell::Bool(*b)),
@@ -382,7 +384,7 @@ impl Cell {
             return Some(Cell::Null);
         }
         Some(match array.data_type() {
-            T::Utf8 => Cell::Str(array.as_string::<i32>().value(i).to_string()),
+            T::Utf8 => Cell::Str(array.as_string::<i32>().value(i).into()),
             T::Boolean => Cell::Bool(array.as_boolean().value(i)),
             T::Int32 => Cell::Int32(array.as_primitive::<types::Int32Type>().value(i)),
             T::Int64 => Cell::Int64(array.as_primitive::<types::Int64Type>().value(i)),
@@ -403,8 +405,7 @@ impl Cell {
     }
 
     /// Append a stable text form, used to compare keys.
-    pub(crate) fn write_key(&self, out: &mut String) {
-        use std::fmt::Write;
+    pub(crate) fn write_key(&self, out: &mut impl std::fmt::Write) {
         let _ = match self {
             Cell::Null => write!(out, "\u{0}"),
             Cell::Str(s) => write!(out, "{s}"),

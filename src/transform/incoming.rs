@@ -45,9 +45,7 @@ impl Incoming for JsonField<'_> {
     /// which for scalars other than text costs no allocation.
     fn coerce(self, col: &Column) -> Result<Cell, CoerceError> {
         match (col.ty, self) {
-            (ColumnType::String | ColumnType::Json, JsonField::Str(s)) => {
-                Ok(Cell::Str(s.into_owned()))
-            }
+            (ColumnType::String | ColumnType::Json, JsonField::Str(s)) => Ok(Cell::Str(s.into())),
             (_, other) => coerce::coerce(col, other.into_json()),
         }
     }
@@ -131,11 +129,11 @@ impl Incoming for AvroField {
         use AvroField as A;
         match (col.ty, self) {
             (_, A::Null) => Ok(Cell::Null),
-            (ColumnType::String | ColumnType::Json, A::String(s)) => Ok(Cell::Str(s)),
+            (ColumnType::String | ColumnType::Json, A::String(s)) => Ok(Cell::Str(s.into())),
             (ColumnType::String | ColumnType::Json, other) => {
                 Ok(Cell::Str(match other.to_json() {
-                    Value::String(s) => s,
-                    v => v.to_string(),
+                    Value::String(s) => s.into(),
+                    v => v.to_string().into(),
                 }))
             }
             (ColumnType::Bool, A::Boolean(b)) => Ok(Cell::Bool(b)),

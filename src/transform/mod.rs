@@ -5,6 +5,7 @@ mod coerce;
 mod incoming;
 mod names;
 
+use compact_str::CompactString;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -204,7 +205,7 @@ pub struct MappingError {
 pub enum OrderValue {
     Null,
     Int(i64),
-    Text(String),
+    Text(CompactString),
 }
 
 /// Where the partition time of a row comes from.
@@ -242,11 +243,11 @@ pub struct Row {
     pub offset: i64,
     pub ingested_at_us: i64,
     pub source_ts_us: Option<i64>,
-    pub source_pos: Option<String>,
+    pub source_pos: Option<CompactString>,
     /// Shared by the rows of one hour (or day): made once per partition, not per row.
     pub partition_values: Arc<[String]>,
     /// `None` when the dataset has no keys or the row has none (truncate): never deduplicated.
-    pub dedup_key: Option<String>,
+    pub dedup_key: Option<CompactString>,
     pub order: OrderValue,
     /// JSON object of what the row could not place (contracts that rescue).
     pub rescued: Option<String>,
@@ -607,7 +608,7 @@ impl Mapper {
         }
         for (i, header) in &self.headers {
             if let Some(v) = (ctx.header)(header) {
-                data[*i] = Cell::Str(v);
+                data[*i] = Cell::Str(v.into());
             }
         }
         // Deletes may carry only the key and truncates nothing, so only full rows are held to `nullable`.
@@ -638,7 +639,7 @@ impl Mapper {
         let dedup_key = if self.key_columns.is_empty() || change.op == Op::Truncate {
             None
         } else {
-            let mut k = String::new();
+            let mut k = CompactString::default();
             for &i in &self.key_columns {
                 data[i].write_key(&mut k);
                 k.push(KEY_SEPARATOR);

@@ -51,6 +51,17 @@ def create_topics(topics: dict[str, int]) -> None:
     raise TimeoutError(f"topics {list(topics)} not visible")
 
 
+def topics() -> list[str]:
+    return list(AdminClient({"bootstrap.servers": bootstrap()}).list_topics(timeout=10).topics)
+
+
+def delete_topics(topics: list[str]) -> None:
+    """Drop topics (benches: a million-event topic is most of a gigabyte on the broker's disk)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap()})
+    for f in admin.delete_topics(topics).values():
+        f.result(timeout=30)
+
+
 @dataclass(frozen=True)
 class Produced:
     topic: str

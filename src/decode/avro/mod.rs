@@ -7,6 +7,7 @@ use apache_avro::Schema;
 use apache_avro::schema::{Name, RecordSchema};
 use apache_avro::types::Value as Avro;
 use base64::Engine;
+use compact_str::{CompactString, ToCompactString, format_compact};
 use serde_json::Value as Json;
 
 use super::registry::{Lookup, Registry, WriterSchema};
@@ -291,7 +292,7 @@ fn type_name(schema: &Schema, names: &Names<'_>) -> String {
 }
 
 /// `source.ts_ms`, and the position: Postgres `lsn`, MySQL `file:pos[:row]`.
-fn source_info(fields: Vec<(String, Avro)>) -> (Option<i64>, Option<String>) {
+fn source_info(fields: Vec<(String, Avro)>) -> (Option<i64>, Option<CompactString>) {
     let (mut ts, mut lsn, mut file, mut pos, mut row) = (None, None, None, None, None);
     for (name, v) in fields {
         match name.as_str() {
@@ -304,10 +305,10 @@ fn source_info(fields: Vec<(String, Avro)>) -> (Option<i64>, Option<String>) {
         }
     }
     let position = match (lsn, file, pos) {
-        (Some(lsn), _, _) => Some(lsn.to_string()),
+        (Some(lsn), _, _) => Some(lsn.to_compact_string()),
         (None, Some(file), Some(pos)) => Some(match row.filter(|r| *r > 0) {
-            Some(row) => format!("{file}:{pos}:{row}"),
-            None => format!("{file}:{pos}"),
+            Some(row) => format_compact!("{file}:{pos}:{row}"),
+            None => format_compact!("{file}:{pos}"),
         }),
         _ => None,
     };

@@ -193,7 +193,7 @@ fn every_fixture_record_decodes() {
                 assert_eq!(c.source_ts_ms, source["ts_ms"].as_i64());
                 assert_eq!(
                     c.source_pos,
-                    Some(source["lsn"]["long"].as_i64().unwrap().to_string())
+                    Some(source["lsn"]["long"].as_i64().unwrap().to_string().into())
                 );
                 let row = avro_row(&c);
                 assert_eq!(field(row, "order_id"), &AvroField::Int(order_id));
