@@ -514,7 +514,9 @@ impl FlushBatch {
 /// Indices (ascending) of the rows to keep: every keyless row, and per key the row with the greatest
 /// (order value, offset, partition).
 fn latest_per_key(rows: &[(Option<CompactString>, OrderValue, i64, i32)]) -> Vec<u32> {
-    let mut best: foldhash::HashMap<&str, usize> = foldhash::HashMap::default();
+    // Sized for every row up front: growing it rehashes a flush's keys about twenty times.
+    let mut best: foldhash::HashMap<&str, usize> =
+        foldhash::HashMap::with_capacity_and_hasher(rows.len(), Default::default());
     let mut keep = Vec::with_capacity(rows.len());
     for (i, (key, order, offset, partition)) in rows.iter().enumerate() {
         let Some(key) = key else {
