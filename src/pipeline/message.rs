@@ -96,7 +96,7 @@ impl<'a> Message<'a> {
     }
 
     /// A copy that lives on its own (for another thread).
-    pub fn copied(self) -> OwnedMessage {
+    pub fn into_owned(self) -> OwnedMessage {
         OwnedMessage {
             topic: self.topic.to_string(),
             partition: self.partition,
@@ -126,7 +126,6 @@ impl<'a> Message<'a> {
 }
 
 /// A message that owns its bytes.
-#[derive(Clone)]
 pub(super) struct OwnedMessage {
     topic: String,
     partition: i32,

@@ -131,8 +131,8 @@ fn admit_part<'a>(
         .collect()
 }
 
-/// Admit one poll's messages ahead of their turn where it pays. One entry
-/// per message, `None` where the message is left to be admitted in turn.
+/// Admit one poll's messages ahead of their turn where it pays. One entry per message, `None` where
+/// the message is left to be admitted in turn.
 pub(super) fn speculate(
     cfg: &Config,
     datasets: &mut [DatasetState],
@@ -177,7 +177,7 @@ pub(super) fn speculate(
         let mut sent = 0;
         for (part, jobs) in parts.zip(&workers.jobs) {
             let job = Job {
-                messages: part.iter().map(|&i| message(i).copied()).collect(),
+                messages: part.iter().map(|&i| message(i).into_owned()).collect(),
                 part: part.to_vec(),
                 dataset: dataset.clone(),
                 decoder: ds.decoder.clone(),
