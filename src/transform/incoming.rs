@@ -130,12 +130,8 @@ impl Incoming for AvroField {
         match (col.ty, self) {
             (_, A::Null) => Ok(Cell::Null),
             (ColumnType::String | ColumnType::Json, A::String(s)) => Ok(Cell::Str(s.into())),
-            (ColumnType::String | ColumnType::Json, other) => {
-                Ok(Cell::Str(match other.to_json() {
-                    Value::String(s) => s.into(),
-                    v => v.to_string().into(),
-                }))
-            }
+            // Other values as their JSON text, by the JSON rules (`other` is not null here).
+            (ColumnType::String | ColumnType::Json, other) => coerce::coerce(col, other.to_json()),
             (ColumnType::Bool, A::Boolean(b)) => Ok(Cell::Bool(b)),
             (ColumnType::Int32, A::Int(i)) => Ok(Cell::Int32(i)),
             (ColumnType::Int32, A::Long(i)) => {

@@ -55,10 +55,10 @@ def topics() -> list[str]:
     return list(AdminClient({"bootstrap.servers": bootstrap()}).list_topics(timeout=10).topics)
 
 
-def delete_topics(topics: list[str]) -> None:
+def delete_topics(names: list[str]) -> None:
     """Drop topics (benches: a million-event topic is most of a gigabyte on the broker's disk)."""
     admin = AdminClient({"bootstrap.servers": bootstrap()})
-    for f in admin.delete_topics(topics).values():
+    for f in admin.delete_topics(names).values():
         f.result(timeout=30)
 
 
