@@ -163,7 +163,8 @@ impl ColumnBuilder {
     }
 }
 
-struct PartitionBuffer {
+/// The rows of one Kafka partition, in Arrow builders.
+pub struct PartitionBuffer {
     data: Vec<ColumnBuilder>,
     ingested_at: TimestampMicrosecondBuilder,
     offsets: Int64Builder,
@@ -205,6 +206,57 @@ impl PartitionBuffer {
 
     fn rows(&self) -> usize {
         self.offsets.len()
+    }
+
+    /// Record that `offset` was consumed but produced no row (tombstone, logical message).
+    pub fn skip(&mut self, offset: i64) {
+        self.last_offset = self.last_offset.max(offset);
+    }
+
+    /// Hold a message that cannot be ingested. Returns the bytes it holds.
+    pub fn dead_letter(&mut self, letter: DeadLetter) -> usize {
+        let bytes = letter.bytes();
+        self.skip(letter.offset);
+        self.dead_letters.push(letter);
+        self.bytes += bytes;
+        bytes
+    }
+
+    /// Append a row. Returns the bytes it is charged.
+    pub fn push(&mut self, row: Row) -> usize {
+        let bytes = ROW_OVERHEAD_BYTES
+            + row.data.iter().map(Cell::approx_bytes).sum::<usize>()
+            + row.source_pos.as_ref().map_or(0, |s| s.len())
+            + row.rescued.as_ref().map_or(0, String::len)
+            + row.dedup_key.as_ref().map_or(0, |s| s.len());
+        self.skip(row.offset);
+        self.source_ids.extend(source_event_id(&row));
+        let cells = row.data.len();
+        for (b, cell) in self.data.iter_mut().zip(row.data) {
+            b.append(cell);
+        }
+        // A row mapped before a column evolved has no cell for it.
+        for b in self.data.iter_mut().skip(cells) {
+            b.append_null();
+        }
+        self.ingested_at.append_value(row.ingested_at_us);
+        self.offsets.append_value(row.offset);
+        self.ops.append_value(row.op.as_str());
+        self.source_ts.append_option(row.source_ts_us);
+        self.source_pos.append_option(row.source_pos);
+        if let Some(b) = &mut self.rescued {
+            b.append_option(row.rescued);
+        }
+        for (b, v) in self
+            .partition_values
+            .iter_mut()
+            .zip(row.partition_values.iter())
+        {
+            b.append_value(v);
+        }
+        self.dedup.push((row.dedup_key, row.order));
+        self.bytes += bytes;
+        bytes
     }
 }
 
@@ -330,49 +382,43 @@ impl DatasetBuffer {
 
     /// Hold a message that cannot be ingested; it is committed with the flush that covers its offset.
     pub fn dead_letter(&mut self, letter: DeadLetter, now: Instant) {
-        let bytes = letter.bytes();
         let buf = self.partition(&letter.topic.clone(), letter.partition, letter.offset, now);
-        buf.dead_letters.push(letter);
-        buf.bytes += bytes;
+        let bytes = buf.dead_letter(letter);
         self.bytes += bytes;
     }
 
     pub fn push(&mut self, topic: &str, partition: i32, row: Row, now: Instant) {
-        let bytes = ROW_OVERHEAD_BYTES
-            + row.data.iter().map(Cell::approx_bytes).sum::<usize>()
-            + row.source_pos.as_ref().map_or(0, |s| s.len())
-            + row.rescued.as_ref().map_or(0, String::len)
-            + row.dedup_key.as_ref().map_or(0, |s| s.len());
-        let id = source_event_id(&row);
         let buf = self.partition(topic, partition, row.offset, now);
-        buf.source_ids.extend(id);
-        let cells = row.data.len();
-        for (b, cell) in buf.data.iter_mut().zip(row.data) {
-            b.append(cell);
-        }
-        // A row mapped before a column evolved has no cell for it.
-        for b in buf.data.iter_mut().skip(cells) {
-            b.append_null();
-        }
-        buf.ingested_at.append_value(row.ingested_at_us);
-        buf.offsets.append_value(row.offset);
-        buf.ops.append_value(row.op.as_str());
-        buf.source_ts.append_option(row.source_ts_us);
-        buf.source_pos.append_option(row.source_pos);
-        if let Some(b) = &mut buf.rescued {
-            b.append_option(row.rescued);
-        }
-        for (b, v) in buf
-            .partition_values
-            .iter_mut()
-            .zip(row.partition_values.iter())
-        {
-            b.append_value(v);
-        }
-        buf.dedup.push((row.dedup_key, row.order));
-        buf.bytes += bytes;
+        let bytes = buf.push(row);
         self.rows += 1;
         self.bytes += bytes;
+    }
+
+    /// The buffers of these partitions (topic, partition, first offset to come), made where missing,
+    /// in the order asked: to be filled on other threads, one partition per thread. Call
+    /// [`DatasetBuffer::recount`] once they are returned.
+    pub fn lend(&mut self, wanted: &[(&str, i32, i64)], now: Instant) -> Vec<&mut PartitionBuffer> {
+        for &(topic, partition, offset) in wanted {
+            self.partition(topic, partition, offset, now);
+        }
+        let mut lent: Vec<Option<&mut PartitionBuffer>> = wanted.iter().map(|_| None).collect();
+        for ((topic, partition), buf) in &mut self.partitions {
+            if let Some(i) = wanted
+                .iter()
+                .position(|&(t, p, _)| (t, p) == (topic.as_str(), *partition))
+            {
+                lent[i] = Some(buf);
+            }
+        }
+        lent.into_iter()
+            .map(|b| b.expect("every partition asked for was made above"))
+            .collect()
+    }
+
+    /// Take the row and byte counts of lent partition buffers in.
+    pub fn recount(&mut self) {
+        self.rows = self.partitions.iter().map(|(_, b)| b.rows()).sum();
+        self.bytes = self.partitions.iter().map(|(_, b)| b.bytes).sum();
     }
 
     /// Forget a partition's rows (revoked, or to be re-read from the table's offset).

@@ -359,16 +359,15 @@ impl Default for MemoryConfig {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Threads that decode and map the messages one poll finds ready, the loop's own included; 1 (the
-    /// default) maps every message in turn on the loop's thread. More pays only with an allocator that
-    /// serves rows made on one thread and freed on another well: with glibc's, two threads measured
-    /// slower than one (README, Results).
+    /// Threads that decode, map and buffer the messages one poll finds ready (the lanes), the loop's own
+    /// included; a dataset's partitions are split over them. Default 2, or 1 on a single core: the
+    /// other threads of the process (commits, librdkafka) want a core too.
     #[serde(default = "default_decode_threads")]
     pub decode_threads: usize,
 }
 
 fn default_decode_threads() -> usize {
-    1
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
 }
 
 impl Default for PipelineConfig {

@@ -1,7 +1,7 @@
 //! The pipeline's view of one Kafka message. Streaming reads it in place, out of the buffer librdkafka
 //! fetched it into: copying every key and value (and parsing every message's headers) before decoding
-//! was a tenth of the event loop's time. Owned copies are made only where a message has to outlive the
-//! consumer's buffer or cross threads: decode threads and dead letters.
+//! was a tenth of the event loop's time. The lanes read it in place too (librdkafka's messages may be
+//! read from any thread); an owned copy is made only for a dead letter.
 
 use rdkafka::Message as _;
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -95,20 +95,6 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// A copy that lives on its own (for another thread).
-    pub fn into_owned(self) -> OwnedMessage {
-        OwnedMessage {
-            topic: self.topic.to_string(),
-            partition: self.partition,
-            offset: self.offset,
-            timestamp_ms: self.timestamp_ms,
-            key: self.key.map(<[u8]>::to_vec),
-            payload: self.payload.map(<[u8]>::to_vec),
-            headers: self.owned_headers(),
-            received_at_us: self.received_at_us,
-        }
-    }
-
     /// The message as a dead letter, with why it is one.
     pub fn dead_letter(&self, reason: &str, error: String) -> DeadLetter {
         DeadLetter {
@@ -121,33 +107,6 @@ impl<'a> Message<'a> {
             headers: self.owned_headers(),
             reason: reason.to_string(),
             error,
-        }
-    }
-}
-
-/// A message that owns its bytes.
-pub(super) struct OwnedMessage {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    timestamp_ms: i64,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    headers: OwnedHeaders,
-    received_at_us: i64,
-}
-
-impl OwnedMessage {
-    pub fn view(&self) -> Message<'_> {
-        Message {
-            topic: &self.topic,
-            partition: self.partition,
-            offset: self.offset,
-            timestamp_ms: self.timestamp_ms,
-            key: self.key.as_deref(),
-            payload: self.payload.as_deref(),
-            received_at_us: self.received_at_us,
-            headers: HeaderSource::Owned(&self.headers),
         }
     }
 }

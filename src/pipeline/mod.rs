@@ -14,8 +14,9 @@ pub mod review;
 mod state;
 
 pub use replay::{ReplaySummary, replay};
-mod speculate;
+mod lanes;
 
+use rdkafka::error::KafkaError;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -39,7 +40,6 @@ use crate::sink::{self, CommitContext, CommitOutcome, TableSink};
 use crate::source::{self, RebalanceEvent, Source};
 use crate::transform::{Mapper, MessageContext, Row};
 use message::Message;
-use speculate::Speculation;
 
 use state::{Commit, Committed, DatasetState, PartitionState, PendingBatch, Phase};
 pub use state::{DatasetSummary, RunSummary};
@@ -257,7 +257,7 @@ pub async fn run(
     metrics::gauge!("bronze_up").set(1.0);
     // Later changes of readiness publish themselves (see `Health`).
     options.health.publish();
-    let workers = speculate::Workers::start(cfg.pipeline.decode_threads)?;
+    let lanes = lanes::Lanes::start(cfg.pipeline.decode_threads)?;
     let watermarks = if options.until_caught_up {
         Some(source::Inspector::new(&cfg)?)
     } else {
@@ -272,7 +272,7 @@ pub async fn run(
         datasets,
         partitions: Default::default(),
         repositioned: Default::default(),
-        workers,
+        lanes,
         targets: HashMap::new(),
         group_targets: HashMap::new(),
         watermarks,
@@ -372,7 +372,7 @@ struct Run {
     own_committed: bool,
     /// Partitions sent to another offset while the messages of one poll are handled.
     repositioned: foldhash::HashSet<TopicPartition>,
-    workers: speculate::Workers,
+    lanes: lanes::Lanes,
     options: RunOptions,
     started: Instant,
     ever_assigned: bool,
@@ -415,9 +415,9 @@ impl Run {
                     }
                 }
                 msg = consumer.recv() => {
-                    // Whatever else is ready is taken too (one turn of the loop for many messages; with
-                    // decode threads, mapped on all of them), under one ingest time: rows keep their
-                    // order by it, whichever thread maps them. The messages are read where librdkafka
+                    // Whatever else is ready is taken too (one turn of the loop for many messages, on
+                    // the lanes), under one ingest time: rows keep their order by it, whichever thread
+                    // maps them. The messages are read where librdkafka
                     // holds them; they borrow the consumer, not `self`.
                     let now_us = chrono::Utc::now().timestamp_micros();
                     let mut batch = vec![msg];
@@ -428,8 +428,8 @@ impl Run {
                     let rebalanced = || consumer.context().has_events();
                     let mut rebalance_at = rebalanced().then_some(0);
                     while rebalance_at.is_none()
-                        && batch.len() < speculate::MAX_MESSAGES
-                        && bytes < speculate::MAX_BYTES
+                        && batch.len() < lanes::MAX_MESSAGES
+                        && bytes < lanes::MAX_BYTES
                     {
                         let Some(msg) = consumer.recv().now_or_never() else {
                             break;
@@ -442,36 +442,284 @@ impl Run {
                         .iter()
                         .map(|m| m.as_ref().map(|m| Message::of_kafka(m, now_us)))
                         .collect();
-                    let speculations =
-                        speculate::speculate(&self.cfg, &mut self.datasets, &self.workers, &batch)?;
-                    self.repositioned.clear();
-                    // Consecutive messages mostly share a partition: its name is made once for them.
-                    let mut tp: TopicPartition = Default::default();
-                    for (i, (msg, speculation)) in batch.into_iter().zip(speculations).enumerate() {
-                        if rebalance_at == Some(i) {
-                            self.handle_rebalance().await?;
-                        }
-                        match msg {
-                            Ok(m) => {
-                                if (tp.0.as_str(), tp.1) != (m.topic, m.partition) {
-                                    tp = (m.topic.to_string(), m.partition);
-                                }
-                                self.handle_message(m, &tp, speculation).await?
-                            }
-                            Err(e) => {
-                                metrics::counter!("bronze_kafka_errors_total").increment(1);
-                                warn!(error = %e, "kafka consumer error");
-                            }
-                        }
-                        self.flush_due().await?;
-                        self.enforce_budget().await?;
-                    }
+                    self.ingest_poll(&batch, rebalance_at).await?;
                     // A rebalance served by a poll that found no message.
                     self.handle_rebalance().await?;
                     self.settle_finished().await?;
                 }
             }
         }
+    }
+
+    /// Handle one poll's messages. A dataset's ready messages go through the lanes a turn at a time
+    /// (as many as fit before a flush is due on rows), its partitions split over the threads; the rest,
+    /// and what the lanes leave, are handled one by one in the poll's order.
+    async fn ingest_poll(
+        &mut self,
+        batch: &[Result<Message<'_>, &KafkaError>],
+        rebalance_at: Option<usize>,
+    ) -> Result<(), PipelineError> {
+        self.repositioned.clear();
+        let mut taken = vec![false; batch.len()];
+        // Partitions whose remaining messages of the poll are handled in turn.
+        let mut closed: foldhash::HashSet<TopicPartition> = Default::default();
+        let before_rebalance = &batch[..rebalance_at.unwrap_or(batch.len())];
+        if before_rebalance.len() >= lanes::MIN_MESSAGES {
+            self.find_positions(before_rebalance).await?;
+        }
+        let ready = self.ready_for_lanes(before_rebalance);
+        for (d, indices) in ready.into_iter().enumerate() {
+            let mut rest = &indices[..];
+            while rest.len() >= lanes::MIN_MESSAGES {
+                let ds = &self.datasets[d];
+                // A turn never overshoots a flush on rows by more than a turn's minimum.
+                let room = ds.cfg.flush.max_rows.saturating_sub(ds.buffer.rows());
+                if room < lanes::MIN_MESSAGES {
+                    break;
+                }
+                let (turn, after) = rest.split_at(room.min(rest.len()));
+                self.lane_turn(d, batch, turn, &mut taken, &mut closed);
+                rest = after;
+                self.flush_due().await?;
+                self.enforce_budget().await?;
+            }
+        }
+        // Consecutive messages mostly share a partition: its name is made once for them.
+        let mut tp: TopicPartition = Default::default();
+        for (i, msg) in batch.iter().enumerate() {
+            if rebalance_at == Some(i) {
+                self.handle_rebalance().await?;
+            }
+            if taken[i] {
+                continue;
+            }
+            match msg {
+                Ok(m) => {
+                    if (tp.0.as_str(), tp.1) != (m.topic, m.partition) {
+                        tp = (m.topic.to_string(), m.partition);
+                    }
+                    self.handle_message(*m, &tp).await?
+                }
+                Err(e) => {
+                    metrics::counter!("bronze_kafka_errors_total").increment(1);
+                    warn!(error = %e, "kafka consumer error");
+                }
+            }
+            self.flush_due().await?;
+            self.enforce_budget().await?;
+        }
+        Ok(())
+    }
+
+    /// [`Run::find_position`] for the partitions just assigned, at their first message in `batch`: the
+    /// first poll after an assignment (often the largest) can then go through the lanes too.
+    async fn find_positions(
+        &mut self,
+        batch: &[Result<Message<'_>, &KafkaError>],
+    ) -> Result<(), PipelineError> {
+        let mut firsts: Vec<(TopicPartition, i64)> = Vec::new();
+        for m in batch.iter().flatten() {
+            if firsts
+                .iter()
+                .any(|((t, p), _)| (t.as_str(), *p) == (m.topic, m.partition))
+            {
+                continue;
+            }
+            firsts.push(((m.topic.to_string(), m.partition), m.offset));
+        }
+        for (tp, offset) in firsts {
+            let Some(ps) = self.partitions.get(&tp) else {
+                continue;
+            };
+            if ps.phase == Phase::Unknown && !ps.stopped {
+                let d = ps.dataset;
+                self.find_position(d, &tp, offset).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Per dataset, the messages of `batch` (by index) the lanes may take: of each partition that is
+    /// reading, the messages up to the first one whose writer schema is still to be fetched. None for a
+    /// dataset with too few of them to be worth a turn.
+    fn ready_for_lanes(&self, batch: &[Result<Message<'_>, &KafkaError>]) -> Vec<Vec<usize>> {
+        let mut ready: Vec<Vec<usize>> = vec![Vec::new(); self.datasets.len()];
+        if batch.len() < lanes::MIN_MESSAGES {
+            return ready;
+        }
+        let mut held: Vec<(&str, i32)> = Vec::new();
+        let mut last: Option<((&str, i32), Option<usize>)> = None;
+        for (i, m) in batch.iter().enumerate() {
+            let Ok(m) = m else { continue };
+            let key = (m.topic, m.partition);
+            let d = match last {
+                Some((k, d)) if k == key => d,
+                _ => {
+                    let d = self
+                        .partitions
+                        .get(&(m.topic.to_string(), m.partition))
+                        .filter(|ps| ps.phase == Phase::Ready && !ps.stopped)
+                        .filter(|ps| ps.waiting_until.is_none())
+                        .map(|ps| ps.dataset);
+                    last = Some((key, d));
+                    d
+                }
+            };
+            let Some(d) = d else { continue };
+            if held.contains(&key) {
+                continue;
+            }
+            if !self.datasets[d].decoder.is_prepared(m.key, m.payload) {
+                held.push(key);
+                continue;
+            }
+            ready[d].push(i);
+        }
+        for r in &mut ready {
+            if r.len() < lanes::MIN_MESSAGES {
+                r.clear();
+            }
+        }
+        ready
+    }
+
+    /// Ingest `turn` (indices of `batch`, all of dataset `d`) on the lanes, one partition per lane.
+    /// Marks in `taken` what they ingested; a partition a lane left, or that is no longer reading where
+    /// the poll found it, joins `closed`: its remaining messages are handled in turn.
+    fn lane_turn(
+        &mut self,
+        d: usize,
+        batch: &[Result<Message<'_>, &KafkaError>],
+        turn: &[usize],
+        taken: &mut [bool],
+        closed: &mut foldhash::HashSet<TopicPartition>,
+    ) {
+        let message = |i: usize| *batch[i].as_ref().expect("only messages are ready");
+        // The turn's partitions, each with its messages in order.
+        let mut groups: Vec<(TopicPartition, Vec<usize>)> = Vec::new();
+        let mut last: Option<usize> = None;
+        for &i in turn {
+            let m = message(i);
+            let g = match last {
+                Some(g) if (groups[g].0.0.as_str(), groups[g].0.1) == (m.topic, m.partition) => g,
+                _ => match groups
+                    .iter()
+                    .position(|((t, p), _)| (t.as_str(), *p) == (m.topic, m.partition))
+                {
+                    Some(g) => g,
+                    None => {
+                        groups.push(((m.topic.to_string(), m.partition), Vec::new()));
+                        groups.len() - 1
+                    }
+                },
+            };
+            last = Some(g);
+            groups[g].1.push(i);
+        }
+        // Only partitions still reading from where the poll found them (a commit settled between turns
+        // may have sent one elsewhere), and only messages past those ingested.
+        groups.retain(|(tp, indices)| {
+            let reading = !closed.contains(tp)
+                && !self.repositioned.contains(tp)
+                && self.partitions.get(tp).is_some_and(|ps| {
+                    ps.dataset == d
+                        && ps.phase == Phase::Ready
+                        && !ps.stopped
+                        && ps.waiting_until.is_none()
+                        && ps
+                            .next_offset
+                            .is_none_or(|n| message(indices[0]).offset >= n)
+                })
+                && indices
+                    .windows(2)
+                    .all(|w| message(w[0]).offset < message(w[1]).offset);
+            if !reading {
+                closed.insert(tp.clone());
+            }
+            reading
+        });
+        if groups.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let threads = self.lanes.threads().min(groups.len());
+        let loads: Vec<usize> = groups.iter().map(|(_, ix)| ix.len()).collect();
+        let lane_of = lanes::balance(&loads, threads);
+        let ds = &mut self.datasets[d];
+        sync_columns(&ds.mapper, &mut ds.buffer);
+        let generation = ds.mapper.generation();
+        ds.spares.retain(|m| m.generation() == generation);
+        while ds.spares.len() < threads {
+            ds.spares.push(lanes::spare(&ds.mapper));
+        }
+        let wanted: Vec<(&str, i32, i64)> = groups
+            .iter()
+            .map(|((t, p), ix)| (t.as_str(), *p, message(ix[0]).offset))
+            .collect();
+        let mut lanes: Vec<lanes::Lane> = (0..threads)
+            .map(|_| lanes::Lane::new(ds.spares.pop().expect("one spare per lane")))
+            .collect();
+        for ((g, (_, indices)), buffer) in
+            groups.iter().enumerate().zip(ds.buffer.lend(&wanted, now))
+        {
+            lanes[lane_of[g]].partitions.push(lanes::LanePartition {
+                group: g,
+                buffer,
+                messages: indices.iter().map(|&i| message(i)).collect(),
+                ingested: 0,
+                skipped: 0,
+                redeliveries: 0,
+            });
+        }
+        let ctx = lanes::LaneContext {
+            cfg: &ds.cfg,
+            decoder: &ds.decoder,
+            mapper: &ds.mapper,
+            redeliveries: &ds.redeliveries,
+        };
+        self.lanes.run(&ctx, &mut lanes);
+        let mut outcomes = Vec::with_capacity(groups.len());
+        let mut unknown = 0;
+        let mut observed = crate::transform::Observations::default();
+        let mut mappers = Vec::with_capacity(lanes.len());
+        for lane in lanes {
+            for p in &lane.partitions {
+                outcomes.push((p.group, p.ingested, p.skipped, p.redeliveries));
+            }
+            unknown += lane.unknown;
+            observed.drift.extend(lane.observed.drift);
+            observed.column_errors.extend(lane.observed.column_errors);
+            mappers.push(lane.mapper);
+        }
+        ds.spares.extend(mappers);
+        ds.buffer.recount();
+        ds.mapper.absorb_drift(observed.drift);
+        count_observed(&ds.cfg.name, unknown, observed.column_errors);
+        let mut ingested_total = 0;
+        for (g, ingested, skipped, redeliveries) in outcomes {
+            let (tp, indices) = &groups[g];
+            ingested_total += ingested;
+            ds.summary.events += ingested as u64;
+            ds.summary.skipped += skipped;
+            ds.summary.redeliveries += redeliveries;
+            for &i in &indices[..ingested] {
+                taken[i] = true;
+            }
+            if ingested < indices.len() {
+                closed.insert(tp.clone());
+            }
+            if ingested > 0
+                && let Some(ps) = self.partitions.get_mut(tp)
+            {
+                ps.consumed.increment(ingested as u64);
+                ps.wait_failures = 0;
+                ps.next_offset = Some(message(indices[ingested - 1]).offset + 1);
+                ps.buffered_ts
+                    .get_or_insert(message(indices[0]).timestamp_ms);
+            }
+        }
+        metrics::counter!("bronze_lane_messages_total", "dataset" => ds.cfg.name.clone())
+            .increment(ingested_total as u64);
     }
 
     async fn handle_rebalance(&mut self) -> Result<(), PipelineError> {
@@ -570,7 +818,6 @@ impl Run {
         &mut self,
         m: Message<'_>,
         tp: &TopicPartition,
-        speculation: Option<Speculation>,
     ) -> Result<(), PipelineError> {
         // Taken from the consumer before its partition was sent elsewhere: the consumer delivers
         // from the new position.
@@ -585,14 +832,11 @@ impl Run {
         }
         let d = ps.dataset;
         match ps.phase {
-            Phase::Unknown => match self.table_position(d, tp).await? {
-                Some(pos) if m.offset != pos => {
-                    info!(topic = %tp.0, partition = tp.1, from = m.offset, to = pos, "seeking to the table's position");
-                    self.seek(tp, pos)?;
+            Phase::Unknown => {
+                if !self.find_position(d, tp, m.offset).await? {
                     return Ok(());
                 }
-                _ => self.set_phase(tp, Phase::Ready),
-            },
+            }
             Phase::Seeking(target) => {
                 if m.offset < target {
                     return Ok(());
@@ -617,10 +861,10 @@ impl Run {
         ps.wait_failures = 0;
         ps.next_offset = Some(m.offset + 1);
         ps.buffered_ts.get_or_insert(m.timestamp_ms);
-        let (mut m, mut again, mut speculation) = (m, false, speculation);
+        let (mut m, mut again) = (m, false);
         // Each widening changes a column for good, so a message asks for each at most once.
         for _ in 0..=MAX_WIDENINGS_PER_MESSAGE {
-            let Some((w, back)) = self.ingest(d, tp, m, again, speculation.take())? else {
+            let Some((w, back)) = self.ingest(d, tp, m, again)? else {
                 return Ok(());
             };
             if !self.widen_column(d, tp, &back, &w).await? {
@@ -632,6 +876,27 @@ impl Run {
             "dataset `{}`: a message keeps asking for wider columns",
             self.datasets[d].cfg.name
         )))
+    }
+
+    /// A partition just assigned, whose first message is at `offset`: it reads on from there if that is
+    /// its table's position (`true`), else it is sent there.
+    async fn find_position(
+        &mut self,
+        d: usize,
+        tp: &TopicPartition,
+        offset: i64,
+    ) -> Result<bool, PipelineError> {
+        match self.table_position(d, tp).await? {
+            Some(pos) if offset != pos => {
+                info!(topic = %tp.0, partition = tp.1, from = offset, to = pos, "seeking to the table's position");
+                self.seek(tp, pos)?;
+                Ok(false)
+            }
+            _ => {
+                self.set_phase(tp, Phase::Ready);
+                Ok(true)
+            }
+        }
     }
 
     /// The registry cannot give this message's writer schema: rewind the partition to the message and
@@ -759,7 +1024,6 @@ impl Run {
         tp: &TopicPartition,
         m: Message<'m>,
         again: bool,
-        speculation: Option<Speculation>,
     ) -> Result<Option<(Widening, Message<'m>)>, PipelineError> {
         let now = Instant::now();
         let ds = &mut self.datasets[d];
@@ -768,21 +1032,7 @@ impl Run {
         if !again {
             ds.summary.events += 1;
         }
-        // Made under the contract the mapper still has, or made again now.
-        let admission = match speculation {
-            Some(s) if s.generation == ds.mapper.generation() => {
-                ds.mapper.absorb_drift(s.observed.drift);
-                count_observed(dataset, s.unknown, s.observed.column_errors);
-                s.admission
-            }
-            stale => {
-                if stale.is_some() {
-                    metrics::counter!("bronze_parallel_remapped_total", "dataset" => dataset.clone())
-                        .increment(1);
-                }
-                admit(&ds.cfg, &ds.decoder, &mut ds.mapper, &m)
-            }
-        };
+        let admission = admit(&ds.cfg, &ds.decoder, &mut ds.mapper, &m);
         let rejection = match admission {
             Admission::Row(row) => {
                 if source_event_id(&row).is_some_and(|id| ds.redeliveries.contains(id)) {

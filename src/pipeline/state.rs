@@ -201,7 +201,7 @@ pub struct DatasetState {
     pub(super) cfg: DatasetConfig,
     pub(super) decoder: Decoder,
     pub(super) mapper: Mapper,
-    /// Clones of `mapper` that map messages ahead of their turn (see `speculate`).
+    /// Clones of `mapper` for the lanes (see `lanes`), kept while its contract holds.
     pub(super) spares: Vec<Mapper>,
     pub(super) buffer: DatasetBuffer,
     /// Here between commits, away (in `commit`) while one runs: the loop settles a commit before it
