@@ -275,3 +275,29 @@ fn event_ids_read_back_from_batches_match_the_rows() {
     .unwrap();
     assert_eq!(event_ids_of(&[read_back], types.len()), [expected]);
 }
+
+#[test]
+fn a_partition_starts_as_large_as_its_last_flush() {
+    let mut b = buffer();
+    let now = Instant::now();
+    for i in 0..1000 {
+        b.push("t", 0, row(i, "twelve bytes", i, None), now);
+    }
+    b.push("t", 1, row(0, "x", 0, None), now);
+    b.take("batch-1").unwrap().unwrap();
+    b.push("t", 0, row(1, "y", 1000, None), now);
+    b.push("t", 2, row(1, "y", 0, None), now);
+    let capacity = |p: i32| {
+        let i = b.position_of("t", p).unwrap();
+        let buf = &b.partitions[i].1;
+        let ColumnBuilder::Int64(id) = &buf.data[0] else {
+            panic!("id is an int64 column")
+        };
+        (buf.offsets.capacity(), id.capacity())
+    };
+    // 1,000 rows, with an eighth more room: no builder of it grows before 1,125 rows.
+    let (offsets, ids) = capacity(0);
+    assert!(offsets >= 1125 && ids >= 1125, "{offsets} {ids}");
+    // A partition never flushed before starts small.
+    assert!(capacity(2).0 < 1000);
+}

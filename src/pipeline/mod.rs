@@ -464,7 +464,12 @@ impl Run {
         // Partitions whose remaining messages of the poll are handled in turn.
         let mut closed: foldhash::HashSet<TopicPartition> = Default::default();
         let before_rebalance = &batch[..rebalance_at.unwrap_or(batch.len())];
-        if before_rebalance.len() >= lanes::MIN_MESSAGES {
+        if before_rebalance.len() >= lanes::MIN_MESSAGES
+            && self
+                .partitions
+                .values()
+                .any(|ps| ps.phase == Phase::Unknown)
+        {
             self.find_positions(before_rebalance).await?;
         }
         let ready = self.ready_for_lanes(before_rebalance);
