@@ -5,6 +5,8 @@ import json
 import signal
 import time
 
+import pytest
+
 from confluent_kafka import Producer
 
 import harness as h
@@ -79,16 +81,21 @@ def test_age_flush_without_new_messages_and_sigterm_commits(tmp_path):
     assert len(run_ids) == 1, commits[:2]
 
 
-def test_undecodable_message_stops_only_its_partition(tmp_path):
+@pytest.mark.parametrize("bad_at", [50, 0])
+def test_undecodable_message_stops_only_its_partition(tmp_path, bad_at):
+    """Also when the bad message is the first of its partition in a poll the lanes take (301 messages of
+    partition 0 in the first poll): nothing of the partition may be committed, not even the bad message's
+    offset."""
     topic = h.unique("life.bad")
     h.create_topics({topic: 2})
-    good = orders(1000, 3)[:200]
-    assert len(good) == 200
+    good = orders(3000, 3)[:600]
+    assert len(good) == 600
     p = Producer({"bootstrap.servers": h.bootstrap()})
-    for i, e in enumerate(good[:100]):
+    before = 2 * bad_at
+    for i, e in enumerate(good[:before]):
         p.produce(topic, key=e.key, value=e.value, partition=i % 2)
     p.produce(topic, key=b"bad", value=b'{"op": "c", "after": {"id": "not-a-number"', partition=0)
-    for i, e in enumerate(good[100:]):
+    for i, e in enumerate(good[before:]):
         p.produce(topic, key=e.key, value=e.value, partition=i % 2)
     assert p.flush(30) == 0
     # `on_invalid = "fail"`: a message that cannot be decoded stops its partition instead of being
@@ -99,11 +106,13 @@ def test_undecodable_message_stops_only_its_partition(tmp_path):
     proc = h.start_bronze(cfg, log=log)
     try:
         uri = str(tmp_path / "lake" / "orders")
-        # Partition 1 gets all its 100 rows; partition 0 stops at the bad message, after 50 rows.
-        h.wait_until(lambda: len(h.stored_offsets(uri)) == 150, 60, what="good rows")
+        # Partition 1 gets all its 300 rows; partition 0 stops at the bad message, after `bad_at` rows.
+        h.wait_until(lambda: len(h.stored_offsets(uri)) == 300 + bad_at, 60, what="good rows")
         time.sleep(2)
-        assert len(h.stored_offsets(uri)) == 150, "nothing after the bad message may be ingested"
+        assert len(h.stored_offsets(uri)) == 300 + bad_at, "nothing after the bad message may be ingested"
         text = h.scrape(url)
+        assert h.metric(text, "bronze_lane_messages_total", dataset="orders") > 0, "the lanes took no poll"
+        assert h.metric(text, "bronze_lane_handed_back_total", dataset="orders") >= 1
         assert h.metric(text, "bronze_decode_errors_total", dataset="orders", kind="invalid_json") == 1
         assert h.metric(text, "bronze_stopped_partitions", dataset="orders") == 1
         assert h.metric(text, "bronze_paused_partitions") == 0
@@ -119,14 +128,14 @@ def test_undecodable_message_stops_only_its_partition(tmp_path):
         assert any(f"{topic}[0]" in r for r in body["reasons"]), body
         assert h.http_json(url.replace("/metrics", "/healthz"))[0] == 200
         rows = h.stored_offsets(uri)
-        by_part = {p: max(o for t, pp, o in rows if pp == p) for p in (0, 1)}
-        assert by_part[0] == 49 and by_part[1] == 99, by_part
+        by_part = {p: max((o for t, pp, o in rows if pp == p), default=None) for p in (0, 1)}
+        assert by_part == {0: bad_at - 1 if bad_at else None, 1: 299}, by_part
         assert h.stop(proc, signal.SIGTERM) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
     text = log.read_text()
-    assert "cannot ingest message" in text and "partition=0" in text and "offset=50" in text, text[-3000:]
+    assert "cannot ingest message" in text and "partition=0" in text and f"offset={bad_at}" in text, text[-3000:]
     # A catch-up run cannot finish past the bad message and says so.
     out = h.run_bronze(cfg, "run", "--until-caught-up", check=False)
     assert out.returncode == 1

@@ -41,8 +41,8 @@ pub struct OffsetRange {
     pub rows: usize,
 }
 
-/// What a flush hands to the sink: one deduplicated Arrow batch per Kafka partition (not concatenated,
-/// which would copy every value once more at the memory peak of a flush).
+/// What a flush hands to the sink: deduplicated Arrow batches, one per Kafka partition or segment of
+/// one (not concatenated, which would copy every value once more at the memory peak of a flush).
 #[derive(Debug)]
 pub struct FlushBatch {
     pub batches: Vec<RecordBatch>,
@@ -179,8 +179,36 @@ impl ColumnBuilder {
     }
 }
 
-/// The rows of one Kafka partition, in Arrow builders.
-pub struct PartitionBuffer {
+/// The rows of one Kafka partition: one segment, or several when a turn of the lanes split the
+/// partition's messages over threads (each part filling a segment of its own). Segments follow each
+/// other in offset order; rows are appended to the last.
+struct PartitionBuffer {
+    segments: Vec<Segment>,
+}
+
+impl PartitionBuffer {
+    fn rows(&self) -> usize {
+        self.segments.iter().map(Segment::rows).sum()
+    }
+
+    fn bytes(&self) -> usize {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Whether any of its offsets was consumed (a row, a skip or a dead letter).
+    fn consumed(&self) -> bool {
+        self.segments.iter().any(Segment::consumed)
+    }
+
+    fn tail(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a partition buffer has a segment")
+    }
+}
+
+/// Rows in Arrow builders: a partition's, or a stretch of them.
+pub struct Segment {
     data: Vec<ColumnBuilder>,
     ingested_at: TimestampMicrosecondBuilder,
     offsets: Int64Builder,
@@ -213,16 +241,36 @@ struct SizeHint {
 
 impl SizeHint {
     fn of(buf: &PartitionBuffer) -> Self {
+        let sum = |f: &dyn Fn(&Segment) -> Vec<usize>| {
+            buf.segments.iter().map(f).fold(Vec::new(), |mut acc, v| {
+                acc.resize(acc.len().max(v.len()), 0);
+                acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+                acc
+            })
+        };
         SizeHint {
             rows: buf.rows(),
-            data: buf.data.iter().map(ColumnBuilder::value_bytes).collect(),
-            source_pos: buf.source_pos.values_slice().len(),
-            rescued: buf.rescued.as_ref().map_or(0, |b| b.values_slice().len()),
-            partition_values: buf
-                .partition_values
-                .iter()
-                .map(|b| b.values_slice().len())
-                .collect(),
+            data: sum(&|s| s.data.iter().map(ColumnBuilder::value_bytes).collect()),
+            source_pos: sum(&|s| vec![s.source_pos.values_slice().len()])[0],
+            rescued: sum(&|s| vec![s.rescued.as_ref().map_or(0, |b| b.values_slice().len())])[0],
+            partition_values: sum(&|s| {
+                s.partition_values
+                    .iter()
+                    .map(|b| b.values_slice().len())
+                    .collect()
+            }),
+        }
+    }
+
+    /// The same shape for `rows` rows.
+    fn scaled(&self, rows: usize) -> SizeHint {
+        let scale = |n: usize| n.checked_div(self.rows).map_or(0, |per_row| per_row * rows);
+        SizeHint {
+            rows,
+            data: self.data.iter().map(|&n| scale(n)).collect(),
+            source_pos: scale(self.source_pos),
+            rescued: scale(self.rescued),
+            partition_values: self.partition_values.iter().map(|&n| scale(n)).collect(),
         }
     }
 }
@@ -232,7 +280,7 @@ fn with_room(n: usize) -> usize {
     n + n / 8
 }
 
-impl PartitionBuffer {
+impl Segment {
     fn new(
         types: &[DataType],
         rescues: bool,
@@ -243,7 +291,7 @@ impl PartitionBuffer {
         let rows = with_room(hint.rows);
         let bytes = |v: Option<&usize>| with_room(v.copied().unwrap_or(0));
         let strings = |n: usize| StringBuilder::with_capacity(rows, with_room(n));
-        PartitionBuffer {
+        Segment {
             data: types
                 .iter()
                 .enumerate()
@@ -263,13 +311,18 @@ impl PartitionBuffer {
             dead_letters: Vec::new(),
             source_ids: Vec::new(),
             first_offset,
-            last_offset: first_offset,
+            // Nothing consumed yet.
+            last_offset: first_offset - 1,
             bytes: 0,
         }
     }
 
     fn rows(&self) -> usize {
         self.offsets.len()
+    }
+
+    fn consumed(&self) -> bool {
+        self.last_offset >= self.first_offset
     }
 
     /// Record that `offset` was consumed but produced no row (tombstone, logical message).
@@ -321,6 +374,48 @@ impl PartitionBuffer {
         self.dedup.push((row.dedup_key, row.order));
         self.bytes += bytes;
         bytes
+    }
+}
+
+impl Segment {
+    /// The segment's rows as a batch of `schema`; each row's dedup key and ordering value go to `dedup`
+    /// with its offset and partition, in row order.
+    fn finish(
+        &mut self,
+        schema: &SchemaRef,
+        batch_id: &str,
+        topic: &str,
+        partition: i32,
+        dedup: &mut Vec<(Option<CompactString>, OrderValue, i64, i32)>,
+    ) -> Result<RecordBatch, ArrowError> {
+        let rows = self.rows();
+        let mut columns: Vec<ArrayRef> = self.data.iter_mut().map(ColumnBuilder::finish).collect();
+        columns.push(Arc::new(self.ingested_at.finish().with_timezone("UTC")));
+        columns.push(Arc::new(StringArray::from_iter_values(
+            std::iter::repeat_n(batch_id, rows),
+        )));
+        columns.push(Arc::new(StringArray::from_iter_values(
+            std::iter::repeat_n(topic, rows),
+        )));
+        columns.push(Arc::new(Int32Array::from_value(partition, rows)));
+        let offsets = self.offsets.finish();
+        dedup.extend(
+            self.dedup
+                .drain(..)
+                .zip(offsets.values().iter())
+                .map(|((k, o), off)| (k, o, *off, partition)),
+        );
+        columns.push(Arc::new(offsets));
+        columns.push(Arc::new(self.ops.finish()));
+        columns.push(Arc::new(self.source_ts.finish().with_timezone("UTC")));
+        columns.push(Arc::new(self.source_pos.finish()));
+        if let Some(b) = &mut self.rescued {
+            columns.push(Arc::new(b.finish()));
+        }
+        for b in &mut self.partition_values {
+            columns.push(Arc::new(b.finish()));
+        }
+        RecordBatch::try_new(schema.clone(), columns)
     }
 }
 
@@ -385,14 +480,18 @@ impl DatasetBuffer {
             .skip(self.types.len())
             .map(|f| f.data_type().clone())
             .collect();
-        for (_, buf) in &mut self.partitions {
-            let rows = buf.rows();
+        for seg in self
+            .partitions
+            .iter_mut()
+            .flat_map(|(_, buf)| buf.segments.iter_mut())
+        {
+            let rows = seg.rows();
             for ty in &added {
                 let mut b = ColumnBuilder::new(ty);
                 for _ in 0..rows {
                     b.append_null();
                 }
-                buf.data.push(b);
+                seg.data.push(b);
             }
         }
         self.types.extend(added);
@@ -412,30 +511,40 @@ impl DatasetBuffer {
             .map_or(Duration::ZERO, |t| now.duration_since(t))
     }
 
+    /// The partition's last segment, having consumed `offset`.
     fn partition(
         &mut self,
         topic: &str,
         partition: i32,
         offset: i64,
         now: Instant,
-    ) -> &mut PartitionBuffer {
+    ) -> &mut Segment {
+        let i = self.ensure(topic, partition, offset, now);
+        let seg = self.partitions[i].1.tail();
+        seg.skip(offset);
+        seg
+    }
+
+    /// Where the partition's buffer is, made (from `first_offset`) if missing.
+    fn ensure(&mut self, topic: &str, partition: i32, first_offset: i64, now: Instant) -> usize {
         self.oldest.get_or_insert(now);
-        let types = &self.types;
-        let rescues = self.rescues;
-        let pcols = self.partition_columns;
-        let i = match self.position_of(topic, partition) {
+        match self.position_of(topic, partition) {
             Ok(i) => i,
             Err(i) => {
                 let tp = (topic.to_string(), partition);
                 let hint = self.hints.get(&tp).cloned().unwrap_or_default();
-                let buf = PartitionBuffer::new(types, rescues, pcols, offset, &hint);
-                self.partitions.insert(i, (tp, buf));
+                let segments = vec![Segment::new(
+                    &self.types,
+                    self.rescues,
+                    self.partition_columns,
+                    first_offset,
+                    &hint,
+                )];
+                self.partitions
+                    .insert(i, (tp, PartitionBuffer { segments }));
                 i
             }
-        };
-        let buf = &mut self.partitions[i].1;
-        buf.last_offset = buf.last_offset.max(offset);
-        buf
+        }
     }
 
     fn position_of(&self, topic: &str, partition: i32) -> Result<usize, usize> {
@@ -462,20 +571,20 @@ impl DatasetBuffer {
         self.bytes += bytes;
     }
 
-    /// The buffers of these partitions (topic, partition, first offset to come), made where missing,
-    /// in the order asked: to be filled on other threads, one partition per thread. Call
+    /// The last segments of these partitions (topic, partition, first offset to come), made where
+    /// missing, in the order asked: to be filled on other threads, one partition per thread. Call
     /// [`DatasetBuffer::recount`] once they are returned.
-    pub fn lend(&mut self, wanted: &[(&str, i32, i64)], now: Instant) -> Vec<&mut PartitionBuffer> {
+    pub fn lend(&mut self, wanted: &[(&str, i32, i64)], now: Instant) -> Vec<&mut Segment> {
         for &(topic, partition, offset) in wanted {
-            self.partition(topic, partition, offset, now);
+            self.ensure(topic, partition, offset, now);
         }
-        let mut lent: Vec<Option<&mut PartitionBuffer>> = wanted.iter().map(|_| None).collect();
+        let mut lent: Vec<Option<&mut Segment>> = wanted.iter().map(|_| None).collect();
         for ((topic, partition), buf) in &mut self.partitions {
             if let Some(i) = wanted
                 .iter()
                 .position(|&(t, p, _)| (t, p) == (topic.as_str(), *partition))
             {
-                lent[i] = Some(buf);
+                lent[i] = Some(buf.tail());
             }
         }
         lent.into_iter()
@@ -483,10 +592,41 @@ impl DatasetBuffer {
             .collect()
     }
 
-    /// Take the row and byte counts of lent partition buffers in.
+    /// A segment to follow the partition's last one, from `first_offset`, with room for the rows the
+    /// partition is expected to take until its next flush (at least `rows`).
+    pub fn segment(&self, topic: &str, partition: i32, first_offset: i64, rows: usize) -> Segment {
+        let tp = (topic.to_string(), partition);
+        let hint = self.hints.get(&tp).cloned().unwrap_or_default();
+        let buffered = self
+            .position_of(topic, partition)
+            .map_or(0, |i| self.partitions[i].1.rows());
+        let hint = hint.scaled(rows.max(hint.rows.saturating_sub(buffered)));
+        Segment::new(
+            &self.types,
+            self.rescues,
+            self.partition_columns,
+            first_offset,
+            &hint,
+        )
+    }
+
+    /// Append `segment` after the partition's last one (the partition has a buffer: its earlier
+    /// messages were lent). Call [`DatasetBuffer::recount`] after.
+    pub fn attach(&mut self, topic: &str, partition: i32, segment: Segment) {
+        if let Ok(i) = self.position_of(topic, partition) {
+            self.partitions[i].1.segments.push(segment);
+        }
+    }
+
+    /// Take the row and byte counts of lent partition buffers in; forget those that consumed nothing
+    /// (their first message was left to the loop): a buffer claims the offsets it covers.
     pub fn recount(&mut self) {
+        self.partitions.retain(|(_, b)| b.consumed());
+        if self.partitions.is_empty() {
+            self.oldest = None;
+        }
         self.rows = self.partitions.iter().map(|(_, b)| b.rows()).sum();
-        self.bytes = self.partitions.iter().map(|(_, b)| b.bytes).sum();
+        self.bytes = self.partitions.iter().map(|(_, b)| b.bytes()).sum();
     }
 
     /// Forget a partition's rows (revoked, or to be re-read from the table's offset).
@@ -494,7 +634,7 @@ impl DatasetBuffer {
         if let Ok(i) = self.position_of(topic, partition) {
             let (_, buf) = self.partitions.remove(i);
             self.rows -= buf.rows();
-            self.bytes -= buf.bytes;
+            self.bytes -= buf.bytes();
         }
         if self.partitions.is_empty() {
             self.oldest = None;
@@ -531,52 +671,32 @@ impl DatasetBuffer {
         let mut dedup: Vec<(Option<CompactString>, OrderValue, i64, i32)> = Vec::new();
         let mut dead_letters = Vec::new();
         let mut source_ids = Vec::new();
-        for ((topic, partition), mut buf) in partitions {
-            if buf.rows() > 0 {
+        for ((topic, partition), buf) in partitions {
+            let rows = buf.rows();
+            if rows > 0 {
                 self.hints
                     .insert((topic.clone(), partition), SizeHint::of(&buf));
             }
-            dead_letters.append(&mut buf.dead_letters);
-            source_ids.append(&mut buf.source_ids);
-            let rows = buf.rows();
             ranges.push(OffsetRange {
                 topic: topic.clone(),
                 partition,
-                first: buf.first_offset,
-                last: buf.last_offset,
+                first: buf.segments[0].first_offset,
+                last: buf
+                    .segments
+                    .iter()
+                    .map(|s| s.last_offset)
+                    .max()
+                    .unwrap_or_default(),
                 rows,
             });
-            if rows == 0 {
-                continue;
+            for mut seg in buf.segments {
+                dead_letters.append(&mut seg.dead_letters);
+                source_ids.append(&mut seg.source_ids);
+                if seg.rows() == 0 {
+                    continue;
+                }
+                batches.push(seg.finish(&self.schema, batch_id, &topic, partition, &mut dedup)?);
             }
-            let mut columns: Vec<ArrayRef> =
-                buf.data.iter_mut().map(ColumnBuilder::finish).collect();
-            columns.push(Arc::new(buf.ingested_at.finish().with_timezone("UTC")));
-            columns.push(Arc::new(StringArray::from_iter_values(
-                std::iter::repeat_n(batch_id, rows),
-            )));
-            columns.push(Arc::new(StringArray::from_iter_values(
-                std::iter::repeat_n(topic.as_str(), rows),
-            )));
-            columns.push(Arc::new(Int32Array::from_value(partition, rows)));
-            let offsets = buf.offsets.finish();
-            dedup.extend(
-                buf.dedup
-                    .drain(..)
-                    .zip(offsets.values().iter())
-                    .map(|((k, o), off)| (k, o, *off, partition)),
-            );
-            columns.push(Arc::new(offsets));
-            columns.push(Arc::new(buf.ops.finish()));
-            columns.push(Arc::new(buf.source_ts.finish().with_timezone("UTC")));
-            columns.push(Arc::new(buf.source_pos.finish()));
-            if let Some(b) = &mut buf.rescued {
-                columns.push(Arc::new(b.finish()));
-            }
-            for b in &mut buf.partition_values {
-                columns.push(Arc::new(b.finish()));
-            }
-            batches.push(RecordBatch::try_new(self.schema.clone(), columns)?);
         }
         let rows_in: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let keep = latest_per_key(&dedup);

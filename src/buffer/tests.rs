@@ -289,7 +289,7 @@ fn a_partition_starts_as_large_as_its_last_flush() {
     b.push("t", 2, row(1, "y", 0, None), now);
     let capacity = |p: i32| {
         let i = b.position_of("t", p).unwrap();
-        let buf = &b.partitions[i].1;
+        let buf = &b.partitions[i].1.segments[0];
         let ColumnBuilder::Int64(id) = &buf.data[0] else {
             panic!("id is an int64 column")
         };
@@ -300,4 +300,64 @@ fn a_partition_starts_as_large_as_its_last_flush() {
     assert!(offsets >= 1125 && ids >= 1125, "{offsets} {ids}");
     // A partition never flushed before starts small.
     assert!(capacity(2).0 < 1000);
+}
+
+#[test]
+fn segments_of_a_partition_flush_as_one_range_and_dedup_across() {
+    let mut b = buffer();
+    let now = Instant::now();
+    b.push("t", 0, row(1, "first", 0, None), now);
+    // A turn splits offsets 1..=4 of partition 0: 1..=2 to its last segment, 3..=4 to a new one;
+    // partition 1 is lent but its first message is left to the loop.
+    let mut tail_of_next = b.segment("t", 0, 3, 2);
+    {
+        let lent = b.lend(&[("t", 0, 1), ("t", 1, 0)], now);
+        let mut lent = lent.into_iter();
+        let tail = lent.next().unwrap();
+        tail.push(row(2, "a", 1, None));
+        tail.skip(2);
+        assert!(lent.next().is_some());
+    }
+    tail_of_next.push(row(1, "latest", 3, None));
+    tail_of_next.dead_letter(DeadLetter {
+        topic: "t".into(),
+        partition: 0,
+        offset: 4,
+        timestamp_ms: 0,
+        key: None,
+        value: Some(b"x".to_vec()),
+        headers: Vec::new(),
+        reason: "invalid_json".into(),
+        error: "bad".into(),
+    });
+    b.attach("t", 0, tail_of_next);
+    b.recount();
+    assert_eq!(b.rows(), 3);
+    // Rows appended after the split go to the new segment, after its rows.
+    b.push("t", 0, row(3, "after", 5, None), now);
+    let f = b.take("batch-1").unwrap().unwrap();
+    assert_eq!(
+        f.ranges,
+        vec![OffsetRange {
+            topic: "t".into(),
+            partition: 0,
+            first: 0,
+            last: 5,
+            rows: 4
+        }],
+        "partition 1 consumed nothing and claims nothing"
+    );
+    assert_eq!(f.batches.len(), 2, "one batch per segment");
+    assert_eq!(f.duplicates_dropped, 1, "key 1 across segments");
+    assert_eq!(f.dead_letters.len(), 1);
+    let batch = arrow::compute::concat_batches(&f.batches[0].schema(), &f.batches).unwrap();
+    let offsets: Vec<i64> = batch
+        .column_by_name("_offset")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .values()
+        .to_vec();
+    assert_eq!(offsets, vec![1, 3, 5]);
 }

@@ -28,7 +28,7 @@ use rdkafka::consumer::Consumer;
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::audit::{AuditHandle, AuditRecord, Ledger};
-use crate::buffer::{DatasetBuffer, FlushReason, TopicPartition, source_event_id};
+use crate::buffer::{DatasetBuffer, FlushReason, Segment, TopicPartition, source_event_id};
 use crate::config::{Config, DatasetConfig, InvalidMessage};
 use crate::contract::{Contract, OnError};
 use crate::decode::registry::{Registry, RegistryError};
@@ -647,9 +647,9 @@ impl Run {
             return;
         }
         let now = Instant::now();
-        let threads = self.lanes.threads().min(groups.len());
         let loads: Vec<usize> = groups.iter().map(|(_, ix)| ix.len()).collect();
-        let lane_of = lanes::balance(&loads, threads);
+        let plan = lanes::plan(&loads, self.lanes.threads());
+        let threads = plan.iter().map(|c| c.lane + 1).max().unwrap_or(1);
         let ds = &mut self.datasets[d];
         sync_columns(&ds.mapper, &mut ds.buffer);
         let generation = ds.mapper.generation();
@@ -657,23 +657,49 @@ impl Run {
         while ds.spares.len() < threads {
             ds.spares.push(lanes::spare(&ds.mapper));
         }
+        // Segments for the chunks that do not start their partition's messages, made before the
+        // partitions' last segments are lent.
+        let mut segments: Vec<Option<Segment>> = plan
+            .iter()
+            .map(|c| {
+                let ((topic, partition), indices) = &groups[c.group];
+                (c.start > 0).then(|| {
+                    let first = message(indices[c.start]).offset;
+                    ds.buffer.segment(topic, *partition, first, c.end - c.start)
+                })
+            })
+            .collect();
         let wanted: Vec<(&str, i32, i64)> = groups
             .iter()
             .map(|((t, p), ix)| (t.as_str(), *p, message(ix[0]).offset))
             .collect();
+        let mut tails: Vec<Option<&mut Segment>> =
+            ds.buffer.lend(&wanted, now).into_iter().map(Some).collect();
         let mut lanes: Vec<lanes::Lane> = (0..threads)
-            .map(|_| lanes::Lane::new(ds.spares.pop().expect("one spare per lane")))
+            .map(|_| lanes::Lane {
+                chunks: Vec::new(),
+                mapper: ds.spares.pop().expect("one spare per lane"),
+            })
             .collect();
-        for ((g, (_, indices)), buffer) in
-            groups.iter().enumerate().zip(ds.buffer.lend(&wanted, now))
-        {
-            lanes[lane_of[g]].partitions.push(lanes::LanePartition {
-                group: g,
-                buffer,
-                messages: indices.iter().map(|&i| message(i)).collect(),
+        for (c, segment) in plan.iter().zip(&mut segments) {
+            let target = match segment.take() {
+                Some(seg) => lanes::Target::New(Box::new(seg)),
+                None => lanes::Target::Tail(
+                    tails[c.group]
+                        .take()
+                        .expect("one chunk starts each partition"),
+                ),
+            };
+            lanes[c.lane].chunks.push(lanes::Chunk {
+                group: c.group,
+                start: c.start,
+                target,
+                messages: groups[c.group].1[c.start..c.end]
+                    .iter()
+                    .map(|&i| message(i))
+                    .collect(),
                 ingested: 0,
-                skipped: 0,
-                redeliveries: 0,
+                tally: Default::default(),
             });
         }
         let ctx = lanes::LaneContext {
@@ -683,34 +709,47 @@ impl Run {
             redeliveries: &ds.redeliveries,
         };
         self.lanes.run(&ctx, &mut lanes);
-        let mut outcomes = Vec::with_capacity(groups.len());
-        let mut unknown = 0;
-        let mut observed = crate::transform::Observations::default();
-        let mut mappers = Vec::with_capacity(lanes.len());
+        // Back in each partition's order: a chunk stands only if the chunks before it were ingested
+        // whole.
+        let mut chunks: Vec<lanes::Outcome> = Vec::with_capacity(plan.len());
         for lane in lanes {
-            for p in &lane.partitions {
-                outcomes.push((p.group, p.ingested, p.skipped, p.redeliveries));
-            }
-            unknown += lane.unknown;
-            observed.drift.extend(lane.observed.drift);
-            observed.column_errors.extend(lane.observed.column_errors);
-            mappers.push(lane.mapper);
+            chunks.extend(lane.chunks.into_iter().map(lanes::Chunk::outcome));
+            ds.spares.push(lane.mapper);
         }
-        ds.spares.extend(mappers);
-        ds.buffer.recount();
-        ds.mapper.absorb_drift(observed.drift);
-        count_observed(&ds.cfg.name, unknown, observed.column_errors);
+        chunks.sort_by_key(|c| (c.group, c.start));
         let mut ingested_total = 0;
-        for (g, ingested, skipped, redeliveries) in outcomes {
-            let (tp, indices) = &groups[g];
-            ingested_total += ingested;
-            ds.summary.events += ingested as u64;
-            ds.summary.skipped += skipped;
-            ds.summary.redeliveries += redeliveries;
-            for &i in &indices[..ingested] {
+        let mut handed_back = 0;
+        // Per group: messages ingested from its first, and whether a chunk stopped short.
+        let mut ingested_of = vec![0usize; groups.len()];
+        let mut stopped = vec![false; groups.len()];
+        for chunk in chunks {
+            let g = chunk.group;
+            if stopped[g] {
+                continue;
+            }
+            let ((topic, partition), indices) = &groups[g];
+            ingested_total += chunk.ingested;
+            ingested_of[g] += chunk.ingested;
+            ds.summary.events += chunk.ingested as u64;
+            ds.summary.skipped += chunk.tally.skipped();
+            ds.summary.redeliveries += chunk.tally.redeliveries;
+            for &i in &indices[chunk.start..chunk.start + chunk.ingested] {
                 taken[i] = true;
             }
-            if ingested < indices.len() {
+            if chunk.ingested < chunk.messages {
+                stopped[g] = true;
+                handed_back += 1;
+            }
+            chunk.tally.report(&ds.cfg.name, &mut ds.mapper);
+            if let Some(seg) = chunk.segment
+                && chunk.ingested > 0
+            {
+                ds.buffer.attach(topic, *partition, seg);
+            }
+        }
+        ds.buffer.recount();
+        for (g, ((tp, indices), ingested)) in groups.iter().zip(ingested_of).enumerate() {
+            if stopped[g] {
                 closed.insert(tp.clone());
             }
             if ingested > 0
@@ -725,6 +764,10 @@ impl Run {
         }
         metrics::counter!("bronze_lane_messages_total", "dataset" => ds.cfg.name.clone())
             .increment(ingested_total as u64);
+        if handed_back > 0 {
+            metrics::counter!("bronze_lane_handed_back_total", "dataset" => ds.cfg.name.clone())
+                .increment(handed_back);
+        }
     }
 
     async fn handle_rebalance(&mut self) -> Result<(), PipelineError> {
