@@ -74,7 +74,8 @@ def run(work: Path) -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--smoke", action="store_true", help="20k events, for CI")
-    ap.add_argument("--decode-threads", type=int, default=1, help="[pipeline] decode_threads of the main run")
+    ap.add_argument("--decode-threads", type=int, default=None,
+                    help="[pipeline] decode_threads of the main run (default: bronze's, 2 on two cores)")
     ap.add_argument("--bin", default=os.environ.get("BRONZE_BIN"))
     ap.add_argument("--ceilings", default=os.environ.get("BRONZE_CEILINGS_BIN"),
                     help="the ceilings program (cargo build --example ceilings); skipped when absent")
@@ -107,7 +108,8 @@ def run(work: Path) -> None:
                "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
     cfg = h.write_config(work, group=h.unique("bench"), root=str(work / "lake"), datasets=[dataset],
                          flush_age="5s", max_rows=500_000, budget=512 * 1024 * 1024,
-                         extra=f"\n[pipeline]\ndecode_threads = {args.decode_threads}\n")
+                         extra="" if args.decode_threads is None
+                         else f"\n[pipeline]\ndecode_threads = {args.decode_threads}\n")
     cfg.write_text(cfg.read_text().replace("max_bytes = 67108864", "max_bytes = 134217728"))
     env = dict(os.environ, RUST_LOG="info")
     started = time.time()

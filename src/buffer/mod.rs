@@ -1,6 +1,7 @@
 //! Buffer: rows of one dataset accumulate in Arrow builders, one set per Kafka partition (so a
-//! revoked partition's rows can be dropped without touching the others), until a flush limit is hit.
-//! A flush concatenates the partitions and keeps only the latest row per key.
+//! revoked partition's rows can be dropped without touching the others) — or a few segments of one,
+//! filled by different lanes — until a flush limit is hit. A flush keeps only the latest row per key
+//! across them all.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -226,9 +227,9 @@ pub struct Segment {
     bytes: usize,
 }
 
-/// How large a partition's last flush was: its next buffer starts that large (with some room), so
-/// builders are not grown by doubling, copying every value each time (memmove and first touches of the
-/// copies were a fifth of the event loop's samples).
+/// How large a partition's last flush was: its next buffer starts that large (with some room), so a
+/// steady stream's builders are not grown by doubling, each step copying every value so far. Capacity
+/// not written to yet is not resident memory.
 #[derive(Debug, Clone, Default)]
 struct SizeHint {
     rows: usize,
@@ -251,8 +252,16 @@ impl SizeHint {
         SizeHint {
             rows: buf.rows(),
             data: sum(&|s| s.data.iter().map(ColumnBuilder::value_bytes).collect()),
-            source_pos: sum(&|s| vec![s.source_pos.values_slice().len()])[0],
-            rescued: sum(&|s| vec![s.rescued.as_ref().map_or(0, |b| b.values_slice().len())])[0],
+            source_pos: buf
+                .segments
+                .iter()
+                .map(|s| s.source_pos.values_slice().len())
+                .sum(),
+            rescued: buf
+                .segments
+                .iter()
+                .map(|s| s.rescued.as_ref().map_or(0, |b| b.values_slice().len()))
+                .sum(),
             partition_values: sum(&|s| {
                 s.partition_values
                     .iter()

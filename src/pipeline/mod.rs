@@ -588,8 +588,8 @@ impl Run {
         ready
     }
 
-    /// Ingest `turn` (indices of `batch`, all of dataset `d`) on the lanes, one partition per lane.
-    /// Marks in `taken` what they ingested; a partition a lane left, or that is no longer reading where
+    /// Ingest `turn` (indices of `batch`, all of dataset `d`) on the lanes, its partitions split over
+    /// them by [`lanes::plan`]. Marks in `taken` what they ingested; a partition a lane left, or that is no longer reading where
     /// the poll found it, joins `closed`: its remaining messages are handled in turn.
     fn lane_turn(
         &mut self,
