@@ -364,17 +364,42 @@ pub struct PipelineConfig {
     /// other threads of the process (commits, librdkafka) want a core too.
     #[serde(default = "default_decode_threads")]
     pub decode_threads: usize,
+    /// The last flush of a `--until-caught-up` run or of a shutdown has nothing left to overlap its
+    /// encoding: it is written by up to this many writers at once (default: the cores), each with
+    /// at least `final_flush_min_rows` rows, one file per writer and Delta partition.
+    #[serde(default = "default_final_flush_writers")]
+    pub final_flush_writers: usize,
+    #[serde(default = "default_final_flush_min_rows")]
+    pub final_flush_min_rows: usize,
 }
 
 fn default_decode_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
 }
 
+fn default_final_flush_writers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(64))
+}
+
+/// Files of fewer rows than this are not worth the time they save.
+fn default_final_flush_min_rows() -> usize {
+    100_000
+}
+
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             decode_threads: default_decode_threads(),
+            final_flush_writers: default_final_flush_writers(),
+            final_flush_min_rows: default_final_flush_min_rows(),
         }
+    }
+}
+
+impl PipelineConfig {
+    /// Writers for a final flush of `rows` rows: as many as have `final_flush_min_rows` each.
+    pub fn final_flush_writers_for(&self, rows: usize) -> usize {
+        (rows / self.final_flush_min_rows.max(1)).clamp(1, self.final_flush_writers.max(1))
     }
 }
 
@@ -827,6 +852,20 @@ impl Config {
                 file,
                 "pipeline.decode_threads",
                 "must be between 1 and 64",
+            ));
+        }
+        if !(1..=64).contains(&raw.pipeline.final_flush_writers) {
+            return Err(ConfigError::invalid(
+                file,
+                "pipeline.final_flush_writers",
+                "must be between 1 and 64",
+            ));
+        }
+        if raw.pipeline.final_flush_min_rows == 0 {
+            return Err(ConfigError::invalid(
+                file,
+                "pipeline.final_flush_min_rows",
+                "must be at least 1",
             ));
         }
         if let Some(addr) = &raw.metrics.address

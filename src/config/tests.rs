@@ -238,3 +238,29 @@ fn avro_datasets_need_the_schema_registry() {
     );
     assert_eq!(cfg.datasets[0].format, Format::DebeziumAvro);
 }
+
+#[test]
+fn final_flush_writers_each_get_their_minimum_of_rows() {
+    let cfg = load(
+        &format!(
+            "{}\n[pipeline]\nfinal_flush_writers = 4\nfinal_flush_min_rows = 1000\n",
+            base("../lake")
+        ),
+        &[],
+    )
+    .unwrap();
+    let writers = |rows| cfg.pipeline.final_flush_writers_for(rows);
+    assert_eq!(
+        (
+            writers(0),
+            writers(1999),
+            writers(2000),
+            writers(3999),
+            writers(1 << 20)
+        ),
+        (1, 1, 2, 3, 4)
+    );
+    let zero = format!("{}\n[pipeline]\nfinal_flush_writers = 0\n", base("../lake"));
+    let err = load(&zero, &[]).unwrap_err().to_string();
+    assert!(err.contains("pipeline.final_flush_writers"), "{err}");
+}

@@ -1193,8 +1193,15 @@ impl Run {
             started_ms: batch.started_ms,
         };
         let memory = batch.batch.memory_bytes();
+        let writers = match reason {
+            FlushReason::CaughtUp | FlushReason::Shutdown => self
+                .cfg
+                .pipeline
+                .final_flush_writers_for(batch.batch.rows()),
+            _ => 1,
+        };
         let sinks = ds.lend_sinks();
-        let task = tokio::spawn(commit_batch(sinks, batch, ctx, reason));
+        let task = tokio::spawn(commit_batch(sinks, batch, ctx, reason, writers));
         ds.commit = Some(Commit { task, memory });
         Ok(())
     }
@@ -1629,6 +1636,7 @@ async fn commit_batch(
     mut batch: PendingBatch,
     ctx: CommitContext,
     reason: FlushReason,
+    writers: usize,
 ) -> Committed {
     let started = Instant::now();
     let mut dead_letters = None;
@@ -1648,7 +1656,12 @@ async fn commit_batch(
         }
     }
     let result = match recorded {
-        Ok(()) => sinks.table.commit(&batch.batch, &ctx, &batch.id).await,
+        Ok(()) => {
+            sinks
+                .table
+                .commit(&batch.batch, &ctx, &batch.id, writers)
+                .await
+        }
         Err(e) => Err(e),
     };
     Committed {

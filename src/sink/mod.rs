@@ -54,6 +54,8 @@ pub enum SinkError {
     InjectedOutage { uri: String },
     #[error("table {uri}: query failed: {message}")]
     Query { uri: String, message: String },
+    #[error("table {uri}: a Parquet writer task failed: {message}")]
+    WriterTask { uri: String, message: String },
     #[error("table {uri}: {source}")]
     Storage {
         uri: String,
@@ -147,6 +149,34 @@ pub enum Probe {
     Absent,
     /// A table with the expected schema exists.
     Present(TableStats),
+}
+
+/// `batches` in at most `parts` runs of about equal rows, cut where a run is full (slices share the
+/// batches' memory). Fewer parts when there are fewer rows than parts.
+fn split_rows(
+    batches: Vec<arrow::array::RecordBatch>,
+    parts: usize,
+) -> Vec<Vec<arrow::array::RecordBatch>> {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let per_part = rows.div_ceil(parts.max(1)).max(1);
+    let mut out: Vec<Vec<arrow::array::RecordBatch>> = vec![Vec::new()];
+    let mut room = per_part;
+    for batch in batches {
+        let mut start = 0;
+        while start < batch.num_rows() {
+            if room == 0 {
+                out.push(Vec::new());
+                room = per_part;
+            }
+            let len = room.min(batch.num_rows() - start);
+            out.last_mut()
+                .expect("one part at least")
+                .push(batch.slice(start, len));
+            (start, room) = (start + len, room - len);
+        }
+    }
+    out.retain(|p| !p.is_empty());
+    out
 }
 
 /// The URL of a table URI (`file://` paths are normalized the way delta-rs expects).
@@ -593,14 +623,16 @@ impl TableSink {
             .map_err(|e| self.delta_err(e))
     }
 
-    /// Write `flush` as Parquet and commit it with its offsets.
+    /// Write `flush` as Parquet, `writers` files at once (see [`TableSink::write_files_in`]), and
+    /// commit it with its offsets.
     pub async fn commit(
         &mut self,
         flush: &FlushBatch,
         ctx: &CommitContext,
         batch_id: &str,
+        writers: usize,
     ) -> Result<CommitOutcome, SinkError> {
-        let adds = self.write_files(&flush.batches).await?;
+        let adds = self.write_files_in(&flush.batches, writers).await?;
         failpoint("after_upload");
         held_commit().await;
         let result = if injected_outage() {
@@ -628,6 +660,18 @@ impl TableSink {
     pub async fn write_files(
         &self,
         batches: &[arrow::array::RecordBatch],
+    ) -> Result<Vec<Add>, SinkError> {
+        self.write_files_in(batches, 1).await
+    }
+
+    /// [`TableSink::write_files`] with the rows split evenly between `writers` writers that encode at
+    /// the same time, each on a task of its own: one file per writer and Delta partition. Encoding is
+    /// the CPU of a commit; a batch with nothing left to overlap it (the last of a catch-up run) is
+    /// written this much sooner on as many cores.
+    pub async fn write_files_in(
+        &self,
+        batches: &[arrow::array::RecordBatch],
+        writers: usize,
     ) -> Result<Vec<Add>, SinkError> {
         if batches.is_empty() {
             return Ok(Vec::new());
@@ -681,27 +725,63 @@ impl TableSink {
             Some(b) => b.schema(),
             None => schema,
         };
-        let writer = if same_columns {
-            RecordBatchWriter::for_table(&self.table)
-        } else {
-            RecordBatchWriter::try_new(
-                table_url(&self.uri)?.as_str(),
-                schema,
-                Some(snapshot.metadata().partition_columns().to_vec()),
-                Some(self.storage_options.clone()),
-            )
+        let new_writer = || -> Result<RecordBatchWriter, SinkError> {
+            let writer = if same_columns {
+                RecordBatchWriter::for_table(&self.table)
+            } else {
+                RecordBatchWriter::try_new(
+                    table_url(&self.uri)?.as_str(),
+                    schema.clone(),
+                    Some(snapshot.metadata().partition_columns().to_vec()),
+                    Some(self.storage_options.clone()),
+                )
+            };
+            Ok(writer
+                .map_err(|e| self.delta_err(e))?
+                .with_writer_properties(self.writer_properties.clone())
+                .with_target_file_size(self.target_file_size))
         };
-        let mut writer = writer
-            .map_err(|e| self.delta_err(e))?
-            .with_writer_properties(self.writer_properties.clone())
-            .with_target_file_size(self.target_file_size);
-        for batch in batches {
-            writer
-                .write(cast(batch)?)
-                .await
-                .map_err(|e| self.delta_err(e))?;
+        let batches = batches.iter().map(cast).collect::<Result<Vec<_>, _>>()?;
+        let parts = split_rows(batches, writers);
+        if parts.len() < 2 {
+            let mut writer = new_writer()?;
+            for batch in parts.into_iter().flatten() {
+                writer.write(batch).await.map_err(|e| self.delta_err(e))?;
+            }
+            return writer.flush().await.map_err(|e| self.delta_err(e));
         }
-        writer.flush().await.map_err(|e| self.delta_err(e))
+        // Every part on a task of its own, this one included: encoding does not yield, and a task
+        // spawned from a busy worker waits in its slot that no other worker takes from.
+        let tasks = parts
+            .into_iter()
+            .map(|part| {
+                let mut writer = new_writer()?;
+                Ok(tokio::spawn(async move {
+                    for batch in part {
+                        writer.write(batch).await?;
+                    }
+                    writer.flush().await
+                }))
+            })
+            .collect::<Result<Vec<_>, SinkError>>()?;
+        let mut adds = Ok(Vec::new());
+        for task in tasks {
+            let done = match task.await {
+                Ok(done) => done.map_err(|e| self.delta_err(e)),
+                Err(e) => Err(SinkError::WriterTask {
+                    uri: self.uri.clone(),
+                    message: e.to_string(),
+                }),
+            };
+            match (&mut adds, done) {
+                (Ok(all), Ok(more)) => all.extend(more),
+                // Files of the parts that were written are left to the orphan sweep, like those of a
+                // write that fails half way.
+                (Ok(_), Err(e)) => adds = Err(e),
+                (Err(_), _) => {}
+            }
+        }
+        adds
     }
 
     /// One commit attempt of `adds` with `txns`, against the loaded snapshot: `Ok(None)` when a
@@ -1050,4 +1130,47 @@ pub fn writer_properties(compression: Compression) -> WriterProperties {
         .set_statistics_truncate_length(Some(64))
         .set_column_index_truncate_length(Some(64))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    use super::split_rows;
+
+    fn batch(values: std::ops::Range<i64>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(values))]).unwrap()
+    }
+
+    fn values(part: &[RecordBatch]) -> Vec<i64> {
+        part.iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn rows_are_split_in_order_into_even_parts() {
+        // Kafka partitions of 7, 2 and 6 rows between two writers: 8 and 7 rows, the first cut
+        // inside the third batch.
+        let parts = split_rows(vec![batch(0..7), batch(7..9), batch(9..15)], 2);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(values(&parts[0]), (0..8).collect::<Vec<_>>());
+        assert_eq!(values(&parts[1]), (8..15).collect::<Vec<_>>());
+        assert!(
+            parts
+                .iter()
+                .flatten()
+                .all(|b| b.num_rows() > 0 && b.column(0).null_count() == 0)
+        );
+        // One writer: the batches as they are.
+        let one = split_rows(vec![batch(0..7), batch(7..9)], 1);
+        assert_eq!((one.len(), one[0].len()), (1, 2));
+        // Fewer rows than writers: one part per row, none empty.
+        assert_eq!(split_rows(vec![batch(0..2)], 4).len(), 2);
+        assert!(split_rows(Vec::new(), 2).is_empty());
+    }
 }
