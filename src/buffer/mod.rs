@@ -339,17 +339,15 @@ impl Segment {
         self.last_offset = self.last_offset.max(offset);
     }
 
-    /// Hold a message that cannot be ingested. Returns the bytes it holds.
-    pub fn dead_letter(&mut self, letter: DeadLetter) -> usize {
-        let bytes = letter.bytes();
+    /// Hold a message that cannot be ingested; it is committed with the flush that covers its offset.
+    pub fn dead_letter(&mut self, letter: DeadLetter) {
+        self.bytes += letter.bytes();
         self.skip(letter.offset);
         self.dead_letters.push(letter);
-        self.bytes += bytes;
-        bytes
     }
 
-    /// Append a row. Returns the bytes it is charged.
-    pub fn push(&mut self, row: Row) -> usize {
+    /// Append a row.
+    pub fn push(&mut self, row: Row) {
         let bytes = ROW_OVERHEAD_BYTES
             + row.data.iter().map(Cell::approx_bytes).sum::<usize>()
             + row.source_pos.as_ref().map_or(0, |s| s.len())
@@ -382,7 +380,6 @@ impl Segment {
         }
         self.dedup.push((row.dedup_key, row.order));
         self.bytes += bytes;
-        bytes
     }
 }
 
@@ -520,20 +517,6 @@ impl DatasetBuffer {
             .map_or(Duration::ZERO, |t| now.duration_since(t))
     }
 
-    /// The partition's last segment, having consumed `offset`.
-    fn partition(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        now: Instant,
-    ) -> &mut Segment {
-        let i = self.ensure(topic, partition, offset, now);
-        let seg = self.partitions[i].1.tail();
-        seg.skip(offset);
-        seg
-    }
-
     /// Where the partition's buffer is, made (from `first_offset`) if missing.
     fn ensure(&mut self, topic: &str, partition: i32, first_offset: i64, now: Instant) -> usize {
         self.oldest.get_or_insert(now);
@@ -561,23 +544,28 @@ impl DatasetBuffer {
             .binary_search_by(|((t, p), _)| (t.as_str(), *p).cmp(&(topic, partition)))
     }
 
-    /// Record that `offset` was consumed but produced no row (tombstone, logical message).
-    pub fn skip(&mut self, topic: &str, partition: i32, offset: i64, now: Instant) {
-        self.partition(topic, partition, offset, now);
-    }
-
-    /// Hold a message that cannot be ingested; it is committed with the flush that covers its offset.
-    pub fn dead_letter(&mut self, letter: DeadLetter, now: Instant) {
-        let buf = self.partition(&letter.topic.clone(), letter.partition, letter.offset, now);
-        let bytes = buf.dead_letter(letter);
-        self.bytes += bytes;
+    /// Put one message into the partition's last segment with `fill` (its row, skip or dead letter; the
+    /// segment is made from `offset` if the partition has none), counting what it adds.
+    pub fn fill<R>(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        now: Instant,
+        fill: impl FnOnce(&mut Segment) -> R,
+    ) -> R {
+        let i = self.ensure(topic, partition, offset, now);
+        let seg = self.partitions[i].1.tail();
+        let (rows, bytes) = (seg.rows(), seg.bytes);
+        let out = fill(seg);
+        self.rows += seg.rows() - rows;
+        self.bytes += seg.bytes - bytes;
+        out
     }
 
     pub fn push(&mut self, topic: &str, partition: i32, row: Row, now: Instant) {
-        let buf = self.partition(topic, partition, row.offset, now);
-        let bytes = buf.push(row);
-        self.rows += 1;
-        self.bytes += bytes;
+        let offset = row.offset;
+        self.fill(topic, partition, offset, now, |seg| seg.push(row));
     }
 
     /// The last segments of these partitions (topic, partition, first offset to come), made where

@@ -48,7 +48,7 @@ fn flush_keeps_latest_row_per_key_by_order_then_offset() {
     // Tie on source time: later offset wins.
     b.push("t", 1, row(3, "a", 5, Some(7)), now);
     b.push("t", 1, row(3, "b", 6, Some(7)), now);
-    b.skip("t", 1, 7, now);
+    b.fill("t", 1, 7, now, |s| s.skip(7));
     let f = b.take("batch-1").unwrap().unwrap();
     assert_eq!(f.rows_in, 6);
     assert_eq!(f.duplicates_dropped, 3);
@@ -142,12 +142,18 @@ fn dropping_a_partition_releases_its_rows_and_bytes() {
 #[test]
 fn tombstones_only_give_offsets_without_a_batch() {
     let mut b = buffer();
-    b.skip("t", 2, 40, Instant::now());
-    b.skip("t", 2, 41, Instant::now());
+    b.fill("t", 2, 40, Instant::now(), |s| s.skip(40));
+    b.fill("t", 2, 41, Instant::now(), |s| s.skip(41));
     let f = b.take("b").unwrap().unwrap();
     assert!(f.batches.is_empty());
     assert_eq!(f.ranges[0].first, 40);
     assert_eq!(f.ranges[0].last, 41);
+}
+
+/// Hold `l` as a dead letter of its partition.
+fn hold(b: &mut DatasetBuffer, l: DeadLetter) {
+    let (partition, offset) = (l.partition, l.offset);
+    b.fill("t", partition, offset, Instant::now(), |s| s.dead_letter(l));
 }
 
 fn letter(partition: i32, offset: i64) -> DeadLetter {
@@ -169,8 +175,8 @@ fn dead_letters_travel_with_the_flush_that_covers_them() {
     let mut b = buffer();
     let now = Instant::now();
     b.push("t", 0, row(1, "a", 0, Some(1)), now);
-    b.dead_letter(letter(0, 1), now);
-    b.dead_letter(letter(1, 9), now);
+    hold(&mut b, letter(0, 1));
+    hold(&mut b, letter(1, 9));
     assert!(b.bytes() > 200, "dead letters count against the budget");
     // Dropping a revoked partition drops its dead letters too: the next owner re-reads them.
     b.drop_partition("t", 1);
@@ -180,7 +186,7 @@ fn dead_letters_travel_with_the_flush_that_covers_them() {
     assert_eq!((f.ranges[0].first, f.ranges[0].last), (0, 1));
     assert!(f.memory_bytes() >= f.dead_letters[0].bytes());
     // A partition with only dead letters still moves its position.
-    b.dead_letter(letter(2, 4), now);
+    hold(&mut b, letter(2, 4));
     let f = b.take("c").unwrap().unwrap();
     assert!(f.batches.is_empty());
     assert_eq!((f.ranges[0].partition, f.ranges[0].last), (2, 4));

@@ -145,7 +145,8 @@ pub(super) struct Outcome {
     pub segment: Option<Segment>,
 }
 
-/// What a chunk's messages came to, counted once the chunk is known to stand.
+/// What messages came to, counted once they stand: a lane's chunk when the chunks before it were
+/// ingested whole, a message the loop ingests in turn at once.
 #[derive(Default)]
 pub(super) struct Tally {
     /// Messages without a row, by reason.
@@ -221,28 +222,42 @@ impl Lane<'_, '_> {
                 tally.unknown += unknown;
                 tally.observed.drift.extend(seen.drift);
                 tally.observed.column_errors.extend(seen.column_errors);
-                match admission {
-                    Admission::Row(row) => {
-                        if source_event_id(&row).is_some_and(|id| ctx.redeliveries.contains(id)) {
-                            tally.redeliveries += 1;
-                            seg.skip(m.offset);
-                        } else {
-                            seg.push(*row);
-                        }
-                    }
-                    Admission::Skip(reason) => {
-                        Tally::add(&mut tally.skipped, reason.as_str());
-                        seg.skip(m.offset);
-                    }
-                    Admission::Reject(r) => {
-                        Tally::add(&mut tally.dead_letters, r.reason);
-                        debug!(dataset = %dataset, topic = %m.topic, partition = m.partition, offset = m.offset,
-                            reason = r.reason, error = %r.error, "dead letter");
-                        seg.dead_letter(m.dead_letter(r.reason, r.error));
-                    }
-                }
+                buffer(admission, m, seg, ctx.redeliveries, tally, dataset);
                 chunk.ingested += 1;
             }
+        }
+    }
+}
+
+/// Put what `admission` made of `m` into `seg`, counting it in `tally`: its row (or a skip when the row
+/// redelivers a committed source event), a skip, or a dead letter. The loop does the same for a message
+/// it ingests in turn; rejections that stop the partition or widen a column are never put here.
+pub(super) fn buffer(
+    admission: Admission,
+    m: &Message<'_>,
+    seg: &mut Segment,
+    redeliveries: &RedeliveryWindow,
+    tally: &mut Tally,
+    dataset: &str,
+) {
+    match admission {
+        Admission::Row(row) => {
+            if source_event_id(&row).is_some_and(|id| redeliveries.contains(id)) {
+                tally.redeliveries += 1;
+                seg.skip(m.offset);
+            } else {
+                seg.push(*row);
+            }
+        }
+        Admission::Skip(reason) => {
+            Tally::add(&mut tally.skipped, reason.as_str());
+            seg.skip(m.offset);
+        }
+        Admission::Reject(r) => {
+            Tally::add(&mut tally.dead_letters, r.reason);
+            debug!(dataset = %dataset, topic = %m.topic, partition = m.partition, offset = m.offset,
+                reason = r.reason, error = %r.error, "dead letter");
+            seg.dead_letter(m.dead_letter(r.reason, r.error));
         }
     }
 }

@@ -28,7 +28,7 @@ use rdkafka::consumer::Consumer;
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::audit::{AuditHandle, AuditRecord, Ledger};
-use crate::buffer::{DatasetBuffer, FlushReason, Segment, TopicPartition, source_event_id};
+use crate::buffer::{DatasetBuffer, FlushReason, Segment, TopicPartition};
 use crate::config::{Config, DatasetConfig, InvalidMessage};
 use crate::contract::{Contract, OnError};
 use crate::decode::registry::{Registry, RegistryError};
@@ -1082,26 +1082,20 @@ impl Run {
         }
         let admission = admit(&ds.cfg, &ds.decoder, &mut ds.mapper, &m);
         let rejection = match admission {
-            Admission::Row(row) => {
-                if source_event_id(&row).is_some_and(|id| ds.redeliveries.contains(id)) {
-                    metrics::counter!("bronze_redeliveries_dropped_total", "dataset" => dataset.clone())
-                        .increment(1);
-                    ds.summary.redeliveries += 1;
-                    ds.buffer.skip(&tp.0, tp.1, m.offset, now);
-                } else {
+            Admission::Reject(r) if r.fail || r.widen.is_some() => r,
+            standing => {
+                if matches!(standing, Admission::Row(_)) {
                     sync_columns(&ds.mapper, &mut ds.buffer);
-                    ds.buffer.push(&tp.0, tp.1, *row, now);
                 }
+                let mut tally = lanes::Tally::default();
+                ds.buffer.fill(&tp.0, tp.1, m.offset, now, |seg| {
+                    lanes::buffer(standing, &m, seg, &ds.redeliveries, &mut tally, dataset)
+                });
+                ds.summary.skipped += tally.skipped();
+                ds.summary.redeliveries += tally.redeliveries;
+                tally.report(dataset, &mut ds.mapper);
                 return Ok(None);
             }
-            Admission::Skip(reason) => {
-                metrics::counter!("bronze_skipped_messages_total", "dataset" => dataset.clone(), "reason" => reason.as_str())
-                    .increment(1);
-                ds.summary.skipped += 1;
-                ds.buffer.skip(&tp.0, tp.1, m.offset, now);
-                return Ok(None);
-            }
-            Admission::Reject(r) => r,
         };
         if let Some(w) = rejection.widen {
             return Ok(Some((w, m)));
@@ -1109,13 +1103,6 @@ impl Run {
         let dataset = dataset.clone();
         metrics::counter!("bronze_decode_errors_total", "dataset" => dataset.clone(), "kind" => rejection.reason)
             .increment(1);
-        if !rejection.fail {
-            debug!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset,
-                reason = rejection.reason, error = %rejection.error, "dead letter");
-            ds.buffer
-                .dead_letter(m.dead_letter(rejection.reason, rejection.error), now);
-            return Ok(None);
-        }
         // `fail`: nothing is skipped silently, and the offset is never committed past the message.
         error!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset, kind = rejection.reason,
             reason = %rejection.error, "cannot ingest message; partition stopped until the input or the contract is fixed");
