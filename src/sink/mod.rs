@@ -12,6 +12,7 @@
 pub mod dead_letter_topic;
 pub mod dead_letters;
 pub mod delta_log;
+mod dictionary;
 mod orphans;
 pub mod scan;
 mod widen;
@@ -721,10 +722,9 @@ impl TableSink {
                 )
                 .map_err(arrow_err)
             };
-        let schema = match batches.first().map(&cast).transpose()? {
-            Some(b) => b.schema(),
-            None => schema,
-        };
+        let batches = batches.iter().map(cast).collect::<Result<Vec<_>, _>>()?;
+        let schema = batches.first().map_or(schema, |b| b.schema());
+        let properties = dictionary::choose(&self.writer_properties, &batches);
         let new_writer = || -> Result<RecordBatchWriter, SinkError> {
             let writer = if same_columns {
                 RecordBatchWriter::for_table(&self.table)
@@ -738,10 +738,9 @@ impl TableSink {
             };
             Ok(writer
                 .map_err(|e| self.delta_err(e))?
-                .with_writer_properties(self.writer_properties.clone())
+                .with_writer_properties(properties.clone())
                 .with_target_file_size(self.target_file_size))
         };
-        let batches = batches.iter().map(cast).collect::<Result<Vec<_>, _>>()?;
         let parts = split_rows(batches, writers);
         if parts.len() < 2 {
             let mut writer = new_writer()?;
@@ -1172,5 +1171,53 @@ mod tests {
         // Fewer rows than writers: one part per row, none empty.
         assert_eq!(split_rows(vec![batch(0..2)], 4).len(), 2);
         assert!(split_rows(Vec::new(), 2).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_carry_a_dictionary_only_where_values_repeat() {
+        use deltalake::parquet::basic::Encoding;
+        use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("status", DataType::Utf8, false),
+        ]));
+        let uri = format!("file://{}", dir.path().display());
+        let sink = super::TableSink::open(
+            &uri,
+            schema.clone(),
+            &[],
+            false,
+            &Default::default(),
+            crate::config::Compression::Snappy,
+        )
+        .await
+        .unwrap();
+        let n = 200_000;
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..n)),
+                Arc::new(arrow::array::StringArray::from_iter_values(
+                    (0..n).map(|i| ["new", "paid", "shipped"][(i % 3) as usize]),
+                )),
+            ],
+        )
+        .unwrap();
+        let adds = sink.write_files(&[batch]).await.unwrap();
+        assert_eq!(adds.len(), 1);
+        let file = std::fs::File::open(dir.path().join(&adds[0].path)).unwrap();
+        let meta = SerializedFileReader::new(file).unwrap().metadata().clone();
+        let dictionary = |c: usize| {
+            (0..meta.num_row_groups()).all(|r| {
+                meta.row_group(r)
+                    .column(c)
+                    .encodings()
+                    .any(|e| e == Encoding::RLE_DICTIONARY)
+            })
+        };
+        assert!(!dictionary(0), "a unique key is written plain");
+        assert!(dictionary(1), "a repeating status keeps its dictionary");
     }
 }
