@@ -517,14 +517,27 @@ impl DatasetBuffer {
             .map_or(Duration::ZERO, |t| now.duration_since(t))
     }
 
-    /// Where the partition's buffer is, made (from `first_offset`) if missing.
-    fn ensure(&mut self, topic: &str, partition: i32, first_offset: i64, now: Instant) -> usize {
+    /// Where the partition's buffer is, made (from `first_offset`) if missing: sized for `rows` rows
+    /// when that is all it is known to take (a lane's chunk), else as large as the partition's last
+    /// flush.
+    fn ensure(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        first_offset: i64,
+        rows: Option<usize>,
+        now: Instant,
+    ) -> usize {
         self.oldest.get_or_insert(now);
         match self.position_of(topic, partition) {
             Ok(i) => i,
             Err(i) => {
                 let tp = (topic.to_string(), partition);
                 let hint = self.hints.get(&tp).cloned().unwrap_or_default();
+                let hint = match rows {
+                    Some(rows) => hint.scaled(rows),
+                    None => hint,
+                };
                 let segments = vec![Segment::new(
                     &self.types,
                     self.rescues,
@@ -554,7 +567,7 @@ impl DatasetBuffer {
         now: Instant,
         fill: impl FnOnce(&mut Segment) -> R,
     ) -> R {
-        let i = self.ensure(topic, partition, offset, now);
+        let i = self.ensure(topic, partition, offset, None, now);
         let seg = self.partitions[i].1.tail();
         let (rows, bytes) = (seg.rows(), seg.bytes);
         let out = fill(seg);
@@ -568,18 +581,18 @@ impl DatasetBuffer {
         self.fill(topic, partition, offset, now, |seg| seg.push(row));
     }
 
-    /// The last segments of these partitions (topic, partition, first offset to come), made where
-    /// missing, in the order asked: to be filled on other threads, one partition per thread. Call
+    /// The last segments of these partitions (topic, partition, first offset to come, rows to come),
+    /// made where missing, in the order asked: to be filled on other threads. Call
     /// [`DatasetBuffer::recount`] once they are returned.
-    pub fn lend(&mut self, wanted: &[(&str, i32, i64)], now: Instant) -> Vec<&mut Segment> {
-        for &(topic, partition, offset) in wanted {
-            self.ensure(topic, partition, offset, now);
+    pub fn lend(&mut self, wanted: &[(&str, i32, i64, usize)], now: Instant) -> Vec<&mut Segment> {
+        for &(topic, partition, offset, rows) in wanted {
+            self.ensure(topic, partition, offset, Some(rows), now);
         }
         let mut lent: Vec<Option<&mut Segment>> = wanted.iter().map(|_| None).collect();
         for ((topic, partition), buf) in &mut self.partitions {
             if let Some(i) = wanted
                 .iter()
-                .position(|&(t, p, _)| (t, p) == (topic.as_str(), *partition))
+                .position(|&(t, p, _, _)| (t, p) == (topic.as_str(), *partition))
             {
                 lent[i] = Some(buf.tail());
             }
@@ -589,15 +602,18 @@ impl DatasetBuffer {
             .collect()
     }
 
-    /// A segment to follow the partition's last one, from `first_offset`, with room for the rows the
-    /// partition is expected to take until its next flush (at least `rows`).
+    /// A segment to follow the partition's last one, from `first_offset`, sized for `rows` rows of the
+    /// partition's last flush. Only for `rows`: the partition's next chunk (next poll) starts a
+    /// segment of its own, so room for the rest of the flush would never be written, yet counts
+    /// against the memory budget as the batch's capacity (a 134 MB buffer held 535 MB of capacity).
     pub fn segment(&self, topic: &str, partition: i32, first_offset: i64, rows: usize) -> Segment {
         let tp = (topic.to_string(), partition);
-        let hint = self.hints.get(&tp).cloned().unwrap_or_default();
-        let buffered = self
-            .position_of(topic, partition)
-            .map_or(0, |i| self.partitions[i].1.rows());
-        let hint = hint.scaled(rows.max(hint.rows.saturating_sub(buffered)));
+        let hint = self
+            .hints
+            .get(&tp)
+            .cloned()
+            .unwrap_or_default()
+            .scaled(rows);
         Segment::new(
             &self.types,
             self.rescues,

@@ -309,6 +309,27 @@ fn a_partition_starts_as_large_as_its_last_flush() {
 }
 
 #[test]
+fn a_lane_chunk_gets_room_for_its_own_rows_only() {
+    // The partition's next chunk goes to a segment of its own: room for the rest of a flush would
+    // stay unwritten, yet count against the memory budget.
+    let mut b = buffer();
+    let now = Instant::now();
+    for i in 0..1000 {
+        b.push("t", 0, row(i, "twelve bytes", i, None), now);
+    }
+    b.take("batch-1").unwrap().unwrap();
+    let next = b.segment("t", 0, 1050, 50);
+    assert!(
+        (50..1000).contains(&next.offsets.capacity()),
+        "{}",
+        next.offsets.capacity()
+    );
+    let lent = b.lend(&[("t", 0, 1000, 50)], now);
+    let capacity = lent[0].offsets.capacity();
+    assert!((50..1000).contains(&capacity), "{capacity}");
+}
+
+#[test]
 fn segments_of_a_partition_flush_as_one_range_and_dedup_across() {
     let mut b = buffer();
     let now = Instant::now();
@@ -317,7 +338,7 @@ fn segments_of_a_partition_flush_as_one_range_and_dedup_across() {
     // partition 1 is lent but its first message is left to the loop.
     let mut tail_of_next = b.segment("t", 0, 3, 2);
     {
-        let lent = b.lend(&[("t", 0, 1), ("t", 1, 0)], now);
+        let lent = b.lend(&[("t", 0, 1, 2), ("t", 1, 0, 2)], now);
         let mut lent = lent.into_iter();
         let tail = lent.next().unwrap();
         tail.push(row(2, "a", 1, None));

@@ -669,9 +669,14 @@ impl Run {
                 })
             })
             .collect();
-        let wanted: Vec<(&str, i32, i64)> = groups
+        let wanted: Vec<(&str, i32, i64, usize)> = groups
             .iter()
-            .map(|((t, p), ix)| (t.as_str(), *p, message(ix[0]).offset))
+            .enumerate()
+            .map(|(g, ((t, p), ix))| {
+                let first_chunk = plan.iter().find(|c| c.group == g && c.start == 0);
+                let rows = first_chunk.map_or(ix.len(), |c| c.end);
+                (t.as_str(), *p, message(ix[0]).offset, rows)
+            })
             .collect();
         let mut tails: Vec<Option<&mut Segment>> =
             ds.buffer.lend(&wanted, now).into_iter().map(Some).collect();
