@@ -446,6 +446,13 @@ impl Run {
                     // A rebalance served by a poll that found no message.
                     self.handle_rebalance().await?;
                     self.settle_finished().await?;
+                    // A catch-up run finishes as soon as its last message is in, not at the next tick.
+                    if self.options.until_caught_up
+                        && self.read_to_targets()
+                        && self.caught_up_check().await?
+                    {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -1570,6 +1577,16 @@ impl Run {
         self.flush_all(FlushReason::CaughtUp).await?;
         info!("caught up with the high watermarks read at assignment");
         Ok(true)
+    }
+
+    /// Whether every partition with a catch-up target has been read up to it (cheap: no table read,
+    /// unlike [`Run::caught_up_check`], which also counts partitions the table is ahead on).
+    fn read_to_targets(&self) -> bool {
+        self.targets.iter().all(|(tp, &high)| {
+            self.partitions
+                .get(tp)
+                .is_some_and(|ps| ps.next_offset.is_some_and(|next| next >= high))
+        })
     }
 
     /// Whether the table holds, for every partition this member does not own, everything up to the
