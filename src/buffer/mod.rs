@@ -672,24 +672,62 @@ impl DatasetBuffer {
 
     /// Empty the buffer into one deduplicated batch.
     pub fn take(&mut self, batch_id: &str) -> Result<Option<FlushBatch>, ArrowError> {
+        self.take_unbuilt().map(|t| t.build(batch_id)).transpose()
+    }
+
+    /// Empty the buffer, leaving the Arrow batch to be built by [`Unbuilt::build`] (elsewhere: it is
+    /// most of a flush's work on the loop, tens of milliseconds while the lanes would wait).
+    pub fn take_unbuilt(&mut self) -> Option<Unbuilt> {
         if self.partitions.is_empty() {
-            return Ok(None);
+            return None;
         }
         let partitions = std::mem::take(&mut self.partitions);
+        let (rows, bytes) = (self.rows, self.bytes);
         self.rows = 0;
         self.bytes = 0;
         self.oldest = None;
-        let mut ranges = Vec::with_capacity(partitions.len());
-        let mut batches: Vec<RecordBatch> = Vec::with_capacity(partitions.len());
+        for ((topic, partition), buf) in &partitions {
+            if buf.rows() > 0 {
+                self.hints
+                    .insert((topic.clone(), *partition), SizeHint::of(buf));
+            }
+        }
+        Some(Unbuilt {
+            schema: self.schema.clone(),
+            partitions,
+            rows,
+            bytes,
+        })
+    }
+}
+
+/// A buffer's rows, taken for a flush, before its Arrow batch is built.
+pub struct Unbuilt {
+    schema: SchemaRef,
+    partitions: Vec<(TopicPartition, PartitionBuffer)>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl Unbuilt {
+    /// Rows, before duplicates are dropped.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes as the buffer counted them (see [`DatasetBuffer::bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// One deduplicated batch.
+    pub fn build(self, batch_id: &str) -> Result<FlushBatch, ArrowError> {
+        let mut ranges = Vec::with_capacity(self.partitions.len());
+        let mut batches: Vec<RecordBatch> = Vec::with_capacity(self.partitions.len());
         let mut dedup: Vec<(Option<CompactString>, OrderValue, i64, i32)> = Vec::new();
         let mut dead_letters = Vec::new();
         let mut source_ids = Vec::new();
-        for ((topic, partition), buf) in partitions {
-            let rows = buf.rows();
-            if rows > 0 {
-                self.hints
-                    .insert((topic.clone(), partition), SizeHint::of(&buf));
-            }
+        for ((topic, partition), buf) in self.partitions {
             ranges.push(OffsetRange {
                 topic: topic.clone(),
                 partition,
@@ -700,7 +738,7 @@ impl DatasetBuffer {
                     .map(|s| s.last_offset)
                     .max()
                     .unwrap_or_default(),
-                rows,
+                rows: buf.rows(),
             });
             for mut seg in buf.segments {
                 dead_letters.append(&mut seg.dead_letters);
@@ -731,14 +769,14 @@ impl DatasetBuffer {
             }
             batches.retain(|b| b.num_rows() > 0);
         }
-        Ok(Some(FlushBatch {
+        Ok(FlushBatch {
             batches,
             ranges,
             rows_in,
             duplicates_dropped,
             dead_letters,
             source_ids,
-        }))
+        })
     }
 }
 

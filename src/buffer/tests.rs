@@ -309,6 +309,29 @@ fn a_partition_starts_as_large_as_its_last_flush() {
 }
 
 #[test]
+fn rows_taken_for_a_flush_leave_an_empty_buffer_and_build_later() {
+    let mut b = buffer();
+    let now = Instant::now();
+    for i in 0..10 {
+        b.push("t", i % 2, row(i as i64 % 4, "v", i as i64 / 2, None), now);
+    }
+    let bytes = b.bytes();
+    let taken = b.take_unbuilt().unwrap();
+    assert_eq!((taken.rows(), taken.bytes()), (10, bytes));
+    assert!(b.is_empty() && b.bytes() == 0 && b.take_unbuilt().is_none());
+    // The buffer fills again while the taken rows wait to be built.
+    b.push("t", 0, row(9, "w", 5, None), now);
+    let batch = taken.build("batch-1").unwrap();
+    // Keys 0..4 over ten rows: six duplicates dropped across both partitions.
+    assert_eq!(
+        (batch.rows_in, batch.duplicates_dropped, batch.rows()),
+        (10, 6, 4)
+    );
+    assert_eq!(batch.ranges.len(), 2);
+    assert_eq!(b.rows(), 1);
+}
+
+#[test]
 fn a_lane_chunk_gets_room_for_its_own_rows_only() {
     // The partition's next chunk goes to a segment of its own: room for the rest of a flush would
     // stay unwritten, yet count against the memory budget.

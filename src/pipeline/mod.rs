@@ -41,7 +41,7 @@ use crate::source::{self, RebalanceEvent, Source};
 use crate::transform::{Mapper, MessageContext, Row};
 use message::Message;
 
-use state::{Commit, Committed, DatasetState, PartitionState, PendingBatch, Phase};
+use state::{Attempt, Commit, Committed, DatasetState, Flushed, PartitionState, Phase};
 pub use state::{DatasetSummary, RunSummary};
 
 #[derive(Debug, thiserror::Error)]
@@ -1151,56 +1151,47 @@ impl Run {
     async fn flush(&mut self, d: usize, reason: FlushReason) -> Result<(), PipelineError> {
         self.settle(d).await?;
         let ds = &mut self.datasets[d];
-        if ds.pending.is_none() {
-            let batch_id = uuid::Uuid::now_v7().to_string();
-            let started_ms = chrono::Utc::now().timestamp_millis();
-            let started = Instant::now();
-            let taken = tokio::task::block_in_place(|| ds.buffer.take(&batch_id));
-            match taken {
-                Ok(Some(batch)) => {
-                    metrics::histogram!("bronze_flush_build_seconds", "dataset" => ds.cfg.name.clone())
-                        .record(started.elapsed().as_secs_f64());
-                    ds.pending = Some(PendingBatch {
-                        batch,
-                        id: batch_id,
-                        started_ms,
-                        dead_letters_done: false,
-                    });
-                    for ps in self.partitions.values_mut().filter(|p| p.dataset == d) {
-                        if let Some(ts) = ps.buffered_ts.take() {
-                            ps.pending_ts = Some(ts);
-                        }
+        let (flushed, memory, rows) = match ds.pending.take() {
+            Some(batch) => {
+                let (memory, rows) = (batch.batch.memory_bytes(), batch.batch.rows());
+                (Flushed::Kept(batch), memory, rows)
+            }
+            None => {
+                let Some(rows) = ds.buffer.take_unbuilt() else {
+                    return Ok(());
+                };
+                for ps in self.partitions.values_mut().filter(|p| p.dataset == d) {
+                    if let Some(ts) = ps.buffered_ts.take() {
+                        ps.pending_ts = Some(ts);
                     }
                 }
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    return Err(PipelineError::Stopped(format!(
-                        "dataset `{}`: cannot build the Arrow batch: {e}",
-                        ds.cfg.name
-                    )));
-                }
+                let (memory, count) = (rows.bytes(), rows.rows());
+                let flushed = Flushed::Taken {
+                    rows,
+                    id: uuid::Uuid::now_v7().to_string(),
+                    started_ms: chrono::Utc::now().timestamp_millis(),
+                };
+                (flushed, memory, count)
             }
-        }
-        let ds = &mut self.datasets[d];
-        let Some(batch) = ds.pending.take() else {
-            return Ok(());
         };
+        let ds = &mut self.datasets[d];
         let ctx = CommitContext {
             group_id: self.group_id.clone(),
             run_id: self.run_id.clone(),
             dataset: ds.cfg.name.clone(),
-            started_ms: batch.started_ms,
+            started_ms: match &flushed {
+                Flushed::Taken { started_ms, .. } => *started_ms,
+                Flushed::Kept(batch) => batch.started_ms,
+            },
         };
-        let memory = batch.batch.memory_bytes();
         let writers = match reason {
-            FlushReason::CaughtUp | FlushReason::Shutdown => self
-                .cfg
-                .pipeline
-                .final_flush_writers_for(batch.batch.rows()),
+            FlushReason::CaughtUp | FlushReason::Shutdown => {
+                self.cfg.pipeline.final_flush_writers_for(rows)
+            }
             _ => 1,
         };
         let sinks = ds.lend_sinks();
-        let task = tokio::spawn(commit_batch(sinks, batch, ctx, reason, writers));
+        let task = tokio::spawn(commit_batch(sinks, flushed, ctx, reason, writers));
         ds.commit = Some(Commit { task, memory });
         Ok(())
     }
@@ -1245,15 +1236,23 @@ impl Run {
     async fn committed(&mut self, d: usize, done: Committed) -> Result<(), PipelineError> {
         let Committed {
             sinks,
-            batch: pending,
             reason,
-            dead_letters,
-            result,
+            attempt,
             elapsed,
         } = done;
-        let (batch, batch_id) = (&pending.batch, pending.id.as_str());
         let ds = &mut self.datasets[d];
         ds.return_sinks(sinks);
+        let Attempt {
+            batch: pending,
+            dead_letters,
+            result,
+        } = attempt.map_err(|e| {
+            PipelineError::Stopped(format!(
+                "dataset `{}`: cannot build the Arrow batch: {e}",
+                ds.cfg.name
+            ))
+        })?;
+        let (batch, batch_id) = (&pending.batch, pending.id.as_str());
         if let Some(recorded) = dead_letters {
             for (reason, n) in &recorded.by_reason {
                 metrics::counter!("bronze_dead_letters_total", "dataset" => ds.cfg.name.clone(), "reason" => reason.clone())
@@ -1642,12 +1641,23 @@ impl Run {
 /// their offsets. Runs as a task of its own, owning the dataset's sinks until it hands them back.
 async fn commit_batch(
     mut sinks: Box<state::DatasetSinks>,
-    mut batch: PendingBatch,
+    flushed: Flushed,
     ctx: CommitContext,
     reason: FlushReason,
     writers: usize,
 ) -> Committed {
     let started = Instant::now();
+    let mut batch = match flushed.build(&ctx.dataset) {
+        Ok(batch) => batch,
+        Err(e) => {
+            return Committed {
+                sinks,
+                reason,
+                attempt: Err(e),
+                elapsed: started.elapsed(),
+            };
+        }
+    };
     let mut dead_letters = None;
     let mut recorded = Ok(());
     if !batch.dead_letters_done && !batch.batch.dead_letters.is_empty() {
@@ -1675,10 +1685,12 @@ async fn commit_batch(
     };
     Committed {
         sinks,
-        batch,
         reason,
-        dead_letters,
-        result,
+        attempt: Ok(Attempt {
+            batch,
+            dead_letters,
+            result,
+        }),
         elapsed: started.elapsed(),
     }
 }

@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::buffer::{DatasetBuffer, FlushBatch, FlushReason, RedeliveryWindow};
+use arrow::error::ArrowError;
+
+use crate::buffer::{DatasetBuffer, FlushBatch, FlushReason, RedeliveryWindow, Unbuilt};
 use crate::config::DatasetConfig;
 use crate::decode::Decoder;
 use crate::sink::dead_letters::{DeadLetterSink, Recorded};
@@ -173,6 +175,42 @@ pub(super) struct PendingBatch {
     pub dead_letters_done: bool,
 }
 
+/// What a flush hands to its commit task: rows just taken from the buffer, whose batch the task builds,
+/// or a batch kept from a failed attempt.
+pub(super) enum Flushed {
+    Taken {
+        rows: Unbuilt,
+        id: String,
+        started_ms: i64,
+    },
+    Kept(PendingBatch),
+}
+
+impl Flushed {
+    /// The batch, built if it is not yet.
+    pub fn build(self, dataset: &str) -> Result<PendingBatch, ArrowError> {
+        match self {
+            Flushed::Kept(batch) => Ok(batch),
+            Flushed::Taken {
+                rows,
+                id,
+                started_ms,
+            } => {
+                let started = Instant::now();
+                let batch = rows.build(&id)?;
+                metrics::histogram!("bronze_flush_build_seconds", "dataset" => dataset.to_string())
+                    .record(started.elapsed().as_secs_f64());
+                Ok(PendingBatch {
+                    batch,
+                    id,
+                    started_ms,
+                    dead_letters_done: false,
+                })
+            }
+        }
+    }
+}
+
 /// A dataset's table and its dead-letter table: they travel together to the task that commits a batch.
 pub(super) struct DatasetSinks {
     pub table: TableSink,
@@ -186,15 +224,21 @@ pub(super) struct Commit {
     pub memory: usize,
 }
 
-/// What a background commit hands back: the sinks, the batch, and how it went.
+/// What a background commit hands back: the sinks and how it went.
 pub(super) struct Committed {
     pub sinks: Box<DatasetSinks>,
-    pub batch: PendingBatch,
     pub reason: FlushReason,
+    /// The attempt, or why the batch could not be built (nothing was written then).
+    pub attempt: Result<Attempt, ArrowError>,
+    pub elapsed: Duration,
+}
+
+/// One attempt to commit a batch.
+pub(super) struct Attempt {
+    pub batch: PendingBatch,
     /// The batch's dead letters recorded by this attempt (none when there were none, or earlier).
     pub dead_letters: Option<Recorded>,
     pub result: Result<CommitOutcome, SinkError>,
-    pub elapsed: Duration,
 }
 
 pub struct DatasetState {
