@@ -8,7 +8,7 @@
 //! be larger than the values it replaces, the column is written plain from the start. Where values
 //! repeat, or the estimate cannot tell, the writer's default stands.
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayData, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
@@ -103,12 +103,18 @@ fn estimate(
     let mut seen = foldhash::HashSet::<u64>::default();
     let mut values = 0usize;
     let mut bytes = 0usize;
+    // The sample is in batch order: each batch's column is opened once.
+    let mut open: Option<(usize, Column<'_>)> = None;
     for &(b, i) in sample {
-        let array = batches[b].column(c);
-        if array.is_null(i) {
-            continue;
+        if open.as_ref().is_none_or(|(ob, _)| *ob != b) {
+            open = Some((b, Column::of(batches[b].column(c).as_ref())?));
         }
-        let (hash, width) = value_hash(array.as_ref(), i)?;
+        let Some((_, column)) = &open else {
+            continue;
+        };
+        let Some((hash, width)) = column.value(i) else {
+            continue;
+        };
         seen.insert(hash);
         values += 1;
         bytes += width;
@@ -133,33 +139,64 @@ fn estimate(
     })
 }
 
-/// A hash of value `i` of `array` and its size in a dictionary page; `None` for types left to the
+/// One batch's column, read for its values' hashes; `None` from [`Column::of`] for types left to the
 /// writer's default (nested, boolean, dictionary-encoded already).
-fn value_hash(array: &dyn Array, i: usize) -> Option<(u64, usize)> {
-    use std::hash::BuildHasher;
-    let hasher = foldhash::fast::FixedState::with_seed(0);
-    let bytes: &[u8] = match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().value(i).as_bytes(),
-        DataType::LargeUtf8 => array.as_string::<i64>().value(i).as_bytes(),
-        DataType::Utf8View => array.as_string_view().value(i).as_bytes(),
-        DataType::Binary => array.as_binary::<i32>().value(i),
-        DataType::LargeBinary => array.as_binary::<i64>().value(i),
-        DataType::BinaryView => array.as_binary_view().value(i),
-        t if t.is_primitive() => {
-            let width = t.primitive_width()?;
-            let data = array.to_data();
-            let start = (data.offset() + i) * width;
-            let value = data
-                .buffers()
-                .first()?
-                .as_slice()
-                .get(start..start + width)?;
-            return Some((hasher.hash_one(value), width));
+enum Column<'a> {
+    Fixed { data: ArrayData, width: usize },
+    Bytes(&'a dyn Array),
+}
+
+impl<'a> Column<'a> {
+    fn of(array: &'a dyn Array) -> Option<Self> {
+        match array.data_type() {
+            DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView => Some(Column::Bytes(array)),
+            t if t.is_primitive() => Some(Column::Fixed {
+                width: t.primitive_width()?,
+                data: array.to_data(),
+            }),
+            _ => None,
         }
-        _ => return None,
-    };
-    // A byte array's dictionary entry carries a 4-byte length.
-    Some((hasher.hash_one(bytes), bytes.len() + 4))
+    }
+
+    /// A hash of value `i` and its size in a dictionary page; `None` for a null.
+    fn value(&self, i: usize) -> Option<(u64, usize)> {
+        use std::hash::BuildHasher;
+        let hasher = foldhash::fast::FixedState::with_seed(0);
+        match self {
+            Column::Fixed { data, width } => {
+                if data.is_null(i) {
+                    return None;
+                }
+                let start = (data.offset() + i) * width;
+                let value = data
+                    .buffers()
+                    .first()?
+                    .as_slice()
+                    .get(start..start + width)?;
+                Some((hasher.hash_one(value), *width))
+            }
+            Column::Bytes(array) => {
+                if array.is_null(i) {
+                    return None;
+                }
+                let bytes: &[u8] = match array.data_type() {
+                    DataType::Utf8 => array.as_string::<i32>().value(i).as_bytes(),
+                    DataType::LargeUtf8 => array.as_string::<i64>().value(i).as_bytes(),
+                    DataType::Utf8View => array.as_string_view().value(i).as_bytes(),
+                    DataType::Binary => array.as_binary::<i32>().value(i),
+                    DataType::LargeBinary => array.as_binary::<i64>().value(i),
+                    _ => array.as_binary_view().value(i),
+                };
+                // A byte array's dictionary entry carries a 4-byte length.
+                Some((hasher.hash_one(bytes), bytes.len() + 4))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1131,6 +1131,15 @@ pub fn writer_properties(compression: Compression) -> WriterProperties {
         .build()
 }
 
+/// [`writer_properties`] for a file of `batches`, as the sink writes it: a dictionary only for the
+/// columns whose values repeat (see `dictionary`).
+pub fn writer_properties_for(
+    compression: Compression,
+    batches: &[arrow::array::RecordBatch],
+) -> WriterProperties {
+    dictionary::choose(&writer_properties(compression), batches)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
