@@ -220,7 +220,8 @@ pub(super) struct DatasetSinks {
 /// A batch being committed in the background, while the loop goes on reading.
 pub(super) struct Commit {
     pub task: tokio::task::JoinHandle<Committed>,
-    /// Arrow memory of the batch (the Parquet writer's buffers come on top).
+    /// The batch's memory: as the buffer counted its rows until the task builds it, the Arrow memory
+    /// of a batch kept from a failed attempt (the Parquet writer's buffers come on top).
     pub memory: usize,
 }
 
