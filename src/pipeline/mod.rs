@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::Consumer;
 use tracing::{Instrument, debug, error, info, warn};
 
@@ -427,11 +427,14 @@ impl Run {
                     // under the old assignment, and ends the batch.
                     let rebalanced = || consumer.context().has_events();
                     let mut rebalance_at = rebalanced().then_some(0);
+                    // One stream for the whole poll: `recv` registers and drops a waker slot (two
+                    // locks) per message.
+                    let mut ready = consumer.stream();
                     while rebalance_at.is_none()
                         && batch.len() < lanes::MAX_MESSAGES
                         && bytes < lanes::MAX_BYTES
                     {
-                        let Some(msg) = consumer.recv().now_or_never() else {
+                        let Some(Some(msg)) = ready.next().now_or_never() else {
                             break;
                         };
                         bytes += msg.as_ref().map_or(0, |m| m.key_len() + m.payload_len());

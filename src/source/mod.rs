@@ -3,6 +3,7 @@
 //! tools see progress.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ pub enum RebalanceEvent {
 /// reports broker outages to the health state.
 pub struct SourceContext {
     events: Mutex<Vec<RebalanceEvent>>,
+    /// Whether `events` holds any: asked once per polled message, so without the lock.
+    pending: AtomicBool,
     health: Arc<Health>,
     /// Low and high watermark per partition, from librdkafka's periodic statistics.
     watermarks: Mutex<HashMap<TopicPartition, (i64, i64)>>,
@@ -49,15 +52,19 @@ impl SourceContext {
 
     /// Whether rebalance events wait to be taken.
     pub fn has_events(&self) -> bool {
-        !lock(&self.events).is_empty()
+        self.pending.load(Ordering::Acquire)
     }
 
     pub fn take_events(&self) -> Vec<RebalanceEvent> {
-        std::mem::take(&mut *lock(&self.events))
+        let mut events = lock(&self.events);
+        self.pending.store(false, Ordering::Release);
+        std::mem::take(&mut *events)
     }
 
     fn push(&self, e: RebalanceEvent) {
-        lock(&self.events).push(e);
+        let mut events = lock(&self.events);
+        events.push(e);
+        self.pending.store(true, Ordering::Release);
     }
 }
 
@@ -174,6 +181,7 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
 pub fn subscribe(cfg: &Config, health: Arc<Health>) -> Result<Source, KafkaError> {
     let context = SourceContext {
         events: Mutex::default(),
+        pending: AtomicBool::new(false),
         health,
         watermarks: Mutex::default(),
     };
@@ -238,4 +246,25 @@ pub fn broker_reachable(consumer: &Source) -> bool {
             .fetch_metadata(None, Duration::from_secs(2))
             .is_ok()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebalance_events_are_seen_until_taken() {
+        let context = SourceContext {
+            events: Mutex::default(),
+            pending: AtomicBool::new(false),
+            health: Arc::new(Health::default()),
+            watermarks: Mutex::default(),
+        };
+        assert!(!context.has_events());
+        context.push(RebalanceEvent::Revoked(vec![("t".into(), 0)]));
+        context.push(RebalanceEvent::Assigned(vec![("t".into(), 1)]));
+        assert!(context.has_events());
+        assert_eq!(context.take_events().len(), 2);
+        assert!(!context.has_events() && context.take_events().is_empty());
+    }
 }
