@@ -381,9 +381,7 @@ impl Segment {
         self.dedup.push((row.dedup_key, row.order));
         self.bytes += bytes;
     }
-}
 
-impl Segment {
     /// The segment's rows as a batch of `schema`; each row's dedup key and ordering value go to `dedup`
     /// with its offset and partition, in row order.
     fn finish(
@@ -532,21 +530,11 @@ impl DatasetBuffer {
         match self.position_of(topic, partition) {
             Ok(i) => i,
             Err(i) => {
-                let tp = (topic.to_string(), partition);
-                let hint = self.hints.get(&tp).cloned().unwrap_or_default();
-                let hint = match rows {
-                    Some(rows) => hint.scaled(rows),
-                    None => hint,
-                };
-                let segments = vec![Segment::new(
-                    &self.types,
-                    self.rescues,
-                    self.partition_columns,
-                    first_offset,
-                    &hint,
-                )];
-                self.partitions
-                    .insert(i, (tp, PartitionBuffer { segments }));
+                let segments = vec![self.new_segment(topic, partition, first_offset, rows)];
+                self.partitions.insert(
+                    i,
+                    ((topic.to_string(), partition), PartitionBuffer { segments }),
+                );
                 i
             }
         }
@@ -607,13 +595,27 @@ impl DatasetBuffer {
     /// segment of its own, so room for the rest of the flush would never be written, yet counts
     /// against the memory budget as the batch's capacity (a 134 MB buffer held 535 MB of capacity).
     pub fn segment(&self, topic: &str, partition: i32, first_offset: i64, rows: usize) -> Segment {
-        let tp = (topic.to_string(), partition);
+        self.new_segment(topic, partition, first_offset, Some(rows))
+    }
+
+    /// An empty segment of the partition from `first_offset`, sized for `rows` rows of the shape of the
+    /// partition's last flush, or for all of that flush when `rows` is not known.
+    fn new_segment(
+        &self,
+        topic: &str,
+        partition: i32,
+        first_offset: i64,
+        rows: Option<usize>,
+    ) -> Segment {
         let hint = self
             .hints
-            .get(&tp)
+            .get(&(topic.to_string(), partition))
             .cloned()
-            .unwrap_or_default()
-            .scaled(rows);
+            .unwrap_or_default();
+        let hint = match rows {
+            Some(rows) => hint.scaled(rows),
+            None => hint,
+        };
         Segment::new(
             &self.types,
             self.rescues,

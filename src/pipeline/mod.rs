@@ -1182,10 +1182,7 @@ impl Run {
             group_id: self.group_id.clone(),
             run_id: self.run_id.clone(),
             dataset: ds.cfg.name.clone(),
-            started_ms: match &flushed {
-                Flushed::Taken { started_ms, .. } => *started_ms,
-                Flushed::Kept(batch) => batch.started_ms,
-            },
+            started_ms: flushed.started_ms(),
         };
         let writers = match reason {
             FlushReason::CaughtUp | FlushReason::Shutdown => {

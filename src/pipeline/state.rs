@@ -187,6 +187,14 @@ pub(super) enum Flushed {
 }
 
 impl Flushed {
+    /// When its rows were taken from the buffer, ms since the epoch.
+    pub fn started_ms(&self) -> i64 {
+        match self {
+            Flushed::Taken { started_ms, .. } => *started_ms,
+            Flushed::Kept(batch) => batch.started_ms,
+        }
+    }
+
     /// The batch, built if it is not yet.
     pub fn build(self, dataset: &str) -> Result<PendingBatch, ArrowError> {
         match self {

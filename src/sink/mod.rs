@@ -741,27 +741,27 @@ impl TableSink {
                 .with_writer_properties(properties.clone())
                 .with_target_file_size(self.target_file_size))
         };
-        let parts = split_rows(batches, writers);
-        if parts.len() < 2 {
-            let mut writer = new_writer()?;
-            for batch in parts.into_iter().flatten() {
-                writer.write(batch).await.map_err(|e| self.delta_err(e))?;
+        async fn write_part(
+            mut writer: RecordBatchWriter,
+            part: Vec<arrow::array::RecordBatch>,
+        ) -> Result<Vec<Add>, DeltaTableError> {
+            for batch in part {
+                writer.write(batch).await?;
             }
-            return writer.flush().await.map_err(|e| self.delta_err(e));
+            writer.flush().await
+        }
+        let mut parts = split_rows(batches, writers);
+        if parts.len() < 2 {
+            let part = parts.pop().unwrap_or_default();
+            return write_part(new_writer()?, part)
+                .await
+                .map_err(|e| self.delta_err(e));
         }
         // Every part on a task of its own, this one included: encoding does not yield, and a task
         // spawned from a busy worker waits in its slot that no other worker takes from.
         let tasks = parts
             .into_iter()
-            .map(|part| {
-                let mut writer = new_writer()?;
-                Ok(tokio::spawn(async move {
-                    for batch in part {
-                        writer.write(batch).await?;
-                    }
-                    writer.flush().await
-                }))
-            })
+            .map(|part| Ok(tokio::spawn(write_part(new_writer()?, part))))
             .collect::<Result<Vec<_>, SinkError>>()?;
         let mut adds = Ok(Vec::new());
         for task in tasks {

@@ -44,6 +44,15 @@ pub struct SourceContext {
 }
 
 impl SourceContext {
+    fn new(health: Arc<Health>) -> Self {
+        SourceContext {
+            events: Mutex::default(),
+            pending: AtomicBool::new(false),
+            health,
+            watermarks: Mutex::default(),
+        }
+    }
+
     /// The latest low and high watermarks librdkafka reported (every `statistics.interval.ms`); unlike
     /// [`watermarks`], no request to the broker.
     pub fn reported_watermarks(&self) -> HashMap<TopicPartition, (i64, i64)> {
@@ -179,13 +188,7 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
 
 /// Create the consumer and subscribe to every dataset's topics.
 pub fn subscribe(cfg: &Config, health: Arc<Health>) -> Result<Source, KafkaError> {
-    let context = SourceContext {
-        events: Mutex::default(),
-        pending: AtomicBool::new(false),
-        health,
-        watermarks: Mutex::default(),
-    };
-    let consumer: Source = client_config(cfg).create_with_context(context)?;
+    let consumer: Source = client_config(cfg).create_with_context(SourceContext::new(health))?;
     let topics: Vec<String> = cfg
         .datasets
         .iter()
@@ -254,12 +257,7 @@ mod tests {
 
     #[test]
     fn rebalance_events_are_seen_until_taken() {
-        let context = SourceContext {
-            events: Mutex::default(),
-            pending: AtomicBool::new(false),
-            health: Arc::new(Health::default()),
-            watermarks: Mutex::default(),
-        };
+        let context = SourceContext::new(Arc::new(Health::default()));
         assert!(!context.has_events());
         context.push(RebalanceEvent::Revoked(vec![("t".into(), 0)]));
         context.push(RebalanceEvent::Assigned(vec![("t".into(), 1)]));
