@@ -6,7 +6,8 @@
 //! offsets). [`pipeline`] runs that loop; [`config`] and [`contract`] describe what to run;
 //! [`observability`] installs logs and metrics; [`audit`] keeps the ledger of runs and commits;
 //! [`maintenance`] compacts and vacuums the tables; [`control`] runs backfill and maintenance requests
-//! posted on the control topic.
+//! posted on the control topic; [`txn`] names the Kafka partitions, offset ranges and Delta txn app
+//! ids of the exactly-once protocol.
 
 pub mod audit;
 pub mod buffer;
@@ -20,3 +21,4 @@ pub mod pipeline;
 pub mod sink;
 pub mod source;
 pub mod transform;
+pub mod txn;

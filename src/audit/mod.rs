@@ -37,8 +37,6 @@ pub enum AuditError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("audit ledger {uri}: {message}")]
     Query { uri: String, message: String },
-    #[error("audit ledger: still conflicting after {0} attempts")]
-    TooManyConflicts(usize),
 }
 
 impl From<SinkError> for AuditError {
@@ -319,7 +317,6 @@ fn to_batch(records: &[AuditRecord]) -> Result<RecordBatch, AuditError> {
 
 /// Most log versions transcribed per dataset in one sync, so a long backlog lands in steps.
 const MAX_VERSIONS_PER_SYNC: u64 = 2000;
-const MAX_SYNC_ATTEMPTS: usize = 10;
 
 struct Followed {
     dataset: String,
@@ -342,7 +339,7 @@ impl Followed {
 
     /// The txn app id under which the ledger records how far it transcribed this table.
     fn app_id(&self) -> String {
-        format!("bronze-audit:{}", self.name())
+        crate::txn::audit(&self.name())
     }
 }
 
@@ -364,7 +361,8 @@ impl Ledger {
             &options,
             Compression::Zstd,
         )
-        .await?;
+        .await?
+        .with_commit_attempts(cfg.storage.commit_attempts);
         let mut followed = Vec::with_capacity(cfg.datasets.len() * 2);
         for d in &cfg.datasets {
             for (uri, dead_letters) in [(&d.table_uri, false), (&d.dead_letters.table_uri, true)] {
@@ -383,8 +381,9 @@ impl Ledger {
     /// Record `events` and every dataset commit not yet in the ledger, in one ledger commit.
     /// Returns the number of rows written.
     pub async fn sync(&mut self, events: &[AuditRecord]) -> Result<usize, AuditError> {
-        for _ in 0..MAX_SYNC_ATTEMPTS {
-            self.sink.refresh().await?;
+        let mut retry = self.sink.retry("audit");
+        loop {
+            retry.next(&mut self.sink).await?;
             let mut records = events.to_vec();
             let mut txns = Vec::new();
             for f in &mut self.followed {
@@ -447,7 +446,6 @@ impl Ledger {
                 }
             }
         }
-        Err(AuditError::TooManyConflicts(MAX_SYNC_ATTEMPTS))
     }
 }
 

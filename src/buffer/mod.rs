@@ -28,19 +28,7 @@ use crate::transform::{Cell, OrderValue, Row};
 /// Bytes charged per row on top of its values: builders' offsets, validity and side tables.
 const ROW_OVERHEAD_BYTES: usize = 96;
 
-/// Kafka partition identity.
-pub type TopicPartition = (String, i32);
-
-/// The offsets of one Kafka partition that a flush covers. `last` includes messages that produced no
-/// row (tombstones), so the committed position moves past them too.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OffsetRange {
-    pub topic: String,
-    pub partition: i32,
-    pub first: i64,
-    pub last: i64,
-    pub rows: usize,
-}
+pub use crate::txn::{OffsetRange, TopicPartition};
 
 /// What a flush hands to the sink: deduplicated Arrow batches, one per Kafka partition or segment of
 /// one (not concatenated, which would copy every value once more at the memory peak of a flush).
@@ -533,7 +521,10 @@ impl DatasetBuffer {
                 let segments = vec![self.new_segment(topic, partition, first_offset, rows)];
                 self.partitions.insert(
                     i,
-                    ((topic.to_string(), partition), PartitionBuffer { segments }),
+                    (
+                        TopicPartition::new(topic, partition),
+                        PartitionBuffer { segments },
+                    ),
                 );
                 i
             }
@@ -541,8 +532,15 @@ impl DatasetBuffer {
     }
 
     fn position_of(&self, topic: &str, partition: i32) -> Result<usize, usize> {
-        self.partitions
-            .binary_search_by(|((t, p), _)| (t.as_str(), *p).cmp(&(topic, partition)))
+        self.partitions.binary_search_by(
+            |(
+                TopicPartition {
+                    topic: t,
+                    partition: p,
+                },
+                _,
+            )| (t.as_str(), *p).cmp(&(topic, partition)),
+        )
     }
 
     /// Put one message into the partition's last segment with `fill` (its row, skip or dead letter; the
@@ -577,7 +575,7 @@ impl DatasetBuffer {
             self.ensure(topic, partition, offset, Some(rows), now);
         }
         let mut lent: Vec<Option<&mut Segment>> = wanted.iter().map(|_| None).collect();
-        for ((topic, partition), buf) in &mut self.partitions {
+        for (TopicPartition { topic, partition }, buf) in &mut self.partitions {
             if let Some(i) = wanted
                 .iter()
                 .position(|&(t, p, _, _)| (t, p) == (topic.as_str(), *partition))
@@ -609,7 +607,7 @@ impl DatasetBuffer {
     ) -> Segment {
         let hint = self
             .hints
-            .get(&(topic.to_string(), partition))
+            .get(&TopicPartition::new(topic, partition))
             .cloned()
             .unwrap_or_default();
         let hint = match rows {
@@ -688,10 +686,12 @@ impl DatasetBuffer {
         self.rows = 0;
         self.bytes = 0;
         self.oldest = None;
-        for ((topic, partition), buf) in &partitions {
+        for (TopicPartition { topic, partition }, buf) in &partitions {
             if buf.rows() > 0 {
-                self.hints
-                    .insert((topic.clone(), *partition), SizeHint::of(buf));
+                self.hints.insert(
+                    TopicPartition::new(topic.clone(), *partition),
+                    SizeHint::of(buf),
+                );
             }
         }
         Some(Unbuilt {
@@ -729,7 +729,7 @@ impl Unbuilt {
         let mut dedup: Vec<(Option<CompactString>, OrderValue, i64, i32)> = Vec::new();
         let mut dead_letters = Vec::new();
         let mut source_ids = Vec::new();
-        for ((topic, partition), buf) in self.partitions {
+        for (TopicPartition { topic, partition }, buf) in self.partitions {
             ranges.push(OffsetRange {
                 topic: topic.clone(),
                 partition,

@@ -267,6 +267,14 @@ pub struct StorageConfig {
     /// Files below this size count as small (`bronze status`, compaction candidates).
     #[serde(default = "default_small_file_bytes")]
     pub small_file_bytes: u64,
+    /// Attempts of every optimistic commit (streaming, dead letters, backfills, replays, the ledger,
+    /// schema changes) before it fails; each attempt re-reads the table and decides again.
+    #[serde(default = "default_commit_attempts")]
+    pub commit_attempts: usize,
+}
+
+fn default_commit_attempts() -> usize {
+    crate::sink::DEFAULT_COMMIT_ATTEMPTS
 }
 
 fn default_small_file_bytes() -> u64 {
@@ -838,6 +846,13 @@ impl Config {
                     "must be at least {}: a shorter grace would delete the files another member has uploaded and is about to commit",
                     humantime::format_duration(MIN_ORPHAN_GRACE)
                 ),
+            ));
+        }
+        if raw.storage.commit_attempts == 0 {
+            return Err(ConfigError::invalid(
+                file,
+                "storage.commit_attempts",
+                "must be at least 1",
             ));
         }
         if raw.memory.budget_bytes < 1024 * 1024 {

@@ -264,3 +264,23 @@ fn final_flush_writers_each_get_their_minimum_of_rows() {
     let err = load(&zero, &[]).unwrap_err().to_string();
     assert!(err.contains("pipeline.final_flush_writers"), "{err}");
 }
+
+#[test]
+fn commit_attempts_default_and_must_allow_one_attempt() {
+    let cfg = load(&base("../lake"), &[]).unwrap();
+    assert_eq!(
+        cfg.storage.commit_attempts,
+        crate::sink::DEFAULT_COMMIT_ATTEMPTS
+    );
+    let text = base("../lake").replace(
+        "root = \"../lake\"",
+        "root = \"../lake\"\ncommit_attempts = 5",
+    );
+    assert_eq!(load(&text, &[]).unwrap().storage.commit_attempts, 5);
+    let text = base("../lake").replace(
+        "root = \"../lake\"",
+        "root = \"../lake\"\ncommit_attempts = 0",
+    );
+    let err = load(&text, &[]).unwrap_err().to_string();
+    assert!(err.contains("storage.commit_attempts"), "{err}");
+}

@@ -116,7 +116,7 @@ pub async fn refresh(cfg: &Config, d: &DatasetConfig) -> Result<LatestReport, Ma
             .await?
         }
     };
-    let app_id = app_id(&d.name);
+    let app_id = crate::txn::latest_view(&d.name);
     let applied = view.committed_offset(&app_id).await?.map(|v| v as u64);
     report.from_version = applied;
     report.to_version = Some(head);
@@ -206,11 +206,6 @@ pub async fn refresh(cfg: &Config, d: &DatasetConfig) -> Result<LatestReport, Ma
 fn finish(mut report: LatestReport, started: Instant) -> LatestReport {
     report.duration_ms = started.elapsed().as_millis() as u64;
     report
-}
-
-/// The txn app id holding the history version a view has applied.
-pub fn app_id(dataset: &str) -> String {
-    format!("bronze-latest:{dataset}")
 }
 
 /// The history table's columns (its partition columns as plain columns) and the bucket.

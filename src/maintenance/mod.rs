@@ -146,7 +146,7 @@ pub async fn compact(
                 report.files_added += m.num_files_added;
                 report.bytes_rewritten += m.files_removed.total_size.max(0) as u64;
             }
-            Err(e) if is_conflict(&e) => {
+            Err(e) if sink::is_conflict(&e) => {
                 // Another compaction (another member) rewrote these files first.
                 report.conflicts += 1;
                 warn!(dataset = %d.name, partition = ?values, error = %e, "compaction conflict; partition left for the next round");
@@ -192,14 +192,6 @@ pub async fn compact(
             files_added = report.files_added, bytes = report.bytes_rewritten, ms = report.duration_ms, "compacted");
     }
     Ok(report)
-}
-
-fn is_conflict(e: &deltalake::DeltaTableError) -> bool {
-    matches!(
-        e,
-        deltalake::DeltaTableError::Transaction { .. }
-            | deltalake::DeltaTableError::VersionAlreadyExists(_)
-    )
 }
 
 fn now_since_epoch(now: chrono::DateTime<Utc>) -> Duration {

@@ -100,15 +100,15 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
             let (low, high) = watermarks.get(&tp).copied().unwrap_or_default();
             let position = match &table {
                 Some(t) => t
-                    .committed_offset(&sink::app_id(&cfg.kafka.group_id, &tp.0, tp.1))
+                    .committed_offset(&crate::txn::streaming(&cfg.kafka.group_id, &tp))
                     .await?
                     .map(|v| v + 1),
                 None => None,
             };
             partitions.push(PartitionStatus {
                 lag_messages: (high - position.unwrap_or(low).max(low)).max(0),
-                topic: tp.0,
-                partition: tp.1,
+                topic: tp.topic,
+                partition: tp.partition,
                 position,
                 high_watermark: high,
                 lag_seconds: None,
@@ -119,7 +119,10 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
             .filter(|p| p.lag_messages > 0)
             .map(|p| {
                 let from = p.high_watermark - p.lag_messages;
-                ((p.topic.clone(), p.partition), from)
+                (
+                    crate::txn::TopicPartition::new(p.topic.clone(), p.partition),
+                    from,
+                )
             })
             .collect();
         let stamps =
@@ -128,7 +131,10 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
         for p in &mut partitions {
             if p.lag_messages == 0 {
                 p.lag_seconds = Some(0.0);
-            } else if let Some(ts) = stamps.get(&(p.topic.clone(), p.partition)) {
+            } else if let Some(ts) = stamps.get(&crate::txn::TopicPartition::new(
+                p.topic.clone(),
+                p.partition,
+            )) {
                 p.lag_seconds = Some((now_ms - ts).max(0) as f64 / 1000.0);
             }
         }

@@ -23,15 +23,16 @@ use std::time::Instant;
 use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
 use deltalake::kernel::Transaction;
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::message::Message;
 use super::{Admission, PipelineError, admit};
-use crate::buffer::{DatasetBuffer, TopicPartition};
+use crate::buffer::DatasetBuffer;
 use crate::config::{Config, DatasetConfig, PartitionBy};
 use crate::decode::Decoder;
-use crate::sink::{self, SinkError, TableSink};
+use crate::sink::{self, TableSink};
 use crate::source::Inspector;
+use crate::txn::{self, TopicPartition};
 
 pub use crate::transform::PartitionValues;
 use crate::transform::span_of_partitions;
@@ -77,15 +78,8 @@ pub struct BackfillOutcome {
     pub duration_ms: u64,
 }
 
-/// Commit attempts before giving up (each replays only what streaming committed since the last one).
-const MAX_ATTEMPTS: usize = 50;
 /// Messages handed over per blocking read, between progress reports and buffer checks.
 const READ_CHUNK: usize = 5_000;
-
-/// The txn app id recording a request in a dataset's table.
-pub fn request_app_id(request_id: &str) -> String {
-    format!("bronze-request:{request_id}")
-}
 
 /// Why a request cannot run, before anything is read.
 pub fn check(cfg: &Config, req: &BackfillRequest) -> Result<(), String> {
@@ -275,7 +269,10 @@ async fn lowest_offsets(
         );
         for i in 0..b.num_rows() {
             if !low.is_null(i) {
-                out.insert((topics.value(i).to_string(), parts.value(i)), low.value(i));
+                out.insert(
+                    TopicPartition::new(topics.value(i), parts.value(i)),
+                    low.value(i),
+                );
             }
         }
     }
@@ -313,7 +310,7 @@ pub async fn backfill(
         partitions: targets.iter().map(label).collect(),
         ..BackfillOutcome::default()
     };
-    let app_id = request_app_id(&req.request_id);
+    let app_id = txn::request(&req.request_id);
     sink.refresh().await?;
     let done = sink.committed_offset(&app_id).await?;
     if done.is_some() && !req.force {
@@ -345,14 +342,22 @@ pub async fn backfill(
     let mut adds = Vec::new();
     let mut counts = (0usize, 0usize);
     let mut total = 0u64;
-    for attempt in 1..=MAX_ATTEMPTS {
+    // Each attempt replays only what streaming committed since the last one.
+    let mut retry = sink.retry("backfill");
+    loop {
+        let attempt = match retry.next(&mut sink).await {
+            Ok(attempt) => attempt,
+            Err(e) => {
+                sink.discard_files(&adds).await;
+                return Err(e.into());
+            }
+        };
         out.attempts = attempt;
-        sink.refresh().await?;
         // Up to what the table covers now: the streaming positions in this snapshot.
         let mut ranges = Vec::new();
         for tp in &tps {
             let end = sink
-                .committed_offset(&sink::app_id(&cfg.kafka.group_id, &tp.0, tp.1))
+                .committed_offset(&txn::streaming(&cfg.kafka.group_id, tp))
                 .await?
                 .map_or(0, |v| v + 1);
             let start = cursor.get(tp).copied().unwrap_or(end);
@@ -457,8 +462,8 @@ pub async fn backfill(
                 return Ok(out);
             }
             Ok(None) => {
-                warn!(request_id = %req.request_id, attempt,
-                    "the table moved during the backfill; replaying what was committed since and retrying");
+                info!(request_id = %req.request_id, attempt,
+                    "the table moved during the backfill; replaying what was committed since");
             }
             Err(e) => {
                 sink.discard_files(&adds).await;
@@ -466,11 +471,6 @@ pub async fn backfill(
             }
         }
     }
-    sink.discard_files(&adds).await;
-    Err(PipelineError::Sink(Box::new(SinkError::TooManyConflicts {
-        uri: d.table_uri.clone(),
-        attempts: MAX_ATTEMPTS,
-    })))
 }
 
 /// The first new file outside the replaced partitions, if any. Such a file would be added without its

@@ -27,8 +27,7 @@ use tracing::{info, warn};
 
 use super::PipelineError;
 use super::backfill::{
-    PartitionValues, label, partitions_between, predicate, request_app_id, sorted, stray_file,
-    write_chunk,
+    PartitionValues, label, partitions_between, predicate, sorted, stray_file, write_chunk,
 };
 use crate::config::{Config, DatasetConfig, ExtractConfig};
 use crate::decode::{Change, Fields, Op};
@@ -92,11 +91,6 @@ impl From<ExtractError> for PipelineError {
     fn from(e: ExtractError) -> Self {
         PipelineError::Stopped(e.to_string())
     }
-}
-
-/// The txn app id of a dataset's extract high watermark.
-pub fn watermark_app_id(dataset: &str) -> String {
-    format!("bronze-extract:{dataset}")
 }
 
 /// Rows in flight between the readers and the buffer.
@@ -165,14 +159,16 @@ pub async fn extract(
         ..ExtractOutcome::default()
     };
     sink.refresh().await?;
-    let app_id = request_app_id(&req.request_id);
+    let app_id = crate::txn::request(&req.request_id);
     let done = sink.committed_offset(&app_id).await?;
     if done.is_some() && !req.force {
         out.status = "already_done".into();
         out.table_version = sink.version();
         return Ok(out);
     }
-    let watermark = sink.committed_offset(&watermark_app_id(&d.name)).await?;
+    let watermark = sink
+        .committed_offset(&crate::txn::extract_watermark(&d.name))
+        .await?;
     out.watermark_before_us = watermark;
     let by = d.partitioning.by;
     let lookback_us = i64::try_from(x.lookback.as_micros()).unwrap_or(i64::MAX / 4);
@@ -414,7 +410,11 @@ pub async fn extract(
     let now_ms = Some(chrono::Utc::now().timestamp_millis());
     let txns = vec![
         Transaction::new_with_last_update(app_id, done.unwrap_or(0) + 1, now_ms),
-        Transaction::new_with_last_update(watermark_app_id(&d.name), snapshot_us, now_ms),
+        Transaction::new_with_last_update(
+            crate::txn::extract_watermark(&d.name),
+            snapshot_us,
+            now_ms,
+        ),
     ];
     let metadata = vec![(
         "bronze".to_string(),

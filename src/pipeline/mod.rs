@@ -107,7 +107,11 @@ pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineEr
                 .set(ms as f64 / 1000.0);
         }
         let buffer = buffer_for(&mapper);
-        let dead_letter_sink = DeadLetterSink::new(&d.dead_letters.table_uri, &options);
+        let dead_letter_sink = DeadLetterSink::new(
+            &d.dead_letters.table_uri,
+            &options,
+            cfg.storage.commit_attempts,
+        );
         let mut state = DatasetState::new(
             d.clone(),
             Decoder::new(d.format, registry.clone()),
@@ -180,7 +184,8 @@ pub(crate) async fn open_dataset(
         &cfg.storage_options(),
         cfg.storage.compression,
     )
-    .await?;
+    .await?
+    .with_commit_attempts(cfg.storage.commit_attempts);
     let widened = sink.widened_columns(&schema)?;
     if !widened.is_empty() {
         info!(dataset = %d.name, columns = ?widened, "table has columns widened beyond the contract");
@@ -510,8 +515,8 @@ impl Run {
             }
             match msg {
                 Ok(m) => {
-                    if (tp.0.as_str(), tp.1) != (m.topic, m.partition) {
-                        tp = (m.topic.to_string(), m.partition);
+                    if (tp.topic.as_str(), tp.partition) != (m.topic, m.partition) {
+                        tp = TopicPartition::new(m.topic, m.partition);
                     }
                     self.handle_message(*m, &tp).await?
                 }
@@ -534,13 +539,18 @@ impl Run {
     ) -> Result<(), PipelineError> {
         let mut firsts: Vec<(TopicPartition, i64)> = Vec::new();
         for m in batch.iter().flatten() {
-            if firsts
-                .iter()
-                .any(|((t, p), _)| (t.as_str(), *p) == (m.topic, m.partition))
-            {
+            if firsts.iter().any(
+                |(
+                    TopicPartition {
+                        topic: t,
+                        partition: p,
+                    },
+                    _,
+                )| (t.as_str(), *p) == (m.topic, m.partition),
+            ) {
                 continue;
             }
-            firsts.push(((m.topic.to_string(), m.partition), m.offset));
+            firsts.push((TopicPartition::new(m.topic, m.partition), m.offset));
         }
         for (tp, offset) in firsts {
             let Some(ps) = self.partitions.get(&tp) else {
@@ -572,7 +582,7 @@ impl Run {
                 _ => {
                     let d = self
                         .partitions
-                        .get(&(m.topic.to_string(), m.partition))
+                        .get(&TopicPartition::new(m.topic, m.partition))
                         .filter(|ps| ps.phase == Phase::Ready && !ps.stopped)
                         .filter(|ps| ps.waiting_until.is_none())
                         .map(|ps| ps.dataset);
@@ -616,14 +626,24 @@ impl Run {
         for &i in turn {
             let m = message(i);
             let g = match last {
-                Some(g) if (groups[g].0.0.as_str(), groups[g].0.1) == (m.topic, m.partition) => g,
-                _ => match groups
-                    .iter()
-                    .position(|((t, p), _)| (t.as_str(), *p) == (m.topic, m.partition))
+                Some(g)
+                    if (groups[g].0.topic.as_str(), groups[g].0.partition)
+                        == (m.topic, m.partition) =>
                 {
+                    g
+                }
+                _ => match groups.iter().position(
+                    |(
+                        TopicPartition {
+                            topic: t,
+                            partition: p,
+                        },
+                        _,
+                    )| (t.as_str(), *p) == (m.topic, m.partition),
+                ) {
                     Some(g) => g,
                     None => {
-                        groups.push(((m.topic.to_string(), m.partition), Vec::new()));
+                        groups.push((TopicPartition::new(m.topic, m.partition), Vec::new()));
                         groups.len() - 1
                     }
                 },
@@ -672,7 +692,7 @@ impl Run {
         let mut segments: Vec<Option<Segment>> = plan
             .iter()
             .map(|c| {
-                let ((topic, partition), indices) = &groups[c.group];
+                let (TopicPartition { topic, partition }, indices) = &groups[c.group];
                 (c.start > 0).then(|| {
                     let first = message(indices[c.start]).offset;
                     ds.buffer.segment(topic, *partition, first, c.end - c.start)
@@ -682,11 +702,22 @@ impl Run {
         let wanted: Vec<(&str, i32, i64, usize)> = groups
             .iter()
             .enumerate()
-            .map(|(g, ((t, p), ix))| {
-                let first_chunk = plan.iter().find(|c| c.group == g && c.start == 0);
-                let rows = first_chunk.map_or(ix.len(), |c| c.end);
-                (t.as_str(), *p, message(ix[0]).offset, rows)
-            })
+            .map(
+                |(
+                    g,
+                    (
+                        TopicPartition {
+                            topic: t,
+                            partition: p,
+                        },
+                        ix,
+                    ),
+                )| {
+                    let first_chunk = plan.iter().find(|c| c.group == g && c.start == 0);
+                    let rows = first_chunk.map_or(ix.len(), |c| c.end);
+                    (t.as_str(), *p, message(ix[0]).offset, rows)
+                },
+            )
             .collect();
         let mut tails: Vec<Option<&mut Segment>> =
             ds.buffer.lend(&wanted, now).into_iter().map(Some).collect();
@@ -742,7 +773,7 @@ impl Run {
             if stopped[g] {
                 continue;
             }
-            let ((topic, partition), indices) = &groups[g];
+            let (TopicPartition { topic, partition }, indices) = &groups[g];
             ingested_total += chunk.ingested;
             ingested_of[g] += chunk.ingested;
             ds.summary.events += chunk.ingested as u64;
@@ -801,7 +832,9 @@ impl Run {
                             lag_gauge(dataset, &tp).set(0.0);
                             lag_seconds_gauge(dataset, &tp).set(0.0);
                             // Whoever owns it next re-reads these rows from the table's position.
-                            self.datasets[ps.dataset].buffer.drop_partition(&tp.0, tp.1);
+                            self.datasets[ps.dataset]
+                                .buffer
+                                .drop_partition(&tp.topic, tp.partition);
                         }
                         self.targets.remove(&tp);
                     }
@@ -826,17 +859,17 @@ impl Run {
                     };
                     self.ever_assigned = true;
                     for tp in tps {
-                        let Some(d) = self.cfg.dataset_for_topic(&tp.0) else {
-                            warn!(topic = %tp.0, "assigned a topic no dataset claims; ignoring it");
+                        let Some(d) = self.cfg.dataset_for_topic(&tp.topic) else {
+                            warn!(topic = %tp.topic, "assigned a topic no dataset claims; ignoring it");
                             continue;
                         };
                         self.datasets[d].needs_refresh = true;
                         if let Some(&high) = highs.get(&tp) {
-                            debug!(topic = %tp.0, partition = tp.1, high, "catch-up target");
+                            debug!(topic = %tp.topic, partition = tp.partition, high, "catch-up target");
                             self.targets.insert(tp.clone(), high);
                         }
                         let consumed = metrics::counter!("bronze_events_consumed_total",
-                            "dataset" => self.cfg.datasets[d].name.clone(), "topic" => tp.0.clone());
+                            "dataset" => self.cfg.datasets[d].name.clone(), "topic" => tp.topic.clone());
                         self.partitions.insert(tp, PartitionState::new(d, consumed));
                     }
                 }
@@ -869,7 +902,7 @@ impl Run {
             ds.sink().refresh().await?;
             ds.needs_refresh = false;
         }
-        let app_id = sink::app_id(&self.group_id, &tp.0, tp.1);
+        let app_id = crate::txn::streaming(&self.group_id, tp);
         let position = ds.sink().committed_offset(&app_id).await?.map(|v| v + 1);
         if let Some(ps) = self.partitions.get_mut(tp) {
             ps.committed = position;
@@ -905,7 +938,7 @@ impl Run {
                     return Ok(());
                 }
                 if m.offset > target {
-                    warn!(topic = %tp.0, partition = tp.1, expected = target, got = m.offset,
+                    warn!(topic = %tp.topic, partition = tp.partition, expected = target, got = m.offset,
                         "offsets missing from the log (retention or compaction); continuing");
                 }
                 self.set_phase(tp, Phase::Ready);
@@ -951,7 +984,7 @@ impl Run {
     ) -> Result<bool, PipelineError> {
         match self.table_position(d, tp).await? {
             Some(pos) if offset != pos => {
-                info!(topic = %tp.0, partition = tp.1, from = offset, to = pos, "seeking to the table's position");
+                info!(topic = %tp.topic, partition = tp.partition, from = offset, to = pos, "seeking to the table's position");
                 self.seek(tp, pos)?;
                 Ok(false)
             }
@@ -974,7 +1007,7 @@ impl Run {
         let backoff = self.rewind_and_wait(tp, m)?;
         let dataset = &self.datasets[d].cfg.name;
         metrics::counter!("bronze_registry_waits_total", "dataset" => dataset.clone()).increment(1);
-        warn!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset, error = %error,
+        warn!(dataset = %dataset, topic = %tp.topic, partition = tp.partition, offset = m.offset, error = %error,
             retry_in = ?backoff, "writer schema unavailable; partition waits at this message");
         Ok(())
     }
@@ -1103,9 +1136,10 @@ impl Run {
                     sync_columns(&ds.mapper, &mut ds.buffer);
                 }
                 let mut tally = lanes::Tally::default();
-                ds.buffer.fill(&tp.0, tp.1, m.offset, now, |seg| {
-                    lanes::buffer(standing, &m, seg, &ds.redeliveries, &mut tally, dataset)
-                });
+                ds.buffer
+                    .fill(&tp.topic, tp.partition, m.offset, now, |seg| {
+                        lanes::buffer(standing, &m, seg, &ds.redeliveries, &mut tally, dataset)
+                    });
                 ds.summary.skipped += tally.skipped();
                 ds.summary.redeliveries += tally.redeliveries;
                 tally.report(dataset, &mut ds.mapper);
@@ -1119,10 +1153,12 @@ impl Run {
         metrics::counter!("bronze_decode_errors_total", "dataset" => dataset.clone(), "kind" => rejection.reason)
             .increment(1);
         // `fail`: nothing is skipped silently, and the offset is never committed past the message.
-        error!(dataset = %dataset, topic = %tp.0, partition = tp.1, offset = m.offset, kind = rejection.reason,
+        error!(dataset = %dataset, topic = %tp.topic, partition = tp.partition, offset = m.offset, kind = rejection.reason,
             reason = %rejection.error, "cannot ingest message; partition stopped until the input or the contract is fixed");
         ds.summary.errors += 1;
-        self.options.health.partition_stopped(&dataset, &tp.0, tp.1);
+        self.options
+            .health
+            .partition_stopped(&dataset, &tp.topic, tp.partition);
         source::pause(&self.consumer, tp);
         if let Some(ps) = self.partitions.get_mut(tp) {
             ps.stopped = true;
@@ -1308,7 +1344,7 @@ impl Run {
                 let positions: Vec<(TopicPartition, i64)> = batch
                     .ranges
                     .iter()
-                    .map(|r| ((r.topic.clone(), r.partition), r.last + 1))
+                    .map(|r| (r.topic_partition(), r.last + 1))
                     .filter(|(tp, _)| self.partitions.contains_key(tp))
                     .collect();
                 for (tp, next) in &positions {
@@ -1344,8 +1380,10 @@ impl Run {
                 // The whole batch is gone, so every partition in it that is still ours is read again from
                 // the table's position, or from the batch's first offset where the table has none.
                 for r in &batch.ranges {
-                    let tp = (r.topic.clone(), r.partition);
-                    self.datasets[d].buffer.drop_partition(&tp.0, tp.1);
+                    let tp = r.topic_partition();
+                    self.datasets[d]
+                        .buffer
+                        .drop_partition(&tp.topic, tp.partition);
                     if let Some(ps) = self.partitions.get_mut(&tp) {
                         ps.buffered_ts = None;
                         ps.pending_ts = None;
@@ -1542,7 +1580,7 @@ impl Run {
             if ps.stopped {
                 return Err(PipelineError::Stopped(format!(
                     "{}[{}] stopped on a message it cannot ingest; see the error above",
-                    tp.0, tp.1
+                    tp.topic, tp.partition
                 )));
             }
             let position = match (ps.next_offset, ps.phase) {
@@ -1608,7 +1646,7 @@ impl Run {
                 ds.sink().refresh().await?;
                 refreshed[d] = true;
             }
-            let app_id = sink::app_id(&self.group_id, &tp.0, tp.1);
+            let app_id = crate::txn::streaming(&self.group_id, tp);
             let position = ds.sink().committed_offset(&app_id).await?.map(|v| v + 1);
             if position.is_none_or(|p| p < high) {
                 behind += 1;
@@ -1712,7 +1750,7 @@ fn read_group_targets(
         .into_iter()
         .filter(|(_, (low, high))| high > low)
         .filter_map(|(tp, (_, high))| {
-            let d = cfg.dataset_for_topic(&tp.0)?;
+            let d = cfg.dataset_for_topic(&tp.topic)?;
             Some((tp, (d, high)))
         })
         .collect();
@@ -1722,12 +1760,12 @@ fn read_group_targets(
 
 /// `bronze_consumer_lag_messages` of one partition.
 fn lag_gauge(dataset: &str, tp: &TopicPartition) -> metrics::Gauge {
-    metrics::gauge!("bronze_consumer_lag_messages", "dataset" => dataset.to_string(), "topic" => tp.0.clone(), "partition" => tp.1.to_string())
+    metrics::gauge!("bronze_consumer_lag_messages", "dataset" => dataset.to_string(), "topic" => tp.topic.clone(), "partition" => tp.partition.to_string())
 }
 
 /// `bronze_consumer_lag_seconds` of one partition: age of its oldest uncommitted event.
 fn lag_seconds_gauge(dataset: &str, tp: &TopicPartition) -> metrics::Gauge {
-    metrics::gauge!("bronze_consumer_lag_seconds", "dataset" => dataset.to_string(), "topic" => tp.0.clone(), "partition" => tp.1.to_string())
+    metrics::gauge!("bronze_consumer_lag_seconds", "dataset" => dataset.to_string(), "topic" => tp.topic.clone(), "partition" => tp.partition.to_string())
 }
 
 /// Why a message cannot be ingested, and whether its partition must stop (else it is dead-lettered).

@@ -13,7 +13,7 @@ use std::time::Instant;
 use deltalake::datafusion::prelude::{col, lit};
 use deltalake::kernel::Transaction;
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::message::Message;
 use super::{Admission, PipelineError, admit};
@@ -41,12 +41,6 @@ pub struct ReplaySummary {
     pub dry_run: bool,
 }
 
-const MAX_ATTEMPTS: usize = 10;
-
-fn replay_app_id(group_id: &str, dataset: &str) -> String {
-    format!("{group_id}:dlq-replay:{dataset}")
-}
-
 pub async fn replay(
     cfg: &Config,
     dataset: &str,
@@ -63,9 +57,10 @@ pub async fn replay(
     let (mut mapper, mut sink) = super::open_dataset(cfg, d).await?;
     let decoder = Decoder::new(d.format, super::registry(cfg)?);
     let run_id = uuid::Uuid::now_v7().to_string();
-    let app_id = replay_app_id(&cfg.kafka.group_id, &d.name);
-    for _ in 0..MAX_ATTEMPTS {
-        sink.refresh().await?;
+    let app_id = crate::txn::replay(&cfg.kafka.group_id, &d.name);
+    let mut retry = sink.retry("dlq_replay");
+    loop {
+        retry.next(&mut sink).await?;
         let present = offsets_in_table(&d.table_uri, &options, &letters).await?;
         let mut summary = ReplaySummary {
             dataset: d.name.clone(),
@@ -144,16 +139,10 @@ pub async fn replay(
                     still_failing = ?summary.still_failing, "dead letters replayed");
                 return Ok(summary);
             }
-            None => {
-                sink.discard_files(&adds).await;
-                warn!(dataset = %d.name, "another replay committed meanwhile; re-checking the table");
-            }
+            // Another replay (or a stream) committed meanwhile: the table is checked again.
+            None => sink.discard_files(&adds).await,
         }
     }
-    Err(PipelineError::Sink(Box::new(SinkError::TooManyConflicts {
-        uri: d.table_uri.clone(),
-        attempts: MAX_ATTEMPTS,
-    })))
 }
 
 /// Which of the dead letters' (topic, partition, offset) are already rows of the table.

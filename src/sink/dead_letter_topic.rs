@@ -98,7 +98,7 @@ impl DeadLetterTopic {
             storage_options: storage_options.clone(),
             log: super::open_log(table_uri, storage_options)?,
             kafka,
-            progress_group: format!("bronze-dlq:{group_id}:{dataset}"),
+            progress_group: crate::txn::dead_letter_topic_group(group_id, dataset),
             session: None,
         })
     }

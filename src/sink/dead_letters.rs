@@ -17,12 +17,12 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use deltalake::kernel::Transaction;
-use tracing::warn;
 
 use super::{CommitContext, SinkError, TableSink};
 use crate::buffer::DeadLetter;
 use crate::config::Compression;
 use crate::contract::timestamp_type;
+use crate::txn::{self, TopicPartition};
 
 /// What a dead-letter commit did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -291,25 +291,24 @@ fn from_batch(b: &RecordBatch) -> Vec<DeadLetter> {
         .collect()
 }
 
-/// The txn app id under which a group records the last dead-lettered offset of a partition.
-pub fn app_id(group_id: &str, topic: &str, partition: i32) -> String {
-    format!("{}:dead_letters", super::app_id(group_id, topic, partition))
-}
-
-const MAX_ATTEMPTS: usize = 20;
-
 /// A dataset's dead-letter table, created on its first dead letter.
 pub struct DeadLetterSink {
     uri: String,
     storage_options: HashMap<String, String>,
+    commit_attempts: usize,
     table: Option<TableSink>,
 }
 
 impl DeadLetterSink {
-    pub fn new(uri: &str, storage_options: &HashMap<String, String>) -> Self {
+    pub fn new(
+        uri: &str,
+        storage_options: &HashMap<String, String>,
+        commit_attempts: usize,
+    ) -> Self {
         DeadLetterSink {
             uri: uri.to_string(),
             storage_options: storage_options.clone(),
+            commit_attempts,
             table: None,
         }
     }
@@ -328,7 +327,8 @@ impl DeadLetterSink {
                 &self.storage_options,
                 Compression::Zstd,
             )
-            .await?;
+            .await?
+            .with_commit_attempts(self.commit_attempts);
             self.table = Some(t);
         }
         Ok(self.table.as_mut().expect("opened above"))
@@ -347,14 +347,18 @@ impl DeadLetterSink {
         }
         let uri = self.uri.clone();
         let table = self.table().await?;
-        for _ in 0..MAX_ATTEMPTS {
-            table.refresh().await?;
+        let mut retry = table.retry("dead_letters");
+        loop {
+            retry.next(table).await?;
             let mut recorded_up_to: HashMap<(&str, i32), Option<i64>> = HashMap::new();
             for l in letters {
                 let k = (l.topic.as_str(), l.partition);
                 if let std::collections::hash_map::Entry::Vacant(e) = recorded_up_to.entry(k) {
                     let v = table
-                        .committed_offset(&app_id(&ctx.group_id, &l.topic, l.partition))
+                        .committed_offset(&txn::dead_letters(
+                            &ctx.group_id,
+                            &TopicPartition::new(l.topic.clone(), l.partition),
+                        ))
                         .await?;
                     e.insert(v);
                 }
@@ -394,7 +398,7 @@ impl DeadLetterSink {
                 .iter()
                 .map(|((topic, partition), offset)| {
                     Transaction::new_with_last_update(
-                        app_id(&ctx.group_id, topic, *partition),
+                        txn::dead_letters(&ctx.group_id, &TopicPartition::new(*topic, *partition)),
                         *offset,
                         Some(chrono::Utc::now().timestamp_millis()),
                     )
@@ -420,20 +424,14 @@ impl DeadLetterSink {
                         version: Some(version),
                     });
                 }
-                Ok(None) => {
-                    table.discard_files(&adds).await;
-                    warn!(table = %uri, "dead-letter commit conflict; re-checking and retrying");
-                }
+                // Another member recorded some of these: re-checked on the next snapshot.
+                Ok(None) => table.discard_files(&adds).await,
                 Err(e) => {
                     table.discard_files(&adds).await;
                     return Err(e);
                 }
             }
         }
-        Err(SinkError::TooManyConflicts {
-            uri,
-            attempts: MAX_ATTEMPTS,
-        })
     }
 }
 
@@ -478,6 +476,5 @@ mod tests {
             .downcast_ref::<arrow::array::ListArray>()
             .unwrap();
         assert_eq!(headers.value_length(1), 2);
-        assert_eq!(app_id("g", "t", 2), "g:t:2:dead_letters");
     }
 }

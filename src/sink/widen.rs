@@ -19,7 +19,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use serde_json::json;
 use tracing::info;
 
-use super::{MAX_COMMIT_ATTEMPTS, SinkError, TableSink, table_url};
+use super::{SinkError, TableSink, table_url};
 use crate::contract::is_widening;
 
 /// What a widening did.
@@ -34,19 +34,34 @@ impl TableSink {
     /// Give column `name` the type `to`, rewriting the table's files in the same commit. Retried against
     /// concurrent commits (files rewritten in an earlier attempt are reused while they are still live).
     pub async fn widen_column(&mut self, name: &str, to: &DataType) -> Result<Widened, SinkError> {
-        let generic = |e: String| DeltaTableError::Generic(e);
         // Old file path -> its rewritten files.
         let mut rewritten: HashMap<String, Vec<Add>> = HashMap::new();
-        for _ in 0..MAX_COMMIT_ATTEMPTS {
-            self.refresh().await?;
+        let outcome = self.widen_attempts(name, to, &mut rewritten).await;
+        // Rewritten files no commit took: the attempts that lost, a widening another member made, or
+        // an attempt that failed.
+        self.discard_files(&rewritten.into_values().flatten().collect::<Vec<_>>())
+            .await;
+        outcome
+    }
+
+    /// [`TableSink::widen_column`]'s attempts; files in `rewritten` once committed are taken out of it.
+    async fn widen_attempts(
+        &mut self,
+        name: &str,
+        to: &DataType,
+        rewritten: &mut HashMap<String, Vec<Add>>,
+    ) -> Result<Widened, SinkError> {
+        let generic = |e: String| DeltaTableError::Generic(e);
+        let mut retry = self.retry("widen_column");
+        loop {
+            retry.next(self).await?;
             let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
             let table_schema = snapshot.snapshot().arrow_schema();
             let Ok(field) = table_schema.field_with_name(name) else {
                 return Err(self.mismatch(format!("the table has no column `{name}` to widen")));
             };
             if field.data_type() == to {
-                self.discard_files(&rewritten.into_values().flatten().collect::<Vec<_>>())
-                    .await;
+                // Another member widened it first.
                 return Ok(Widened {
                     version: None,
                     files: 0,
@@ -127,18 +142,14 @@ impl TableSink {
                 .await?
             {
                 info!(table = %self.uri, column = name, to = %to, version, files = live.len(), "column widened");
+                // Taken by the commit: not to be discarded.
+                rewritten.clear();
                 return Ok(Widened {
                     version: Some(version),
                     files: live.len(),
                 });
             }
         }
-        self.discard_files(&rewritten.into_values().flatten().collect::<Vec<_>>())
-            .await;
-        Err(SinkError::TooManyConflicts {
-            uri: self.uri.clone(),
-            attempts: MAX_COMMIT_ATTEMPTS,
-        })
     }
 
     /// One live file as new files of the `widened` schema (see [`TableSink::read_file`]).

@@ -10,8 +10,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::buffer::TopicPartition;
 use crate::config::{Config, TopicSelector};
+use crate::txn::TopicPartition;
 
 pub struct Inspector {
     consumer: BaseConsumer,
@@ -39,7 +39,7 @@ impl Inspector {
             .flat_map(|t| {
                 t.partitions()
                     .iter()
-                    .map(|p| (t.name().to_string(), p.id()))
+                    .map(|p| TopicPartition::new(t.name(), p.id()))
             })
             .collect();
         out.sort();
@@ -63,7 +63,7 @@ impl Inspector {
                 .map(|e| {
                     e.error()?;
                     match e.offset() {
-                        Offset::Offset(o) => Ok(((e.topic().to_string(), e.partition()), o)),
+                        Offset::Offset(o) => Ok((TopicPartition::new(e.topic(), e.partition()), o)),
                         // The broker answers both with an offset, 0 for an empty partition; taking
                         // anything else for "empty" could end a catch-up early.
                         _ => Err(KafkaError::OffsetFetch(RDKafkaErrorCode::Fail)),
@@ -90,7 +90,7 @@ impl Inspector {
         at: Offset,
     ) -> Result<TopicPartitionList, KafkaError> {
         let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in partitions {
+        for TopicPartition { topic, partition } in partitions {
             tpl.add_partition_offset(topic, *partition, at)?;
         }
         self.consumer.offsets_for_times(tpl, REQUEST_TIMEOUT)
@@ -98,7 +98,8 @@ impl Inspector {
 
     /// Low and high watermark.
     pub fn watermarks(&self, tp: &TopicPartition) -> Result<(i64, i64), KafkaError> {
-        self.consumer.fetch_watermarks(&tp.0, tp.1, REQUEST_TIMEOUT)
+        self.consumer
+            .fetch_watermarks(&tp.topic, tp.partition, REQUEST_TIMEOUT)
     }
 
     /// The first offset of each partition whose Kafka timestamp is at or after `time_ms`; the high
@@ -111,7 +112,7 @@ impl Inspector {
         let found = self.list_offsets(partitions, Offset::Offset(time_ms))?;
         let mut out = HashMap::new();
         for e in found.elements() {
-            let tp = (e.topic().to_string(), e.partition());
+            let tp = TopicPartition::new(e.topic(), e.partition());
             let offset = match e.offset() {
                 Offset::Offset(o) => o,
                 _ => self.watermarks(&tp)?.1,
@@ -129,10 +130,10 @@ impl Inspector {
     ) -> Result<HashMap<TopicPartition, i64>, KafkaError> {
         let mut tpl = TopicPartitionList::new();
         let mut ends = HashMap::new();
-        for ((topic, partition), start, end) in ranges {
+        for (TopicPartition { topic, partition }, start, end) in ranges {
             if start < end {
                 tpl.add_partition_offset(topic, *partition, Offset::Offset(*start))?;
-                ends.insert((topic.clone(), *partition), *end);
+                ends.insert(TopicPartition::new(topic.clone(), *partition), *end);
             }
         }
         self.consumer.assign(&tpl)?;
@@ -154,7 +155,7 @@ impl Inspector {
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     idle_since = Instant::now();
-                    let tp = (m.topic().to_string(), m.partition());
+                    let tp = TopicPartition::new(m.topic(), m.partition());
                     let Some(end) = ends.get(&tp).copied() else {
                         continue;
                     };
@@ -193,7 +194,7 @@ impl Inspector {
             return Ok(found);
         }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in positions {
+        for (TopicPartition { topic, partition }, offset) in positions {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
         self.consumer.assign(&tpl)?;
@@ -201,7 +202,7 @@ impl Inspector {
         while found.len() < positions.len() && Instant::now() < deadline {
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
-                    let tp = (m.topic().to_string(), m.partition());
+                    let tp = TopicPartition::new(m.topic(), m.partition());
                     if let Some(ts) = m.timestamp().to_millis() {
                         found.entry(tp).or_insert(ts);
                     }

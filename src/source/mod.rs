@@ -20,9 +20,9 @@ use tracing::{debug, info, warn};
 mod inspect;
 pub use inspect::Inspector;
 
-use crate::buffer::TopicPartition;
 use crate::config::Config;
 use crate::observability::Health;
+use crate::txn::TopicPartition;
 
 /// A partition assignment change, recorded by the rebalance callback and handled by the run loop
 /// before it looks at the next message.
@@ -85,7 +85,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements()
         .iter()
-        .map(|e| (e.topic().to_string(), e.partition()))
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
         .collect()
 }
 
@@ -97,7 +97,7 @@ impl ClientContext for SourceContext {
             for (partition, p) in t.partitions.into_iter().filter(|(id, _)| *id >= 0) {
                 if p.hi_offset >= 0 {
                     w.insert(
-                        (topic.clone(), partition),
+                        TopicPartition::new(topic.clone(), partition),
                         (p.lo_offset.max(0), p.hi_offset),
                     );
                 }
@@ -206,7 +206,7 @@ pub fn commit_group_offsets(consumer: &Source, positions: &[(TopicPartition, i64
         return;
     }
     let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), next) in positions {
+    for (TopicPartition { topic, partition }, next) in positions {
         if tpl
             .add_partition_offset(topic, *partition, Offset::Offset(*next))
             .is_err()
@@ -221,24 +221,29 @@ pub fn commit_group_offsets(consumer: &Source, positions: &[(TopicPartition, i64
 
 /// Move a partition's fetch position.
 pub fn seek(consumer: &Source, tp: &TopicPartition, offset: i64) -> Result<(), KafkaError> {
-    consumer.seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(10))
+    consumer.seek(
+        &tp.topic,
+        tp.partition,
+        Offset::Offset(offset),
+        Duration::from_secs(10),
+    )
 }
 
 fn single(tp: &TopicPartition) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&tp.0, tp.1);
+    tpl.add_partition(&tp.topic, tp.partition);
     tpl
 }
 
 pub fn pause(consumer: &Source, tp: &TopicPartition) {
     if let Err(e) = consumer.pause(&single(tp)) {
-        warn!(topic = %tp.0, partition = tp.1, error = %e, "pause failed");
+        warn!(topic = %tp.topic, partition = tp.partition, error = %e, "pause failed");
     }
 }
 
 pub fn resume(consumer: &Source, tp: &TopicPartition) {
     if let Err(e) = consumer.resume(&single(tp)) {
-        warn!(topic = %tp.0, partition = tp.1, error = %e, "resume failed");
+        warn!(topic = %tp.topic, partition = tp.partition, error = %e, "resume failed");
     }
 }
 
@@ -259,8 +264,8 @@ mod tests {
     fn rebalance_events_are_seen_until_taken() {
         let context = SourceContext::new(Arc::new(Health::default()));
         assert!(!context.has_events());
-        context.push(RebalanceEvent::Revoked(vec![("t".into(), 0)]));
-        context.push(RebalanceEvent::Assigned(vec![("t".into(), 1)]));
+        context.push(RebalanceEvent::Revoked(vec![TopicPartition::new("t", 0)]));
+        context.push(RebalanceEvent::Assigned(vec![TopicPartition::new("t", 1)]));
         assert!(context.has_events());
         assert_eq!(context.take_events().len(), 2);
         assert!(!context.has_events() && context.take_events().is_empty());

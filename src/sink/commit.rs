@@ -1,0 +1,286 @@
+//! The commit protocol of streaming batches (upload, verify the txn versions, commit data and offsets
+//! together) and the single commit attempts every other writer builds on.
+
+use std::time::Instant;
+
+use arrow::datatypes::Schema;
+use deltalake::DeltaTableError;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use serde_json::json;
+
+use super::failpoints::{failpoint, held_commit, injected_outage};
+use super::{SinkError, TableSink};
+use crate::buffer::FlushBatch;
+use crate::txn::{OffsetRange, TopicPartition};
+
+/// Identity of the writer, recorded in every commit.
+#[derive(Debug, Clone)]
+pub struct CommitContext {
+    pub group_id: String,
+    pub run_id: String,
+    pub dataset: String,
+    /// When the flush began (ms since the epoch), so the ledger can tell how long it took.
+    pub started_ms: i64,
+}
+
+impl CommitContext {
+    /// The txn app id of streaming rows of `range`'s partition (see [`crate::txn::streaming`]).
+    pub fn app_id(&self, range: &OffsetRange) -> String {
+        crate::txn::streaming(&self.group_id, &range.topic_partition())
+    }
+}
+
+#[derive(Debug)]
+pub enum CommitOutcome {
+    Committed {
+        version: u64,
+        /// Size in bytes of each file added.
+        files: Vec<i64>,
+        bytes: i64,
+        conflicts: usize,
+        /// Live files in the table after this commit, when the snapshot could tell.
+        table_files: Option<usize>,
+    },
+    /// Some partitions' offsets were already in the table: nothing was committed.
+    Stale { partitions: Vec<TopicPartition> },
+}
+
+impl TableSink {
+    /// Write `flush` as Parquet, `writers` files at once (see [`TableSink::write_files_in`]), and
+    /// commit it with its offsets.
+    pub async fn commit(
+        &mut self,
+        flush: &FlushBatch,
+        ctx: &CommitContext,
+        batch_id: &str,
+        writers: usize,
+    ) -> Result<CommitOutcome, SinkError> {
+        let adds = self.write_files_in(&flush.batches, writers).await?;
+        failpoint("after_upload");
+        held_commit().await;
+        let result = if injected_outage() {
+            Err(SinkError::InjectedOutage {
+                uri: self.uri.clone(),
+            })
+        } else {
+            self.commit_adds(&adds, flush, ctx, batch_id).await
+        };
+        match result {
+            Ok(CommitOutcome::Stale { partitions }) => {
+                self.discard_files(&adds).await;
+                Ok(CommitOutcome::Stale { partitions })
+            }
+            Ok(done) => Ok(done),
+            Err(e) => {
+                // The caller keeps the batch and retries with fresh files; these would be orphans.
+                self.discard_files(&adds).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// One commit attempt of `adds` with `txns`, against the loaded snapshot: `Ok(None)` when a
+    /// concurrent commit won (the caller re-reads and decides again).
+    /// `schema`, the schema of the rows added, evolves the table where it has columns the table lacks.
+    pub async fn try_commit(
+        &mut self,
+        adds: &[Add],
+        txns: Vec<Transaction>,
+        metadata: Vec<(String, serde_json::Value)>,
+        schema: Option<&Schema>,
+    ) -> Result<Option<u64>, SinkError> {
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        };
+        let mut actions: Vec<Action> = match schema {
+            Some(schema) => self.evolution(schema)?.into_iter().collect(),
+            None => Vec::new(),
+        };
+        actions.extend(adds.iter().cloned().map(Action::Add));
+        self.try_commit_actions(actions, txns, metadata, operation)
+            .await
+    }
+
+    /// Replace files: `removes` (from the loaded snapshot) and `adds` in one commit attempt (a
+    /// replaceWhere when `predicate` names the partitions); `schema`, the rows added, evolves the table
+    /// where it has columns the table lacks. `Ok(None)` when another commit came first.
+    pub async fn try_commit_replace(
+        &mut self,
+        removes: Vec<deltalake::kernel::Remove>,
+        adds: &[Add],
+        txns: Vec<Transaction>,
+        metadata: Vec<(String, serde_json::Value)>,
+        predicate: Option<String>,
+        schema: Option<&Schema>,
+    ) -> Result<Option<u64>, SinkError> {
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: None,
+            predicate,
+        };
+        let mut actions: Vec<Action> = match schema {
+            Some(schema) => self.evolution(schema)?.into_iter().collect(),
+            None => Vec::new(),
+        };
+        actions.extend(removes.into_iter().map(Action::Remove));
+        actions.extend(adds.iter().cloned().map(Action::Add));
+        self.try_commit_actions(actions, txns, metadata, operation)
+            .await
+    }
+
+    /// Every live file of the partitions `targets` (sorted partition values), as remove actions.
+    pub fn removes_in(
+        &self,
+        targets: &std::collections::BTreeSet<Vec<(String, Option<String>)>>,
+    ) -> Result<Vec<deltalake::kernel::Remove>, SinkError> {
+        self.removes_where(|values| targets.contains(values))
+    }
+
+    /// Every live file whose sorted partition values satisfy `replaced`, as remove actions.
+    pub fn removes_where(
+        &self,
+        replaced: impl Fn(&Vec<(String, Option<String>)>) -> bool,
+    ) -> Result<Vec<deltalake::kernel::Remove>, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .filter(|f| {
+                let mut values: Vec<(String, Option<String>)> =
+                    f.partition_values_map().into_iter().collect();
+                values.sort();
+                replaced(&values)
+            })
+            .map(|f| f.remove_action(true))
+            .collect())
+    }
+
+    /// One commit attempt against the loaded snapshot: `Ok(None)` when another commit came first.
+    pub(super) async fn try_commit_actions(
+        &mut self,
+        actions: Vec<Action>,
+        txns: Vec<Transaction>,
+        metadata: Vec<(String, serde_json::Value)>,
+        operation: DeltaOperation,
+    ) -> Result<Option<u64>, SinkError> {
+        let properties = CommitProperties::default()
+            .with_application_transactions(txns)
+            // Retrying is the caller's: it must re-verify its txn versions against every new version.
+            .with_max_retries(0)
+            .with_metadata(metadata);
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        let result = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .await;
+        match result {
+            Ok(finalized) => {
+                let version = finalized.version();
+                self.table.update_incremental(Some(version)).await.ok();
+                Ok(Some(version))
+            }
+            Err(e) if is_conflict(&e) => Ok(None),
+            Err(e) => Err(self.delta_err(e)),
+        }
+    }
+
+    async fn commit_adds(
+        &mut self,
+        adds: &[Add],
+        flush: &FlushBatch,
+        ctx: &CommitContext,
+        batch_id: &str,
+    ) -> Result<CommitOutcome, SinkError> {
+        let started = Instant::now();
+        let mut retry = self.retry("streaming");
+        loop {
+            retry.next(self).await?;
+            let stale = self.stale_partitions(&flush.ranges, ctx).await?;
+            if !stale.is_empty() {
+                return Ok(CommitOutcome::Stale { partitions: stale });
+            }
+            let now_ms = Some(chrono::Utc::now().timestamp_millis());
+            let txns: Vec<Transaction> = flush
+                .ranges
+                .iter()
+                .map(|r| Transaction::new_with_last_update(ctx.app_id(r), r.last, now_ms))
+                .collect();
+            let metadata = commit_metadata(flush, ctx, batch_id);
+            let schema = flush.batches.first().map(|b| b.schema_ref().as_ref());
+            let Some(version) = self.try_commit(adds, txns, metadata, schema).await? else {
+                metrics::counter!("bronze_commit_conflicts_total", "dataset" => ctx.dataset.clone())
+                    .increment(1);
+                continue;
+            };
+            metrics::histogram!("bronze_commit_duration_seconds", "dataset" => ctx.dataset.clone())
+                .record(started.elapsed().as_secs_f64());
+            let table_files = self.table.snapshot().ok().map(|s| s.log_data().num_files());
+            return Ok(CommitOutcome::Committed {
+                version,
+                files: adds.iter().map(|a| a.size).collect(),
+                bytes: adds.iter().map(|a| a.size).sum(),
+                conflicts: retry.conflicts(),
+                table_files,
+            });
+        }
+    }
+
+    async fn stale_partitions(
+        &self,
+        ranges: &[OffsetRange],
+        ctx: &CommitContext,
+    ) -> Result<Vec<TopicPartition>, SinkError> {
+        let mut stale = Vec::new();
+        for r in ranges {
+            if let Some(v) = self.committed_offset(&ctx.app_id(r)).await?
+                && v >= r.first
+            {
+                stale.push(r.topic_partition());
+            }
+        }
+        Ok(stale)
+    }
+}
+
+pub(crate) fn is_conflict(e: &DeltaTableError) -> bool {
+    matches!(
+        e,
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(_)
+                | TransactionError::VersionAlreadyExists(_)
+                | TransactionError::MaxCommitAttempts(_)
+        }
+    ) || matches!(e, DeltaTableError::VersionAlreadyExists(_))
+}
+
+fn commit_metadata(
+    flush: &FlushBatch,
+    ctx: &CommitContext,
+    batch_id: &str,
+) -> Vec<(String, serde_json::Value)> {
+    let ranges: Vec<serde_json::Value> = flush
+        .ranges
+        .iter()
+        .map(|r| {
+            json!({"topic": r.topic, "partition": r.partition, "first_offset": r.first,
+                   "last_offset": r.last, "rows": r.rows})
+        })
+        .collect();
+    vec![(
+        "bronze".to_string(),
+        json!({
+            "run_id": ctx.run_id,
+            "batch_id": batch_id,
+            "dataset": ctx.dataset,
+            "flush_started_ms": ctx.started_ms,
+            "offsets": ranges,
+            "rows_in": flush.rows_in,
+            "rows_written": flush.rows(),
+            "duplicates_dropped": flush.duplicates_dropped,
+        }),
+    )]
+}

@@ -1,0 +1,304 @@
+//! Writing Parquet data files under a table (not committed yet), and deleting those that will not be.
+
+use arrow::datatypes::{Field, Schema};
+use deltalake::DeltaTableError;
+use deltalake::kernel::Add;
+use deltalake::parquet::basic::{Compression as ParquetCompression, ZstdLevel};
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use object_store::ObjectStoreExt;
+use tracing::warn;
+
+use super::{SinkError, TableSink, dictionary, table_url};
+use crate::config::Compression;
+
+impl TableSink {
+    /// Write `batches` as Parquet files under the table (not committed yet).
+    pub async fn write_files(
+        &self,
+        batches: &[arrow::array::RecordBatch],
+    ) -> Result<Vec<Add>, SinkError> {
+        self.write_files_in(batches, 1).await
+    }
+
+    /// [`TableSink::write_files`] with the rows split evenly between `writers` writers that encode at
+    /// the same time, each on a task of its own: one file per writer and Delta partition. Encoding is
+    /// the CPU of a commit; a batch with nothing left to overlap it (the last of a catch-up run) is
+    /// written this much sooner on as many cores.
+    pub async fn write_files_in(
+        &self,
+        batches: &[arrow::array::RecordBatch],
+        writers: usize,
+    ) -> Result<Vec<Add>, SinkError> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The table's writer conforms batches to the table schema, and on partitioned tables silently
+        // drops columns the table lacks; batches with evolved columns (or without the ones another
+        // member added) are written with their own schema instead.
+        let schema = batches[0].schema();
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        let table_schema = snapshot.snapshot().arrow_schema();
+        let same_columns = table_schema.fields().len() == schema.fields().len()
+            && schema
+                .fields()
+                .iter()
+                .all(|f| table_schema.field_with_name(f.name()).is_ok());
+        // Columns the table has widened since the batch was built (by another member) are cast up.
+        let widened: Vec<(usize, arrow::datatypes::DataType)> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let t = table_schema.field_with_name(f.name()).ok()?;
+                crate::contract::is_widening(f.data_type(), t.data_type())
+                    .then(|| (i, t.data_type().clone()))
+            })
+            .collect();
+        let cast =
+            |batch: &arrow::array::RecordBatch| -> Result<arrow::array::RecordBatch, SinkError> {
+                if widened.is_empty() {
+                    return Ok(batch.clone());
+                }
+                let arrow_err = |e| self.delta_err(DeltaTableError::Arrow { source: e });
+                let mut fields: Vec<Field> = batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                let mut columns = batch.columns().to_vec();
+                for (i, ty) in &widened {
+                    columns[*i] = arrow::compute::cast(&columns[*i], ty).map_err(arrow_err)?;
+                    fields[*i] = fields[*i].clone().with_data_type(ty.clone());
+                }
+                arrow::array::RecordBatch::try_new(
+                    std::sync::Arc::new(Schema::new(fields)),
+                    columns,
+                )
+                .map_err(arrow_err)
+            };
+        let batches = batches.iter().map(cast).collect::<Result<Vec<_>, _>>()?;
+        let schema = batches.first().map_or(schema, |b| b.schema());
+        let properties = dictionary::choose(&self.writer_properties, &batches);
+        let new_writer = || -> Result<RecordBatchWriter, SinkError> {
+            let writer = if same_columns {
+                RecordBatchWriter::for_table(&self.table)
+            } else {
+                RecordBatchWriter::try_new(
+                    table_url(&self.uri)?.as_str(),
+                    schema.clone(),
+                    Some(snapshot.metadata().partition_columns().to_vec()),
+                    Some(self.storage_options.clone()),
+                )
+            };
+            Ok(writer
+                .map_err(|e| self.delta_err(e))?
+                .with_writer_properties(properties.clone())
+                .with_target_file_size(self.target_file_size))
+        };
+        async fn write_part(
+            mut writer: RecordBatchWriter,
+            part: Vec<arrow::array::RecordBatch>,
+        ) -> Result<Vec<Add>, DeltaTableError> {
+            for batch in part {
+                writer.write(batch).await?;
+            }
+            writer.flush().await
+        }
+        let mut parts = split_rows(batches, writers);
+        if parts.len() < 2 {
+            let part = parts.pop().unwrap_or_default();
+            return write_part(new_writer()?, part)
+                .await
+                .map_err(|e| self.delta_err(e));
+        }
+        // Every part on a task of its own, this one included: encoding does not yield, and a task
+        // spawned from a busy worker waits in its slot that no other worker takes from.
+        let tasks = parts
+            .into_iter()
+            .map(|part| Ok(tokio::spawn(write_part(new_writer()?, part))))
+            .collect::<Result<Vec<_>, SinkError>>()?;
+        let mut adds = Ok(Vec::new());
+        for task in tasks {
+            let done = match task.await {
+                Ok(done) => done.map_err(|e| self.delta_err(e)),
+                Err(e) => Err(SinkError::WriterTask {
+                    uri: self.uri.clone(),
+                    message: e.to_string(),
+                }),
+            };
+            match (&mut adds, done) {
+                (Ok(all), Ok(more)) => all.extend(more),
+                // Files of the parts that were written are left to the orphan sweep, like those of a
+                // write that fails half way.
+                (Ok(_), Err(e)) => adds = Err(e),
+                (Err(_), _) => {}
+            }
+        }
+        adds
+    }
+
+    /// Delete files written by [`TableSink::write_files`] that will not be committed.
+    pub async fn discard_files(&self, adds: &[Add]) {
+        let store = self.table.object_store();
+        for add in adds {
+            let path = match object_store::path::Path::from_url_path(&add.path) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(file = %add.path, error = %e, "cannot parse path of an uncommitted file");
+                    continue;
+                }
+            };
+            if let Err(e) = store.delete(&path).await {
+                warn!(file = %add.path, error = %e, "could not delete an uncommitted file; the start-up sweep will");
+            }
+        }
+    }
+}
+
+/// `batches` in at most `parts` runs of about equal rows, cut where a run is full (slices share the
+/// batches' memory). Fewer parts when there are fewer rows than parts.
+fn split_rows(
+    batches: Vec<arrow::array::RecordBatch>,
+    parts: usize,
+) -> Vec<Vec<arrow::array::RecordBatch>> {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let per_part = rows.div_ceil(parts.max(1)).max(1);
+    let mut out: Vec<Vec<arrow::array::RecordBatch>> = vec![Vec::new()];
+    let mut room = per_part;
+    for batch in batches {
+        let mut start = 0;
+        while start < batch.num_rows() {
+            if room == 0 {
+                out.push(Vec::new());
+                room = per_part;
+            }
+            let len = room.min(batch.num_rows() - start);
+            out.last_mut()
+                .expect("one part at least")
+                .push(batch.slice(start, len));
+            (start, room) = (start + len, room - len);
+        }
+    }
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+/// Parquet settings of every data file: the codec, page statistics, truncated long statistics.
+pub fn writer_properties(compression: Compression) -> WriterProperties {
+    let codec = match compression {
+        Compression::Snappy => ParquetCompression::SNAPPY,
+        Compression::Zstd => ParquetCompression::ZSTD(ZstdLevel::default()),
+        Compression::Lz4 => ParquetCompression::LZ4_RAW,
+        Compression::Gzip => ParquetCompression::GZIP(Default::default()),
+        Compression::None => ParquetCompression::UNCOMPRESSED,
+    };
+    WriterProperties::builder()
+        .set_compression(codec)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        // Long text values would otherwise be copied whole into footers and Delta stats.
+        .set_statistics_truncate_length(Some(64))
+        .set_column_index_truncate_length(Some(64))
+        .build()
+}
+
+/// [`writer_properties`] for a file of `batches`, as the sink writes it: a dictionary only for the
+/// columns whose values repeat (see `dictionary`).
+pub fn writer_properties_for(
+    compression: Compression,
+    batches: &[arrow::array::RecordBatch],
+) -> WriterProperties {
+    dictionary::choose(&writer_properties(compression), batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    use super::split_rows;
+
+    fn batch(values: std::ops::Range<i64>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(values))]).unwrap()
+    }
+
+    fn values(part: &[RecordBatch]) -> Vec<i64> {
+        part.iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn rows_are_split_in_order_into_even_parts() {
+        // Kafka partitions of 7, 2 and 6 rows between two writers: 8 and 7 rows, the first cut
+        // inside the third batch.
+        let parts = split_rows(vec![batch(0..7), batch(7..9), batch(9..15)], 2);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(values(&parts[0]), (0..8).collect::<Vec<_>>());
+        assert_eq!(values(&parts[1]), (8..15).collect::<Vec<_>>());
+        assert!(
+            parts
+                .iter()
+                .flatten()
+                .all(|b| b.num_rows() > 0 && b.column(0).null_count() == 0)
+        );
+        // One writer: the batches as they are.
+        let one = split_rows(vec![batch(0..7), batch(7..9)], 1);
+        assert_eq!((one.len(), one[0].len()), (1, 2));
+        // Fewer rows than writers: one part per row, none empty.
+        assert_eq!(split_rows(vec![batch(0..2)], 4).len(), 2);
+        assert!(split_rows(Vec::new(), 2).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_carry_a_dictionary_only_where_values_repeat() {
+        use deltalake::parquet::basic::Encoding;
+        use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("status", DataType::Utf8, false),
+        ]));
+        let uri = format!("file://{}", dir.path().display());
+        let sink = crate::sink::TableSink::open(
+            &uri,
+            schema.clone(),
+            &[],
+            false,
+            &Default::default(),
+            crate::config::Compression::Snappy,
+        )
+        .await
+        .unwrap();
+        let n = 200_000;
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..n)),
+                Arc::new(arrow::array::StringArray::from_iter_values(
+                    (0..n).map(|i| ["new", "paid", "shipped"][(i % 3) as usize]),
+                )),
+            ],
+        )
+        .unwrap();
+        let adds = sink.write_files(&[batch]).await.unwrap();
+        assert_eq!(adds.len(), 1);
+        let file = std::fs::File::open(dir.path().join(&adds[0].path)).unwrap();
+        let meta = SerializedFileReader::new(file).unwrap().metadata().clone();
+        let dictionary = |c: usize| {
+            (0..meta.num_row_groups()).all(|r| {
+                meta.row_group(r)
+                    .column(c)
+                    .encodings()
+                    .any(|e| e == Encoding::RLE_DICTIONARY)
+            })
+        };
+        assert!(!dictionary(0), "a unique key is written plain");
+        assert!(dictionary(1), "a repeating status keeps its dictionary");
+    }
+}
