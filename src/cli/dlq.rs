@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use bronze::config::Config;
-use bronze::pipeline;
 use bronze::sink::dead_letters::{self, DeadLetterFilter};
 use clap::Subcommand;
 
@@ -106,7 +105,8 @@ pub async fn dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> 
             dry_run,
             json,
         } => {
-            let s = pipeline::replay(cfg, &selection.dataset, &selection.filter(), dry_run).await?;
+            let s =
+                bronze::jobs::replay(cfg, &selection.dataset, &selection.filter(), dry_run).await?;
             if json {
                 println!("{}", serde_json::to_string(&s)?);
             } else {

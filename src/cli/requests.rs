@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bronze::config::Config;
 use bronze::control::request::{Kind, Request};
-use bronze::pipeline;
 
 use super::parse_time;
 use super::submit::{control_request, progress_bar, show_progress, submit_or_run};
@@ -78,10 +77,10 @@ pub async fn backfill(cfg: &Config, a: BackfillArgs) -> anyhow::Result<ExitCode>
                 .find(|d| d.name == a.dataset)
                 .map(|d| d.partitioning.by)
                 .with_context(|| format!("no dataset named `{}`", a.dataset))?;
-            pipeline::backfill::span_of(by, &a.partitions).map_err(anyhow::Error::msg)?
+            bronze::jobs::partition_swap::span_of(by, &a.partitions).map_err(anyhow::Error::msg)?
         }
     };
-    let req = pipeline::backfill::BackfillRequest {
+    let req = bronze::jobs::backfill::BackfillRequest {
         request_id: a
             .request_id
             .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7())),
@@ -139,7 +138,7 @@ pub async fn extract(cfg: &Config, a: ExtractArgs) -> anyhow::Result<ExitCode> {
 
 async fn backfill_here(
     cfg: &Config,
-    req: &pipeline::backfill::BackfillRequest,
+    req: &bronze::jobs::backfill::BackfillRequest,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let bar = progress_bar(
@@ -148,7 +147,7 @@ async fn backfill_here(
         json,
     );
     let report = |read: u64, total: u64| show_progress(&bar, read, total);
-    let outcome = pipeline::backfill::backfill(cfg, req, &report).await;
+    let outcome = bronze::jobs::backfill::backfill(cfg, req, &report).await;
     bar.finish_and_clear();
     let o = outcome?;
     if json {
@@ -182,7 +181,7 @@ async fn extract_here(cfg: &Config, r: &Request, json: bool) -> anyhow::Result<E
         json,
     );
     let report = |read: u64, total: u64| show_progress(&bar, read, total);
-    let outcome = pipeline::extract::extract(cfg, &r.extract(), &report).await;
+    let outcome = bronze::jobs::extract::extract(cfg, &r.extract(), &report).await;
     bar.finish_and_clear();
     let o = outcome?;
     if json {

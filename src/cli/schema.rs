@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use bronze::config::Config;
 use bronze::contract::ColumnType;
-use bronze::pipeline;
 use clap::Subcommand;
 
 #[derive(Subcommand)]
@@ -46,7 +45,7 @@ fn parse_column_type(s: &str) -> Result<ColumnType, String> {
 }
 
 pub async fn schema(cfg: &Config, command: SchemaCommand) -> anyhow::Result<ExitCode> {
-    use pipeline::review;
+    use bronze::jobs::review;
     match command {
         SchemaCommand::Diff { dataset, json, .. } => {
             let pending = review::pending(cfg, dataset.as_deref()).await?;

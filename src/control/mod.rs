@@ -25,8 +25,8 @@ use tracing::{info, warn};
 
 use crate::audit::{AuditRecord, AuditRecorder};
 use crate::config::{Config, ControlConfig};
+use crate::jobs::backfill;
 use crate::maintenance::{self, Scope};
-use crate::pipeline::backfill;
 use request::{Kind, Rejection, Request};
 
 /// One status message; the last one of a request id is its state.
@@ -352,8 +352,7 @@ async fn execute(
         .ok_or_else(|| format!("unknown dataset `{}`", req.dataset))?;
     if req.is_extract() {
         let (report, progress) = progress_channel();
-        let run =
-            async move { crate::pipeline::extract::extract(cfg, &req.extract(), &report).await };
+        let run = async move { crate::jobs::extract::extract(cfg, &req.extract(), &report).await };
         let (out, ()) = tokio::join!(run, forward_progress(publisher, req, progress));
         let out = out.map_err(|e| e.to_string())?;
         let no_op = out.status == "already_done";

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PartitionBy};
-use crate::pipeline::backfill::{self, BackfillRequest};
-use crate::pipeline::extract::{ExtractMode, ExtractRequest};
+use crate::jobs::backfill::{self, BackfillRequest};
+use crate::jobs::extract::{ExtractMode, ExtractRequest};
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -220,7 +220,7 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
         }
         (_, None) => None,
         (_, Some(r)) if !r.partitions.is_empty() => Some(
-            backfill::span_of(d.partitioning.by, &r.partitions)
+            crate::jobs::partition_swap::span_of(d.partitioning.by, &r.partitions)
                 .map_err(|e| reject("bad_range", e))?,
         ),
         (_, Some(r)) => {

@@ -157,7 +157,7 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
             drift_events_1h: count(&d.name, "drift").map_or(0, |c| c.0),
             dead_letters_1h: count(&d.name, "dead_letters").map_or(0, |c| c.1),
             commit_failures_1h: count(&d.name, "commit_failed").map_or(0, |c| c.0),
-            schema_proposals: crate::pipeline::review::pending_in(
+            schema_proposals: crate::jobs::review::pending_in(
                 &d.name,
                 &schema_events,
                 table.as_ref(),

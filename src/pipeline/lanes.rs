@@ -18,8 +18,9 @@
 
 use tracing::debug;
 
+use super::PipelineError;
+use super::admission::{Admission, count_observed, judge};
 use super::message::Message;
-use super::{Admission, PipelineError, judge};
 use crate::buffer::{RedeliveryWindow, Segment, source_event_id};
 use crate::config::DatasetConfig;
 use crate::decode::Decoder;
@@ -182,7 +183,7 @@ impl Tally {
                 .increment(n);
         }
         mapper.absorb_drift(self.observed.drift);
-        super::count_observed(dataset, self.unknown, self.observed.column_errors);
+        count_observed(dataset, self.unknown, self.observed.column_errors);
     }
 
     pub(super) fn skipped(&self) -> u64 {

@@ -13,7 +13,7 @@ pub(super) type OwnedHeaders = Vec<(String, Option<Vec<u8>>)>;
 
 /// One message, borrowed from wherever it lives.
 #[derive(Clone, Copy)]
-pub(super) struct Message<'a> {
+pub(crate) struct Message<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,

@@ -6,15 +6,11 @@
 //! after it, seeks there and drops messages until it arrives. So a partition always resumes from the
 //! table, whatever the group offsets say.
 
-pub mod backfill;
-pub mod extract;
-mod message;
-mod replay;
-pub mod review;
-mod state;
-
-pub use replay::{ReplaySummary, replay};
+pub(crate) mod admission;
 mod lanes;
+pub(crate) mod message;
+pub(crate) mod start;
+mod state;
 
 use rdkafka::error::KafkaError;
 use std::collections::HashMap;
@@ -27,19 +23,17 @@ use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::Consumer;
 use tracing::{Instrument, debug, error, info, warn};
 
-use crate::audit::{AuditHandle, AuditRecord, Ledger};
-use crate::buffer::{DatasetBuffer, FlushReason, Segment, TopicPartition};
-use crate::config::{Config, DatasetConfig, InvalidMessage};
-use crate::contract::{Contract, OnError};
-use crate::decode::registry::{Registry, RegistryError};
-use crate::decode::{Decoded, Decoder};
+use crate::audit::{AuditHandle, AuditRecord, AuditRecorder};
+use crate::buffer::{FlushReason, Segment, TopicPartition};
+use crate::config::Config;
+use crate::decode::registry::RegistryError;
 use crate::observability::Health;
-use crate::sink::dead_letter_topic::{DeadLetterTopic, PublisherHandle};
-use crate::sink::dead_letters::DeadLetterSink;
-use crate::sink::{self, CommitContext, CommitOutcome, TableSink};
+use crate::sink::{self, CommitContext, CommitOutcome};
 use crate::source::{self, RebalanceEvent, Source};
-use crate::transform::{Mapper, MessageContext, Row};
+use admission::{Admission, Widening, admit};
 use message::Message;
+use start::{Services, open_datasets};
+pub(crate) use start::{buffer_for, open_dataset, registry, sync_columns};
 
 use state::{Attempt, Commit, Committed, DatasetState, Flushed, PartitionState, Phase};
 pub use state::{DatasetSummary, RunSummary};
@@ -76,160 +70,6 @@ pub struct RunOptions {
     pub health: Arc<Health>,
 }
 
-/// Open every dataset's table (creating it if needed) and sweep files left by crashed runs.
-pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineError> {
-    let options = cfg.storage_options();
-    let registry = registry(cfg)?;
-    let mut out = Vec::with_capacity(cfg.datasets.len());
-    for d in &cfg.datasets {
-        let (mapper, sink) = open_dataset(cfg, d).await?;
-        match sink::sweep_orphans(&sink, cfg.storage.orphan_grace).await {
-            Ok(n) => {
-                metrics::counter!("bronze_orphan_files_deleted_total", "dataset" => d.name.clone())
-                    .increment(n as u64)
-            }
-            Err(e) => warn!(dataset = %d.name, error = %e, "orphan sweep failed; continuing"),
-        }
-        if let Ok(stats) = sink.stats(cfg.compaction.target_file_bytes) {
-            metrics::gauge!("bronze_table_files", "dataset" => d.name.clone())
-                .set(stats.files as f64);
-            metrics::gauge!("bronze_table_small_files", "dataset" => d.name.clone())
-                .set(stats.small_files as f64);
-        }
-        // The "no commit while lagging" alert needs a last commit time from the start, not only after
-        // this run's first commit.
-        if let Ok(Some(ms)) = sink
-            .last_commit()
-            .await
-            .map(|e| e.and_then(|e| e.timestamp_ms))
-        {
-            metrics::gauge!("bronze_last_commit_timestamp_seconds", "dataset" => d.name.clone())
-                .set(ms as f64 / 1000.0);
-        }
-        let buffer = buffer_for(&mapper);
-        let dead_letter_sink = DeadLetterSink::new(
-            &d.dead_letters.table_uri,
-            &options,
-            cfg.storage.commit_attempts,
-        );
-        let mut state = DatasetState::new(
-            d.clone(),
-            Decoder::new(d.format, registry.clone()),
-            mapper,
-            buffer,
-            sink,
-            dead_letter_sink,
-        );
-        match state.seed_redeliveries(&options).await {
-            Ok(0) => {}
-            Ok(n) => {
-                info!(dataset = %d.name, events = n, "redelivery window seeded from the table")
-            }
-            // Only redeliveries across the restart go unnoticed: worth a warning, not a stop.
-            Err(e) => {
-                warn!(dataset = %d.name, error = %e, "cannot seed the redelivery window from the table")
-            }
-        }
-        out.push(state);
-    }
-    Ok(out)
-}
-
-/// The schema registry client, when the config has one (shared by the datasets of one run).
-pub(crate) fn registry(cfg: &Config) -> Result<Option<Arc<Registry>>, PipelineError> {
-    Ok(match &cfg.schema_registry {
-        Some(r) => Some(Arc::new(Registry::new(r)?)),
-        None => None,
-    })
-}
-
-/// Look up a message's writer schemas, waiting out a registry outage for up to `patience` (batch jobs:
-/// backfill, replay). Streaming does not wait here: it rewinds the partition and carries on with others.
-async fn prepare_patiently(
-    decoder: &Decoder,
-    m: &Message<'_>,
-    patience: Duration,
-) -> Result<(), RegistryError> {
-    let deadline = Instant::now() + patience;
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        match decoder.prepare(m.key, m.payload).await {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() + backoff > deadline => return Err(e),
-            Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "waiting for the schema registry");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-/// How long a backfill or replay waits for an unreachable registry before giving up on a message.
-const REGISTRY_PATIENCE: Duration = Duration::from_secs(300);
-
-/// A dataset's mapper (its contract) and its table, created if it does not exist yet.
-pub(crate) async fn open_dataset(
-    cfg: &Config,
-    d: &DatasetConfig,
-) -> Result<(Mapper, TableSink), PipelineError> {
-    let mut mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
-    let pcols = mapper.partition_columns();
-    let schema = mapper.contract().table_schema(pcols);
-    let sink = TableSink::open(
-        &d.table_uri,
-        schema.clone(),
-        pcols,
-        mapper.contract().evolves(),
-        &cfg.storage_options(),
-        cfg.storage.compression,
-    )
-    .await?
-    .with_commit_attempts(cfg.storage.commit_attempts);
-    let widened = sink.widened_columns(&schema)?;
-    if !widened.is_empty() {
-        info!(dataset = %d.name, columns = ?widened, "table has columns widened beyond the contract");
-        adopt_widened(&mut mapper, &widened);
-    }
-    let evolved = sink.columns_beyond(&schema)?;
-    if !evolved.is_empty() {
-        let names: Vec<&str> = evolved.iter().map(|f| f.name().as_str()).collect();
-        info!(dataset = %d.name, columns = ?names, "table has evolved columns beyond the contract");
-        mapper.adopt(&evolved)?;
-    }
-    Ok((mapper, sink))
-}
-
-/// Give the mapper's columns the wider types the table has.
-pub(crate) fn adopt_widened(mapper: &mut Mapper, widened: &[(String, arrow::datatypes::DataType)]) {
-    for (name, ty) in widened {
-        if let Some((ty, ps)) = crate::contract::ColumnType::from_arrow(ty) {
-            mapper.widen(name, ty, ps);
-        }
-    }
-}
-
-/// An empty buffer for the mapper's current columns (and their types).
-pub(crate) fn buffer_for(mapper: &Mapper) -> DatasetBuffer {
-    let pcols = mapper.partition_columns();
-    DatasetBuffer::new(
-        mapper.contract().table_schema(pcols),
-        mapper.contract().columns.len(),
-        pcols.len(),
-    )
-}
-
-/// Grow `buffer` by the columns `mapper` evolved since it was built.
-pub(crate) fn sync_columns(mapper: &Mapper, buffer: &mut DatasetBuffer) {
-    let n = mapper.contract().columns.len();
-    if n > buffer.data_columns() {
-        buffer.evolve(
-            mapper.contract().table_schema(mapper.partition_columns()),
-            n,
-        );
-    }
-}
-
 /// Run until `shutdown` resolves (or, with `until_caught_up`, until the assigned partitions are done).
 pub async fn run(
     cfg: Config,
@@ -239,24 +79,7 @@ pub async fn run(
     let datasets = open_datasets(&cfg).await?;
     let consumer = source::subscribe(&cfg, options.health.clone())?;
     let run_id = uuid::Uuid::now_v7().to_string();
-    let started_us = chrono::Utc::now().timestamp_micros();
-    let audit = if cfg.audit.enabled {
-        let ledger = Ledger::open(&cfg).await?;
-        let handle = AuditHandle::spawn(ledger, cfg.audit.interval);
-        let names: Vec<String> = cfg.datasets.iter().map(|d| d.name.clone()).collect();
-        handle.record(AuditRecord::run_started(&run_id, &names));
-        Some(handle)
-    } else {
-        None
-    };
-    let publishers = dead_letter_publishers(&cfg)?;
-    let compaction = crate::maintenance::spawn_background(cfg.clone());
-    let latest = crate::maintenance::latest::spawn_background(cfg.clone());
-    let control = crate::control::spawn(
-        cfg.clone(),
-        run_id.clone(),
-        audit.as_ref().map(AuditHandle::recorder),
-    );
+    let services = Services::start(&cfg, &run_id).await?;
     info!(run_id = %run_id, datasets = datasets.len(), "bronze run started");
     metrics::gauge!("bronze_memory_budget_bytes").set(cfg.memory.budget_bytes as f64);
     metrics::gauge!("bronze_up").set(1.0);
@@ -287,7 +110,7 @@ pub async fn run(
         started: Instant::now(),
         ever_assigned: false,
         last_broker_probe: Instant::now(),
-        audit,
+        audit: services.audit.as_ref().map(AuditHandle::recorder),
     };
     // Every line of the run carries its id (a field of the span in JSON logs).
     let span = tracing::info_span!("run", run_id = %run.run_id);
@@ -299,57 +122,16 @@ pub async fn run(
         }
     }
     run.report_drift();
-    if let Some(p) = publishers {
-        p.close(AUDIT_CLOSE_TIMEOUT).await;
-    }
-    for task in [compaction, latest].into_iter().flatten() {
-        task.abort();
-    }
-    // A request cut short is not committed on the control topic: the next owner resumes it.
-    if let Some(c) = control {
-        c.abort();
-        // Its ledger recorder must be gone before the ledger's last write can finish.
-        let _ = c.await;
-    }
     let summary = run.summary();
-    if let Some(audit) = run.audit.take() {
-        let error = result.as_ref().err().map(ToString::to_string);
-        audit.record(AuditRecord::run_finished(
-            &summary.run_id,
-            started_us,
-            summary.totals(),
-            error.as_deref(),
-        ));
-        audit.close(AUDIT_CLOSE_TIMEOUT).await;
-    }
+    // The loop's ledger recorder must be gone before the ledger's last write can finish.
+    drop(run.audit.take());
+    let error = result.as_ref().err().map(ToString::to_string);
+    services.close(&summary, error.as_deref()).await;
     result.map(|()| summary)
-}
-
-/// Publishers for the datasets with a dead-letter topic, publishing every second.
-fn dead_letter_publishers(cfg: &Config) -> Result<Option<PublisherHandle>, PipelineError> {
-    let topics = cfg
-        .datasets
-        .iter()
-        .filter_map(|d| Some((d, d.dead_letters.topic.as_ref()?)))
-        .map(|(d, topic)| {
-            DeadLetterTopic::new(
-                &d.name,
-                topic,
-                &d.dead_letters.table_uri,
-                &cfg.storage_options(),
-                source::connection_config(cfg),
-                &cfg.kafka.group_id,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((!topics.is_empty()).then(|| PublisherHandle::spawn(topics, Duration::from_secs(1))))
 }
 
 /// Widenings one message may ask for before the run gives up on it (a bug, not data).
 const MAX_WIDENINGS_PER_MESSAGE: usize = 8;
-
-/// How long a finishing run waits for its last ledger write.
-const AUDIT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Run {
     cfg: Config,
@@ -382,7 +164,7 @@ struct Run {
     started: Instant,
     ever_assigned: bool,
     last_broker_probe: Instant,
-    audit: Option<AuditHandle>,
+    audit: Option<AuditRecorder>,
 }
 
 /// How long `--until-caught-up` waits for a first assignment before giving up.
@@ -1766,127 +1548,4 @@ fn lag_gauge(dataset: &str, tp: &TopicPartition) -> metrics::Gauge {
 /// `bronze_consumer_lag_seconds` of one partition: age of its oldest uncommitted event.
 fn lag_seconds_gauge(dataset: &str, tp: &TopicPartition) -> metrics::Gauge {
     metrics::gauge!("bronze_consumer_lag_seconds", "dataset" => dataset.to_string(), "topic" => tp.topic.clone(), "partition" => tp.partition.to_string())
-}
-
-/// Why a message cannot be ingested, and whether its partition must stop (else it is dead-lettered).
-struct Rejection {
-    reason: &'static str,
-    error: String,
-    fail: bool,
-    /// A column to widen first (`type_widening = "evolve"`); streaming does it and retries the message.
-    widen: Option<Widening>,
-}
-
-/// A table column to widen, as the mapper asked.
-struct Widening {
-    column: String,
-    to: crate::contract::ColumnType,
-    precision_scale: Option<(u8, i8)>,
-}
-
-/// What becomes of one message.
-enum Admission {
-    Row(Box<Row>),
-    Skip(crate::decode::Skip),
-    Reject(Rejection),
-}
-
-/// Check, decode and map one message under its dataset's rules (streaming and dead-letter replay alike).
-fn admit(
-    cfg: &DatasetConfig,
-    decoder: &Decoder,
-    mapper: &mut Mapper,
-    m: &Message<'_>,
-) -> Admission {
-    let mut unknown = 0;
-    let admission = judge(cfg, decoder, mapper, m, &mut unknown);
-    count_observed(&cfg.name, unknown, mapper.take_column_errors());
-    admission
-}
-
-/// `bronze_unknown_fields_total` and `bronze_coercion_errors_total` for what admitting messages saw.
-fn count_observed(dataset: &str, unknown: u64, column_errors: Vec<(String, OnError)>) {
-    if unknown > 0 {
-        metrics::counter!("bronze_unknown_fields_total", "dataset" => dataset.to_string())
-            .increment(unknown);
-    }
-    for (column, action) in column_errors {
-        metrics::counter!("bronze_coercion_errors_total", "dataset" => dataset.to_string(),
-            "column" => column, "action" => action.as_str())
-        .increment(1);
-    }
-}
-
-/// [`admit`] without counting: fields the contract does not name are added to `unknown`, errors of
-/// the mapping are left in `mapper` ([`Mapper::take_column_errors`]).
-fn judge(
-    cfg: &DatasetConfig,
-    decoder: &Decoder,
-    mapper: &mut Mapper,
-    m: &Message<'_>,
-    unknown: &mut u64,
-) -> Admission {
-    let rules = &cfg.dead_letters;
-    let invalid_fails = rules.on_invalid == InvalidMessage::Fail;
-    let size = m.payload.map_or(0, <[u8]>::len);
-    if size > rules.max_message_bytes {
-        return Admission::Reject(Rejection {
-            reason: "oversized",
-            error: format!(
-                "value is {size} bytes, over the dataset's max_message_bytes ({})",
-                rules.max_message_bytes
-            ),
-            fail: invalid_fails,
-            widen: None,
-        });
-    }
-    if rules.require_key && m.key.is_none() {
-        return Admission::Reject(Rejection {
-            reason: "null_key",
-            error: "message has no key and the dataset requires one".to_string(),
-            fail: invalid_fails,
-            widen: None,
-        });
-    }
-    let change = match decoder.decode(m.payload) {
-        Ok(Decoded::Skip(reason)) => return Admission::Skip(reason),
-        Ok(Decoded::Change(change)) => change,
-        Err(e) => {
-            return Admission::Reject(Rejection {
-                reason: e.kind(),
-                error: e.to_string(),
-                fail: invalid_fails,
-                widen: None,
-            });
-        }
-    };
-    let header = |name: &str| m.header(name);
-    let key = || decoder.decode_key(m.key);
-    let ctx = MessageContext {
-        offset: m.offset,
-        key: &key,
-        ingested_at_us: m.received_at_us,
-        header: &header,
-    };
-    match mapper.map(change, &ctx, unknown) {
-        Ok(row) => Admission::Row(Box::new(row)),
-        Err(e) => Admission::Reject(Rejection {
-            reason: e.kind(),
-            error: e.to_string(),
-            fail: e.action() == OnError::Fail,
-            widen: match e {
-                crate::transform::TransformError::Widen {
-                    column,
-                    to,
-                    precision_scale,
-                    ..
-                } => Some(Widening {
-                    column,
-                    to,
-                    precision_scale,
-                }),
-                _ => None,
-            },
-        }),
-    }
 }

@@ -343,7 +343,7 @@ impl DatasetState {
         if self.buffer.is_empty() {
             match self.sink().widened_columns(&schema) {
                 Ok(widened) if !widened.is_empty() => {
-                    super::adopt_widened(&mut self.mapper, &widened);
+                    super::start::adopt_widened(&mut self.mapper, &widened);
                     self.buffer = super::buffer_for(&self.mapper);
                     tracing::info!(dataset = %self.cfg.name, columns = ?widened, "taking on columns the table widened");
                 }

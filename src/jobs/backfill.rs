@@ -20,21 +20,24 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
-use chrono::{DateTime, Duration as ChronoDuration, Timelike, Utc};
+use chrono::Utc;
 use deltalake::kernel::Transaction;
 use serde::Serialize;
 use tracing::info;
 
-use super::message::Message;
-use super::{Admission, PipelineError, admit};
-use crate::buffer::DatasetBuffer;
+use super::partition_swap::{
+    PartitionValues, commit_swap, files_to_replace, label, parse_partition, partitions_between,
+    predicate, sorted, write_chunk,
+};
 use crate::config::{Config, DatasetConfig, PartitionBy};
 use crate::decode::Decoder;
-use crate::sink::{self, TableSink};
+use crate::pipeline::admission::{self, Admission, admit};
+use crate::pipeline::message::Message;
+use crate::pipeline::{self, PipelineError};
+use crate::sink;
 use crate::source::Inspector;
 use crate::txn::{self, TopicPartition};
 
-pub use crate::transform::PartitionValues;
 use crate::transform::span_of_partitions;
 
 /// A request to rebuild the partitions of `[from_us, to_us)` (widened to whole partitions).
@@ -109,44 +112,6 @@ pub fn check(cfg: &Config, req: &BackfillRequest) -> Result<(), String> {
     Ok(())
 }
 
-/// A partition named as `2026-11-01` (date tables) or `2026-11-01/05` (date/hour tables).
-pub fn parse_partition(by: PartitionBy, label: &str) -> Result<PartitionValues, String> {
-    let bad = || {
-        format!(
-            "partition `{label}` is not {}",
-            match by {
-                PartitionBy::DateHour => "YYYY-MM-DD/HH",
-                _ => "YYYY-MM-DD",
-            }
-        )
-    };
-    let (date, hour) = match (by, label.split_once('/')) {
-        (PartitionBy::DateHour, Some((d, h))) => (d, Some(h)),
-        (PartitionBy::Date, None) => (label, None),
-        _ => return Err(bad()),
-    };
-    chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| bad())?;
-    let mut values = vec![("event_date".to_string(), Some(date.to_string()))];
-    if let Some(h) = hour {
-        match h.parse::<u32>() {
-            Ok(n) if n < 24 && h.len() == 2 => {
-                values.push(("event_hour".to_string(), Some(h.into())))
-            }
-            _ => return Err(bad()),
-        }
-    }
-    Ok(values)
-}
-
-/// The time span `[start, end)` of the partitions named by `labels`, in µs.
-pub fn span_of(by: PartitionBy, labels: &[String]) -> Result<(i64, i64), String> {
-    let partitions = labels
-        .iter()
-        .map(|l| parse_partition(by, l))
-        .collect::<Result<Vec<_>, _>>()?;
-    span_of_partitions(&partitions).ok_or_else(|| "no partitions given".to_string())
-}
-
 /// Why `[from_us, to_us)` is longer than one request may replace (`backfill.max_range`), if it is.
 pub fn range_too_long(cfg: &Config, from_us: i64, to_us: i64) -> Option<String> {
     let span = std::time::Duration::from_micros(to_us.saturating_sub(from_us).max(0) as u64);
@@ -157,66 +122,6 @@ pub fn range_too_long(cfg: &Config, from_us: i64, to_us: i64) -> Option<String> 
             humantime::format_duration(cfg.backfill.max_range)
         )
     })
-}
-
-/// The partitions of `by` that overlap `[from_us, to_us)`.
-pub fn partitions_between(by: PartitionBy, from_us: i64, to_us: i64) -> BTreeSet<PartitionValues> {
-    let step = match by {
-        PartitionBy::None => return BTreeSet::new(),
-        PartitionBy::Date => ChronoDuration::days(1),
-        PartitionBy::DateHour => ChronoDuration::hours(1),
-    };
-    let (Some(from), Some(to)) = (
-        DateTime::<Utc>::from_timestamp_micros(from_us),
-        DateTime::<Utc>::from_timestamp_micros(to_us),
-    ) else {
-        return BTreeSet::new();
-    };
-    let mut t = match by {
-        PartitionBy::DateHour => from
-            .with_minute(0)
-            .and_then(|t| t.with_second(0))
-            .and_then(|t| t.with_nanosecond(0)),
-        _ => from.date_naive().and_hms_opt(0, 0, 0).map(|t| t.and_utc()),
-    }
-    .unwrap_or(from);
-    let mut out = BTreeSet::new();
-    while t < to {
-        let mut values = vec![(
-            "event_date".to_string(),
-            Some(t.format("%Y-%m-%d").to_string()),
-        )];
-        if by == PartitionBy::DateHour {
-            values.push(("event_hour".to_string(), Some(format!("{:02}", t.hour()))));
-        }
-        out.insert(values);
-        t += step;
-    }
-    out
-}
-
-pub(super) fn label(values: &PartitionValues) -> String {
-    values
-        .iter()
-        .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("null")))
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// The replace predicate recorded in the commit, e.g. `event_date IN ('2026-11-01', '2026-11-02')`.
-pub(super) fn predicate(targets: &BTreeSet<PartitionValues>) -> String {
-    targets
-        .iter()
-        .map(|values| {
-            values
-                .iter()
-                .map(|(k, v)| format!("{k} = '{}'", v.as_deref().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(" AND ")
-        })
-        .map(|c| format!("({c})"))
-        .collect::<Vec<_>>()
-        .join(" OR ")
 }
 
 /// Lowest offset per source partition among the rows of the `targets` partitions.
@@ -293,8 +198,8 @@ pub async fn backfill(
         .iter()
         .find(|d| d.name == req.dataset)
         .ok_or_else(|| PipelineError::Stopped(format!("unknown dataset `{}`", req.dataset)))?;
-    let (mut mapper, mut sink) = super::open_dataset(cfg, d).await?;
-    let decoder = Decoder::new(d.format, super::registry(cfg)?);
+    let (mut mapper, mut sink) = pipeline::open_dataset(cfg, d).await?;
+    let decoder = Decoder::new(d.format, pipeline::registry(cfg)?);
     let targets = if req.partitions.is_empty() {
         partitions_between(d.partitioning.by, req.from_us, req.to_us)
     } else {
@@ -338,7 +243,7 @@ pub async fn backfill(
         .collect();
 
     let pcols = mapper.partition_columns();
-    let mut buffer = super::buffer_for(&mapper);
+    let mut buffer = pipeline::buffer_for(&mapper);
     let mut adds = Vec::new();
     let mut counts = (0usize, 0usize);
     let mut total = 0u64;
@@ -376,14 +281,18 @@ pub async fn backfill(
                     let m = Message::of_kafka(m, chrono::Utc::now().timestamp_micros());
                     if decoder.needs_registry() {
                         // Counted as still failing (`registry_unavailable`) if the wait runs out.
-                        let wait = super::prepare_patiently(&decoder, &m, super::REGISTRY_PATIENCE);
+                        let wait = admission::prepare_patiently(
+                            &decoder,
+                            &m,
+                            admission::REGISTRY_PATIENCE,
+                        );
                         let _ = tokio::runtime::Handle::current().block_on(wait);
                     }
                     match admit(d, &decoder, &mut mapper, &m) {
                         Admission::Row(row)
                             if targets.contains(&sorted(&row.partition_values, pcols)) =>
                         {
-                            super::sync_columns(&mapper, &mut buffer);
+                            pipeline::sync_columns(&mapper, &mut buffer);
                             buffer.push(m.topic, m.partition, *row, now);
                         }
                         Admission::Row(_) => out.rows_outside += 1,
@@ -401,14 +310,8 @@ pub async fn backfill(
         }
         write_chunk(&mut buffer, &sink, &mut adds, &mut counts).await?;
         (out.rows_written, out.duplicates_dropped) = counts;
-        let removes = sink.removes_in(&targets)?;
-        if let Some(stray) = stray_file(&adds, |v| targets.contains(v)) {
-            sink.discard_files(&adds).await;
-            return Err(PipelineError::Stopped(format!(
-                "backfill `{}`: file {stray} lies outside the replaced partitions; nothing committed",
-                req.request_id
-            )));
-        }
+        let what = format!("backfill `{}`", req.request_id);
+        let removes = files_to_replace(&sink, &adds, |v| targets.contains(v), &what, "").await?;
         out.files_removed = removes.len();
         out.files_added = adds.len();
         if req.dry_run {
@@ -437,18 +340,16 @@ pub async fn backfill(
                 "attempt": attempt,
             }),
         )];
-        match sink
-            .try_commit_replace(
-                removes,
-                &adds,
-                vec![txn],
-                metadata,
-                Some(predicate(&targets)),
-                None,
-            )
-            .await
-        {
-            Ok(Some(version)) => {
+        let swap = commit_swap(
+            &mut sink,
+            removes,
+            &adds,
+            vec![txn],
+            metadata,
+            predicate(&targets),
+        );
+        match swap.await? {
+            Some(version) => {
                 out.status = "succeeded".into();
                 out.table_version = Some(version);
                 out.duration_ms = started.elapsed().as_millis() as u64;
@@ -461,112 +362,10 @@ pub async fn backfill(
                     .increment(out.rows_written as u64);
                 return Ok(out);
             }
-            Ok(None) => {
+            None => {
                 info!(request_id = %req.request_id, attempt,
                     "the table moved during the backfill; replaying what was committed since");
             }
-            Err(e) => {
-                sink.discard_files(&adds).await;
-                return Err(e.into());
-            }
         }
-    }
-}
-
-/// The first new file outside the replaced partitions, if any. Such a file would be added without its
-/// partition's old files being removed, doubling their rows: a replace must not commit it.
-pub(super) fn stray_file(
-    adds: &[deltalake::kernel::Add],
-    replaced: impl Fn(&PartitionValues) -> bool,
-) -> Option<String> {
-    adds.iter()
-        .find(|a| {
-            let mut v: PartitionValues = a.partition_values.clone().into_iter().collect();
-            v.sort();
-            !replaced(&v)
-        })
-        .map(|a| a.path.clone())
-}
-
-/// A row's partition values in the table's sorted form.
-pub(super) fn sorted(values: &[String], columns: &[&str]) -> PartitionValues {
-    let mut v: PartitionValues = columns
-        .iter()
-        .zip(values)
-        .map(|(c, v)| (c.to_string(), Some(v.clone())))
-        .collect();
-    v.sort();
-    v
-}
-
-/// Write what the buffer holds as Parquet files (not committed yet).
-pub(super) async fn write_chunk(
-    buffer: &mut DatasetBuffer,
-    sink: &TableSink,
-    adds: &mut Vec<deltalake::kernel::Add>,
-    counts: &mut (usize, usize),
-) -> Result<(), PipelineError> {
-    let batch_id = uuid::Uuid::now_v7().to_string();
-    let Some(batch) = buffer
-        .take(&batch_id)
-        .map_err(|e| PipelineError::Stopped(format!("cannot build the backfill batch: {e}")))?
-    else {
-        return Ok(());
-    };
-    counts.0 += batch.rows();
-    counts.1 += batch.duplicates_dropped;
-    adds.extend(sink.write_files(&batch.batches).await?);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn us(s: &str) -> i64 {
-        DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros()
-    }
-
-    #[test]
-    fn ranges_widen_to_the_partitions_they_touch() {
-        let days = partitions_between(
-            PartitionBy::Date,
-            us("2026-11-01T10:00:00Z"),
-            us("2026-11-03T00:00:00Z"),
-        );
-        let labels: Vec<String> = days.iter().map(label).collect();
-        assert_eq!(labels, ["event_date=2026-11-01", "event_date=2026-11-02"]);
-        let hours = partitions_between(
-            PartitionBy::DateHour,
-            us("2026-11-01T22:30:00Z"),
-            us("2026-11-02T00:00:01Z"),
-        );
-        let labels: Vec<String> = hours.iter().map(label).collect();
-        assert_eq!(
-            labels,
-            [
-                "event_date=2026-11-01/event_hour=22",
-                "event_date=2026-11-01/event_hour=23",
-                "event_date=2026-11-02/event_hour=00"
-            ]
-        );
-        assert_eq!(
-            predicate(&days),
-            "(event_date = '2026-11-01') OR (event_date = '2026-11-02')"
-        );
-    }
-
-    #[test]
-    fn explicit_partitions_are_checked_against_the_partitioning() {
-        let p = parse_partition(PartitionBy::DateHour, "2026-11-01/05").unwrap();
-        assert_eq!(label(&p), "event_date=2026-11-01/event_hour=05");
-        assert!(parse_partition(PartitionBy::Date, "2026-11-01/05").is_err());
-        assert!(parse_partition(PartitionBy::DateHour, "2026-11-01/24").is_err());
-        assert!(parse_partition(PartitionBy::Date, "01.11.2026").is_err());
-        let labels = ["2026-11-03".to_string(), "2026-11-01".to_string()];
-        assert_eq!(
-            span_of(PartitionBy::Date, &labels).unwrap(),
-            (us("2026-11-01T00:00:00Z"), us("2026-11-04T00:00:00Z"))
-        );
     }
 }

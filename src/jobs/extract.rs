@@ -25,12 +25,13 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
 
-use super::PipelineError;
-use super::backfill::{
-    PartitionValues, label, partitions_between, predicate, sorted, stray_file, write_chunk,
+use super::partition_swap::{
+    PartitionValues, commit_swap, files_to_replace, label, partitions_between, predicate, sorted,
+    write_chunk,
 };
 use crate::config::{Config, DatasetConfig, ExtractConfig};
 use crate::decode::{Change, Fields, Op};
+use crate::pipeline::{self, PipelineError};
 use crate::transform::{MessageContext, span_of_partitions};
 
 /// What part of the source an extract reads.
@@ -152,7 +153,7 @@ pub async fn extract(
             d.name
         ))
     })?;
-    let (mut mapper, mut sink) = super::open_dataset(cfg, d).await?;
+    let (mut mapper, mut sink) = pipeline::open_dataset(cfg, d).await?;
     let mut out = ExtractOutcome {
         request_id: req.request_id.clone(),
         dataset: d.name.clone(),
@@ -306,7 +307,7 @@ pub async fn extract(
     drop(tx);
 
     let pcols = mapper.partition_columns();
-    let mut buffer = super::buffer_for(&mapper);
+    let mut buffer = pipeline::buffer_for(&mapper);
     let topic = format!("postgres:{}", d.name);
     let mut adds = Vec::new();
     let mut counts = (0usize, 0usize);
@@ -356,7 +357,7 @@ pub async fn extract(
                     *out.still_failing.entry("outside_range".into()).or_default() += 1;
                     continue;
                 }
-                super::sync_columns(&mapper, &mut buffer);
+                pipeline::sync_columns(&mapper, &mut buffer);
                 buffer.push(&topic, range as i32, row, std::time::Instant::now());
             }
             Err(e) => *out.still_failing.entry(e.kind().to_string()).or_default() += 1,
@@ -391,14 +392,9 @@ pub async fn extract(
         (None, "full") => true,
         (None, _) => first.as_ref().is_none_or(|f| v >= f),
     };
-    let removes = sink.removes_where(replaced)?;
-    if let Some(stray) = stray_file(&adds, replaced) {
-        sink.discard_files(&adds).await;
-        return Err(PipelineError::Stopped(format!(
-            "extract `{}`: file {stray} lies outside the replaced partitions (is the partition time column the extract's time column?); nothing committed",
-            req.request_id
-        )));
-    }
+    let what = format!("extract `{}`", req.request_id);
+    let hint = " (is the partition time column the extract's time column?)";
+    let removes = files_to_replace(&sink, &adds, replaced, &what, hint).await?;
     out.files_removed = removes.len();
     out.files_added = adds.len();
     if req.dry_run {
@@ -435,10 +431,7 @@ pub async fn extract(
         None if mode == "full" => "true".to_string(),
         None => format!("partitions from {}", rfc3339(from_us)),
     };
-    match sink
-        .try_commit_replace(removes, &adds, txns, metadata, Some(pred), None)
-        .await?
-    {
+    match commit_swap(&mut sink, removes, &adds, txns, metadata, pred).await? {
         Some(version) => {
             out.status = "succeeded".into();
             out.table_version = Some(version);

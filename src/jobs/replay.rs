@@ -15,11 +15,12 @@ use deltalake::kernel::Transaction;
 use serde::Serialize;
 use tracing::info;
 
-use super::message::Message;
-use super::{Admission, PipelineError, admit};
 use crate::buffer::DeadLetter;
 use crate::config::Config;
 use crate::decode::Decoder;
+use crate::pipeline::admission::{self, Admission, admit};
+use crate::pipeline::message::Message;
+use crate::pipeline::{self, PipelineError};
 use crate::sink::dead_letters::{self, DeadLetterFilter};
 use crate::sink::{SinkError, scan};
 
@@ -54,8 +55,8 @@ pub async fn replay(
         .ok_or_else(|| PipelineError::Stopped(format!("no dataset named `{dataset}`")))?;
     let options = cfg.storage_options();
     let letters = dead_letters::read(&d.dead_letters.table_uri, &options, filter).await?;
-    let (mut mapper, mut sink) = super::open_dataset(cfg, d).await?;
-    let decoder = Decoder::new(d.format, super::registry(cfg)?);
+    let (mut mapper, mut sink) = pipeline::open_dataset(cfg, d).await?;
+    let decoder = Decoder::new(d.format, pipeline::registry(cfg)?);
     let run_id = uuid::Uuid::now_v7().to_string();
     let app_id = crate::txn::replay(&cfg.kafka.group_id, &d.name);
     let mut retry = sink.retry("dlq_replay");
@@ -68,7 +69,7 @@ pub async fn replay(
             dry_run,
             ..ReplaySummary::default()
         };
-        let mut buffer = super::buffer_for(&mapper);
+        let mut buffer = pipeline::buffer_for(&mapper);
         let now = Instant::now();
         for l in &letters {
             if present.contains(&(l.topic.clone(), l.partition, l.offset)) {
@@ -77,10 +78,10 @@ pub async fn replay(
             }
             let m = Message::of_dead_letter(l, chrono::Utc::now().timestamp_micros());
             // A message still unreadable after the wait stays a dead letter (`registry_unavailable`).
-            let _ = super::prepare_patiently(&decoder, &m, super::REGISTRY_PATIENCE).await;
+            let _ = admission::prepare_patiently(&decoder, &m, admission::REGISTRY_PATIENCE).await;
             match admit(d, &decoder, &mut mapper, &m) {
                 Admission::Row(row) => {
-                    super::sync_columns(&mapper, &mut buffer);
+                    pipeline::sync_columns(&mapper, &mut buffer);
                     buffer.push(&l.topic, l.partition, *row, now)
                 }
                 Admission::Skip(_) => summary.skipped += 1,

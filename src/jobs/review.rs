@@ -11,10 +11,10 @@ use arrow::datatypes::{Field, Schema};
 use serde::Serialize;
 use tracing::info;
 
-use super::PipelineError;
 use crate::audit::{AuditRecord, Ledger, SchemaEvent, schema_events};
 use crate::config::{Config, DatasetConfig};
 use crate::contract::{Column, ColumnType};
+use crate::pipeline::{self, PipelineError};
 use crate::sink::{SinkError, TableSink};
 
 /// A new column awaiting (or past) an operator's decision; its id is the column name.
@@ -121,7 +121,7 @@ pub async fn approve(
     column_type: Option<ColumnType>,
 ) -> Result<Approval, PipelineError> {
     let d = dataset(cfg, name)?;
-    let (mapper, mut sink) = super::open_dataset(cfg, d).await?;
+    let (mapper, mut sink) = pipeline::open_dataset(cfg, d).await?;
     if !mapper.contract().evolves() {
         return Err(PipelineError::Stopped(format!(
             "dataset `{name}` does not review new columns (`drift.new_column` is `{}`)",
