@@ -35,11 +35,32 @@ impl TopicPartition {
             partition,
         }
     }
+
+    /// Whether this is partition `partition` of `topic` (without making a `TopicPartition` of them).
+    pub fn is(&self, topic: &str, partition: i32) -> bool {
+        self.partition == partition && self.topic == topic
+    }
 }
 
 impl fmt::Display for TopicPartition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}[{}]", self.topic, self.partition)
+    }
+}
+
+/// Partitions as `[topic[0], topic[1]]`, for log lines.
+pub struct Listed<'a>(pub &'a [TopicPartition]);
+
+impl fmt::Display for Listed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, tp) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{tp}")?;
+        }
+        f.write_str("]")
     }
 }
 
@@ -127,6 +148,11 @@ mod tests {
             "bronze-dlq:g:orders"
         );
         assert_eq!(tp.to_string(), "dbserver1.public.orders[2]");
+        let two = [tp.clone(), TopicPartition::new("t", 0)];
+        assert_eq!(
+            Listed(&two).to_string(),
+            "[dbserver1.public.orders[2], t[0]]"
+        );
     }
 
     #[test]

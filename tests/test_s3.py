@@ -54,7 +54,7 @@ def test_two_processes_commit_concurrently_to_one_s3_table(tmp_path, s3):
     produced = []
     try:
         # Traffic starts once both members own partitions, so both write at the same time.
-        h.wait_until(lambda: all("partitions assigned partitions=[(" in l.read_text() for l in logs), 60,
+        h.wait_until(lambda: all(f"partitions assigned partitions=[{topic}[" in l.read_text() for l in logs), 60,
                      what="both members assigned")
         time.sleep(3)
         for seed in range(6):

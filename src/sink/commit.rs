@@ -284,3 +284,124 @@ fn commit_metadata(
         }),
     )]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    async fn open(dir: &std::path::Path) -> TableSink {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        TableSink::open(
+            &format!("file://{}", dir.display()),
+            schema,
+            &[],
+            false,
+            &Default::default(),
+            crate::config::Compression::Snappy,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A flush of partition `t[0]` offsets `first..=last`, one row per offset.
+    fn flush(first: i64, last: i64) -> FlushBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from_iter_values(first..=last))],
+        )
+        .unwrap();
+        FlushBatch {
+            batches: vec![rows],
+            ranges: vec![OffsetRange {
+                topic: "t".into(),
+                partition: 0,
+                first,
+                last,
+                rows: (last - first + 1) as usize,
+            }],
+            rows_in: (last - first + 1) as usize,
+            duplicates_dropped: 0,
+            dead_letters: Vec::new(),
+            source_ids: Vec::new(),
+        }
+    }
+
+    fn ctx(run: &str) -> CommitContext {
+        CommitContext {
+            group_id: "g".into(),
+            run_id: run.into(),
+            dataset: "d".into(),
+            started_ms: 0,
+        }
+    }
+
+    fn parquet_files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+            })
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_zombies_batch_of_offsets_the_new_owner_committed_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        // Both loaded the table before either committed: the zombie lost t[0] in a rebalance but
+        // still holds a batch of it.
+        let mut owner = open(dir.path()).await;
+        let mut zombie = open(dir.path()).await;
+        let done = owner
+            .commit(&flush(0, 9), &ctx("owner"), "b1", 1)
+            .await
+            .unwrap();
+        assert!(
+            matches!(done, CommitOutcome::Committed { version: 1, .. }),
+            "{done:?}"
+        );
+        let stale = zombie
+            .commit(&flush(5, 14), &ctx("zombie"), "b2", 1)
+            .await
+            .unwrap();
+        let CommitOutcome::Stale { partitions } = stale else {
+            panic!("a zombie's batch must not commit: {stale:?}");
+        };
+        assert_eq!(partitions, vec![TopicPartition::new("t", 0)]);
+        // Nothing doubled: the table has the owner's rows and position only, and the zombie's upload
+        // is deleted (not left as an orphan).
+        zombie.refresh().await.unwrap();
+        assert_eq!(zombie.stats(0).unwrap().rows, 10);
+        let app_id = crate::txn::streaming("g", &TopicPartition::new("t", 0));
+        assert_eq!(zombie.committed_offset(&app_id).await.unwrap(), Some(9));
+        assert_eq!(parquet_files(dir.path()), 1);
+        // The offsets after the owner's position are not stale: the next batch commits.
+        let next = zombie
+            .commit(&flush(10, 14), &ctx("owner"), "b3", 1)
+            .await
+            .unwrap();
+        assert!(
+            matches!(next, CommitOutcome::Committed { version: 2, .. }),
+            "{next:?}"
+        );
+        assert_eq!(zombie.committed_offset(&app_id).await.unwrap(), Some(14));
+    }
+
+    #[tokio::test]
+    async fn a_batch_committed_twice_is_stale_the_second_time() {
+        // A retry after a commit that landed but whose answer was lost (a timeout on the log write).
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = open(dir.path()).await;
+        let batch = flush(0, 4);
+        sink.commit(&batch, &ctx("r"), "b", 1).await.unwrap();
+        let again = sink.commit(&batch, &ctx("r"), "b", 1).await.unwrap();
+        assert!(matches!(again, CommitOutcome::Stale { .. }), "{again:?}");
+        assert_eq!(sink.stats(0).unwrap().rows, 5);
+    }
+}

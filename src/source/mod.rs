@@ -117,7 +117,7 @@ impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let p = partitions(tpl);
-            info!(partitions = ?p, "partitions revoked");
+            info!(partitions = %crate::txn::Listed(&p), "partitions revoked");
             self.push(RebalanceEvent::Revoked(p));
         }
     }
@@ -126,7 +126,7 @@ impl ConsumerContext for SourceContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let p = partitions(tpl);
-                info!(partitions = ?p, "partitions assigned");
+                info!(partitions = %crate::txn::Listed(&p), "partitions assigned");
                 self.push(RebalanceEvent::Assigned(p));
             }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),

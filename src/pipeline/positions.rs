@@ -1,0 +1,346 @@
+//! Positions: where each assigned partition stands against its table, and the rules that keep a
+//! partition reading from exactly the table's position.
+//!
+//! When a partition is assigned its position is unknown ([`Phase::Unknown`]). Its first message makes
+//! the loop read the partition's txn version from the table ([`Positions::locate`]): if the message is
+//! not the one right after it, the partition is sent there ([`Phase::Seeking`]) and the messages still
+//! in flight before that offset are passed over; the first message at or after it makes the partition
+//! [`Phase::Ready`]. A partition re-reads from the table the same way after a stale batch
+//! ([`Positions::after_stale`]). So a partition always resumes from the table, whatever the group
+//! offsets say, and never ingests an offset twice in one run.
+
+use std::time::Instant;
+
+use tracing::warn;
+
+use crate::txn::{OffsetRange, TopicPartition};
+
+/// Where a partition's fetch position stands relative to its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Just assigned: the next message decides whether to seek.
+    Unknown,
+    /// A seek to this offset was issued; earlier messages still in flight are dropped.
+    Seeking(i64),
+    Ready,
+}
+
+pub(super) struct PartitionState {
+    pub dataset: usize,
+    pub phase: Phase,
+    /// Offset of the next message to ingest.
+    pub next_offset: Option<i64>,
+    /// The table's position for this partition (next offset to commit), once known.
+    pub committed: Option<i64>,
+    /// Stopped on a message that cannot be ingested.
+    pub stopped: bool,
+    pub paused_for_memory: bool,
+    /// Paused until then, rewound to a message that cannot be taken yet (its writer schema is not to be
+    /// had, or its column cannot be widened yet).
+    pub waiting_until: Option<Instant>,
+    /// Failed attempts in a row, for the backoff.
+    pub wait_failures: u32,
+    /// Kafka timestamps (ms) of the oldest uncommitted message: in the buffer, in the batch being
+    /// committed, and the message the partition stopped on. They make `bronze_consumer_lag_seconds`.
+    pub buffered_ts: Option<i64>,
+    pub pending_ts: Option<i64>,
+    pub stopped_ts: Option<i64>,
+    /// Since when everything consumed from this partition is committed (assignment or last commit).
+    pub settled_since: Instant,
+    /// `bronze_events_consumed_total` of this partition, looked up once rather than per message.
+    pub consumed: metrics::Counter,
+}
+
+impl PartitionState {
+    pub fn new(dataset: usize, consumed: metrics::Counter) -> Self {
+        PartitionState {
+            dataset,
+            phase: Phase::Unknown,
+            next_offset: None,
+            committed: None,
+            stopped: false,
+            paused_for_memory: false,
+            waiting_until: None,
+            wait_failures: 0,
+            buffered_ts: None,
+            pending_ts: None,
+            stopped_ts: None,
+            settled_since: Instant::now(),
+            consumed,
+        }
+    }
+
+    /// Age in seconds of the oldest message of this partition not yet committed. With `lag` messages
+    /// waiting in Kafka but none consumed (paused, or not fetched yet), the time since the partition was
+    /// last fully committed: an upper bound, so an alert on it never fires late.
+    pub fn lag_seconds(&self, lag: i64, now_ms: i64) -> f64 {
+        let oldest = [self.buffered_ts, self.pending_ts, self.stopped_ts]
+            .into_iter()
+            .flatten()
+            .min();
+        match oldest {
+            Some(ts) => ((now_ms - ts).max(0)) as f64 / 1000.0,
+            None if lag > 0 => self.settled_since.elapsed().as_secs_f64(),
+            None => 0.0,
+        }
+    }
+}
+
+/// What to do with a message that arrived for a partition (see [`Positions::arrival`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// Not ours, stopped, sent elsewhere, or before the position: pass it over.
+    Pass,
+    /// The partition's first message since assignment: find its table position first
+    /// ([`Positions::locate`]). Carries the partition's dataset.
+    Locate(usize),
+    /// Ingest it into this dataset.
+    Take(usize),
+}
+
+/// Every assigned partition's state, and the partitions sent elsewhere during the current poll.
+#[derive(Default)]
+pub(super) struct Positions {
+    /// Looked up several times per message: a fast hash, the keys are the broker's.
+    partitions: foldhash::HashMap<TopicPartition, PartitionState>,
+    /// Partitions sent to another offset while the messages of one poll are handled.
+    repositioned: foldhash::HashSet<TopicPartition>,
+}
+
+impl Positions {
+    /// A partition assigned to this member, for dataset `dataset`: its position is unknown.
+    pub fn assign(&mut self, tp: TopicPartition, dataset: usize, consumed: metrics::Counter) {
+        self.partitions
+            .insert(tp, PartitionState::new(dataset, consumed));
+    }
+
+    /// A partition revoked from this member, with what was known of it.
+    pub fn revoke(&mut self, tp: &TopicPartition) -> Option<PartitionState> {
+        self.partitions.remove(tp)
+    }
+
+    /// A poll's messages are about to be handled: nothing is sent elsewhere yet.
+    pub fn new_poll(&mut self) {
+        self.repositioned.clear();
+    }
+
+    /// Whether `tp` was sent to another offset during this poll (its messages already taken from the
+    /// consumer are passed over: the consumer delivers from the new position).
+    pub fn repositioned(&self, tp: &TopicPartition) -> bool {
+        !self.repositioned.is_empty() && self.repositioned.contains(tp)
+    }
+
+    /// What to do with the message at `offset` of `tp`. A partition seeking its table position becomes
+    /// ready at the first message at or after it (a later one means the log lost offsets: retention or
+    /// compaction).
+    pub fn arrival(&mut self, tp: &TopicPartition, offset: i64) -> Arrival {
+        if self.repositioned(tp) {
+            return Arrival::Pass;
+        }
+        let Some(ps) = self.partitions.get_mut(tp) else {
+            return Arrival::Pass;
+        };
+        if ps.stopped {
+            return Arrival::Pass;
+        }
+        match ps.phase {
+            Phase::Unknown => return Arrival::Locate(ps.dataset),
+            Phase::Seeking(target) if offset < target => return Arrival::Pass,
+            Phase::Seeking(target) => {
+                if offset > target {
+                    warn!(topic = %tp.topic, partition = tp.partition, expected = target, got = offset,
+                        "offsets missing from the log (retention or compaction); continuing");
+                }
+                ps.phase = Phase::Ready;
+            }
+            Phase::Ready => {}
+        }
+        if ps.next_offset.is_some_and(|next| offset < next) {
+            return Arrival::Pass;
+        }
+        Arrival::Take(ps.dataset)
+    }
+
+    /// A partition's first message is at `offset` and its table says `table` (the next offset to
+    /// commit, `None` when the table has none for it): the offset to seek to, or `None` when it reads
+    /// on from here (it is ready).
+    pub fn locate(&mut self, tp: &TopicPartition, offset: i64, table: Option<i64>) -> Option<i64> {
+        match table {
+            Some(pos) if offset != pos => Some(pos),
+            _ => {
+                self.set_phase(tp, Phase::Ready);
+                None
+            }
+        }
+    }
+
+    /// `tp` was sent to `offset`: its messages before it are passed over until one arrives there.
+    pub fn seek(&mut self, tp: &TopicPartition, offset: i64) {
+        self.repositioned.insert(tp.clone());
+        self.set_phase(tp, Phase::Seeking(offset));
+    }
+
+    /// The message at `offset` (Kafka time `timestamp_ms`) of `tp` was taken into its buffer.
+    pub fn took(&mut self, tp: &TopicPartition, offset: i64, timestamp_ms: i64) {
+        if let Some(ps) = self.partitions.get_mut(tp) {
+            ps.consumed.increment(1);
+            ps.wait_failures = 0;
+            ps.next_offset = Some(offset + 1);
+            ps.buffered_ts.get_or_insert(timestamp_ms);
+        }
+    }
+
+    /// A batch of these ranges was found stale (another member committed some of its offsets): its rows
+    /// are gone, so every partition of it still owned must read again from the table's position. Those
+    /// partitions, each with the batch's first offset as the position when the table has none.
+    pub fn after_stale(&mut self, ranges: &[OffsetRange]) -> Vec<(TopicPartition, i64)> {
+        let mut again = Vec::new();
+        for r in ranges {
+            let tp = r.topic_partition();
+            if let Some(ps) = self.partitions.get_mut(&tp) {
+                ps.buffered_ts = None;
+                ps.pending_ts = None;
+                again.push((tp, r.first));
+            }
+        }
+        again
+    }
+
+    fn set_phase(&mut self, tp: &TopicPartition, phase: Phase) {
+        if let Some(ps) = self.partitions.get_mut(tp) {
+            ps.phase = phase;
+            if phase != Phase::Ready {
+                ps.next_offset = None;
+            }
+        }
+    }
+
+    pub fn get(&self, tp: &TopicPartition) -> Option<&PartitionState> {
+        self.partitions.get(tp)
+    }
+
+    pub fn get_mut(&mut self, tp: &TopicPartition) -> Option<&mut PartitionState> {
+        self.partitions.get_mut(tp)
+    }
+
+    pub fn contains(&self, tp: &TopicPartition) -> bool {
+        self.partitions.contains_key(tp)
+    }
+
+    pub fn len(&self) -> usize {
+        self.partitions.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&TopicPartition, &PartitionState)> {
+        self.partitions.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&TopicPartition, &mut PartitionState)> {
+        self.partitions.iter_mut()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &PartitionState> {
+        self.partitions.values()
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut PartitionState> {
+        self.partitions.values_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assigned(tps: &[(&str, i32)]) -> Positions {
+        let mut p = Positions::default();
+        for (t, n) in tps {
+            p.assign(TopicPartition::new(*t, *n), 0, metrics::Counter::noop());
+        }
+        p
+    }
+
+    #[test]
+    fn the_first_message_finds_the_table_position_and_seeks_there() {
+        let tp = TopicPartition::new("t", 0);
+        let mut p = assigned(&[("t", 0)]);
+        // Group offsets resumed at 3; the table holds up to 6 (next 7).
+        assert_eq!(p.arrival(&tp, 3), Arrival::Locate(0));
+        assert_eq!(p.locate(&tp, 3, Some(7)), Some(7));
+        p.seek(&tp, 7);
+        // What the consumer still delivers of the old position in this poll is passed over.
+        assert_eq!(p.arrival(&tp, 4), Arrival::Pass);
+        p.new_poll();
+        assert_eq!(p.arrival(&tp, 5), Arrival::Pass, "before the target");
+        assert_eq!(p.arrival(&tp, 7), Arrival::Take(0));
+        p.took(&tp, 7, 1_000);
+        // A redelivery of an offset already taken is passed over.
+        assert_eq!(p.arrival(&tp, 7), Arrival::Pass);
+        assert_eq!(p.arrival(&tp, 8), Arrival::Take(0));
+    }
+
+    #[test]
+    fn a_first_message_at_the_table_position_or_of_a_new_table_reads_on() {
+        let (a, b) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        let mut p = assigned(&[("t", 0), ("t", 1)]);
+        assert_eq!(p.arrival(&a, 7), Arrival::Locate(0));
+        assert_eq!(p.locate(&a, 7, Some(7)), None);
+        assert_eq!(p.arrival(&a, 7), Arrival::Take(0));
+        // No txn for the partition yet: wherever the group starts it.
+        assert_eq!(p.locate(&b, 42, None), None);
+        assert_eq!(p.arrival(&b, 42), Arrival::Take(0));
+    }
+
+    #[test]
+    fn a_gap_at_the_seek_target_is_accepted_and_unowned_partitions_pass() {
+        let tp = TopicPartition::new("t", 0);
+        let mut p = assigned(&[("t", 0)]);
+        p.seek(&tp, 10);
+        p.new_poll();
+        // Offsets 10..12 were deleted by retention: the first one there is taken.
+        assert_eq!(p.arrival(&tp, 12), Arrival::Take(0));
+        assert_eq!(
+            p.arrival(&TopicPartition::new("other", 0), 0),
+            Arrival::Pass
+        );
+        p.get_mut(&tp).unwrap().stopped = true;
+        assert_eq!(p.arrival(&tp, 13), Arrival::Pass, "stopped");
+    }
+
+    #[test]
+    fn a_stale_batch_sends_its_owned_partitions_back_to_the_table() {
+        let (a, b) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        let mut p = assigned(&[("t", 0)]);
+        p.locate(&a, 0, None);
+        p.took(&a, 0, 5);
+        let range = |tp: &TopicPartition, first, last| OffsetRange {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            first,
+            last,
+            rows: 1,
+        };
+        // The batch held t[0] 0..=4 and t[1] (revoked meanwhile) 3..=9.
+        let again = p.after_stale(&[range(&a, 0, 4), range(&b, 3, 9)]);
+        assert_eq!(
+            again,
+            vec![(a.clone(), 0)],
+            "only the partition still owned"
+        );
+        assert_eq!(p.get(&a).unwrap().buffered_ts, None);
+        // The table says another member committed up to 2 (next 3): read again from there.
+        p.seek(&a, 3);
+        p.new_poll();
+        assert_eq!(p.arrival(&a, 1), Arrival::Pass);
+        assert_eq!(p.arrival(&a, 3), Arrival::Take(0));
+    }
+
+    #[test]
+    fn revoking_forgets_the_partition() {
+        let tp = TopicPartition::new("t", 0);
+        let mut p = assigned(&[("t", 0)]);
+        assert!(p.revoke(&tp).is_some());
+        assert_eq!(p.arrival(&tp, 0), Arrival::Pass);
+        assert_eq!(p.len(), 0);
+    }
+}
