@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use chrono::Utc;
-use deltalake::kernel::Transaction;
+use deltalake::kernel::{Add, Transaction};
 use serde::Serialize;
 use tracing::info;
 
@@ -29,13 +29,15 @@ use super::partition_swap::{
     PartitionValues, commit_swap, files_to_replace, label, parse_partition, partitions_between,
     predicate, sorted, write_chunk,
 };
+use crate::buffer::DatasetBuffer;
 use crate::config::{Config, DatasetConfig, PartitionBy};
 use crate::decode::Decoder;
 use crate::pipeline::admission::{self, Admission, admit};
 use crate::pipeline::message::Message;
 use crate::pipeline::{self, PipelineError};
-use crate::sink;
+use crate::sink::{self, TableSink};
 use crate::source::Inspector;
+use crate::transform::Mapper;
 use crate::txn::{self, TopicPartition};
 
 use crate::transform::span_of_partitions;
@@ -198,174 +200,282 @@ pub async fn backfill(
         .iter()
         .find(|d| d.name == req.dataset)
         .ok_or_else(|| PipelineError::Stopped(format!("unknown dataset `{}`", req.dataset)))?;
-    let (mut mapper, mut sink) = pipeline::open_dataset(cfg, d).await?;
-    let decoder = Decoder::new(d.format, pipeline::registry(cfg)?);
-    let targets = if req.partitions.is_empty() {
-        partitions_between(d.partitioning.by, req.from_us, req.to_us)
-    } else {
-        req.partitions
-            .iter()
-            .map(|p| parse_partition(d.partitioning.by, p))
-            .collect::<Result<_, _>>()
-            .map_err(PipelineError::Stopped)?
-    };
+    let (mapper, mut sink) = pipeline::open_dataset(cfg, d).await?;
+    let targets = targets_of(d, req)?;
     let mut out = BackfillOutcome {
         request_id: req.request_id.clone(),
         dataset: d.name.clone(),
         partitions: targets.iter().map(label).collect(),
         ..BackfillOutcome::default()
     };
-    let app_id = txn::request(&req.request_id);
     sink.refresh().await?;
-    let done = sink.committed_offset(&app_id).await?;
+    let done = sink
+        .committed_offset(&txn::request(&req.request_id))
+        .await?;
     if done.is_some() && !req.force {
         out.status = "already_done".into();
         out.table_version = sink.version();
         return Ok(out);
     }
-    let txn_version = done.unwrap_or(0) + 1;
-
     let inspector = tokio::task::block_in_place(|| Inspector::new(cfg))?;
     let tps = tokio::task::block_in_place(|| inspector.partitions(&d.topics))?;
-    let first_start_us = span_of_partitions(&targets).map_or(req.from_us, |(start, _)| start);
+    let mut rebuild = Rebuild {
+        cfg,
+        d,
+        decoder: Decoder::new(d.format, pipeline::registry(cfg)?),
+        buffer: pipeline::buffer_for(&mapper),
+        mapper,
+        cursor: start_cursor(cfg, d, &inspector, &tps, &targets, req.from_us).await?,
+        targets,
+        adds: Vec::new(),
+        counts: (0, 0),
+        total: 0,
+    };
+    let txn_version = done.unwrap_or(0) + 1;
+    let outcome = rebuild
+        .run(
+            &mut sink,
+            &inspector,
+            &tps,
+            req,
+            txn_version,
+            &mut out,
+            progress,
+        )
+        .await;
+    if outcome.is_err() {
+        sink.discard_files(&rebuild.adds).await;
+    }
+    outcome?;
+    out.duration_ms = started.elapsed().as_millis() as u64;
+    if out.status == "succeeded" {
+        info!(request_id = %req.request_id, dataset = %d.name, version = out.table_version.unwrap_or_default(),
+            rows = out.rows_written, files_removed = out.files_removed, files_added = out.files_added,
+            attempts = out.attempts, ms = out.duration_ms, "backfill committed");
+        metrics::counter!("bronze_backfills_total", "dataset" => d.name.clone(), "status" => "succeeded")
+            .increment(1);
+        metrics::counter!("bronze_backfill_rows_total", "dataset" => d.name.clone())
+            .increment(out.rows_written as u64);
+    }
+    Ok(out)
+}
+
+/// The partitions a request replaces: those it names, or those its range overlaps.
+fn targets_of(
+    d: &DatasetConfig,
+    req: &BackfillRequest,
+) -> Result<BTreeSet<PartitionValues>, PipelineError> {
+    if req.partitions.is_empty() {
+        return Ok(partitions_between(
+            d.partitioning.by,
+            req.from_us,
+            req.to_us,
+        ));
+    }
+    req.partitions
+        .iter()
+        .map(|p| parse_partition(d.partitioning.by, p))
+        .collect::<Result<_, _>>()
+        .map_err(PipelineError::Stopped)
+}
+
+/// Where each source partition's replay starts: the first offset at or after the first replaced
+/// partition's start minus `backfill.lookback`, or the lowest offset found in the replaced partitions
+/// if that is lower.
+async fn start_cursor(
+    cfg: &Config,
+    d: &DatasetConfig,
+    inspector: &Inspector,
+    tps: &[TopicPartition],
+    targets: &BTreeSet<PartitionValues>,
+    from_us: i64,
+) -> Result<HashMap<TopicPartition, i64>, PipelineError> {
+    let first_start_us = span_of_partitions(targets).map_or(from_us, |(start, _)| start);
     let read_from_ms = (first_start_us / 1000)
         - i64::try_from(cfg.backfill.lookback.as_millis()).unwrap_or(i64::MAX / 2);
     let by_time =
-        tokio::task::block_in_place(|| inspector.offsets_at_time(&tps, read_from_ms.max(0)))?;
-    let lowest = lowest_offsets(d, cfg, &targets).await?;
-    let mut cursor: HashMap<TopicPartition, i64> = tps
+        tokio::task::block_in_place(|| inspector.offsets_at_time(tps, read_from_ms.max(0)))?;
+    let lowest = lowest_offsets(d, cfg, targets).await?;
+    Ok(tps
         .iter()
         .map(|tp| {
             let t = by_time.get(tp).copied().unwrap_or(0);
             let low = lowest.get(tp).copied().unwrap_or(t);
             (tp.clone(), t.min(low))
         })
-        .collect();
+        .collect())
+}
 
-    let pcols = mapper.partition_columns();
-    let mut buffer = pipeline::buffer_for(&mapper);
-    let mut adds = Vec::new();
-    let mut counts = (0usize, 0usize);
-    let mut total = 0u64;
-    // Each attempt replays only what streaming committed since the last one.
-    let mut retry = sink.retry("backfill");
-    loop {
-        let attempt = match retry.next(&mut sink).await {
-            Ok(attempt) => attempt,
-            Err(e) => {
-                sink.discard_files(&adds).await;
-                return Err(e.into());
+/// One backfill's replay: what it has read so far (the cursor per source partition) and the files it
+/// has written for the replaced partitions.
+struct Rebuild<'a> {
+    cfg: &'a Config,
+    d: &'a DatasetConfig,
+    decoder: Decoder,
+    mapper: Mapper,
+    buffer: DatasetBuffer,
+    targets: BTreeSet<PartitionValues>,
+    /// Next offset to replay, per source partition.
+    cursor: HashMap<TopicPartition, i64>,
+    adds: Vec<Add>,
+    /// Rows written and duplicates dropped.
+    counts: (usize, usize),
+    /// Offsets to replay, over all attempts.
+    total: u64,
+}
+
+impl Rebuild<'_> {
+    /// Replay and commit until a swap goes in (each attempt replays only what streaming committed
+    /// since the last one), or report for a dry run.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &mut self,
+        sink: &mut TableSink,
+        inspector: &Inspector,
+        tps: &[TopicPartition],
+        req: &BackfillRequest,
+        txn_version: i64,
+        out: &mut BackfillOutcome,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<(), PipelineError> {
+        let mut retry = sink.retry("backfill");
+        loop {
+            let attempt = retry.next(sink).await?;
+            out.attempts = attempt;
+            self.replay_to_table(sink, inspector, tps, out, progress)
+                .await?;
+            let what = format!("backfill `{}`", req.request_id);
+            let targets = &self.targets;
+            let removes = match files_to_replace(
+                sink,
+                &self.adds,
+                |v| targets.contains(v),
+                &what,
+                "",
+            )
+            .await
+            {
+                Ok(removes) => removes,
+                Err(e) => {
+                    // Deleted by the refusal.
+                    self.adds.clear();
+                    return Err(e);
+                }
+            };
+            out.files_removed = removes.len();
+            out.files_added = self.adds.len();
+            if req.dry_run {
+                sink.discard_files(&self.adds).await;
+                self.adds.clear();
+                out.status = "dry_run".into();
+                return Ok(());
             }
-        };
-        out.attempts = attempt;
-        // Up to what the table covers now: the streaming positions in this snapshot.
+            crate::sink::failpoint("backfill_before_commit");
+            let txn = Transaction::new_with_last_update(
+                txn::request(&req.request_id),
+                txn_version,
+                Some(Utc::now().timestamp_millis()),
+            );
+            let metadata = vec![(
+                "bronze".to_string(),
+                serde_json::json!({
+                    "kind": "backfill",
+                    "request_id": req.request_id,
+                    "requested_by": req.requested_by,
+                    "dataset": self.d.name,
+                    "partitions": out.partitions,
+                    "rows_in": out.messages_read,
+                    "rows_written": out.rows_written,
+                    "rows_deduplicated": out.duplicates_dropped,
+                    "attempt": attempt,
+                }),
+            )];
+            let predicate = predicate(&self.targets);
+            let swap = commit_swap(sink, removes, &self.adds, vec![txn], metadata, predicate);
+            let swapped = swap.await.inspect_err(|_| self.adds.clear())?;
+            match swapped {
+                Some(version) => {
+                    out.status = "succeeded".into();
+                    out.table_version = Some(version);
+                    return Ok(());
+                }
+                None => {
+                    info!(request_id = %req.request_id, attempt,
+                        "the table moved during the backfill; replaying what was committed since");
+                }
+            }
+        }
+    }
+
+    /// Replay every source partition from the cursor up to the streaming position in the loaded
+    /// snapshot, writing the rows of the replaced partitions as files.
+    async fn replay_to_table(
+        &mut self,
+        sink: &TableSink,
+        inspector: &Inspector,
+        tps: &[TopicPartition],
+        out: &mut BackfillOutcome,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<(), PipelineError> {
         let mut ranges = Vec::new();
-        for tp in &tps {
+        for tp in tps {
             let end = sink
-                .committed_offset(&txn::streaming(&cfg.kafka.group_id, tp))
+                .committed_offset(&txn::streaming(&self.cfg.kafka.group_id, tp))
                 .await?
                 .map_or(0, |v| v + 1);
-            let start = cursor.get(tp).copied().unwrap_or(end);
+            let start = self.cursor.get(tp).copied().unwrap_or(end);
             if end > start {
-                total += (end - start) as u64;
+                self.total += (end - start) as u64;
                 ranges.push((tp.clone(), start, end));
             }
-            cursor.insert(tp.clone(), end.max(start));
+            self.cursor.insert(tp.clone(), end.max(start));
         }
         let mut ends = tokio::task::block_in_place(|| inspector.start_ranges(&ranges))?;
         while !ends.is_empty() {
-            let now = Instant::now();
-            tokio::task::block_in_place(|| {
-                inspector.read_ranges(&mut ends, READ_CHUNK, |m| {
-                    out.messages_read += 1;
-                    let m = Message::of_kafka(m, chrono::Utc::now().timestamp_micros());
-                    if decoder.needs_registry() {
-                        // Counted as still failing (`registry_unavailable`) if the wait runs out.
-                        let wait = admission::prepare_patiently(
-                            &decoder,
-                            &m,
-                            admission::REGISTRY_PATIENCE,
-                        );
-                        let _ = tokio::runtime::Handle::current().block_on(wait);
-                    }
-                    match admit(d, &decoder, &mut mapper, &m) {
-                        Admission::Row(row)
-                            if targets.contains(&sorted(&row.partition_values, pcols)) =>
-                        {
-                            pipeline::sync_columns(&mapper, &mut buffer);
-                            buffer.push(m.topic, m.partition, *row, now);
-                        }
-                        Admission::Row(_) => out.rows_outside += 1,
-                        Admission::Skip(_) => out.skipped += 1,
-                        Admission::Reject(r) => {
-                            *out.still_failing.entry(r.reason.to_string()).or_default() += 1
-                        }
-                    }
-                })
-            })?;
-            progress(out.messages_read, total);
-            if buffer.bytes() >= d.flush.max_bytes {
-                write_chunk(&mut buffer, &sink, &mut adds, &mut counts).await?;
+            tokio::task::block_in_place(|| self.read_chunk(inspector, &mut ends, out))?;
+            progress(out.messages_read, self.total);
+            if self.buffer.bytes() >= self.d.flush.max_bytes {
+                write_chunk(&mut self.buffer, sink, &mut self.adds, &mut self.counts).await?;
             }
         }
-        write_chunk(&mut buffer, &sink, &mut adds, &mut counts).await?;
-        (out.rows_written, out.duplicates_dropped) = counts;
-        let what = format!("backfill `{}`", req.request_id);
-        let removes = files_to_replace(&sink, &adds, |v| targets.contains(v), &what, "").await?;
-        out.files_removed = removes.len();
-        out.files_added = adds.len();
-        if req.dry_run {
-            sink.discard_files(&adds).await;
-            out.status = "dry_run".into();
-            out.duration_ms = started.elapsed().as_millis() as u64;
-            return Ok(out);
-        }
-        crate::sink::failpoint("backfill_before_commit");
-        let txn = Transaction::new_with_last_update(
-            app_id.clone(),
-            txn_version,
-            Some(Utc::now().timestamp_millis()),
-        );
-        let metadata = vec![(
-            "bronze".to_string(),
-            serde_json::json!({
-                "kind": "backfill",
-                "request_id": req.request_id,
-                "requested_by": req.requested_by,
-                "dataset": d.name,
-                "partitions": out.partitions,
-                "rows_in": out.messages_read,
-                "rows_written": out.rows_written,
-                "rows_deduplicated": out.duplicates_dropped,
-                "attempt": attempt,
-            }),
-        )];
-        let swap = commit_swap(
-            &mut sink,
-            removes,
-            &adds,
-            vec![txn],
-            metadata,
-            predicate(&targets),
-        );
-        match swap.await? {
-            Some(version) => {
-                out.status = "succeeded".into();
-                out.table_version = Some(version);
-                out.duration_ms = started.elapsed().as_millis() as u64;
-                info!(request_id = %req.request_id, dataset = %d.name, version, rows = out.rows_written,
-                    files_removed = out.files_removed, files_added = out.files_added, attempts = attempt,
-                    ms = out.duration_ms, "backfill committed");
-                metrics::counter!("bronze_backfills_total", "dataset" => d.name.clone(), "status" => "succeeded")
-                    .increment(1);
-                metrics::counter!("bronze_backfill_rows_total", "dataset" => d.name.clone())
-                    .increment(out.rows_written as u64);
-                return Ok(out);
+        write_chunk(&mut self.buffer, sink, &mut self.adds, &mut self.counts).await?;
+        (out.rows_written, out.duplicates_dropped) = self.counts;
+        Ok(())
+    }
+
+    /// Up to [`READ_CHUNK`] messages of the ranges still open, through the streaming admission into
+    /// the buffer (rows of the replaced partitions only).
+    fn read_chunk(
+        &mut self,
+        inspector: &Inspector,
+        ends: &mut HashMap<TopicPartition, i64>,
+        out: &mut BackfillOutcome,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let now = Instant::now();
+        let pcols = self.mapper.partition_columns();
+        let read = inspector.read_ranges(ends, READ_CHUNK, |m| {
+            out.messages_read += 1;
+            let m = Message::of_kafka(m, chrono::Utc::now().timestamp_micros());
+            if self.decoder.needs_registry() {
+                // Counted as still failing (`registry_unavailable`) if the wait runs out.
+                let wait =
+                    admission::prepare_patiently(&self.decoder, &m, admission::REGISTRY_PATIENCE);
+                let _ = tokio::runtime::Handle::current().block_on(wait);
             }
-            None => {
-                info!(request_id = %req.request_id, attempt,
-                    "the table moved during the backfill; replaying what was committed since");
+            match admit(self.d, &self.decoder, &mut self.mapper, &m) {
+                Admission::Row(row)
+                    if self.targets.contains(&sorted(&row.partition_values, pcols)) =>
+                {
+                    pipeline::sync_columns(&self.mapper, &mut self.buffer);
+                    self.buffer.push(m.topic, m.partition, *row, now);
+                }
+                Admission::Row(_) => out.rows_outside += 1,
+                Admission::Skip(_) => out.skipped += 1,
+                Admission::Reject(r) => {
+                    *out.still_failing.entry(r.reason.to_string()).or_default() += 1
+                }
             }
-        }
+        });
+        read.map(|_| ())
     }
 }

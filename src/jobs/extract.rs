@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use deltalake::kernel::Transaction;
+use deltalake::kernel::{Add, Transaction};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -32,7 +32,9 @@ use super::partition_swap::{
 use crate::config::{Config, DatasetConfig, ExtractConfig};
 use crate::decode::{Change, Fields, Op};
 use crate::pipeline::{self, PipelineError};
-use crate::transform::{MessageContext, span_of_partitions};
+use crate::sink::TableSink;
+use crate::transform::{Mapper, MessageContext, span_of_partitions};
+use crate::txn;
 
 /// What part of the source an extract reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +96,9 @@ impl From<ExtractError> for PipelineError {
     }
 }
 
+/// One row a reader sends: its range and the row as JSON text, or why the reader stopped.
+type ReadRow = Result<(usize, String), ExtractError>;
+
 /// Rows in flight between the readers and the buffer.
 const CHANNEL_ROWS: usize = 4096;
 
@@ -135,6 +140,243 @@ fn rfc3339(us: i64) -> String {
         .unwrap_or_default()
 }
 
+/// What an extract reads (`[from_us, to_us)`, `to` open when `None`) and which table partitions it
+/// replaces (`targets`; `None`: every partition from `from_us` on, or the whole table when `full`).
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    mode: &'static str,
+    from_us: i64,
+    to_us: Option<i64>,
+    targets: Option<BTreeSet<PartitionValues>>,
+    /// Without targets: the partition of `from_us`, the first one replaced.
+    first: Option<PartitionValues>,
+}
+
+impl Plan {
+    /// The plan of `mode`, given the stored high `watermark`: an incremental extract starts `lookback`
+    /// before it, at the start of that partition; without a watermark it reads everything.
+    fn new(
+        mode: ExtractMode,
+        watermark: Option<i64>,
+        by: crate::config::PartitionBy,
+        lookback: std::time::Duration,
+    ) -> Plan {
+        let lookback_us = i64::try_from(lookback.as_micros()).unwrap_or(i64::MAX / 4);
+        match (mode, watermark) {
+            (ExtractMode::Range { from_us, to_us }, _) => {
+                let targets = partitions_between(by, from_us, to_us);
+                let (from, to) = span_of_partitions(&targets).unwrap_or((from_us, to_us));
+                Plan {
+                    mode: "range",
+                    from_us: from,
+                    to_us: Some(to),
+                    targets: Some(targets),
+                    first: None,
+                }
+            }
+            (ExtractMode::Incremental, Some(w)) => {
+                let start = partitions_between(by, w - lookback_us, w - lookback_us + 1);
+                let from_us = span_of_partitions(&start).map_or(w - lookback_us, |(f, _)| f);
+                Plan {
+                    mode: "incremental",
+                    from_us,
+                    to_us: None,
+                    targets: None,
+                    first: partitions_between(by, from_us, from_us + 1).pop_first(),
+                }
+            }
+            (ExtractMode::Incremental, None) | (ExtractMode::Full, _) => Plan {
+                mode: "full",
+                from_us: i64::MIN / 2,
+                to_us: None,
+                targets: None,
+                first: None,
+            },
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.mode == "full"
+    }
+
+    /// What the outcome reports as replaced.
+    fn replaced(&self) -> Vec<String> {
+        match &self.targets {
+            Some(t) => t.iter().map(label).collect(),
+            None if self.is_full() => vec!["the whole table".into()],
+            None => vec![format!("every partition from {}", rfc3339(self.from_us))],
+        }
+    }
+
+    /// Whether the table partition `values` is replaced.
+    fn replaces(&self, values: &PartitionValues) -> bool {
+        match &self.targets {
+            Some(t) => t.contains(values),
+            None if self.is_full() => true,
+            None => self.first.as_ref().is_none_or(|first| values >= first),
+        }
+    }
+
+    /// The replace predicate recorded in the commit.
+    fn predicate(&self) -> String {
+        match &self.targets {
+            Some(t) => predicate(t),
+            None if self.is_full() => "true".to_string(),
+            None => format!("partitions from {}", rfc3339(self.from_us)),
+        }
+    }
+
+    /// `$1` and `$2` of the wrapped query.
+    fn bounds_text(&self) -> (String, String) {
+        let from = if self.from_us <= i64::MIN / 4 {
+            "-infinity".to_string()
+        } else {
+            rfc3339(self.from_us)
+        };
+        let to = self.to_us.map(rfc3339).unwrap_or_else(|| "infinity".into());
+        (from, to)
+    }
+}
+
+/// The source side of one extract: a leader transaction holding the snapshot, and the ranges of the
+/// split column the readers take.
+struct Snapshot {
+    dsn: String,
+    leader: Client,
+    id: String,
+    taken_us: i64,
+    /// `FROM (<query>) AS src WHERE <time predicate>`.
+    base: String,
+    /// The split column as an `int8` expression.
+    split: String,
+    ranges: Vec<(i64, i64)>,
+    rows: i64,
+}
+
+impl Snapshot {
+    /// Open the leader transaction, export its snapshot, and cut the rows the plan reads into up to
+    /// `max_parallelism` ranges of the split column (integer columns as they are; time columns by
+    /// their microseconds since the epoch).
+    async fn take(x: &ExtractConfig, plan: &Plan) -> Result<Snapshot, ExtractError> {
+        let leader = connect(&x.dsn).await?;
+        leader
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let row = leader
+            .query_one(
+                "SELECT pg_export_snapshot(), (extract(epoch from now()) * 1000000)::int8",
+                &[],
+            )
+            .await?;
+        let (id, taken_us): (String, i64) = (row.get(0), row.get(1));
+        let base = format!(
+            "FROM ({}) AS src WHERE {}",
+            x.query,
+            time_predicate(x, !plan.is_full(), plan.to_us.is_some())
+        );
+        let column = ident(&x.split_column);
+        let split_type: Option<String> = leader
+            .query_opt(
+                &format!(
+                    "SELECT pg_typeof({column})::text FROM ({}) AS src LIMIT 1",
+                    x.query
+                ),
+                &[],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let split = match split_type.as_deref() {
+            Some(t) if t.starts_with("timestamp") || t == "date" => {
+                format!("(extract(epoch from {column}) * 1000000)::int8")
+            }
+            _ => format!("{column}::int8"),
+        };
+        let (from_text, to_text) = plan.bounds_text();
+        let bounds = leader
+            .query_one(
+                &format!("SELECT min({split}), max({split}), count(*)::int8 {base}"),
+                &[&from_text, &to_text],
+            )
+            .await?;
+        let (low, high, rows): (Option<i64>, Option<i64>, i64) =
+            (bounds.get(0), bounds.get(1), bounds.get(2));
+        let ranges = match (low, high) {
+            (Some(low), Some(high)) => split_ranges(low, high, x.max_parallelism),
+            _ => Vec::new(),
+        };
+        Ok(Snapshot {
+            dsn: x.dsn.clone(),
+            leader,
+            id,
+            taken_us,
+            base,
+            split,
+            ranges,
+            rows,
+        })
+    }
+
+    /// One reader per range, each in the exported snapshot, feeding one channel with (range, row as
+    /// JSON text).
+    fn spawn_readers(
+        &self,
+        plan: &Plan,
+    ) -> (mpsc::Receiver<ReadRow>, Vec<tokio::task::JoinHandle<()>>) {
+        let (tx, rx) = mpsc::channel::<ReadRow>(CHANNEL_ROWS);
+        let mut workers = Vec::new();
+        for (i, (a, b)) in self.ranges.iter().copied().enumerate() {
+            let tx = tx.clone();
+            let dsn = self.dsn.clone();
+            let (split, base) = (&self.split, &self.base);
+            let sql = format!(
+                "SELECT row_to_json(src)::text {base} AND {split} >= $3::int8 AND {split} < $4::int8"
+            );
+            let snapshot = self.id.clone();
+            let (from_text, to_text) = plan.bounds_text();
+            workers.push(tokio::spawn(async move {
+                let read = async {
+                    use futures::StreamExt;
+                    let client = connect(&dsn).await?;
+                    client
+                        .batch_execute(&format!(
+                            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
+                        ))
+                        .await?;
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                        [&from_text, &to_text, &a, &b];
+                    let rows = client.query_raw(&sql, params).await?;
+                    futures::pin_mut!(rows);
+                    while let Some(row) = rows.next().await {
+                        let text: String = row?.get(0);
+                        if tx.send(Ok((i, text))).await.is_err() {
+                            break;
+                        }
+                    }
+                    client.batch_execute("COMMIT").await?;
+                    Ok::<(), ExtractError>(())
+                };
+                if let Err(e) = read.await {
+                    let _ = tx.send(Err(e)).await;
+                }
+            }));
+        }
+        (rx, workers)
+    }
+}
+
+/// `[low, high]` cut into at most `parallelism` half-open ranges of about equal width.
+fn split_ranges(low: i64, high: i64, parallelism: usize) -> Vec<(i64, i64)> {
+    let n = parallelism.max(1) as i64;
+    let step = ((high - low) / n + 1).max(1);
+    let mut ranges = Vec::new();
+    let mut a = low;
+    while a <= high {
+        ranges.push((a, a.saturating_add(step).min(high.saturating_add(1))));
+        a = a.saturating_add(step);
+    }
+    ranges
+}
+
 /// Run an extract to its commit (or report, for a dry run).
 pub async fn extract(
     cfg: &Config,
@@ -160,160 +402,54 @@ pub async fn extract(
         ..ExtractOutcome::default()
     };
     sink.refresh().await?;
-    let app_id = crate::txn::request(&req.request_id);
-    let done = sink.committed_offset(&app_id).await?;
+    let done = sink
+        .committed_offset(&txn::request(&req.request_id))
+        .await?;
     if done.is_some() && !req.force {
         out.status = "already_done".into();
         out.table_version = sink.version();
         return Ok(out);
     }
     let watermark = sink
-        .committed_offset(&crate::txn::extract_watermark(&d.name))
+        .committed_offset(&txn::extract_watermark(&d.name))
         .await?;
     out.watermark_before_us = watermark;
-    let by = d.partitioning.by;
-    let lookback_us = i64::try_from(x.lookback.as_micros()).unwrap_or(i64::MAX / 4);
-    // What is read ([from, to), `to` open when None) and which table partitions it replaces.
-    let (mode, from_us, to_us, targets): (_, i64, Option<i64>, Option<BTreeSet<PartitionValues>>) =
-        match (req.mode, watermark) {
-            (ExtractMode::Range { from_us, to_us }, _) => {
-                let targets = partitions_between(by, from_us, to_us);
-                let (from, to) = span_of_partitions(&targets).unwrap_or((from_us, to_us));
-                ("range", from, Some(to), Some(targets))
-            }
-            (ExtractMode::Incremental, Some(w)) => {
-                let start = partitions_between(by, w - lookback_us, w - lookback_us + 1);
-                let from = span_of_partitions(&start).map_or(w - lookback_us, |(f, _)| f);
-                ("incremental", from, None, None)
-            }
-            (ExtractMode::Incremental, None) | (ExtractMode::Full, _) => {
-                ("full", i64::MIN / 2, None, None)
-            }
-        };
-    out.mode = mode.to_string();
-    out.replaced = match &targets {
-        Some(t) => t.iter().map(label).collect(),
-        None if mode == "full" => vec!["the whole table".into()],
-        None => vec![format!("every partition from {}", rfc3339(from_us))],
-    };
+    let plan = Plan::new(req.mode, watermark, d.partitioning.by, x.lookback);
+    out.mode = plan.mode.to_string();
+    out.replaced = plan.replaced();
+    let snapshot = Snapshot::take(x, &plan).await?;
+    out.snapshot = snapshot.id.clone();
+    out.ranges = snapshot.ranges.len();
+    info!(dataset = %d.name, mode = plan.mode, snapshot = %snapshot.id, rows = snapshot.rows,
+        ranges = snapshot.ranges.len(), "extract snapshot taken");
+    let adds = read_rows(d, &mut mapper, &sink, &plan, &snapshot, &mut out, progress).await?;
+    let _ = snapshot.leader.batch_execute("COMMIT").await;
+    commit(d, &mut sink, req, &plan, &snapshot, adds, done, &mut out).await?;
+    out.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(out)
+}
 
-    // The snapshot: a leader transaction, exported to the workers.
-    let leader = connect(&x.dsn).await.map_err(PipelineError::from)?;
-    leader
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(ExtractError::from)?;
-    let row = leader
-        .query_one(
-            "SELECT pg_export_snapshot(), (extract(epoch from now()) * 1000000)::int8",
-            &[],
-        )
-        .await
-        .map_err(ExtractError::from)?;
-    let snapshot: String = row.get(0);
-    let snapshot_us: i64 = row.get(1);
-    out.snapshot = snapshot.clone();
-    let from_text = if from_us <= i64::MIN / 4 {
-        "-infinity".to_string()
-    } else {
-        rfc3339(from_us)
-    };
-    let to_text = to_us.map(rfc3339).unwrap_or_else(|| "infinity".into());
-    let base = format!(
-        "FROM ({}) AS src WHERE {}",
-        x.query,
-        time_predicate(x, mode != "full", to_us.is_some())
-    );
-    // Integer columns split as they are; time columns by their microseconds since the epoch.
-    let column = ident(&x.split_column);
-    let split_type: Option<String> = leader
-        .query_opt(
-            &format!(
-                "SELECT pg_typeof({column})::text FROM ({}) AS src LIMIT 1",
-                x.query
-            ),
-            &[],
-        )
-        .await
-        .map_err(ExtractError::from)?
-        .map(|r| r.get(0));
-    let split = match split_type.as_deref() {
-        Some(t) if t.starts_with("timestamp") || t == "date" => {
-            format!("(extract(epoch from {column}) * 1000000)::int8")
-        }
-        _ => format!("{column}::int8"),
-    };
-    let bounds = leader
-        .query_one(
-            &format!("SELECT min({split}), max({split}), count(*)::int8 {base}"),
-            &[&from_text, &to_text],
-        )
-        .await
-        .map_err(ExtractError::from)?;
-    let (low, high, count): (Option<i64>, Option<i64>, i64) =
-        (bounds.get(0), bounds.get(1), bounds.get(2));
-    let mut ranges = Vec::new();
-    if let (Some(low), Some(high)) = (low, high) {
-        let n = x.max_parallelism.max(1) as i64;
-        let step = ((high - low) / n + 1).max(1);
-        let mut a = low;
-        while a <= high {
-            ranges.push((a, a.saturating_add(step).min(high.saturating_add(1))));
-            a = a.saturating_add(step);
-        }
-    }
-    out.ranges = ranges.len();
-    info!(dataset = %d.name, mode, snapshot = %snapshot, rows = count, ranges = ranges.len(),
-        "extract snapshot taken");
-
-    // Workers: one connection per range, in the exported snapshot, feeding one channel.
-    let (tx, mut rx) = mpsc::channel::<Result<(usize, String), ExtractError>>(CHANNEL_ROWS);
-    let mut workers = Vec::new();
-    for (i, (a, b)) in ranges.iter().copied().enumerate() {
-        let tx = tx.clone();
-        let dsn = x.dsn.clone();
-        let sql = format!(
-            "SELECT row_to_json(src)::text {base} AND {split} >= $3::int8 AND {split} < $4::int8"
-        );
-        let snapshot = snapshot.clone();
-        let (from_text, to_text) = (from_text.clone(), to_text.clone());
-        workers.push(tokio::spawn(async move {
-            let read = async {
-                use futures::StreamExt;
-                let client = connect(&dsn).await?;
-                client
-                    .batch_execute(&format!(
-                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot}'"
-                    ))
-                    .await?;
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                    [&from_text, &to_text, &a, &b];
-                let rows = client.query_raw(&sql, params).await?;
-                futures::pin_mut!(rows);
-                while let Some(row) = rows.next().await {
-                    let text: String = row?.get(0);
-                    if tx.send(Ok((i, text))).await.is_err() {
-                        break;
-                    }
-                }
-                client.batch_execute("COMMIT").await?;
-                Ok::<(), ExtractError>(())
-            };
-            if let Err(e) = read.await {
-                let _ = tx.send(Err(e)).await;
-            }
-        }));
-    }
-    drop(tx);
-
+/// Read the snapshot's rows through the contract into Parquet files of the table (not committed):
+/// the new files.
+async fn read_rows(
+    d: &DatasetConfig,
+    mapper: &mut Mapper,
+    sink: &TableSink,
+    plan: &Plan,
+    snapshot: &Snapshot,
+    out: &mut ExtractOutcome,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Vec<Add>, PipelineError> {
+    let (mut rx, workers) = snapshot.spawn_readers(plan);
     let pcols = mapper.partition_columns();
-    let mut buffer = pipeline::buffer_for(&mapper);
+    let mut buffer = pipeline::buffer_for(mapper);
     let topic = format!("postgres:{}", d.name);
     let mut adds = Vec::new();
     let mut counts = (0usize, 0usize);
     let mut failed: Option<ExtractError> = None;
     let no_header = |_: &str| None;
     let mut last_report = Instant::now();
+    let total = snapshot.rows.max(0) as u64;
     while let Some(item) = rx.recv().await {
         let (range, text) = match item {
             Ok(v) => v,
@@ -334,9 +470,10 @@ pub async fn extract(
         let change = Change {
             op: Op::Read,
             row: Some(Fields::from_json_map(row)),
-            source_ts_ms: Some(snapshot_us / 1000),
-            source_pos: Some(snapshot.as_str().into()),
+            source_ts_ms: Some(snapshot.taken_us / 1000),
+            source_pos: Some(snapshot.id.as_str().into()),
         };
+        // The context borrows closures that are not Sync: it must not live across an await.
         let mapped = {
             let ctx = MessageContext {
                 offset,
@@ -349,25 +486,27 @@ pub async fn extract(
         };
         match mapped {
             Ok(row) => {
-                if let Some(t) = &targets
-                    && !t.contains(&sorted(&row.partition_values, pcols))
+                if plan
+                    .targets
+                    .as_ref()
+                    .is_some_and(|t| !t.contains(&sorted(&row.partition_values, pcols)))
                 {
                     // A row whose contract time is outside the range it was selected by (a time column
                     // other than the partition column): not in a replaced partition, so not written.
                     *out.still_failing.entry("outside_range".into()).or_default() += 1;
                     continue;
                 }
-                pipeline::sync_columns(&mapper, &mut buffer);
+                pipeline::sync_columns(mapper, &mut buffer);
                 buffer.push(&topic, range as i32, row, std::time::Instant::now());
             }
             Err(e) => *out.still_failing.entry(e.kind().to_string()).or_default() += 1,
         }
         if buffer.bytes() >= d.flush.max_bytes {
-            write_chunk(&mut buffer, &sink, &mut adds, &mut counts).await?;
+            write_chunk(&mut buffer, sink, &mut adds, &mut counts).await?;
         }
         if last_report.elapsed().as_millis() >= 500 {
             last_report = Instant::now();
-            progress(out.rows_read, count.max(0) as u64);
+            progress(out.rows_read, total);
         }
     }
     // After an error the other readers may be blocked on a full channel: closing it lets them end.
@@ -375,40 +514,49 @@ pub async fn extract(
     for w in workers {
         let _ = w.await;
     }
-    let _ = leader.batch_execute("COMMIT").await;
     if let Some(e) = failed {
         sink.discard_files(&adds).await;
         return Err(e.into());
     }
-    write_chunk(&mut buffer, &sink, &mut adds, &mut counts).await?;
+    write_chunk(&mut buffer, sink, &mut adds, &mut counts).await?;
     (out.rows_written, out.duplicates_dropped) = counts;
-    progress(out.rows_read, count.max(0) as u64);
+    progress(out.rows_read, total);
+    Ok(adds)
+}
 
-    let first = partitions_between(by, from_us, from_us + 1)
-        .first()
-        .cloned();
-    let replaced = |v: &PartitionValues| match (&targets, mode) {
-        (Some(t), _) => t.contains(v),
-        (None, "full") => true,
-        (None, _) => first.as_ref().is_none_or(|f| v >= f),
-    };
+/// Swap the new files in for the replaced partitions, with the request's txn and the new high
+/// watermark (the snapshot's time), or report them for a dry run.
+#[allow(clippy::too_many_arguments)]
+async fn commit(
+    d: &DatasetConfig,
+    sink: &mut TableSink,
+    req: &ExtractRequest,
+    plan: &Plan,
+    snapshot: &Snapshot,
+    adds: Vec<Add>,
+    done: Option<i64>,
+    out: &mut ExtractOutcome,
+) -> Result<(), PipelineError> {
     let what = format!("extract `{}`", req.request_id);
     let hint = " (is the partition time column the extract's time column?)";
-    let removes = files_to_replace(&sink, &adds, replaced, &what, hint).await?;
+    let removes = files_to_replace(sink, &adds, |v| plan.replaces(v), &what, hint).await?;
     out.files_removed = removes.len();
     out.files_added = adds.len();
     if req.dry_run {
         sink.discard_files(&adds).await;
         out.status = "dry_run".into();
-        out.duration_ms = started.elapsed().as_millis() as u64;
-        return Ok(out);
+        return Ok(());
     }
     let now_ms = Some(chrono::Utc::now().timestamp_millis());
     let txns = vec![
-        Transaction::new_with_last_update(app_id, done.unwrap_or(0) + 1, now_ms),
         Transaction::new_with_last_update(
-            crate::txn::extract_watermark(&d.name),
-            snapshot_us,
+            txn::request(&req.request_id),
+            done.unwrap_or(0) + 1,
+            now_ms,
+        ),
+        Transaction::new_with_last_update(
+            txn::extract_watermark(&d.name),
+            snapshot.taken_us,
             now_ms,
         ),
     ];
@@ -419,29 +567,24 @@ pub async fn extract(
             "request_id": req.request_id,
             "requested_by": req.requested_by,
             "dataset": d.name,
-            "mode": mode,
-            "snapshot": snapshot,
+            "mode": plan.mode,
+            "snapshot": snapshot.id,
             "rows_in": out.rows_read,
             "rows_written": out.rows_written,
             "rows_deduplicated": out.duplicates_dropped,
         }),
     )];
-    let pred = match &targets {
-        Some(t) => predicate(t),
-        None if mode == "full" => "true".to_string(),
-        None => format!("partitions from {}", rfc3339(from_us)),
-    };
-    match commit_swap(&mut sink, removes, &adds, txns, metadata, pred).await? {
+    match commit_swap(sink, removes, &adds, txns, metadata, plan.predicate()).await? {
         Some(version) => {
             out.status = "succeeded".into();
             out.table_version = Some(version);
-            out.watermark_after_us = Some(snapshot_us);
-            out.duration_ms = started.elapsed().as_millis() as u64;
-            info!(request_id = %req.request_id, dataset = %d.name, mode, version, rows = out.rows_written,
-                ranges = out.ranges, files_removed = out.files_removed, ms = out.duration_ms, "extract committed");
+            out.watermark_after_us = Some(snapshot.taken_us);
+            info!(request_id = %req.request_id, dataset = %d.name, mode = plan.mode, version,
+                rows = out.rows_written, ranges = out.ranges, files_removed = out.files_removed,
+                "extract committed");
             metrics::counter!("bronze_extract_rows_total", "dataset" => d.name.clone())
                 .increment(out.rows_written as u64);
-            Ok(out)
+            Ok(())
         }
         None => {
             sink.discard_files(&adds).await;
@@ -484,5 +627,55 @@ mod tests {
             Some((us("2026-11-01T10:00:00Z"), us("2026-11-01T11:00:00Z")))
         );
         assert_eq!(ident("up\"date\"d"), "\"up\"\"date\"\"d\"");
+    }
+
+    #[test]
+    fn plans_say_what_is_read_and_what_is_replaced() {
+        let us = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_micros()
+        };
+        let day = |d: &str| vec![("event_date".to_string(), Some(d.to_string()))];
+        let hour = std::time::Duration::from_secs(3600);
+        // Incremental: from the start of the partition an hour before the watermark, on.
+        let w = us("2026-11-02T00:30:00Z");
+        let p = Plan::new(ExtractMode::Incremental, Some(w), PartitionBy::Date, hour);
+        assert_eq!(
+            (p.mode, p.from_us, p.to_us),
+            ("incremental", us("2026-11-01T00:00:00Z"), None)
+        );
+        assert!(p.replaces(&day("2026-11-01")) && p.replaces(&day("2026-11-05")));
+        assert!(!p.replaces(&day("2026-10-31")));
+        assert_eq!(
+            p.predicate(),
+            format!("partitions from {}", rfc3339(p.from_us))
+        );
+        // No watermark yet: everything, the whole table.
+        let p = Plan::new(ExtractMode::Incremental, None, PartitionBy::Date, hour);
+        assert!(p.is_full() && p.replaces(&day("1970-01-01")));
+        assert_eq!(
+            p.bounds_text(),
+            ("-infinity".to_string(), "infinity".to_string())
+        );
+        // A range: its partitions only.
+        let range = ExtractMode::Range {
+            from_us: us("2026-11-01T10:00:00Z"),
+            to_us: us("2026-11-02T10:00:00Z"),
+        };
+        let p = Plan::new(range, Some(w), PartitionBy::Date, hour);
+        assert_eq!(
+            p.replaced(),
+            ["event_date=2026-11-01", "event_date=2026-11-02"]
+        );
+        assert!(!p.replaces(&day("2026-11-03")));
+        assert_eq!(p.to_us, Some(us("2026-11-03T00:00:00Z")));
+    }
+
+    #[test]
+    fn the_split_column_is_cut_into_even_ranges_covering_every_value() {
+        assert_eq!(split_ranges(1, 10, 3), vec![(1, 5), (5, 9), (9, 11)]);
+        assert_eq!(split_ranges(7, 7, 4), vec![(7, 8)]);
+        assert_eq!(split_ranges(0, 2, 8), vec![(0, 1), (1, 2), (2, 3)]);
     }
 }
