@@ -8,16 +8,10 @@ import threading
 import time
 from pathlib import Path
 
-from confluent_kafka import Producer
-
 import harness as h
+from harness.setups import ID_COLUMN, change, one_dataset, send
 
-CONTRACT = """
-[[columns]]
-name = "id"
-type = "int64"
-nullable = false
-
+CONTRACT = ID_COLUMN + """
 [[columns]]
 name = "seen_at"
 type = "timestamp"
@@ -32,28 +26,17 @@ DAYS = ["2025-11-01", "2025-11-02", "2025-11-03", "2025-11-04", "2025-11-05"]
 
 def event(i, day):
     ts = D1_MS + day * DAY_MS + (i % 80_000) * 1000
-    return json.dumps({"op": "c", "source": {"ts_ms": ts, "lsn": i}, "before": None,
-                       "after": {"id": i, "seen_at": f"0{1 + day}.11.2025 10:00"}}).encode()
+    return change(i, {"id": i, "seen_at": f"0{1 + day}.11.2025 10:00"}, ts_ms=ts, ts_step_ms=0)
 
 
 def produce(topic, items):
-    p = Producer({"bootstrap.servers": h.bootstrap(), "linger.ms": 5})
-    for i, day in items:
-        p.produce(topic, key=str(i).encode(), value=event(i, day))
-        p.poll(0)
-    assert p.flush(30) == 0
+    send(topic, ((str(i), event(i, day)) for i, day in items))
 
 
 def setup(tmp_path, name, **kw):
-    topic = h.unique(f"{name}.events")
-    h.create_topics({topic: 2})
-    schema = tmp_path / "events.toml"
-    schema.write_text(CONTRACT.format(formats=""))   # v1: the source's date format is not understood
-    root = tmp_path / "lake"
-    cfg = h.write_config(tmp_path, group=h.unique(name), root=str(root),
-                         datasets=[{"name": '"events"', "topics": f'["{topic}"]', "format": '"debezium-json"',
-                                    "schema": f'"{schema}"', "partitioning": '{ by = "date" }'}], **kw)
-    return topic, cfg, schema, root / "events"
+    # v1 of the contract: the source's date format is not understood.
+    d = one_dataset(tmp_path, name, CONTRACT.format(formats=""), partitions=2, **kw)
+    return d.topic, d.config, d.schema, d.table
 
 
 def files_of(table: Path, day: str) -> set:

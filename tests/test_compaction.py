@@ -9,16 +9,10 @@ import threading
 import time
 from pathlib import Path
 
-from confluent_kafka import Producer
-
 import harness as h
+from harness.setups import ID_COLUMN, change, one_dataset, send
 
-CONTRACT = """
-[[columns]]
-name = "id"
-type = "int64"
-nullable = false
-
+CONTRACT = ID_COLUMN + """
 [[columns]]
 name = "payload"
 type = "string"
@@ -29,26 +23,13 @@ TODAY_MS = int(time.time() * 1000)
 
 
 def produce(topic, ids, ts_ms):
-    p = Producer({"bootstrap.servers": h.bootstrap(), "linger.ms": 5})
-    for i in ids:
-        value = json.dumps({"op": "c", "source": {"ts_ms": ts_ms + i, "lsn": i}, "before": None,
-                            "after": {"id": i, "payload": f"p{i}" * 5}}).encode()
-        p.produce(topic, key=str(i).encode(), value=value)
-        p.poll(0)
-    assert p.flush(30) == 0
+    send(topic, ((str(i), change(i, {"id": i, "payload": f"p{i}" * 5}, ts_ms=ts_ms, ts_step_ms=1))
+                 for i in ids))
 
 
 def setup(tmp_path, name, extra=""):
-    topic = h.unique(f"{name}.events")
-    h.create_topics({topic: 1})
-    schema = tmp_path / "events.toml"
-    schema.write_text(CONTRACT)
-    root = tmp_path / "lake"
-    cfg = h.write_config(tmp_path, group=h.unique(name), root=str(root), max_rows=5, flush_age="200ms",
-                         extra=extra,
-                         datasets=[{"name": '"events"', "topics": f'["{topic}"]', "format": '"debezium-json"',
-                                    "schema": f'"{schema}"', "partitioning": '{ by = "date" }'}])
-    return topic, cfg, root / "events"
+    d = one_dataset(tmp_path, name, CONTRACT, max_rows=5, flush_age="200ms", extra=extra)
+    return d.topic, d.config, d.table
 
 
 def files_by_partition(table_dir: Path) -> dict:

@@ -7,6 +7,7 @@ import json
 from confluent_kafka import Producer
 
 import harness as h
+from harness.setups import change
 
 CONTRACT = """
 [drift]
@@ -34,9 +35,8 @@ aliases = ["email"]
 """
 
 
-def change(i, after):
-    return json.dumps({"op": "u", "source": {"ts_ms": 1_700_000_000_000 + i, "lsn": i},
-                       "before": None, "after": after}).encode()
+def update(i, after):
+    return change(i, after, op="u", ts_step_ms=1)
 
 
 def phases():
@@ -55,7 +55,7 @@ def test_rename_add_and_drop_are_detected_and_the_policy_applies(tmp_path):
     p = Producer({"bootstrap.servers": h.bootstrap()})
     for topic in topics.values():
         for i, after in enumerate(old + added + dropped):
-            p.produce(topic, key=str(after["id"]).encode(), value=change(i, after))
+            p.produce(topic, key=str(after["id"]).encode(), value=update(i, after))
     assert p.flush(30) == 0
     datasets = []
     for name, policy, on_error in (("lenient", "ignore", "null"), ("strict", "quarantine", "dead_letter"),

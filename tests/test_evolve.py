@@ -6,36 +6,21 @@ import json
 import time
 from pathlib import Path
 
-from confluent_kafka import Producer
-
 import harness as h
+from harness.setups import ID_COLUMN, change, send
 
 CONTRACT = """
 [drift]
 new_column = "evolve"
-
-[[columns]]
-name = "id"
-type = "int64"
-nullable = false
-
+""" + ID_COLUMN + """
 [[columns]]
 name = "name"
 type = "string"
 """
 
 
-def change(i, after):
-    return json.dumps({"op": "c", "source": {"ts_ms": 1_700_000_000_000 + i * 1000, "lsn": i},
-                       "before": None, "after": after}).encode()
-
-
 def produce(topic, rows, partition=None, start=0):
-    p = Producer({"bootstrap.servers": h.bootstrap()})
-    for i, after in enumerate(rows):
-        kwargs = {} if partition is None else {"partition": partition}
-        p.produce(topic, key=str(after["id"]).encode(), value=change(start + i, after), **kwargs)
-    assert p.flush(30) == 0
+    send(topic, ((str(after["id"]), change(start + i, after), partition) for i, after in enumerate(rows)))
 
 
 def log_commits(uri: str) -> list[list[dict]]:

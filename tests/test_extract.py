@@ -8,13 +8,9 @@ import threading
 import time
 
 import harness as h
+from harness.setups import ID_COLUMN
 
-ACCOUNTS = """
-[[columns]]
-name = "id"
-type = "int64"
-nullable = false
-
+ACCOUNTS = ID_COLUMN + """
 [[columns]]
 name = "name"
 type = "string"

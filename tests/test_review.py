@@ -6,35 +6,21 @@ out. produced = table rows + dead letters still held, at every step."""
 import json
 import time
 
-from confluent_kafka import Producer
-
 import harness as h
+from harness.setups import ID_COLUMN, change, send
 
 CONTRACT = """
 [drift]
 new_column = "review"
-
-[[columns]]
-name = "id"
-type = "int64"
-nullable = false
-
+""" + ID_COLUMN + """
 [[columns]]
 name = "name"
 type = "string"
 """
 
 
-def change(i, after):
-    return json.dumps({"op": "c", "source": {"ts_ms": 1_700_000_000_000 + i * 1000, "lsn": i},
-                       "before": None, "after": after}).encode()
-
-
 def produce(topic, rows):
-    p = Producer({"bootstrap.servers": h.bootstrap()})
-    for after in rows:
-        p.produce(topic, key=str(after["id"]).encode(), value=change(after["id"], after))
-    assert p.flush(30) == 0
+    send(topic, ((str(after["id"]), change(after["id"], after)) for after in rows))
 
 
 def diff(cfg):

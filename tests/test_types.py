@@ -10,13 +10,9 @@ from decimal import Decimal
 import pyarrow as pa
 
 import harness as h
+from harness.setups import ID_COLUMN
 
-CONTRACT = """
-[[columns]]
-name = "id"
-type = "int64"
-nullable = false
-
+CONTRACT = ID_COLUMN + """
 [[columns]]
 name = "price"
 type = "decimal"

@@ -63,9 +63,7 @@ pub async fn dlq(cfg: &Config, command: DlqCommand) -> anyhow::Result<ExitCode> 
         DlqCommand::List { selection, limit } => {
             let dataset = &selection.dataset;
             let d = cfg
-                .datasets
-                .iter()
-                .find(|d| &d.name == dataset)
+                .dataset(dataset)
                 .with_context(|| format!("no dataset named `{dataset}`"))?;
             let letters = dead_letters::read(
                 &d.dead_letters.table_uri,

@@ -8,7 +8,7 @@ use anyhow::Context;
 use bronze::config::{Config, DatasetConfig};
 use bronze::control::request::Kind;
 
-use super::submit::{control_request, submit_or_run};
+use super::submit::{Running, control_request, submit_or_run};
 
 #[derive(clap::Args)]
 pub struct CompactArgs {
@@ -20,14 +20,8 @@ pub struct CompactArgs {
     /// Also partitions that may still receive appends.
     #[arg(long)]
     all_partitions: bool,
-    /// Report what would be compacted without writing.
-    #[arg(long)]
-    dry_run: bool,
-    #[arg(long)]
-    json: bool,
-    /// Post the request on the control topic (needs --dataset) and follow its status.
-    #[arg(long)]
-    submit: bool,
+    #[command(flatten)]
+    run: Running,
 }
 
 #[derive(clap::Args)]
@@ -50,13 +44,8 @@ pub struct VacuumArgs {
     /// Default: `vacuum.retention`, e.g. `7d`.
     #[arg(long, value_parser = humantime::parse_duration)]
     retention: Option<std::time::Duration>,
-    #[arg(long)]
-    dry_run: bool,
-    #[arg(long)]
-    json: bool,
-    /// Post the request on the control topic (needs --dataset) and follow its status.
-    #[arg(long)]
-    submit: bool,
+    #[command(flatten)]
+    run: Running,
 }
 
 pub async fn compact(cfg: &Config, a: CompactArgs) -> anyhow::Result<ExitCode> {
@@ -64,17 +53,17 @@ pub async fn compact(cfg: &Config, a: CompactArgs) -> anyhow::Result<ExitCode> {
         let d = a.dataset.as_deref().context("--submit needs --dataset")?;
         Ok(control_request(d, Kind::Compact, |r| {
             r.all_partitions = a.all_partitions;
-            r.dry_run = a.dry_run;
+            r.dry_run = a.run.dry_run;
         }))
     };
     let here = compact_here(
         cfg,
         a.dataset.as_deref(),
         a.all_partitions,
-        a.dry_run,
-        a.json,
+        a.run.dry_run,
+        a.run.json,
     );
-    submit_or_run(cfg, a.submit, a.json, request, here).await
+    submit_or_run(cfg, a.run.submit, a.run.json, request, here).await
 }
 
 pub async fn vacuum(cfg: &Config, a: VacuumArgs) -> anyhow::Result<ExitCode> {
@@ -82,11 +71,17 @@ pub async fn vacuum(cfg: &Config, a: VacuumArgs) -> anyhow::Result<ExitCode> {
         let d = a.dataset.as_deref().context("--submit needs --dataset")?;
         Ok(control_request(d, Kind::Vacuum, |r| {
             r.retention = a.retention;
-            r.dry_run = a.dry_run;
+            r.dry_run = a.run.dry_run;
         }))
     };
-    let here = vacuum_here(cfg, a.dataset.as_deref(), a.retention, a.dry_run, a.json);
-    submit_or_run(cfg, a.submit, a.json, request, here).await
+    let here = vacuum_here(
+        cfg,
+        a.dataset.as_deref(),
+        a.retention,
+        a.run.dry_run,
+        a.run.json,
+    );
+    submit_or_run(cfg, a.run.submit, a.run.json, request, here).await
 }
 
 /// The datasets a maintenance command works on: one by name, or all.

@@ -9,7 +9,7 @@ use bronze::config::Config;
 use bronze::control::request::{Kind, Request};
 
 use super::parse_time;
-use super::submit::{control_request, progress_bar, show_progress, submit_or_run};
+use super::submit::{Identity, Running, control_request, submit_or_run, with_progress};
 
 #[derive(clap::Args)]
 pub struct BackfillArgs {
@@ -27,18 +27,10 @@ pub struct BackfillArgs {
     /// date/hour tables).
     #[arg(long, value_delimiter = ',', conflicts_with = "from")]
     partitions: Vec<String>,
-    /// Default: a new id; give one to make a retry of the same request a no-op.
-    #[arg(long)]
-    request_id: Option<String>,
-    #[arg(long)]
-    force: bool,
-    #[arg(long)]
-    dry_run: bool,
-    #[arg(long)]
-    json: bool,
-    /// Post the request on the control topic and follow its status, instead of running it here.
-    #[arg(long)]
-    submit: bool,
+    #[command(flatten)]
+    id: Identity,
+    #[command(flatten)]
+    run: Running,
 }
 
 #[derive(clap::Args)]
@@ -54,17 +46,10 @@ pub struct ExtractArgs {
     /// Replace the whole table.
     #[arg(long, conflicts_with = "from")]
     full: bool,
-    #[arg(long)]
-    request_id: Option<String>,
-    #[arg(long)]
-    force: bool,
-    #[arg(long)]
-    dry_run: bool,
-    #[arg(long)]
-    json: bool,
-    /// Post the request on the control topic and follow its status.
-    #[arg(long)]
-    submit: bool,
+    #[command(flatten)]
+    id: Identity,
+    #[command(flatten)]
+    run: Running,
 }
 
 pub async fn backfill(cfg: &Config, a: BackfillArgs) -> anyhow::Result<ExitCode> {
@@ -72,9 +57,7 @@ pub async fn backfill(cfg: &Config, a: BackfillArgs) -> anyhow::Result<ExitCode>
         Some(range) => range,
         None => {
             let by = cfg
-                .datasets
-                .iter()
-                .find(|d| d.name == a.dataset)
+                .dataset(&a.dataset)
                 .map(|d| d.partitioning.by)
                 .with_context(|| format!("no dataset named `{}`", a.dataset))?;
             bronze::jobs::partition_swap::span_of(by, &a.partitions).map_err(anyhow::Error::msg)?
@@ -82,14 +65,15 @@ pub async fn backfill(cfg: &Config, a: BackfillArgs) -> anyhow::Result<ExitCode>
     };
     let req = bronze::jobs::backfill::BackfillRequest {
         request_id: a
+            .id
             .request_id
             .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7())),
         dataset: a.dataset,
         from_us,
         to_us,
         partitions: a.partitions,
-        force: a.force,
-        dry_run: a.dry_run,
+        force: a.id.force,
+        dry_run: a.run.dry_run,
         requested_by: std::env::var("USER").ok(),
     };
     let request = || {
@@ -103,17 +87,17 @@ pub async fn backfill(cfg: &Config, a: BackfillArgs) -> anyhow::Result<ExitCode>
     };
     submit_or_run(
         cfg,
-        a.submit,
-        a.json,
+        a.run.submit,
+        a.run.json,
         request,
-        backfill_here(cfg, &req, a.json),
+        backfill_here(cfg, &req, a.run.json),
     )
     .await
 }
 
 pub async fn extract(cfg: &Config, a: ExtractArgs) -> anyhow::Result<ExitCode> {
     let r = control_request(&a.dataset, Kind::Extract, |r| {
-        if let Some(id) = a.request_id {
+        if let Some(id) = a.id.request_id {
             r.request_id = id;
         }
         r.range = a.from.zip(a.to);
@@ -123,15 +107,15 @@ pub async fn extract(cfg: &Config, a: ExtractArgs) -> anyhow::Result<ExitCode> {
             (None, false) => Some("incremental".into()),
         };
         r.source = "postgres".into();
-        r.force = a.force;
-        r.dry_run = a.dry_run;
+        r.force = a.id.force;
+        r.dry_run = a.run.dry_run;
     });
     submit_or_run(
         cfg,
-        a.submit,
-        a.json,
+        a.run.submit,
+        a.run.json,
         || Ok(r.clone()),
-        extract_here(cfg, &r, a.json),
+        extract_here(cfg, &r, a.run.json),
     )
     .await
 }
@@ -141,15 +125,13 @@ async fn backfill_here(
     req: &bronze::jobs::backfill::BackfillRequest,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let bar = progress_bar(
+    let o = with_progress(
         "{spinner} {msg} [{bar:30}] {pos}/{len} messages ({per_sec}, {eta})",
         format!("backfill {}", req.dataset),
         json,
-    );
-    let report = |read: u64, total: u64| show_progress(&bar, read, total);
-    let outcome = bronze::jobs::backfill::backfill(cfg, req, &report).await;
-    bar.finish_and_clear();
-    let o = outcome?;
+        async |report| bronze::jobs::backfill::backfill(cfg, req, report).await,
+    )
+    .await?;
     if json {
         println!("{}", serde_json::to_string(&o)?);
     } else {
@@ -175,15 +157,13 @@ async fn backfill_here(
 }
 
 async fn extract_here(cfg: &Config, r: &Request, json: bool) -> anyhow::Result<ExitCode> {
-    let bar = progress_bar(
+    let o = with_progress(
         "{spinner} {msg} [{bar:30}] {pos}/{len} rows ({per_sec}, {eta})",
         format!("extract {}", r.dataset),
         json,
-    );
-    let report = |read: u64, total: u64| show_progress(&bar, read, total);
-    let outcome = bronze::jobs::extract::extract(cfg, &r.extract(), &report).await;
-    bar.finish_and_clear();
-    let o = outcome?;
+        async |report| bronze::jobs::extract::extract(cfg, &r.extract(), report).await,
+    )
+    .await?;
     if json {
         println!("{}", serde_json::to_string(&o)?);
     } else {

@@ -7,6 +7,33 @@ use std::process::ExitCode;
 use bronze::config::Config;
 use bronze::control::request::{Kind, Request};
 
+/// How a request runs: here or on the running members, for real or as a dry run, reported as text
+/// or as JSON.
+#[derive(clap::Args)]
+pub struct Running {
+    /// Report what would be done, commit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Post the request on the control topic and follow its status, instead of running it here
+    /// (compact and vacuum need --dataset).
+    #[arg(long)]
+    pub submit: bool,
+}
+
+/// Which request a replace is, for idempotence.
+#[derive(clap::Args)]
+pub struct Identity {
+    /// Default: a new id; give one to make a retry of the same request a no-op.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Run again even if this request id was already committed.
+    #[arg(long)]
+    pub force: bool,
+}
+
 /// With `submit`, post `request()` on the control topic and follow it to its outcome; otherwise run
 /// `here` in this process.
 pub async fn submit_or_run(
@@ -102,6 +129,21 @@ pub fn progress_bar(template: &str, message: String, hidden: bool) -> indicatif:
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar
+}
+
+/// Run `job` with a progress bar on stderr (`template`, starting with `message`; hidden with `hidden`)
+/// that the job's reports (read so far, total) move.
+pub async fn with_progress<T>(
+    template: &str,
+    message: String,
+    hidden: bool,
+    job: impl AsyncFnOnce(&(dyn Fn(u64, u64) + Sync)) -> T,
+) -> T {
+    let bar = progress_bar(template, message, hidden);
+    let report = |read: u64, total: u64| show_progress(&bar, read, total);
+    let out = job(&report).await;
+    bar.finish_and_clear();
+    out
 }
 
 /// `read` of `total` on `bar` (backfill messages, extract rows, a submitted request's progress).

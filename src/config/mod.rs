@@ -450,6 +450,11 @@ impl Config {
         validate::validate(file, raw)
     }
 
+    /// The dataset named `name`.
+    pub fn dataset(&self, name: &str) -> Option<&DatasetConfig> {
+        self.datasets.iter().find(|d| d.name == name)
+    }
+
     /// The dataset a topic belongs to.
     pub fn dataset_for_topic(&self, topic: &str) -> Option<usize> {
         self.datasets.iter().position(|d| d.topics.matches(topic))

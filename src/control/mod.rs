@@ -346,9 +346,7 @@ async fn execute(
     req: &Request,
 ) -> Result<(serde_json::Value, bool), String> {
     let d = cfg
-        .datasets
-        .iter()
-        .find(|d| d.name == req.dataset)
+        .dataset(&req.dataset)
         .ok_or_else(|| format!("unknown dataset `{}`", req.dataset))?;
     if req.is_extract() {
         let (report, progress) = progress_channel();

@@ -27,7 +27,7 @@ use tracing::info;
 
 use super::partition_swap::{
     PartitionValues, commit_swap, files_to_replace, label, parse_partition, partitions_between,
-    predicate, sorted, write_chunk,
+    predicate, request_done, sorted, write_chunk,
 };
 use crate::buffer::DatasetBuffer;
 use crate::config::{Config, DatasetConfig, PartitionBy};
@@ -89,9 +89,7 @@ const READ_CHUNK: usize = 5_000;
 /// Why a request cannot run, before anything is read.
 pub fn check(cfg: &Config, req: &BackfillRequest) -> Result<(), String> {
     let d = cfg
-        .datasets
-        .iter()
-        .find(|d| d.name == req.dataset)
+        .dataset(&req.dataset)
         .ok_or_else(|| format!("unknown dataset `{}`", req.dataset))?;
     if req.request_id.trim().is_empty() {
         return Err("request_id must not be empty".into());
@@ -195,11 +193,7 @@ pub async fn backfill(
 ) -> Result<BackfillOutcome, PipelineError> {
     check(cfg, req).map_err(PipelineError::Stopped)?;
     let started = Instant::now();
-    let d = cfg
-        .datasets
-        .iter()
-        .find(|d| d.name == req.dataset)
-        .ok_or_else(|| PipelineError::Stopped(format!("unknown dataset `{}`", req.dataset)))?;
+    let d = super::dataset(cfg, &req.dataset)?;
     let (mapper, mut sink) = pipeline::open_dataset(cfg, d).await?;
     let targets = targets_of(d, req)?;
     let mut out = BackfillOutcome {
@@ -208,10 +202,7 @@ pub async fn backfill(
         partitions: targets.iter().map(label).collect(),
         ..BackfillOutcome::default()
     };
-    sink.refresh().await?;
-    let done = sink
-        .committed_offset(&txn::request(&req.request_id))
-        .await?;
+    let done = request_done(&mut sink, &req.request_id).await?;
     if done.is_some() && !req.force {
         out.status = "already_done".into();
         out.table_version = sink.version();

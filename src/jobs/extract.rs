@@ -26,8 +26,8 @@ use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
 
 use super::partition_swap::{
-    PartitionValues, commit_swap, files_to_replace, label, partitions_between, predicate, sorted,
-    write_chunk,
+    PartitionValues, commit_swap, files_to_replace, label, partitions_between, predicate,
+    request_done, sorted, write_chunk,
 };
 use crate::config::{Config, DatasetConfig, ExtractConfig};
 use crate::decode::{Change, Fields, Op};
@@ -384,11 +384,7 @@ pub async fn extract(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<ExtractOutcome, PipelineError> {
     let started = Instant::now();
-    let d: &DatasetConfig = cfg
-        .datasets
-        .iter()
-        .find(|d| d.name == req.dataset)
-        .ok_or_else(|| PipelineError::Stopped(format!("unknown dataset `{}`", req.dataset)))?;
+    let d = super::dataset(cfg, &req.dataset)?;
     let x = d.extract.as_ref().ok_or_else(|| {
         PipelineError::Stopped(format!(
             "dataset `{}` has no [datasets.extract] source",
@@ -401,10 +397,7 @@ pub async fn extract(
         dataset: d.name.clone(),
         ..ExtractOutcome::default()
     };
-    sink.refresh().await?;
-    let done = sink
-        .committed_offset(&txn::request(&req.request_id))
-        .await?;
+    let done = request_done(&mut sink, &req.request_id).await?;
     if done.is_some() && !req.force {
         out.status = "already_done".into();
         out.table_version = sink.version();

@@ -3,7 +3,7 @@
 //! live file of those partitions and adds the new ones (a replaceWhere in the log).
 //!
 //! A swap must never add a file outside the partitions it removes: that file's partition would keep its
-//! old files too and its rows would be doubled. [`files_to_replace`] refuses such a swap before it is
+//! old files too and its rows would be doubled. `files_to_replace` refuses such a swap before it is
 //! committed.
 
 use std::collections::BTreeSet;
@@ -160,6 +160,18 @@ pub(crate) async fn write_chunk(
     counts.1 += batch.duplicates_dropped;
     adds.extend(sink.write_files(&batch.batches).await?);
     Ok(())
+}
+
+/// The runs of request `request_id` the table holds (read from its newest version): `Some` once it
+/// was committed.
+pub(crate) async fn request_done(
+    sink: &mut TableSink,
+    request_id: &str,
+) -> Result<Option<i64>, PipelineError> {
+    sink.refresh().await?;
+    Ok(sink
+        .committed_offset(&crate::txn::request(request_id))
+        .await?)
 }
 
 /// Every live file of the partitions `replaced` selects, as removes; `Stopped` (with `adds` deleted)

@@ -48,11 +48,7 @@ pub async fn replay(
     filter: &DeadLetterFilter,
     dry_run: bool,
 ) -> Result<ReplaySummary, PipelineError> {
-    let d = cfg
-        .datasets
-        .iter()
-        .find(|d| d.name == dataset)
-        .ok_or_else(|| PipelineError::Stopped(format!("no dataset named `{dataset}`")))?;
+    let d = super::dataset(cfg, dataset)?;
     let options = cfg.storage_options();
     let letters = dead_letters::read(&d.dead_letters.table_uri, &options, filter).await?;
     let (mut mapper, mut sink) = pipeline::open_dataset(cfg, d).await?;

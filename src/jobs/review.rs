@@ -11,8 +11,9 @@ use arrow::datatypes::{Field, Schema};
 use serde::Serialize;
 use tracing::info;
 
+use super::dataset;
 use crate::audit::{AuditRecord, Ledger, SchemaEvent, schema_events};
-use crate::config::{Config, DatasetConfig};
+use crate::config::Config;
 use crate::contract::{Column, ColumnType};
 use crate::pipeline::{self, PipelineError};
 use crate::sink::{SinkError, TableSink};
@@ -95,13 +96,6 @@ fn proposals_of(dataset: &str, events: &[SchemaEvent]) -> BTreeMap<String, Propo
         .collect();
     out.retain(|c, _| !decided.contains(c));
     out
-}
-
-fn dataset<'a>(cfg: &'a Config, name: &str) -> Result<&'a DatasetConfig, PipelineError> {
-    cfg.datasets
-        .iter()
-        .find(|d| d.name == name)
-        .ok_or_else(|| PipelineError::Stopped(format!("no dataset named `{name}`")))
 }
 
 /// What `bronze schema approve` did.

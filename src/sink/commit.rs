@@ -287,37 +287,13 @@ fn commit_metadata(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{Int64Array, RecordBatch};
-    use arrow::datatypes::{DataType, Field, Schema};
-
     use super::*;
-
-    async fn open(dir: &std::path::Path) -> TableSink {
-        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
-        TableSink::open(
-            &format!("file://{}", dir.display()),
-            schema,
-            &[],
-            false,
-            &Default::default(),
-            crate::config::Compression::Snappy,
-        )
-        .await
-        .unwrap()
-    }
+    use crate::sink::testing::{int64_rows, int64_table as open};
 
     /// A flush of partition `t[0]` offsets `first..=last`, one row per offset.
     fn flush(first: i64, last: i64) -> FlushBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
-        let rows = RecordBatch::try_new(
-            schema,
-            vec![Arc::new(Int64Array::from_iter_values(first..=last))],
-        )
-        .unwrap();
         FlushBatch {
-            batches: vec![rows],
+            batches: vec![int64_rows(first..=last)],
             ranges: vec![OffsetRange {
                 topic: "t".into(),
                 partition: 0,

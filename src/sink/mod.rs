@@ -28,6 +28,8 @@ mod read;
 mod retry;
 pub mod scan;
 mod schema;
+#[cfg(test)]
+mod testing;
 mod widen;
 mod write;
 

@@ -12,6 +12,9 @@ use tracing::info;
 use super::retry::DEFAULT_COMMIT_ATTEMPTS;
 use super::write::writer_properties;
 use super::{SinkError, TableSink, TableStats};
+
+/// Size at which a data file of a streaming commit is cut.
+const TARGET_FILE_BYTES: u64 = 128 * 1024 * 1024;
 use crate::config::Compression;
 
 /// What `bronze validate` learns about a dataset's table location.
@@ -130,14 +133,7 @@ pub async fn probe(
     }
     let mut table = table;
     table.load().await.map_err(delta)?;
-    let sink = TableSink {
-        uri: uri.to_string(),
-        table,
-        storage_options: storage_options.clone(),
-        writer_properties: writer_properties(Compression::default()),
-        target_file_size: 0,
-        commit_attempts: DEFAULT_COMMIT_ATTEMPTS,
-    };
+    let sink = TableSink::reader(uri, table, storage_options);
     sink.check_schema(&schema, partition_columns, evolves)?;
     Ok(Probe::Present(sink.stats(0)?))
 }
@@ -188,12 +184,9 @@ impl TableSink {
             Err(e) => return Err(delta(e)),
         };
         let sink = TableSink {
-            uri: uri.to_string(),
-            table,
-            storage_options: storage_options.clone(),
             writer_properties: writer_properties(compression),
-            target_file_size: 128 * 1024 * 1024,
-            commit_attempts: DEFAULT_COMMIT_ATTEMPTS,
+            target_file_size: TARGET_FILE_BYTES,
+            ..TableSink::reader(uri, table, storage_options)
         };
         sink.check_schema(&schema, partition_columns, evolves)?;
         Ok(sink)
@@ -206,14 +199,20 @@ impl TableSink {
     ) -> Result<Option<TableSink>, SinkError> {
         Ok(load_existing(uri, storage_options)
             .await?
-            .map(|table| TableSink {
-                uri: uri.to_string(),
-                table,
-                storage_options: storage_options.clone(),
-                writer_properties: writer_properties(Compression::default()),
-                target_file_size: 0,
-                commit_attempts: DEFAULT_COMMIT_ATTEMPTS,
-            }))
+            .map(|table| TableSink::reader(uri, table, storage_options)))
+    }
+
+    /// A sink over a loaded `table` with the default Parquet settings and attempt limit: for reading
+    /// and for the writers that need no tuned files (ledger, dead letters set their own).
+    fn reader(uri: &str, table: DeltaTable, storage_options: &HashMap<String, String>) -> Self {
+        TableSink {
+            uri: uri.to_string(),
+            table,
+            storage_options: storage_options.clone(),
+            writer_properties: writer_properties(Compression::default()),
+            target_file_size: 0,
+            commit_attempts: DEFAULT_COMMIT_ATTEMPTS,
+        }
     }
 
     /// The table must have every column of `schema` and the same partition columns; columns beyond

@@ -79,31 +79,8 @@ impl TableSink {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{Int64Array, RecordBatch};
-    use arrow::datatypes::{DataType, Field, Schema};
-
     use super::*;
-
-    async fn table(dir: &std::path::Path) -> TableSink {
-        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
-        TableSink::open(
-            &format!("file://{}", dir.display()),
-            schema,
-            &[],
-            false,
-            &Default::default(),
-            crate::config::Compression::Snappy,
-        )
-        .await
-        .unwrap()
-    }
-
-    fn rows(values: std::ops::Range<i64>) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
-        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(values))]).unwrap()
-    }
+    use crate::sink::testing::{int64_rows as rows, int64_table as table};
 
     #[tokio::test]
     async fn a_conflict_is_retried_on_the_newer_snapshot() {

@@ -220,11 +220,7 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 
     use super::split_rows;
-
-    fn batch(values: std::ops::Range<i64>) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
-        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(values))]).unwrap()
-    }
+    use crate::sink::testing::int64_rows as batch;
 
     fn values(part: &[RecordBatch]) -> Vec<i64> {
         part.iter()
