@@ -8,7 +8,7 @@ use crate::config::{
     DeadLetterConfig, FlushLimits, Format, InvalidMessage, Partitioning, TopicSelector,
 };
 use crate::contract::Column;
-use crate::decode::decode_key;
+use crate::decode::{Change, decode_key};
 
 fn col(name: &str, ty: ColumnType, nullable: bool) -> Column {
     let mut c = Column::new(name, ty);
