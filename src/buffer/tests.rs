@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, Int64Array, StringArray};
 
 use super::*;
+use crate::config::FlushLimits;
 use crate::contract::{Column, ColumnType, Contract, OnError};
 use crate::decode::Op;
 
