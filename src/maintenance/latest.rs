@@ -13,6 +13,9 @@
 //!
 //! A refresh starts over from the whole history (a rebuild) when the view is new or the log no longer
 //! has a version it needs.
+//!
+//! Over 600 lines on purpose: a refresh is one algorithm (plan the passes, merge each pass, commit), and
+//! its steps share the bucket and file bookkeeping; split apart they would pass that state around.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

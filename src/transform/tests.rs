@@ -1,3 +1,6 @@
+//! The mapper's tests: every contract rule against the real Debezium fixtures and hand-made changes;
+//! over 600 lines because each rule gets a case of its own.
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
