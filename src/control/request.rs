@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, PartitionBy};
+use crate::config::{Config, DatasetConfig, PartitionBy};
 use crate::jobs::backfill::{self, BackfillRequest};
 use crate::jobs::extract::{ExtractMode, ExtractRequest};
 
@@ -149,6 +149,9 @@ pub fn parse_time(s: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp_micros())
 }
 
+/// Why a request is refused: its stable code and the reason (see [`Rejection`]).
+type Refusal = (&'static str, String);
+
 /// Parse and validate one control message.
 pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
     let raw: RawRequest = serde_json::from_slice(bytes).map_err(|e| Rejection {
@@ -157,116 +160,38 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
         code: "bad_json",
         reason: format!("not a JSON request object: {e}"),
     })?;
-    let reject = |code: &'static str, reason: String| Rejection {
+    validate(cfg, &raw).map_err(|(code, reason)| Rejection {
         request_id: raw.request_id.clone(),
         dataset: raw.dataset.clone(),
         code,
         reason,
-    };
+    })
+}
+
+/// The request `raw` asks for, checked against the configuration, in the order its fields are read.
+fn validate(cfg: &Config, raw: &RawRequest) -> Result<Request, Refusal> {
     let request_id = match raw.request_id.as_deref().map(str::trim) {
         Some(id) if !id.is_empty() => id.to_string(),
-        _ => {
-            return Err(reject(
-                "missing_id",
-                "`request_id` is missing or empty".into(),
-            ));
-        }
+        _ => return Err(("missing_id", "`request_id` is missing or empty".into())),
     };
-    let kind = match raw.kind.as_deref() {
-        Some("backfill") => Kind::Backfill,
-        Some("extract") => Kind::Extract,
-        Some("compact") => Kind::Compact,
-        Some("vacuum") => Kind::Vacuum,
-        other => {
-            return Err(reject(
-                "unknown_kind",
-                format!("`kind` is {other:?}; expected backfill, extract, compact or vacuum"),
-            ));
-        }
-    };
+    let kind = kind_of(raw.kind.as_deref())?;
     let dataset = raw.dataset.clone().unwrap_or_default();
-    let Some(d) = cfg.datasets.iter().find(|d| d.name == dataset) else {
-        return Err(reject(
-            "unknown_dataset",
-            format!("unknown dataset `{dataset}`"),
-        ));
-    };
-    let source = raw.source.as_deref().unwrap_or(match kind {
-        Kind::Extract => "postgres",
-        _ => "kafka",
-    });
-    match (kind, source) {
-        (Kind::Backfill, "kafka") | (Kind::Compact | Kind::Vacuum, _) => {}
-        (Kind::Backfill | Kind::Extract, "postgres") if d.extract.is_some() => {}
-        (Kind::Backfill | Kind::Extract, "postgres") => {
-            return Err(reject(
-                "source_not_configured",
-                format!("dataset `{dataset}` has no database source configured"),
-            ));
-        }
-        (_, other) => {
-            return Err(reject(
-                "unknown_source",
-                format!("`source` is `{other}`; expected kafka or postgres"),
-            ));
-        }
-    }
-    let range = match (kind, &raw.range) {
-        (Kind::Backfill, None) => {
-            return Err(reject(
-                "missing_range",
-                "a backfill needs `range` with `from` and `to`".into(),
-            ));
-        }
-        (_, None) => None,
-        (_, Some(r)) if !r.partitions.is_empty() => Some(
-            crate::jobs::partition_swap::span_of(d.partitioning.by, &r.partitions)
-                .map_err(|e| reject("bad_range", e))?,
-        ),
-        (_, Some(r)) => {
-            let time = |name: &str, v: &Option<String>| {
-                v.as_deref().and_then(parse_time).ok_or_else(|| {
-                    reject(
-                        "bad_range",
-                        format!("`range.{name}` is {v:?}, not an RFC 3339 time or a date"),
-                    )
-                })
-            };
-            let (from, to) = (time("from", &r.from)?, time("to", &r.to)?);
-            if from >= to {
-                return Err(reject(
-                    "inverted_range",
-                    "`range.from` must be before `range.to`".into(),
-                ));
-            }
-            Some((from, to))
-        }
-    };
+    let d = cfg
+        .dataset(&dataset)
+        .ok_or_else(|| ("unknown_dataset", format!("unknown dataset `{dataset}`")))?;
+    let source = source_of(kind, raw.source.as_deref(), d)?;
+    let range = range_of(kind, raw.range.as_ref(), d)?;
     if let Some(e) = range.and_then(|(from, to)| backfill::range_too_long(cfg, from, to)) {
-        return Err(reject("range_too_large", e));
+        return Err(("range_too_large", e));
     }
     let partitions = raw
         .range
         .as_ref()
         .map(|r| r.partitions.clone())
         .unwrap_or_default();
-    let extract_mode = match raw.options.mode.as_deref() {
-        None if kind == Kind::Extract && range.is_none() => Some("incremental".to_string()),
-        None => None,
-        Some(m @ ("incremental" | "full")) if kind == Kind::Extract && range.is_none() => {
-            Some(m.to_string())
-        }
-        Some(m) => {
-            return Err(reject(
-                "bad_option",
-                format!(
-                    "`options.mode` `{m}` applies to extracts without a range: incremental or full"
-                ),
-            ));
-        }
-    };
+    let extract_mode = extract_mode_of(kind, raw.options.mode.as_deref(), range.is_some())?;
     if (kind == Kind::Backfill || range.is_some()) && d.partitioning.by == PartitionBy::None {
-        return Err(reject(
+        return Err((
             "not_partitioned",
             format!(
                 "dataset `{dataset}` is not time-partitioned: there are no partitions to replace"
@@ -276,7 +201,7 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
     let retention = match &raw.options.retention {
         Some(r) => Some(
             humantime::parse_duration(r)
-                .map_err(|e| reject("bad_option", format!("`options.retention` `{r}`: {e}")))?,
+                .map_err(|e| ("bad_option", format!("`options.retention` `{r}`: {e}")))?,
         ),
         None => None,
     };
@@ -301,6 +226,105 @@ pub fn parse(cfg: &Config, bytes: &[u8]) -> Result<Request, Rejection> {
         requested_by: raw.requested_by.clone(),
         fingerprint,
     })
+}
+
+fn kind_of(kind: Option<&str>) -> Result<Kind, Refusal> {
+    match kind {
+        Some("backfill") => Ok(Kind::Backfill),
+        Some("extract") => Ok(Kind::Extract),
+        Some("compact") => Ok(Kind::Compact),
+        Some("vacuum") => Ok(Kind::Vacuum),
+        other => Err((
+            "unknown_kind",
+            format!("`kind` is {other:?}; expected backfill, extract, compact or vacuum"),
+        )),
+    }
+}
+
+/// Where a request reads from: `kafka`, or `postgres` for datasets with a database source (the
+/// default of extracts).
+fn source_of<'a>(
+    kind: Kind,
+    source: Option<&'a str>,
+    d: &DatasetConfig,
+) -> Result<&'a str, Refusal> {
+    let source = source.unwrap_or(match kind {
+        Kind::Extract => "postgres",
+        _ => "kafka",
+    });
+    match (kind, source) {
+        (Kind::Backfill, "kafka") | (Kind::Compact | Kind::Vacuum, _) => Ok(source),
+        (Kind::Backfill | Kind::Extract, "postgres") if d.extract.is_some() => Ok(source),
+        (Kind::Backfill | Kind::Extract, "postgres") => Err((
+            "source_not_configured",
+            format!("dataset `{}` has no database source configured", d.name),
+        )),
+        (_, other) => Err((
+            "unknown_source",
+            format!("`source` is `{other}`; expected kafka or postgres"),
+        )),
+    }
+}
+
+/// The time range `[from, to)` in µs a request replaces: from `from`/`to`, or spanning the
+/// partitions it names. Backfills need one.
+fn range_of(
+    kind: Kind,
+    range: Option<&RawRange>,
+    d: &DatasetConfig,
+) -> Result<Option<(i64, i64)>, Refusal> {
+    let r = match (kind, range) {
+        (Kind::Backfill, None) => {
+            return Err((
+                "missing_range",
+                "a backfill needs `range` with `from` and `to`".into(),
+            ));
+        }
+        (_, None) => return Ok(None),
+        (_, Some(r)) => r,
+    };
+    if !r.partitions.is_empty() {
+        return crate::jobs::partition_swap::span_of(d.partitioning.by, &r.partitions)
+            .map(Some)
+            .map_err(|e| ("bad_range", e));
+    }
+    let time = |name: &str, v: &Option<String>| {
+        v.as_deref().and_then(parse_time).ok_or_else(|| {
+            (
+                "bad_range",
+                format!("`range.{name}` is {v:?}, not an RFC 3339 time or a date"),
+            )
+        })
+    };
+    let (from, to) = (time("from", &r.from)?, time("to", &r.to)?);
+    if from >= to {
+        return Err((
+            "inverted_range",
+            "`range.from` must be before `range.to`".into(),
+        ));
+    }
+    Ok(Some((from, to)))
+}
+
+/// An extract without a range is `incremental` (the default) or `full`; no other request takes a mode.
+fn extract_mode_of(
+    kind: Kind,
+    mode: Option<&str>,
+    has_range: bool,
+) -> Result<Option<String>, Refusal> {
+    match mode {
+        None if kind == Kind::Extract && !has_range => Ok(Some("incremental".to_string())),
+        None => Ok(None),
+        Some(m @ ("incremental" | "full")) if kind == Kind::Extract && !has_range => {
+            Ok(Some(m.to_string()))
+        }
+        Some(m) => Err((
+            "bad_option",
+            format!(
+                "`options.mode` `{m}` applies to extracts without a range: incremental or full"
+            ),
+        )),
+    }
 }
 
 /// The JSON message for a request (what `bronze ... --submit` posts).
