@@ -225,69 +225,74 @@ impl Contract {
             });
         }
         for (i, c) in self.columns.iter().enumerate() {
-            let err = |reason: &str| ContractError::Column {
-                file: file.to_string(),
-                column: c.name.clone(),
-                reason: reason.to_string(),
-            };
-            if c.name.is_empty() {
-                return Err(err("name must not be empty"));
-            }
-            if c.name.starts_with('_') {
-                return Err(err(
-                    "names starting with `_` are reserved for metadata columns",
-                ));
-            }
-            if matches!(c.name.as_str(), "event_date" | "event_hour") {
-                return Err(err("is reserved for partition columns"));
-            }
-            if self.columns[..i].iter().any(|o| o.name == c.name) {
-                return Err(err("is defined twice"));
-            }
-            match (c.ty, c.precision, c.scale) {
-                (ColumnType::Decimal, Some(p), s) if (1..=38).contains(&p) => {
-                    if s.is_some_and(|s| s < 0 || s as u8 > p) {
-                        return Err(err("`scale` must be between 0 and `precision`"));
-                    }
-                }
-                (ColumnType::Decimal, _, _) => {
-                    return Err(err("a decimal needs `precision` between 1 and 38"));
-                }
-                (_, None, None) => {}
-                _ => return Err(err("`precision` and `scale` apply to decimal columns only")),
-            }
-            if c.ty != ColumnType::Decimal && c.rounding != Rounding::Error {
-                return Err(err("`rounding` applies to decimal columns only"));
-            }
-            if c.ty != ColumnType::Timestamp && (!c.formats.is_empty() || c.timezone.is_some()) {
-                return Err(err(
-                    "`formats` and `timezone` apply to timestamp columns only",
-                ));
-            }
-            if let Some(z) = &c.timezone
-                && z.parse::<chrono_tz::Tz>().is_err()
-            {
-                return Err(err(&format!("`{z}` is not an IANA time zone")));
-            }
-            if c.ty != ColumnType::Binary && c.encoding != BinaryEncoding::Base64 {
-                return Err(err("`encoding` applies to binary columns only"));
-            }
-            for a in &c.aliases {
-                if self.columns.iter().any(|o| &o.name == a)
-                    || self.columns[..i].iter().any(|o| o.aliases.contains(a))
-                {
-                    return Err(err(&format!(
-                        "alias `{a}` is already a column or another column's alias"
-                    )));
-                }
-            }
-            if !c.nullable && matches!(c.on_error(self.on_error), OnError::Null | OnError::Rescue) {
-                return Err(err(
-                    "`on_error = \"null\"` or `\"rescue\"` needs a nullable column (it is `nullable = false`)",
-                ));
+            if let Some(reason) = self.column_problem(i) {
+                return Err(ContractError::Column {
+                    file: file.to_string(),
+                    column: c.name.clone(),
+                    reason,
+                });
             }
         }
         Ok(())
+    }
+
+    /// What is wrong with column `i`, if anything: its name, its type's settings, its aliases.
+    fn column_problem(&self, i: usize) -> Option<String> {
+        let c = &self.columns[i];
+        let problem = |reason: &str| Some(reason.to_string());
+        if c.name.is_empty() {
+            return problem("name must not be empty");
+        }
+        if c.name.starts_with('_') {
+            return problem("names starting with `_` are reserved for metadata columns");
+        }
+        if matches!(c.name.as_str(), "event_date" | "event_hour") {
+            return problem("is reserved for partition columns");
+        }
+        if self.columns[..i].iter().any(|o| o.name == c.name) {
+            return problem("is defined twice");
+        }
+        match (c.ty, c.precision, c.scale) {
+            (ColumnType::Decimal, Some(p), s) if (1..=38).contains(&p) => {
+                if s.is_some_and(|s| s < 0 || s as u8 > p) {
+                    return problem("`scale` must be between 0 and `precision`");
+                }
+            }
+            (ColumnType::Decimal, _, _) => {
+                return problem("a decimal needs `precision` between 1 and 38");
+            }
+            (_, None, None) => {}
+            _ => return problem("`precision` and `scale` apply to decimal columns only"),
+        }
+        if c.ty != ColumnType::Decimal && c.rounding != Rounding::Error {
+            return problem("`rounding` applies to decimal columns only");
+        }
+        if c.ty != ColumnType::Timestamp && (!c.formats.is_empty() || c.timezone.is_some()) {
+            return problem("`formats` and `timezone` apply to timestamp columns only");
+        }
+        if let Some(z) = &c.timezone
+            && z.parse::<chrono_tz::Tz>().is_err()
+        {
+            return Some(format!("`{z}` is not an IANA time zone"));
+        }
+        if c.ty != ColumnType::Binary && c.encoding != BinaryEncoding::Base64 {
+            return problem("`encoding` applies to binary columns only");
+        }
+        for a in &c.aliases {
+            if self.columns.iter().any(|o| &o.name == a)
+                || self.columns[..i].iter().any(|o| o.aliases.contains(a))
+            {
+                return Some(format!(
+                    "alias `{a}` is already a column or another column's alias"
+                ));
+            }
+        }
+        if !c.nullable && matches!(c.on_error(self.on_error), OnError::Null | OnError::Rescue) {
+            return problem(
+                "`on_error = \"null\"` or `\"rescue\"` needs a nullable column (it is `nullable = false`)",
+            );
+        }
+        None
     }
 
     /// Add a column found in the data (drift policy `evolve`) or in the table (evolved by an earlier run

@@ -15,14 +15,15 @@ use deltalake::kernel::Transaction;
 use serde::Serialize;
 use tracing::info;
 
-use crate::buffer::DeadLetter;
-use crate::config::Config;
+use crate::buffer::{DatasetBuffer, DeadLetter};
+use crate::config::{Config, DatasetConfig};
 use crate::decode::Decoder;
 use crate::pipeline::admission::{self, Admission, admit};
 use crate::pipeline::message::Message;
 use crate::pipeline::{self, PipelineError};
 use crate::sink::dead_letters::{self, DeadLetterFilter};
 use crate::sink::{SinkError, scan};
+use crate::transform::Mapper;
 
 /// What a replay did (or, with `dry_run`, would do).
 #[derive(Debug, Default, Clone, Serialize)]
@@ -66,28 +67,12 @@ pub async fn replay(
             ..ReplaySummary::default()
         };
         let mut buffer = pipeline::buffer_for(&mapper);
-        let now = Instant::now();
         for l in &letters {
             if present.contains(&(l.topic.clone(), l.partition, l.offset)) {
                 summary.already_in_table += 1;
                 continue;
             }
-            let m = Message::of_dead_letter(l, chrono::Utc::now().timestamp_micros());
-            // A message still unreadable after the wait stays a dead letter (`registry_unavailable`).
-            let _ = admission::prepare_patiently(&decoder, &m, admission::REGISTRY_PATIENCE).await;
-            match admit(d, &decoder, &mut mapper, &m) {
-                Admission::Row(row) => {
-                    pipeline::sync_columns(&mapper, &mut buffer);
-                    buffer.push(&l.topic, l.partition, *row, now)
-                }
-                Admission::Skip(_) => summary.skipped += 1,
-                Admission::Reject(r) => {
-                    *summary
-                        .still_failing
-                        .entry(r.reason.to_string())
-                        .or_default() += 1
-                }
-            }
+            admit_letter(d, &decoder, &mut mapper, &mut buffer, l, &mut summary).await;
         }
         let batch_id = uuid::Uuid::now_v7().to_string();
         let Some(batch) = buffer
@@ -105,16 +90,7 @@ pub async fn replay(
         let adds = sink.write_files(&batch.batches).await?;
         let metadata = vec![(
             "bronze".to_string(),
-            serde_json::json!({
-                "kind": "dlq_replay",
-                "run_id": run_id,
-                "batch_id": batch_id,
-                "dataset": d.name,
-                "rows_in": letters.len(),
-                "rows_written": summary.rows_written,
-                "duplicates_dropped": summary.duplicates_dropped,
-                "still_failing": summary.still_failing,
-            }),
+            commit_info(&run_id, &batch_id, letters.len(), &summary),
         )];
         let txn = Transaction::new_with_last_update(
             app_id.clone(),
@@ -138,6 +114,52 @@ pub async fn replay(
             }
             // Another replay (or a stream) committed meanwhile: the table is checked again.
             None => sink.discard_files(&adds).await,
+        }
+    }
+}
+
+/// The `bronze` commit info of a replay commit.
+fn commit_info(
+    run_id: &str,
+    batch_id: &str,
+    rows_in: usize,
+    summary: &ReplaySummary,
+) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "dlq_replay",
+        "run_id": run_id,
+        "batch_id": batch_id,
+        "dataset": summary.dataset,
+        "rows_in": rows_in,
+        "rows_written": summary.rows_written,
+        "duplicates_dropped": summary.duplicates_dropped,
+        "still_failing": summary.still_failing,
+    })
+}
+
+/// One dead letter through the streaming checks: into `buffer` if it passes now.
+async fn admit_letter(
+    d: &DatasetConfig,
+    decoder: &Decoder,
+    mapper: &mut Mapper,
+    buffer: &mut DatasetBuffer,
+    l: &DeadLetter,
+    summary: &mut ReplaySummary,
+) {
+    let m = Message::of_dead_letter(l, chrono::Utc::now().timestamp_micros());
+    // A message still unreadable after the wait stays a dead letter (`registry_unavailable`).
+    let _ = admission::prepare_patiently(decoder, &m, admission::REGISTRY_PATIENCE).await;
+    match admit(d, decoder, mapper, &m) {
+        Admission::Row(row) => {
+            pipeline::sync_columns(mapper, buffer);
+            buffer.push(&l.topic, l.partition, *row, Instant::now())
+        }
+        Admission::Skip(_) => summary.skipped += 1,
+        Admission::Reject(r) => {
+            *summary
+                .still_failing
+                .entry(r.reason.to_string())
+                .or_default() += 1
         }
     }
 }

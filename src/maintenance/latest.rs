@@ -86,6 +86,23 @@ struct NewFile {
     version: u64,
 }
 
+/// What every step of one refresh reads.
+struct Sources<'a> {
+    history: &'a TableSink,
+    history_schema: &'a SchemaRef,
+    view_schema: &'a SchemaRef,
+    d: &'a DatasetConfig,
+    /// The history files this refresh applies.
+    files: &'a [NewFile],
+}
+
+/// The view files one refresh removes and adds, in one commit.
+#[derive(Default)]
+struct Edits {
+    removes: Vec<deltalake::kernel::Remove>,
+    adds: Vec<deltalake::kernel::Add>,
+}
+
 /// Bring `d`'s latest view up to the newest version of its table.
 pub async fn refresh(cfg: &Config, d: &DatasetConfig) -> Result<LatestReport, MaintenanceError> {
     let started = Instant::now();
@@ -108,15 +125,9 @@ pub async fn refresh(cfg: &Config, d: &DatasetConfig) -> Result<LatestReport, Ma
     let mut view = match TableSink::existing(&view_cfg.table_uri, &options).await? {
         Some(v) => v,
         None => {
-            TableSink::open(
-                &view_cfg.table_uri,
-                view_schema.clone(),
-                &[BUCKET_COLUMN],
-                true,
-                &options,
-                cfg.storage.compression,
-            )
-            .await?
+            let (uri, codec) = (&view_cfg.table_uri, cfg.storage.compression);
+            let schema = view_schema.clone();
+            TableSink::open(uri, schema, &[BUCKET_COLUMN], true, &options, codec).await?
         }
     };
     let app_id = crate::txn::latest_view(&d.name);
@@ -135,24 +146,36 @@ pub async fn refresh(cfg: &Config, d: &DatasetConfig) -> Result<LatestReport, Ma
         }
     };
     report.files_read = files.len();
-    let changes =
-        newest_changes(&history, &history_schema, d, view_cfg, &files, &mut report).await?;
-    if changes.is_empty() && !report.rebuilt {
-        // Nothing but skipped offsets: record the version so the next refresh starts after it.
-        return commit(
-            &mut view,
-            &view_schema,
-            Vec::new(),
-            Vec::new(),
-            &app_id,
-            head,
-            &mut report,
-        )
-        .await
-        .map(|()| finish(report, started));
-    }
+    let src = Sources {
+        history: &history,
+        history_schema: &history_schema,
+        view_schema: &view_schema,
+        d,
+        files: &files,
+    };
+    let changes = newest_changes(&src, view_cfg, &mut report).await?;
+    // With nothing but skipped offsets the commit only records the version, so the next refresh
+    // starts after it.
+    let edits = if changes.is_empty() && !report.rebuilt {
+        Edits::default()
+    } else {
+        rewrite_buckets(&src, &view, view_cfg, &changes, &mut report).await?
+    };
+    commit(&mut view, &view_schema, edits, &app_id, head, &mut report).await?;
+    Ok(finish(report, started))
+}
+
+/// Plan the passes over the changed buckets and merge them; on failure, the files written so far
+/// are deleted.
+async fn rewrite_buckets(
+    src: &Sources<'_>,
+    view: &TableSink,
+    view_cfg: &LatestConfig,
+    changes: &HashMap<String, Change>,
+    report: &mut LatestReport,
+) -> Result<Edits, MaintenanceError> {
     let mut by_bucket: BTreeMap<u32, Vec<(&String, &Change)>> = BTreeMap::new();
-    for (key, c) in &changes {
+    for (key, c) in changes {
         by_bucket.entry(c.bucket).or_default().push((key, c));
     }
     let buckets: Vec<u32> = if report.rebuilt {
@@ -160,50 +183,33 @@ pub async fn refresh(cfg: &Config, d: &DatasetConfig) -> Result<LatestReport, Ma
     } else {
         by_bucket.keys().copied().collect()
     };
-    let mut view_files = files_by_bucket(&view)?;
+    let mut view_files = files_by_bucket(view)?;
     let passes = plan_passes(
         &view_files,
         &buckets,
-        &files,
+        src.files,
         &by_bucket,
         view_cfg.max_bytes,
     );
     report.passes = passes.len();
-    let mut removes = Vec::new();
-    let mut adds = Vec::new();
-    let written = merge_passes(
-        &history,
-        &view,
-        &mut view_files,
-        &view_schema,
-        &history_schema,
-        d,
-        &files,
-        &passes,
-        &by_bucket,
-        report.rebuilt,
-        &mut removes,
-        &mut adds,
-    )
-    .await;
-    if let Err(e) = written {
-        view.discard_files(&adds).await;
-        return Err(e);
+    let mut edits = Edits::default();
+    for pass in &passes {
+        let merged = merge_pass(src, view, &mut view_files, pass, &by_bucket, report.rebuilt).await;
+        match merged {
+            Ok(pass_edits) => {
+                edits.removes.extend(pass_edits.removes);
+                edits.adds.extend(pass_edits.adds);
+            }
+            Err(e) => {
+                view.discard_files(&edits.adds).await;
+                return Err(e);
+            }
+        }
     }
     report.buckets_rewritten = buckets.len();
     report.keys_deleted = changes.values().filter(|c| c.delete).count() as u64;
     report.keys_upserted = changes.len() as u64 - report.keys_deleted;
-    commit(
-        &mut view,
-        &view_schema,
-        removes,
-        adds,
-        &app_id,
-        head,
-        &mut report,
-    )
-    .await?;
-    Ok(finish(report, started))
+    Ok(edits)
 }
 
 fn finish(mut report: LatestReport, started: Instant) -> LatestReport {
@@ -333,23 +339,22 @@ fn identities(
 
 /// Phase one: the newest change of every key in the new files (positions only, not rows).
 async fn newest_changes(
-    history: &TableSink,
-    schema: &SchemaRef,
-    d: &DatasetConfig,
+    src: &Sources<'_>,
     view_cfg: &LatestConfig,
-    files: &[NewFile],
     report: &mut LatestReport,
 ) -> Result<HashMap<String, Change>, SinkError> {
-    let columns = identity_columns(d);
+    let columns = identity_columns(src.d);
     let mut changes: HashMap<String, Change> = HashMap::new();
-    for (f, file) in files.iter().enumerate() {
+    for (f, file) in src.files.iter().enumerate() {
         let mut row = 0;
-        for batch in history
-            .read_file(&file.path, &file.partition_values, schema, Some(&columns))
+        let (path, values, schema) = (&file.path, &file.partition_values, src.history_schema);
+        for batch in src
+            .history
+            .read_file(path, values, schema, Some(&columns))
             .await?
         {
             report.rows_read += batch.num_rows() as u64;
-            for id in identities(&batch, d) {
+            for id in identities(&batch, src.d) {
                 if let Some((key, order, offset, delete)) = id {
                     let change = Change {
                         bucket: bucket_of(&key, view_cfg.buckets),
@@ -430,88 +435,94 @@ fn plan_passes(
     passes
 }
 
-/// Phase two: per pass, read the new files once for the rows of its buckets, merge each bucket with
-/// its view rows, write it; collect the removes and adds of one commit.
-#[allow(clippy::too_many_arguments)]
-async fn merge_passes(
-    history: &TableSink,
+/// Phase two, one pass: read the new files once for the rows of the pass's buckets, merge each
+/// bucket with its view rows, write it.
+async fn merge_pass(
+    src: &Sources<'_>,
     view: &TableSink,
     view_files: &mut HashMap<u32, Vec<deltalake::kernel::Remove>>,
-    view_schema: &SchemaRef,
-    history_schema: &SchemaRef,
-    d: &DatasetConfig,
-    files: &[NewFile],
-    passes: &[Vec<u32>],
+    pass: &[u32],
     by_bucket: &BTreeMap<u32, Vec<(&String, &Change)>>,
     rebuild: bool,
-    removes: &mut Vec<deltalake::kernel::Remove>,
-    adds: &mut Vec<deltalake::kernel::Add>,
-) -> Result<(), MaintenanceError> {
-    for pass in passes {
-        // The rows of this pass's changes, read file by file: file -> [(row, bucket)].
-        let mut wanted: HashMap<usize, Vec<(usize, u32)>> = HashMap::new();
-        for b in pass {
-            for (_, c) in by_bucket.get(b).into_iter().flatten() {
-                if !c.delete {
-                    wanted.entry(c.file).or_default().push((c.row, *b));
+) -> Result<Edits, MaintenanceError> {
+    let mut new_rows = pass_rows(src, view, pass, by_bucket).await?;
+    let mut edits = Edits::default();
+    for b in pass {
+        let bucket = b.to_string();
+        let old = view_files.remove(b).unwrap_or_default();
+        let changed: HashMap<&String, &Change> = by_bucket
+            .get(b)
+            .into_iter()
+            .flatten()
+            .map(|(k, c)| (*k, *c))
+            .collect();
+        let mut out: Vec<RecordBatch> = Vec::new();
+        let mut superseded: Vec<&String> = Vec::new();
+        if !rebuild {
+            for r in &old {
+                let values = r.partition_values.clone().unwrap_or_default();
+                for batch in view
+                    .read_file(&r.path, &values, src.view_schema, None)
+                    .await?
+                {
+                    let (keep, beaten) = keep_unchanged(&batch, src.d, &changed);
+                    superseded.extend(beaten);
+                    out.push(take_rows(&batch, &keep).map_err(|e| arrow_error(view, e))?);
                 }
             }
         }
-        let mut new_rows: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
-        for (f, rows) in wanted {
-            let file = &files[f];
-            let batches = history
-                .read_file(&file.path, &file.partition_values, history_schema, None)
-                .await?;
-            let whole = arrow::compute::concat_batches(history_schema, &batches)
+        for batch in new_rows.remove(b).unwrap_or_default() {
+            let keep = drop_beaten(&batch, src.d, &superseded);
+            let batch = take_rows(&batch, &keep).map_err(|e| arrow_error(view, e))?;
+            let batch = with_bucket(&batch, src.view_schema, &bucket);
+            out.push(batch.map_err(|e| arrow_error(view, e))?);
+        }
+        out.retain(|b| b.num_rows() > 0);
+        edits.removes.extend(old);
+        if !out.is_empty() {
+            let merged = arrow::compute::concat_batches(src.view_schema, &out)
                 .map_err(|e| arrow_error(view, e))?;
-            let mut per_bucket: HashMap<u32, Vec<u32>> = HashMap::new();
-            for (row, b) in rows {
-                per_bucket.entry(b).or_default().push(row as u32);
-            }
-            for (b, rows) in per_bucket {
-                let taken = take_rows(&whole, &rows).map_err(|e| arrow_error(view, e))?;
-                new_rows.entry(b).or_default().push(taken);
-            }
+            edits.adds.extend(view.write_files(&[merged]).await?);
         }
-        for b in pass {
-            let bucket = b.to_string();
-            let old = view_files.remove(b).unwrap_or_default();
-            let changed: HashMap<&String, &Change> = by_bucket
-                .get(b)
-                .into_iter()
-                .flatten()
-                .map(|(k, c)| (*k, *c))
-                .collect();
-            let mut out: Vec<RecordBatch> = Vec::new();
-            let mut superseded: Vec<&String> = Vec::new();
-            if !rebuild {
-                for r in &old {
-                    let values = r.partition_values.clone().unwrap_or_default();
-                    for batch in view.read_file(&r.path, &values, view_schema, None).await? {
-                        let (keep, beaten) = keep_unchanged(&batch, d, &changed);
-                        superseded.extend(beaten);
-                        out.push(take_rows(&batch, &keep).map_err(|e| arrow_error(view, e))?);
-                    }
-                }
-            }
-            for batch in new_rows.remove(b).unwrap_or_default() {
-                let keep = drop_beaten(&batch, d, &superseded);
-                let batch = take_rows(&batch, &keep).map_err(|e| arrow_error(view, e))?;
-                out.push(
-                    with_bucket(&batch, view_schema, &bucket).map_err(|e| arrow_error(view, e))?,
-                );
-            }
-            out.retain(|b| b.num_rows() > 0);
-            removes.extend(old);
-            if !out.is_empty() {
-                let merged = arrow::compute::concat_batches(view_schema, &out)
-                    .map_err(|e| arrow_error(view, e))?;
-                adds.extend(view.write_files(&[merged]).await?);
+    }
+    Ok(edits)
+}
+
+/// The rows of a pass's changes (deletes have none), read file by file, by bucket.
+async fn pass_rows(
+    src: &Sources<'_>,
+    view: &TableSink,
+    pass: &[u32],
+    by_bucket: &BTreeMap<u32, Vec<(&String, &Change)>>,
+) -> Result<HashMap<u32, Vec<RecordBatch>>, MaintenanceError> {
+    // file -> [(row, bucket)]
+    let mut wanted: HashMap<usize, Vec<(usize, u32)>> = HashMap::new();
+    for b in pass {
+        for (_, c) in by_bucket.get(b).into_iter().flatten() {
+            if !c.delete {
+                wanted.entry(c.file).or_default().push((c.row, *b));
             }
         }
     }
-    Ok(())
+    let mut new_rows: HashMap<u32, Vec<RecordBatch>> = HashMap::new();
+    for (f, rows) in wanted {
+        let file = &src.files[f];
+        let batches = src
+            .history
+            .read_file(&file.path, &file.partition_values, src.history_schema, None)
+            .await?;
+        let whole = arrow::compute::concat_batches(src.history_schema, &batches)
+            .map_err(|e| arrow_error(view, e))?;
+        let mut per_bucket: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (row, b) in rows {
+            per_bucket.entry(b).or_default().push(row as u32);
+        }
+        for (b, rows) in per_bucket {
+            let taken = take_rows(&whole, &rows).map_err(|e| arrow_error(view, e))?;
+            new_rows.entry(b).or_default().push(taken);
+        }
+    }
+    Ok(new_rows)
 }
 
 /// Rows of a view batch to keep: keys without a change, and keys whose view row is newer than the
@@ -581,8 +592,7 @@ fn arrow_error(view: &TableSink, e: arrow::error::ArrowError) -> MaintenanceErro
 async fn commit(
     view: &mut TableSink,
     view_schema: &SchemaRef,
-    removes: Vec<deltalake::kernel::Remove>,
-    adds: Vec<deltalake::kernel::Add>,
+    Edits { removes, adds }: Edits,
     app_id: &str,
     head: u64,
     report: &mut LatestReport,

@@ -23,7 +23,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::{Config, DatasetConfig};
-use crate::sink::{self, SinkError, TableSink};
+use crate::sink::{self, PartitionFiles, SinkError, TableSink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MaintenanceError {
@@ -76,6 +76,9 @@ pub struct CompactionReport {
     pub dry_run: bool,
 }
 
+/// A partition's values, as `files_by_partition` keys them.
+type PartitionValues = Vec<(String, Option<String>)>;
+
 /// Compact the small files of `d`'s table within `scope`.
 pub async fn compact(
     cfg: &Config,
@@ -93,25 +96,10 @@ pub async fn compact(
     let Some(sink) = TableSink::existing(&d.table_uri, &options).await? else {
         return Ok(report);
     };
-    let target = cfg.compaction.target_file_bytes;
     let partitions = sink.files_by_partition()?;
     report.files_before = partitions.values().map(Vec::len).sum();
     report.files_after = report.files_before;
-    let now = Utc::now();
-    let mut candidates = Vec::new();
-    for (values, sizes) in &partitions {
-        // A bin needs two files to be worth a rewrite.
-        if sizes.iter().filter(|s| **s < target).count() < 2 {
-            continue;
-        }
-        let open = partition_end(values)
-            .is_some_and(|end| end + cfg.compaction.sealed_after > now_since_epoch(now));
-        if scope == Scope::Sealed && open {
-            report.partitions_skipped_unsealed += 1;
-            continue;
-        }
-        candidates.push(values.clone());
-    }
+    let candidates = candidates(cfg, &partitions, scope, &mut report);
     if dry_run {
         report.partitions_compacted = candidates.len();
         report.duration_ms = started.elapsed().as_millis() as u64;
@@ -119,58 +107,92 @@ pub async fn compact(
     }
     let mut table = sink.table().clone();
     for values in &candidates {
-        let filters: Vec<_> = values
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((k.as_str(), FilterOp::Eq, FilterValue::Scalar(v.as_deref()?)))
-            })
-            .collect();
-        let metadata =
-            serde_json::json!({ "kind": "compaction", "dataset": d.name, "partition": values });
-        let target_size = NonZeroU64::new(target).unwrap_or(NonZeroU64::MIN);
-        let result = table
-            .clone()
-            .optimize()
-            .with_filters(&filters)
-            .with_target_size(target_size)
-            .with_writer_properties(sink::writer_properties(cfg.storage.compression))
-            .with_commit_properties(
-                CommitProperties::default().with_metadata([("bronze".to_string(), metadata)]),
-            )
-            .await;
-        match result {
-            Ok((t, m)) => {
-                table = t;
-                report.partitions_compacted += usize::from(m.num_files_removed > 0);
-                report.files_removed += m.num_files_removed;
-                report.files_added += m.num_files_added;
-                report.bytes_rewritten += m.files_removed.total_size.max(0) as u64;
-            }
-            Err(e) if sink::is_conflict(&e) => {
-                // Another compaction (another member) rewrote these files first.
-                report.conflicts += 1;
-                warn!(dataset = %d.name, partition = ?values, error = %e, "compaction conflict; partition left for the next round");
-                table
-                    .update_state()
-                    .await
-                    .map_err(|source| MaintenanceError::Delta {
-                        uri: d.table_uri.clone(),
-                        operation: "compaction",
-                        source,
-                    })?;
-            }
-            Err(source) => {
-                return Err(MaintenanceError::Delta {
-                    uri: d.table_uri.clone(),
-                    operation: "compaction",
-                    source,
-                });
-            }
-        }
+        table = compact_partition(cfg, d, table, values, &mut report).await?;
     }
     report.files_after = (report.files_before as u64 + report.files_added)
         .saturating_sub(report.files_removed) as usize;
     report.duration_ms = started.elapsed().as_millis() as u64;
+    record_compaction(cfg, d, &report).await;
+    Ok(report)
+}
+
+/// Partitions with at least two small files (a bin needs two to be worth a rewrite), within `scope`.
+fn candidates(
+    cfg: &Config,
+    partitions: &PartitionFiles,
+    scope: Scope,
+    report: &mut CompactionReport,
+) -> Vec<PartitionValues> {
+    let target = cfg.compaction.target_file_bytes;
+    let now = now_since_epoch(Utc::now());
+    let mut candidates = Vec::new();
+    for (values, sizes) in partitions {
+        if sizes.iter().filter(|s| **s < target).count() < 2 {
+            continue;
+        }
+        let open = partition_end(values).is_some_and(|end| end + cfg.compaction.sealed_after > now);
+        if scope == Scope::Sealed && open {
+            report.partitions_skipped_unsealed += 1;
+            continue;
+        }
+        candidates.push(values.clone());
+    }
+    candidates
+}
+
+/// One partition's bin-packing commit. A conflict (another member compacted these files first)
+/// leaves the partition for the next round.
+async fn compact_partition(
+    cfg: &Config,
+    d: &DatasetConfig,
+    table: deltalake::DeltaTable,
+    values: &PartitionValues,
+    report: &mut CompactionReport,
+) -> Result<deltalake::DeltaTable, MaintenanceError> {
+    let delta_error = |source| MaintenanceError::Delta {
+        uri: d.table_uri.clone(),
+        operation: "compaction",
+        source,
+    };
+    let filters: Vec<_> = values
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), FilterOp::Eq, FilterValue::Scalar(v.as_deref()?))))
+        .collect();
+    let metadata =
+        serde_json::json!({ "kind": "compaction", "dataset": d.name, "partition": values });
+    let target_size = NonZeroU64::new(cfg.compaction.target_file_bytes).unwrap_or(NonZeroU64::MIN);
+    let result = table
+        .clone()
+        .optimize()
+        .with_filters(&filters)
+        .with_target_size(target_size)
+        .with_writer_properties(sink::writer_properties(cfg.storage.compression))
+        .with_commit_properties(
+            CommitProperties::default().with_metadata([("bronze".to_string(), metadata)]),
+        )
+        .await;
+    match result {
+        Ok((table, m)) => {
+            report.partitions_compacted += usize::from(m.num_files_removed > 0);
+            report.files_removed += m.num_files_removed;
+            report.files_added += m.num_files_added;
+            report.bytes_rewritten += m.files_removed.total_size.max(0) as u64;
+            Ok(table)
+        }
+        Err(e) if sink::is_conflict(&e) => {
+            report.conflicts += 1;
+            warn!(dataset = %d.name, partition = ?values, error = %e, "compaction conflict; partition left for the next round");
+            let mut table = table;
+            table.update_state().await.map_err(delta_error)?;
+            Ok(table)
+        }
+        Err(source) => Err(delta_error(source)),
+    }
+}
+
+/// Metrics and the log line of one compaction, and what is left small after it (each rewritten
+/// bin may leave one small file behind).
+async fn record_compaction(cfg: &Config, d: &DatasetConfig, report: &CompactionReport) {
     let labels = [("dataset", d.name.clone())];
     metrics::counter!("bronze_compaction_runs_total", &labels).increment(1);
     metrics::counter!("bronze_compaction_files_removed_total", &labels)
@@ -178,8 +200,8 @@ pub async fn compact(
     metrics::counter!("bronze_compaction_files_added_total", &labels).increment(report.files_added);
     metrics::counter!("bronze_compaction_bytes_rewritten_total", &labels)
         .increment(report.bytes_rewritten);
-    // What is left small after this run (each rewritten bin may leave one small file behind).
-    if let Ok(Some(after)) = TableSink::existing(&d.table_uri, &options).await
+    let target = cfg.compaction.target_file_bytes;
+    if let Ok(Some(after)) = TableSink::existing(&d.table_uri, &cfg.storage_options()).await
         && let Ok(files) = after.files_by_partition()
     {
         let small = files.values().flatten().filter(|s| **s < target).count();
@@ -191,7 +213,6 @@ pub async fn compact(
         info!(dataset = %d.name, partitions = report.partitions_compacted, files_removed = report.files_removed,
             files_added = report.files_added, bytes = report.bytes_rewritten, ms = report.duration_ms, "compacted");
     }
-    Ok(report)
 }
 
 fn now_since_epoch(now: chrono::DateTime<Utc>) -> Duration {

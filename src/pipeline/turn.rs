@@ -9,8 +9,9 @@ use tracing::warn;
 
 use super::message::Message;
 use super::positions::Phase;
+use super::state::DatasetState;
 use super::{PipelineError, Run, lanes, sync_columns};
-use crate::buffer::Segment;
+use crate::buffer::{DatasetBuffer, Segment};
 use crate::txn::TopicPartition;
 
 impl Run {
@@ -238,44 +239,10 @@ impl Run {
         let plan = lanes::plan(&loads, self.lanes.threads());
         let threads = plan.iter().map(|c| c.lane + 1).max().unwrap_or(1);
         let ds = &mut self.datasets[d];
-        sync_columns(&ds.mapper, &mut ds.buffer);
-        let generation = ds.mapper.generation();
-        ds.spares.retain(|m| m.generation() == generation);
-        while ds.spares.len() < threads {
-            ds.spares.push(lanes::spare(&ds.mapper));
-        }
-        // Segments for the chunks that do not start their partition's messages, made before the
-        // partitions' last segments are lent.
-        let mut segments: Vec<Option<Segment>> = plan
-            .iter()
-            .map(|c| {
-                let (TopicPartition { topic, partition }, indices) = &groups[c.group];
-                (c.start > 0).then(|| {
-                    let first = message(indices[c.start]).offset;
-                    ds.buffer.segment(topic, *partition, first, c.end - c.start)
-                })
-            })
-            .collect();
-        let wanted: Vec<(&str, i32, i64, usize)> = groups
-            .iter()
-            .enumerate()
-            .map(
-                |(
-                    g,
-                    (
-                        TopicPartition {
-                            topic: t,
-                            partition: p,
-                        },
-                        ix,
-                    ),
-                )| {
-                    let first_chunk = plan.iter().find(|c| c.group == g && c.start == 0);
-                    let rows = first_chunk.map_or(ix.len(), |c| c.end);
-                    (t.as_str(), *p, message(ix[0]).offset, rows)
-                },
-            )
-            .collect();
+        ready_spares(ds, threads);
+        let first_offset = |i: usize| message(i).offset;
+        let mut segments = split_segments(&ds.buffer, &plan, groups, first_offset);
+        let wanted = wanted_tails(&plan, groups, first_offset);
         let mut tails: Vec<Option<&mut Segment>> =
             ds.buffer.lend(&wanted, now).into_iter().map(Some).collect();
         let mut lanes: Vec<lanes::Lane> = (0..threads)
@@ -388,4 +355,51 @@ impl Run {
                 .increment(handed_back);
         }
     }
+}
+
+/// The dataset's columns in its buffer, and one spare mapper of its contract per lane.
+fn ready_spares(ds: &mut DatasetState, threads: usize) {
+    sync_columns(&ds.mapper, &mut ds.buffer);
+    let generation = ds.mapper.generation();
+    ds.spares.retain(|m| m.generation() == generation);
+    while ds.spares.len() < threads {
+        ds.spares.push(lanes::spare(&ds.mapper));
+    }
+}
+
+/// Segments for the chunks that do not start their partition's messages, made before the
+/// partitions' last segments are lent. `offset` is a message's offset by its index in the poll.
+fn split_segments(
+    buffer: &DatasetBuffer,
+    plan: &[lanes::Planned],
+    groups: &[(TopicPartition, Vec<usize>)],
+    offset: impl Fn(usize) -> i64,
+) -> Vec<Option<Segment>> {
+    plan.iter()
+        .map(|c| {
+            let (TopicPartition { topic, partition }, indices) = &groups[c.group];
+            (c.start > 0).then(|| {
+                let first = offset(indices[c.start]);
+                buffer.segment(topic, *partition, first, c.end - c.start)
+            })
+        })
+        .collect()
+}
+
+/// What each partition's first chunk takes of its last segment: topic, partition, first offset,
+/// rows.
+fn wanted_tails<'g>(
+    plan: &[lanes::Planned],
+    groups: &'g [(TopicPartition, Vec<usize>)],
+    offset: impl Fn(usize) -> i64,
+) -> Vec<(&'g str, i32, i64, usize)> {
+    groups
+        .iter()
+        .enumerate()
+        .map(|(g, (tp, ix))| {
+            let first_chunk = plan.iter().find(|c| c.group == g && c.start == 0);
+            let rows = first_chunk.map_or(ix.len(), |c| c.end);
+            (tp.topic.as_str(), tp.partition, offset(ix[0]), rows)
+        })
+        .collect()
 }

@@ -143,35 +143,7 @@ impl DeadLetterTopic {
             self.session = Some(self.open_session()?);
         }
         let from = self.session.as_ref().map_or(0, |s| s.next);
-        let mut next = from;
-        let mut batch_ids = Vec::new();
-        let mut letters_seen = 0u64;
-        while next - from < MAX_VERSIONS_PER_TRANSACTION
-            && letters_seen < MAX_LETTERS_PER_TRANSACTION
-        {
-            let entry = delta_log::read_entry(self.log.as_ref(), next)
-                .await
-                .map_err(|source| SinkError::Delta {
-                    uri: self.table_uri.clone(),
-                    source,
-                })?;
-            let Some(entry) = entry else { break };
-            let bronze = entry.bronze.as_ref();
-            let kind = bronze.and_then(|b| b.get("kind")).and_then(|k| k.as_str());
-            if kind == Some("dead_letters")
-                && entry.files_added > 0
-                && let Some(id) = bronze
-                    .and_then(|b| b.get("batch_id"))
-                    .and_then(|i| i.as_str())
-            {
-                batch_ids.push((id.to_string(), entry.timestamp_ms));
-                letters_seen += bronze
-                    .and_then(|b| b.get("dead_lettered"))
-                    .and_then(|n| n.as_u64())
-                    .unwrap_or(0);
-            }
-            next += 1;
-        }
+        let (next, batch_ids) = self.scan_versions(from).await?;
         if next == from {
             return Ok(Published::default());
         }
@@ -188,38 +160,10 @@ impl DeadLetterTopic {
             .iter()
             .map(|(id, ms)| (id.as_str(), *ms))
             .collect();
-        let dataset = self.dataset.clone();
-        let topic = self.topic.clone();
         let session = self.session.as_mut().expect("opened above");
-        let result = tokio::task::block_in_place(|| -> Result<(), KafkaError> {
-            session.producer.begin_transaction()?;
-            for (letter, batch_id) in &letters {
-                let dead_lettered_ms = committed_ms.get(batch_id.as_str()).copied().flatten();
-                let headers = headers_of(&dataset, letter, dead_lettered_ms);
-                let mut record = BaseRecord::to(&topic).headers(headers);
-                if let Some(k) = &letter.key {
-                    record = record.key(k.as_slice());
-                }
-                if let Some(v) = &letter.value {
-                    record = record.payload(v.as_slice());
-                }
-                send(&session.producer, record)?;
-            }
-            if std::env::var("BRONZE_FAILPOINT")
-                .is_ok_and(|f| f == "dead_letter_topic_before_commit")
-            {
-                // The crash test needs the open transaction's messages on the broker first.
-                session.producer.flush(KAFKA_TIMEOUT)?;
-                crate::sink::failpoint("dead_letter_topic_before_commit");
-            }
-            let mut progress = TopicPartitionList::new();
-            progress.add_partition_offset(&topic, 0, Offset::Offset(next as i64))?;
-            session.producer.send_offsets_to_transaction(
-                &progress,
-                &session.group,
-                KAFKA_TIMEOUT,
-            )?;
-            session.producer.commit_transaction(KAFKA_TIMEOUT)
+        let (dataset, topic) = (&self.dataset, &self.topic);
+        let result = tokio::task::block_in_place(|| {
+            publish_in_transaction(session, dataset, topic, &letters, &committed_ms, next)
         });
         result.map_err(|e| self.kafka_err(e))?;
         if let Some(s) = self.session.as_mut() {
@@ -233,6 +177,39 @@ impl DeadLetterTopic {
             letters: letters.len(),
             versions: next - from,
         })
+    }
+
+    /// The table versions one transaction covers, from `from`: the version after them, and the
+    /// dead-letter batches they committed with their commit times.
+    async fn scan_versions(
+        &self,
+        from: u64,
+    ) -> Result<(u64, Vec<(String, Option<i64>)>), DeadLetterTopicError> {
+        let mut next = from;
+        let mut batch_ids = Vec::new();
+        let mut letters_seen = 0u64;
+        while next - from < MAX_VERSIONS_PER_TRANSACTION
+            && letters_seen < MAX_LETTERS_PER_TRANSACTION
+        {
+            let entry = delta_log::read_entry(self.log.as_ref(), next)
+                .await
+                .map_err(|source| SinkError::Delta {
+                    uri: self.table_uri.clone(),
+                    source,
+                })?;
+            let Some(entry) = entry else { break };
+            let bronze = entry.bronze.as_ref();
+            let field = |name: &str| bronze.and_then(|b| b.get(name));
+            if field("kind").and_then(|k| k.as_str()) == Some("dead_letters")
+                && entry.files_added > 0
+                && let Some(id) = field("batch_id").and_then(|i| i.as_str())
+            {
+                batch_ids.push((id.to_string(), entry.timestamp_ms));
+                letters_seen += field("dead_lettered").and_then(|n| n.as_u64()).unwrap_or(0);
+            }
+            next += 1;
+        }
+        Ok((next, batch_ids))
     }
 
     /// A producer with transactions initialized (fencing older publishers of this dataset and aborting
@@ -281,6 +258,41 @@ impl DeadLetterTopic {
         })
         .map_err(|e| self.kafka_err(e))
     }
+}
+
+/// Send `letters` and the progress `next` in one Kafka transaction.
+fn publish_in_transaction(
+    session: &mut Session,
+    dataset: &str,
+    topic: &str,
+    letters: &[(DeadLetter, String)],
+    committed_ms: &HashMap<&str, Option<i64>>,
+    next: u64,
+) -> Result<(), KafkaError> {
+    session.producer.begin_transaction()?;
+    for (letter, batch_id) in letters {
+        let dead_lettered_ms = committed_ms.get(batch_id.as_str()).copied().flatten();
+        let headers = headers_of(dataset, letter, dead_lettered_ms);
+        let mut record = BaseRecord::to(topic).headers(headers);
+        if let Some(k) = &letter.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &letter.value {
+            record = record.payload(v.as_slice());
+        }
+        send(&session.producer, record)?;
+    }
+    if std::env::var("BRONZE_FAILPOINT").is_ok_and(|f| f == "dead_letter_topic_before_commit") {
+        // The crash test needs the open transaction's messages on the broker first.
+        session.producer.flush(KAFKA_TIMEOUT)?;
+        crate::sink::failpoint("dead_letter_topic_before_commit");
+    }
+    let mut progress = TopicPartitionList::new();
+    progress.add_partition_offset(topic, 0, Offset::Offset(next as i64))?;
+    session
+        .producer
+        .send_offsets_to_transaction(&progress, &session.group, KAFKA_TIMEOUT)?;
+    session.producer.commit_transaction(KAFKA_TIMEOUT)
 }
 
 /// Queue a record, waiting while librdkafka's queue is full.

@@ -350,29 +350,7 @@ impl DeadLetterSink {
         let mut retry = table.retry("dead_letters");
         loop {
             retry.next(table).await?;
-            let mut recorded_up_to: HashMap<(&str, i32), Option<i64>> = HashMap::new();
-            for l in letters {
-                let k = (l.topic.as_str(), l.partition);
-                if let std::collections::hash_map::Entry::Vacant(e) = recorded_up_to.entry(k) {
-                    let v = table
-                        .committed_offset(&txn::dead_letters(
-                            &ctx.group_id,
-                            &TopicPartition::new(l.topic.clone(), l.partition),
-                        ))
-                        .await?;
-                    e.insert(v);
-                }
-            }
-            let fresh: Vec<&DeadLetter> = letters
-                .iter()
-                .filter(|l| {
-                    recorded_up_to
-                        .get(&(l.topic.as_str(), l.partition))
-                        .copied()
-                        .flatten()
-                        .is_none_or(|v| l.offset > v)
-                })
-                .collect();
+            let fresh = not_recorded(table, letters, &ctx.group_id).await?;
             let already_recorded = letters.len() - fresh.len();
             if fresh.is_empty() {
                 return Ok(Recorded {
@@ -433,6 +411,36 @@ impl DeadLetterSink {
             }
         }
     }
+}
+
+/// The letters past what the table recorded for their partition.
+async fn not_recorded<'a>(
+    table: &TableSink,
+    letters: &'a [DeadLetter],
+    group_id: &str,
+) -> Result<Vec<&'a DeadLetter>, SinkError> {
+    let mut recorded_up_to: HashMap<(&str, i32), Option<i64>> = HashMap::new();
+    for l in letters {
+        let k = (l.topic.as_str(), l.partition);
+        if let std::collections::hash_map::Entry::Vacant(e) = recorded_up_to.entry(k) {
+            let tp = TopicPartition::new(l.topic.clone(), l.partition);
+            e.insert(
+                table
+                    .committed_offset(&txn::dead_letters(group_id, &tp))
+                    .await?,
+            );
+        }
+    }
+    Ok(letters
+        .iter()
+        .filter(|l| {
+            recorded_up_to
+                .get(&(l.topic.as_str(), l.partition))
+                .copied()
+                .flatten()
+                .is_none_or(|v| l.offset > v)
+        })
+        .collect())
 }
 
 #[cfg(test)]

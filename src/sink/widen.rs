@@ -22,6 +22,14 @@ use tracing::info;
 use super::{SinkError, TableSink, table_url};
 use crate::contract::is_widening;
 
+/// A file live at the version an attempt starts from.
+struct LiveFile {
+    path: String,
+    partition_values: HashMap<String, Option<String>>,
+    /// Its remove action, for the widening commit.
+    remove: deltalake::kernel::Remove,
+}
+
 /// What a widening did.
 #[derive(Debug, Clone, Copy)]
 pub struct Widened {
@@ -56,66 +64,27 @@ impl TableSink {
         loop {
             retry.next(self).await?;
             let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
-            let table_schema = snapshot.snapshot().arrow_schema();
-            let Ok(field) = table_schema.field_with_name(name) else {
-                return Err(self.mismatch(format!("the table has no column `{name}` to widen")));
-            };
-            if field.data_type() == to {
+            let Some(widened) =
+                self.widened_schema(&snapshot.snapshot().arrow_schema(), name, to)?
+            else {
                 // Another member widened it first.
                 return Ok(Widened {
                     version: None,
                     files: 0,
                 });
-            }
-            if !is_widening(field.data_type(), to) {
-                return Err(self.mismatch(format!(
-                    "column `{name}` is {} in the table; {to} is not a widening of it",
-                    field.data_type()
-                )));
-            }
-            let fields: Vec<Field> = table_schema
-                .fields()
-                .iter()
-                .map(|f| match f.name() == name {
-                    true => f.as_ref().clone().with_data_type(to.clone()),
-                    false => f.as_ref().clone(),
-                })
-                .collect();
-            let widened = Arc::new(Schema::new(fields));
+            };
             let partition_columns = snapshot.metadata().partition_columns().to_vec();
-            let live: Vec<(
-                String,
-                HashMap<String, Option<String>>,
-                deltalake::kernel::Remove,
-            )> = snapshot
+            let live: Vec<LiveFile> = snapshot
                 .log_data()
                 .iter()
-                .map(|f| {
-                    (
-                        f.path().to_string(),
-                        f.partition_values_map().into_iter().collect(),
-                        f.remove_action(false),
-                    )
+                .map(|f| LiveFile {
+                    path: f.path().to_string(),
+                    partition_values: f.partition_values_map().into_iter().collect(),
+                    remove: f.remove_action(false),
                 })
                 .collect();
-            let gone: Vec<String> = rewritten
-                .keys()
-                .filter(|p| !live.iter().any(|(l, _, _)| l == *p))
-                .cloned()
-                .collect();
-            for p in gone {
-                if let Some(adds) = rewritten.remove(&p) {
-                    self.discard_files(&adds).await;
-                }
-            }
-            for (path, values, _) in &live {
-                if !rewritten.contains_key(path) {
-                    let adds = self
-                        .rewrite_file(path, values, &widened, &partition_columns)
-                        .await?;
-                    rewritten.insert(path.clone(), adds);
-                }
-            }
+            self.rewrite_live(&live, rewritten, &widened, &partition_columns)
+                .await?;
             let kernel: StructType = widened
                 .as_ref()
                 .try_into_kernel()
@@ -126,7 +95,7 @@ impl TableSink {
                 .with_schema(&kernel)
                 .map_err(|e| self.delta_err(generic(e.to_string())))?;
             let mut actions = vec![Action::Metadata(metadata)];
-            actions.extend(live.iter().map(|(_, _, r)| Action::Remove(r.clone())));
+            actions.extend(live.iter().map(|f| Action::Remove(f.remove.clone())));
             actions.extend(rewritten.values().flatten().cloned().map(Action::Add));
             let info = vec![(
                 "bronze".to_string(),
@@ -150,6 +119,66 @@ impl TableSink {
                 });
             }
         }
+    }
+
+    /// The table schema with `name` as `to`, or `None` when the column has that type already.
+    fn widened_schema(
+        &self,
+        table_schema: &Schema,
+        name: &str,
+        to: &DataType,
+    ) -> Result<Option<Arc<Schema>>, SinkError> {
+        let Ok(field) = table_schema.field_with_name(name) else {
+            return Err(self.mismatch(format!("the table has no column `{name}` to widen")));
+        };
+        if field.data_type() == to {
+            return Ok(None);
+        }
+        if !is_widening(field.data_type(), to) {
+            return Err(self.mismatch(format!(
+                "column `{name}` is {} in the table; {to} is not a widening of it",
+                field.data_type()
+            )));
+        }
+        let fields: Vec<Field> = table_schema
+            .fields()
+            .iter()
+            .map(|f| match f.name() == name {
+                true => f.as_ref().clone().with_data_type(to.clone()),
+                false => f.as_ref().clone(),
+            })
+            .collect();
+        Ok(Some(Arc::new(Schema::new(fields))))
+    }
+
+    /// Make `rewritten` hold a rewrite of exactly the `live` files: rewrites of files a concurrent
+    /// commit removed are deleted, live files not rewritten yet are.
+    async fn rewrite_live(
+        &self,
+        live: &[LiveFile],
+        rewritten: &mut HashMap<String, Vec<Add>>,
+        widened: &Arc<Schema>,
+        partition_columns: &[String],
+    ) -> Result<(), SinkError> {
+        let gone: Vec<String> = rewritten
+            .keys()
+            .filter(|p| !live.iter().any(|f| &f.path == *p))
+            .cloned()
+            .collect();
+        for p in gone {
+            if let Some(adds) = rewritten.remove(&p) {
+                self.discard_files(&adds).await;
+            }
+        }
+        for f in live {
+            if !rewritten.contains_key(&f.path) {
+                let adds = self
+                    .rewrite_file(&f.path, &f.partition_values, widened, partition_columns)
+                    .await?;
+                rewritten.insert(f.path.clone(), adds);
+            }
+        }
+        Ok(())
     }
 
     /// One live file as new files of the `widened` schema (see [`TableSink::read_file`]).

@@ -1,6 +1,9 @@
 //! Writing Parquet data files under a table (not committed yet), and deleting those that will not be.
 
-use arrow::datatypes::{Field, Schema};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema};
 use deltalake::DeltaTableError;
 use deltalake::kernel::Add;
 use deltalake::parquet::basic::{Compression as ParquetCompression, ZstdLevel};
@@ -14,10 +17,7 @@ use crate::config::Compression;
 
 impl TableSink {
     /// Write `batches` as Parquet files under the table (not committed yet).
-    pub async fn write_files(
-        &self,
-        batches: &[arrow::array::RecordBatch],
-    ) -> Result<Vec<Add>, SinkError> {
+    pub async fn write_files(&self, batches: &[RecordBatch]) -> Result<Vec<Add>, SinkError> {
         self.write_files_in(batches, 1).await
     }
 
@@ -27,60 +27,18 @@ impl TableSink {
     /// written this much sooner on as many cores.
     pub async fn write_files_in(
         &self,
-        batches: &[arrow::array::RecordBatch],
+        batches: &[RecordBatch],
         writers: usize,
     ) -> Result<Vec<Add>, SinkError> {
         if batches.is_empty() {
             return Ok(Vec::new());
         }
-        // The table's writer conforms batches to the table schema, and on partitioned tables silently
-        // drops columns the table lacks; batches with evolved columns (or without the ones another
-        // member added) are written with their own schema instead.
-        let schema = batches[0].schema();
         let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
         let table_schema = snapshot.snapshot().arrow_schema();
-        let same_columns = table_schema.fields().len() == schema.fields().len()
-            && schema
-                .fields()
-                .iter()
-                .all(|f| table_schema.field_with_name(f.name()).is_ok());
-        // Columns the table has widened since the batch was built (by another member) are cast up.
-        let widened: Vec<(usize, arrow::datatypes::DataType)> = schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, f)| {
-                let t = table_schema.field_with_name(f.name()).ok()?;
-                crate::contract::is_widening(f.data_type(), t.data_type())
-                    .then(|| (i, t.data_type().clone()))
-            })
-            .collect();
-        let cast =
-            |batch: &arrow::array::RecordBatch| -> Result<arrow::array::RecordBatch, SinkError> {
-                if widened.is_empty() {
-                    return Ok(batch.clone());
-                }
-                let arrow_err = |e| self.delta_err(DeltaTableError::Arrow { source: e });
-                let mut fields: Vec<Field> = batch
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone())
-                    .collect();
-                let mut columns = batch.columns().to_vec();
-                for (i, ty) in &widened {
-                    columns[*i] = arrow::compute::cast(&columns[*i], ty).map_err(arrow_err)?;
-                    fields[*i] = fields[*i].clone().with_data_type(ty.clone());
-                }
-                arrow::array::RecordBatch::try_new(
-                    std::sync::Arc::new(Schema::new(fields)),
-                    columns,
-                )
-                .map_err(arrow_err)
-            };
-        let batches = batches.iter().map(cast).collect::<Result<Vec<_>, _>>()?;
-        let schema = batches.first().map_or(schema, |b| b.schema());
+        let (batches, same_columns) = self.conform(batches, &table_schema)?;
+        let schema = batches[0].schema();
         let properties = dictionary::choose(&self.writer_properties, &batches);
+        let partition_columns = snapshot.metadata().partition_columns().to_vec();
         let new_writer = || -> Result<RecordBatchWriter, SinkError> {
             let writer = if same_columns {
                 RecordBatchWriter::for_table(&self.table)
@@ -88,7 +46,7 @@ impl TableSink {
                 RecordBatchWriter::try_new(
                     table_url(&self.uri)?.as_str(),
                     schema.clone(),
-                    Some(snapshot.metadata().partition_columns().to_vec()),
+                    Some(partition_columns.clone()),
                     Some(self.storage_options.clone()),
                 )
             };
@@ -97,15 +55,6 @@ impl TableSink {
                 .with_writer_properties(properties.clone())
                 .with_target_file_size(self.target_file_size))
         };
-        async fn write_part(
-            mut writer: RecordBatchWriter,
-            part: Vec<arrow::array::RecordBatch>,
-        ) -> Result<Vec<Add>, DeltaTableError> {
-            for batch in part {
-                writer.write(batch).await?;
-            }
-            writer.flush().await
-        }
         let mut parts = split_rows(batches, writers);
         if parts.len() < 2 {
             let part = parts.pop().unwrap_or_default();
@@ -139,6 +88,55 @@ impl TableSink {
         adds
     }
 
+    /// `batches` as the table takes them, and whether they have exactly the table's columns.
+    ///
+    /// The table's writer conforms batches to the table schema, and on partitioned tables silently
+    /// drops columns the table lacks; batches with evolved columns (or without the ones another
+    /// member added) are written with their own schema instead. Columns the table has widened since
+    /// the batch was built (by another member) are cast up.
+    fn conform(
+        &self,
+        batches: &[RecordBatch],
+        table_schema: &Schema,
+    ) -> Result<(Vec<RecordBatch>, bool), SinkError> {
+        let schema = batches[0].schema();
+        let same_columns = table_schema.fields().len() == schema.fields().len()
+            && schema
+                .fields()
+                .iter()
+                .all(|f| table_schema.field_with_name(f.name()).is_ok());
+        let widened: Vec<(usize, DataType)> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let t = table_schema.field_with_name(f.name()).ok()?;
+                crate::contract::is_widening(f.data_type(), t.data_type())
+                    .then(|| (i, t.data_type().clone()))
+            })
+            .collect();
+        if widened.is_empty() {
+            return Ok((batches.to_vec(), same_columns));
+        }
+        let arrow_err = |e| self.delta_err(DeltaTableError::Arrow { source: e });
+        let cast = |batch: &RecordBatch| -> Result<RecordBatch, SinkError> {
+            let mut fields: Vec<Field> = batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            let mut columns = batch.columns().to_vec();
+            for (i, ty) in &widened {
+                columns[*i] = arrow::compute::cast(&columns[*i], ty).map_err(arrow_err)?;
+                fields[*i] = fields[*i].clone().with_data_type(ty.clone());
+            }
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(arrow_err)
+        };
+        let batches = batches.iter().map(cast).collect::<Result<Vec<_>, _>>()?;
+        Ok((batches, same_columns))
+    }
+
     /// Delete files written by [`TableSink::write_files`] that will not be committed.
     pub async fn discard_files(&self, adds: &[Add]) {
         let store = self.table.object_store();
@@ -157,15 +155,22 @@ impl TableSink {
     }
 }
 
+async fn write_part(
+    mut writer: RecordBatchWriter,
+    part: Vec<RecordBatch>,
+) -> Result<Vec<Add>, DeltaTableError> {
+    for batch in part {
+        writer.write(batch).await?;
+    }
+    writer.flush().await
+}
+
 /// `batches` in at most `parts` runs of about equal rows, cut where a run is full (slices share the
 /// batches' memory). Fewer parts when there are fewer rows than parts.
-fn split_rows(
-    batches: Vec<arrow::array::RecordBatch>,
-    parts: usize,
-) -> Vec<Vec<arrow::array::RecordBatch>> {
+fn split_rows(batches: Vec<RecordBatch>, parts: usize) -> Vec<Vec<RecordBatch>> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let per_part = rows.div_ceil(parts.max(1)).max(1);
-    let mut out: Vec<Vec<arrow::array::RecordBatch>> = vec![Vec::new()];
+    let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new()];
     let mut room = per_part;
     for batch in batches {
         let mut start = 0;
@@ -207,7 +212,7 @@ pub fn writer_properties(compression: Compression) -> WriterProperties {
 /// columns whose values repeat (see `dictionary`).
 pub fn writer_properties_for(
     compression: Compression,
-    batches: &[arrow::array::RecordBatch],
+    batches: &[RecordBatch],
 ) -> WriterProperties {
     dictionary::choose(&writer_properties(compression), batches)
 }

@@ -86,7 +86,6 @@ pub fn coerce(col: &Column, v: Value) -> Result<Cell, CoerceError> {
     if v.is_null() {
         return Ok(Cell::Null);
     }
-    let unit = col.unit;
     match col.ty {
         ColumnType::String => Ok(Cell::Str(match v {
             Value::String(s) => s.into(),
@@ -97,17 +96,7 @@ pub fn coerce(col: &Column, v: Value) -> Result<Cell, CoerceError> {
             Value::String(s) => s.into(),
             other => other.to_compact_string(),
         })),
-        ColumnType::Bool => match &v {
-            Value::Bool(b) => Ok(Cell::Bool(*b)),
-            Value::Number(n) if n.as_i64() == Some(0) => Ok(Cell::Bool(false)),
-            Value::Number(n) if n.as_i64() == Some(1) => Ok(Cell::Bool(true)),
-            Value::String(s) => match s.to_ascii_lowercase().as_str() {
-                "true" | "t" | "1" => Ok(Cell::Bool(true)),
-                "false" | "f" | "0" => Ok(Cell::Bool(false)),
-                _ => Err(mismatch("bool", &v)),
-            },
-            _ => Err(mismatch("bool", &v)),
-        },
+        ColumnType::Bool => bool_of(&v),
         ColumnType::Int32 => {
             let i = integer(&v, "int32")?;
             i32::try_from(i)
@@ -120,49 +109,76 @@ pub fn coerce(col: &Column, v: Value) -> Result<Cell, CoerceError> {
         ColumnType::Int64 => integer(&v, "int64").map(Cell::Int64),
         ColumnType::Float32 => float(&v, "float32").map(|f| Cell::Float32(f as f32)),
         ColumnType::Float64 => float(&v, "float64").map(Cell::Float64),
-        ColumnType::Date => match &v {
-            Value::Number(_) => {
-                let days = integer(&v, "date")?;
-                i32::try_from(days)
-                    .map(Cell::Date)
-                    .map_err(|_| CoerceError::OutOfRange {
-                        expected: "date",
-                        value: days.to_string(),
-                    })
-            }
-            Value::String(s) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                .map(|d| Cell::Date(days_since_epoch(d)))
-                .map_err(|_| mismatch("date (YYYY-MM-DD or days since epoch)", &v)),
-            _ => Err(mismatch("date", &v)),
-        },
-        ColumnType::Timestamp => match &v {
-            Value::Number(_) => {
-                let raw = integer(&v, "timestamp")?;
-                unit.to_micros(raw)
-                    .map(Cell::Timestamp)
-                    .ok_or_else(|| CoerceError::OutOfRange {
-                        expected: "timestamp",
-                        value: raw.to_string(),
-                    })
-            }
-            Value::String(s) => parse_timestamp(s, col).map(Cell::Timestamp).ok_or_else(|| {
-                mismatch("timestamp (RFC 3339, a listed format or epoch number)", &v)
-            }),
-            _ => Err(mismatch("timestamp", &v)),
-        },
+        ColumnType::Date => date_of(&v),
+        ColumnType::Timestamp => timestamp_of(col, &v),
         ColumnType::Decimal => decimal(col, &v).map(Cell::Decimal),
-        ColumnType::Binary => match &v {
-            Value::String(s) => match col.encoding {
-                BinaryEncoding::Base64 => base64::engine::general_purpose::STANDARD
-                    .decode(s)
-                    .map_err(|_| mismatch("binary (base64)", &v)),
-                BinaryEncoding::Hex => hex(s).ok_or_else(|| mismatch("binary (hex)", &v)),
-                BinaryEncoding::Utf8 => Ok(s.as_bytes().to_vec()),
-            }
-            .map(Cell::Binary),
-            _ => Err(mismatch("binary", &v)),
-        },
+        ColumnType::Binary => binary_of(col, &v),
     }
+}
+
+fn bool_of(v: &Value) -> Result<Cell, CoerceError> {
+    match v {
+        Value::Bool(b) => Ok(Cell::Bool(*b)),
+        Value::Number(n) if n.as_i64() == Some(0) => Ok(Cell::Bool(false)),
+        Value::Number(n) if n.as_i64() == Some(1) => Ok(Cell::Bool(true)),
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "true" | "t" | "1" => Ok(Cell::Bool(true)),
+            "false" | "f" | "0" => Ok(Cell::Bool(false)),
+            _ => Err(mismatch("bool", v)),
+        },
+        _ => Err(mismatch("bool", v)),
+    }
+}
+
+fn date_of(v: &Value) -> Result<Cell, CoerceError> {
+    match v {
+        Value::Number(_) => {
+            let days = integer(v, "date")?;
+            i32::try_from(days)
+                .map(Cell::Date)
+                .map_err(|_| CoerceError::OutOfRange {
+                    expected: "date",
+                    value: days.to_string(),
+                })
+        }
+        Value::String(s) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .map(|d| Cell::Date(days_since_epoch(d)))
+            .map_err(|_| mismatch("date (YYYY-MM-DD or days since epoch)", v)),
+        _ => Err(mismatch("date", v)),
+    }
+}
+
+fn timestamp_of(col: &Column, v: &Value) -> Result<Cell, CoerceError> {
+    match v {
+        Value::Number(_) => {
+            let raw = integer(v, "timestamp")?;
+            col.unit
+                .to_micros(raw)
+                .map(Cell::Timestamp)
+                .ok_or_else(|| CoerceError::OutOfRange {
+                    expected: "timestamp",
+                    value: raw.to_string(),
+                })
+        }
+        Value::String(s) => parse_timestamp(s, col)
+            .map(Cell::Timestamp)
+            .ok_or_else(|| mismatch("timestamp (RFC 3339, a listed format or epoch number)", v)),
+        _ => Err(mismatch("timestamp", v)),
+    }
+}
+
+fn binary_of(col: &Column, v: &Value) -> Result<Cell, CoerceError> {
+    let Value::String(s) = v else {
+        return Err(mismatch("binary", v));
+    };
+    match col.encoding {
+        BinaryEncoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|_| mismatch("binary (base64)", v)),
+        BinaryEncoding::Hex => hex(s).ok_or_else(|| mismatch("binary (hex)", v)),
+        BinaryEncoding::Utf8 => Ok(s.as_bytes().to_vec()),
+    }
+    .map(Cell::Binary)
 }
 
 fn hex(s: &str) -> Option<Vec<u8>> {

@@ -17,6 +17,22 @@ use super::{
 use crate::contract::{DriftAction, OnError, ReviewHold};
 use crate::decode::{Change, Fields, Op};
 
+/// The cells of one row being filled, and which of them the change named.
+struct Slots<'a> {
+    data: &'a mut Vec<Cell>,
+    present: &'a mut Vec<bool>,
+    /// Fields the row carried, null or not: absence is drift, null is a value.
+    seen: &'a mut Vec<bool>,
+}
+
+impl Slots<'_> {
+    fn grow_to(&mut self, len: usize) {
+        self.data.resize(len, Cell::Null);
+        self.present.resize(len, false);
+        self.seen.resize(len, false);
+    }
+}
+
 impl Mapper {
     /// Build the row for one change. `unknown_fields` counts fields the contract does not name.
     pub fn map(
@@ -27,129 +43,178 @@ impl Mapper {
     ) -> Result<Row, TransformError> {
         let ncols = self.contract.columns.len();
         self.nulls.clear();
-        let data = vec![Cell::Null; ncols];
+        let mut data = vec![Cell::Null; ncols];
         let mut present = std::mem::take(&mut self.present);
         present.clear();
         present.resize(ncols, false);
-        // Fields the row carried, null or not: absence is drift, null is a value.
         let mut seen = std::mem::take(&mut self.seen);
         seen.clear();
         seen.resize(ncols, false);
-        let row = self.map_into(change, ctx, unknown_fields, data, &mut present, &mut seen);
+        let mut slots = Slots {
+            data: &mut data,
+            present: &mut present,
+            seen: &mut seen,
+        };
+        let mut rescued = Map::new();
+        let mut change = change;
+        let row = change.row.take();
+        let filled = self.fill_row(
+            change.op,
+            row,
+            ctx,
+            &mut slots,
+            &mut rescued,
+            unknown_fields,
+        );
         (self.present, self.seen) = (present, seen);
-        row
+        filled?;
+        Ok(self.finish(data, change, ctx, rescued))
     }
 
-    fn map_into(
+    /// Everything that can refuse the change: its fields, the key's, headers, required columns.
+    fn fill_row(
         &mut self,
-        change: Change<'_>,
+        op: Op,
+        row: Option<Fields<'_>>,
         ctx: &MessageContext<'_>,
+        slots: &mut Slots<'_>,
+        rescued: &mut Map<String, Value>,
         unknown_fields: &mut u64,
-        mut data: Vec<Cell>,
-        present: &mut Vec<bool>,
-        seen: &mut Vec<bool>,
-    ) -> Result<Row, TransformError> {
-        let full_row = matches!(change.op, Op::Create | Op::Update | Op::Read);
-        let had_row = change.row.is_some();
-        let mut rescued = Map::new();
-        if let Some(row) = change.row {
-            self.fill(row, &mut data, present, seen, &mut rescued, unknown_fields)?;
-        }
-        if full_row && had_row {
-            let policy = self.contract.drift.missing_column;
-            for (i, c) in self.contract.columns.iter().enumerate() {
-                let filled_elsewhere = self.headers.iter().any(|(h, _)| *h == i)
-                    || (self.key_from_message_key && self.key_columns.contains(&i));
-                if seen[i] || filled_elsewhere {
-                    continue;
-                }
-                let ty = c.ty.as_str();
-                observe(
-                    &mut self.drift,
-                    DriftKind::MissingColumn,
-                    &c.name,
-                    "absent",
-                    ty,
-                    policy.as_str(),
-                );
-                if let Some(e) = Self::drift_error(
-                    DriftKind::MissingColumn,
-                    &c.name,
-                    format!(
-                        "expected {ty}, the `{}` event has no such field",
-                        change.op.as_str()
-                    ),
-                    policy,
-                ) {
-                    return Err(e);
-                }
+    ) -> Result<(), TransformError> {
+        let full_row = matches!(op, Op::Create | Op::Update | Op::Read);
+        if let Some(row) = row {
+            self.fill(row, slots, rescued, unknown_fields)?;
+            if full_row {
+                self.check_missing(op, slots.seen)?;
             }
         }
         if self.key_from_message_key
-            && change.op != Op::Truncate
-            && self.key_columns.iter().any(|&k| !present[k])
+            && op != Op::Truncate
+            && self.key_columns.iter().any(|&k| !slots.present[k])
             && let Some(key) = (ctx.key)()
         {
-            let mut ignored = 0;
-            // Columns may have evolved while the row was filled.
-            let ncols = self.contract.columns.len();
-            let mut key_cells = vec![Cell::Null; ncols];
-            let mut key_present = vec![false; ncols];
-            let mut key_seen = vec![false; ncols];
-            self.fill_key(
-                key,
-                &mut key_cells,
-                &mut key_present,
-                &mut key_seen,
-                &mut ignored,
-            )?;
-            for &k in &self.key_columns {
-                if !present[k] && key_present[k] {
-                    data[k] = std::mem::replace(&mut key_cells[k], Cell::Null);
-                    present[k] = true;
-                }
-            }
+            self.fill_key_columns(key, slots)?;
         }
         for (i, header) in &self.headers {
             if let Some(v) = (ctx.header)(header) {
-                data[*i] = Cell::Str(v.into());
+                slots.data[*i] = Cell::Str(v.into());
             }
         }
-        // Deletes may carry only the key and truncates nothing, so only full rows are held to `nullable`.
+        self.check_required(op, full_row, slots.data)
+    }
+
+    /// A full row without a field the contract names is missing-column drift.
+    fn check_missing(&mut self, op: Op, seen: &[bool]) -> Result<(), TransformError> {
+        let policy = self.contract.drift.missing_column;
+        for (i, c) in self.contract.columns.iter().enumerate() {
+            let filled_elsewhere = self.headers.iter().any(|(h, _)| *h == i)
+                || (self.key_from_message_key && self.key_columns.contains(&i));
+            if seen[i] || filled_elsewhere {
+                continue;
+            }
+            let ty = c.ty.as_str();
+            observe(
+                &mut self.drift,
+                DriftKind::MissingColumn,
+                &c.name,
+                "absent",
+                ty,
+                policy.as_str(),
+            );
+            let detail = format!(
+                "expected {ty}, the `{}` event has no such field",
+                op.as_str()
+            );
+            if let Some(e) = Self::drift_error(DriftKind::MissingColumn, &c.name, detail, policy) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Key columns the row lacked, taken from the message key.
+    fn fill_key_columns(
+        &mut self,
+        key: Fields<'_>,
+        slots: &mut Slots<'_>,
+    ) -> Result<(), TransformError> {
+        // Columns may have evolved while the row was filled.
+        let ncols = self.contract.columns.len();
+        let mut key_cells = vec![Cell::Null; ncols];
+        let mut key_present = vec![false; ncols];
+        let mut key_seen = vec![false; ncols];
+        let mut key_slots = Slots {
+            data: &mut key_cells,
+            present: &mut key_present,
+            seen: &mut key_seen,
+        };
+        self.fill_key(key, &mut key_slots, &mut 0)?;
+        for &k in &self.key_columns {
+            if !slots.present[k] && key_present[k] {
+                slots.data[k] = std::mem::replace(&mut key_cells[k], Cell::Null);
+                slots.present[k] = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes may carry only the key and truncates nothing, so only full rows are held to
+    /// `nullable`.
+    fn check_required(
+        &mut self,
+        op: Op,
+        full_row: bool,
+        data: &[Cell],
+    ) -> Result<(), TransformError> {
+        if op == Op::Truncate {
+            return Ok(());
+        }
         for (i, c) in self.contract.columns.iter().enumerate() {
             let required = !c.nullable && (full_row || self.key_columns.contains(&i));
-            if required && change.op != Op::Truncate && matches!(data[i], Cell::Null) {
-                // `null` is refused for non-nullable columns when the contract loads.
-                let action = c.on_error(self.contract.on_error);
-                self.column_errors.push((c.name.clone(), action));
-                if self.nulls.contains(&i) {
-                    observe(
-                        &mut self.drift,
-                        DriftKind::Nullability,
-                        &c.name,
-                        "null",
-                        "not null",
-                        action.as_str(),
-                    );
-                }
-                return Err(TransformError::MissingValue {
-                    column: c.name.clone(),
-                    op: change.op.as_str(),
-                    action,
-                });
+            if !required || !matches!(data[i], Cell::Null) {
+                continue;
             }
+            // `null` is refused for non-nullable columns when the contract loads.
+            let action = c.on_error(self.contract.on_error);
+            self.column_errors.push((c.name.clone(), action));
+            if self.nulls.contains(&i) {
+                observe(
+                    &mut self.drift,
+                    DriftKind::Nullability,
+                    &c.name,
+                    "null",
+                    "not null",
+                    action.as_str(),
+                );
+            }
+            return Err(TransformError::MissingValue {
+                column: c.name.clone(),
+                op: op.as_str(),
+                action,
+            });
         }
+        Ok(())
+    }
+
+    /// The accepted row (its fields already taken) with what the buffer needs beside the cells:
+    /// dedup key, order, partition.
+    fn finish(
+        &mut self,
+        data: Vec<Cell>,
+        change: Change<'_>,
+        ctx: &MessageContext<'_>,
+        rescued: Map<String, Value>,
+    ) -> Row {
+        let op = change.op;
         let source_ts_us = change.source_ts_ms.and_then(|ms| ms.checked_mul(1000));
-        let dedup_key = if self.key_columns.is_empty() || change.op == Op::Truncate {
-            None
-        } else {
+        let dedup_key = (!self.key_columns.is_empty() && op != Op::Truncate).then(|| {
             let mut k = CompactString::default();
             for &i in &self.key_columns {
                 data[i].write_key(&mut k);
                 k.push(KEY_SEPARATOR);
             }
-            Some(k)
-        };
+            k
+        });
         let order = match self.order {
             OrderSource::SourceTs => source_ts_us.map_or(OrderValue::Null, OrderValue::Int),
             OrderSource::IngestedAt => OrderValue::Int(ctx.ingested_at_us),
@@ -166,35 +231,37 @@ impl Mapper {
             },
         }
         .unwrap_or(ctx.ingested_at_us);
-        let partition_values = match &self.last_partition {
+        Row {
+            partition_values: self.partition_values(time_us),
+            data,
+            op,
+            offset: ctx.offset,
+            ingested_at_us: ctx.ingested_at_us,
+            source_ts_us,
+            source_pos: change.source_pos,
+            dedup_key,
+            order,
+            rescued: (!rescued.is_empty()).then(|| Value::Object(rescued).to_string()),
+        }
+    }
+
+    /// Consecutive rows mostly fall in one partition: its bounds are remembered.
+    fn partition_values(&mut self, time_us: i64) -> std::sync::Arc<[String]> {
+        match &self.last_partition {
             Some((start, end, values)) if (*start..*end).contains(&time_us) => values.clone(),
             _ => {
                 let (start, end, values) = partition_of(self.partition_by, time_us);
                 self.last_partition = Some((start, end, values.clone()));
                 values
             }
-        };
-        Ok(Row {
-            data,
-            op: change.op,
-            offset: ctx.offset,
-            ingested_at_us: ctx.ingested_at_us,
-            source_ts_us,
-            source_pos: change.source_pos,
-            partition_values,
-            dedup_key,
-            order,
-            rescued: (!rescued.is_empty()).then(|| Value::Object(rescued).to_string()),
-        })
+        }
     }
 
     /// Fill from the message key: fields it has beyond the key columns are not drift.
     fn fill_key(
         &mut self,
         key: Fields<'_>,
-        data: &mut Vec<Cell>,
-        present: &mut Vec<bool>,
-        seen: &mut Vec<bool>,
+        slots: &mut Slots<'_>,
         unknown_fields: &mut u64,
     ) -> Result<(), TransformError> {
         let known = |this: &mut Self, f: &str| !matches!(this.column_of(f), Target::Unknown(_));
@@ -206,30 +273,26 @@ impl Mapper {
                 Fields::Avro(v.into_iter().filter(|(f, _)| known(self, f)).collect())
             }
         };
-        self.fill(key, data, present, seen, &mut Map::new(), unknown_fields)
+        self.fill(key, slots, &mut Map::new(), unknown_fields)
     }
 
     fn fill(
         &mut self,
         row: Fields<'_>,
-        data: &mut Vec<Cell>,
-        present: &mut Vec<bool>,
-        seen: &mut Vec<bool>,
+        slots: &mut Slots<'_>,
         rescued: &mut Map<String, Value>,
         unknown_fields: &mut u64,
     ) -> Result<(), TransformError> {
         match row {
-            Fields::Json(m) => self.fill_from(m, data, present, seen, rescued, unknown_fields),
-            Fields::Avro(v) => self.fill_from(v, data, present, seen, rescued, unknown_fields),
+            Fields::Json(m) => self.fill_from(m, slots, rescued, unknown_fields),
+            Fields::Avro(v) => self.fill_from(v, slots, rescued, unknown_fields),
         }
     }
 
     fn fill_from<K: AsRef<str> + Into<String>, V: Incoming>(
         &mut self,
         row: impl IntoIterator<Item = (K, V)>,
-        data: &mut Vec<Cell>,
-        present: &mut Vec<bool>,
-        seen: &mut Vec<bool>,
+        slots: &mut Slots<'_>,
         rescued: &mut Map<String, Value>,
         unknown_fields: &mut u64,
     ) -> Result<(), TransformError> {
@@ -238,11 +301,12 @@ impl Mapper {
                 Target::Column(i) => i,
                 Target::Alias(i) => {
                     let column = &self.contract.columns[i].name;
+                    let field = field.as_ref();
                     observe(
                         &mut self.drift,
                         DriftKind::Renamed,
                         column,
-                        field.as_ref(),
+                        field,
                         column,
                         "mapped",
                     );
@@ -250,141 +314,154 @@ impl Mapper {
                 }
                 Target::Unknown(name) => {
                     *unknown_fields += 1;
-                    let policy = self.contract.drift.new_column;
-                    if policy == DriftAction::Review {
-                        // Null says nothing of the type and loses nothing: only values are held.
-                        let Some((ty, _)) = value.infer() else {
-                            continue;
-                        };
-                        observe(
-                            &mut self.drift,
-                            DriftKind::NewColumn,
-                            &name,
-                            ty.as_str(),
-                            "absent",
-                            policy.as_str(),
-                        );
-                        if self.contract.drift.review_hold == ReviewHold::Rescue {
-                            rescued.insert(field.into(), value.into_json());
-                            continue;
-                        }
-                        return Err(TransformError::Drift {
-                            kind: DriftKind::NewColumn,
-                            column: name.to_string(),
-                            detail: format!(
-                                "{} field awaiting review (`bronze schema approve`)",
-                                ty.as_str()
-                            ),
-                            policy: policy.as_str(),
-                            action: OnError::DeadLetter,
-                        });
-                    }
-                    if policy == DriftAction::Evolve {
-                        match self.evolve(&name, &value) {
-                            Some(i) => {
-                                data.resize(i + 1, Cell::Null);
-                                present.resize(i + 1, false);
-                                seen.resize(i + 1, false);
-                                i
-                            }
-                            // Null says nothing of the type; the column waits for a value.
-                            None => continue,
-                        }
-                    } else {
-                        let kind = value.kind();
-                        observe(
-                            &mut self.drift,
-                            DriftKind::NewColumn,
-                            &name,
-                            kind,
-                            "absent",
-                            policy.as_str(),
-                        );
-                        if let Some(e) = Self::drift_error(
-                            DriftKind::NewColumn,
-                            &name,
-                            format!("{kind} field the contract does not name"),
-                            policy,
-                        ) {
-                            return Err(e);
-                        }
-                        if policy == DriftAction::Rescue {
-                            rescued.insert(field.into(), value.into_json());
-                        }
+                    if self.contract.drift.new_column != DriftAction::Evolve {
+                        self.unknown_field(&name, field, value, rescued)?;
                         continue;
                     }
+                    // Null says nothing of the type; the column waits for a value.
+                    let Some(i) = self.evolve(&name, &value) else {
+                        continue;
+                    };
+                    slots.grow_to(i + 1);
+                    i
                 }
             };
-            seen[i] = true;
-            let col = &self.contract.columns[i];
-            if !col.nullable && value.is_null() {
-                self.nulls.push(i);
-            }
-            if let Some((to, ps)) = value.widening(col) {
-                let policy = self.contract.drift.type_widening;
-                let (from, wider) = (col.ty.as_str(), type_text(to, ps));
-                observe(
-                    &mut self.drift,
-                    DriftKind::TypeWidening,
-                    &col.name,
-                    &wider,
-                    from,
-                    policy.as_str(),
-                );
-                if policy == DriftAction::Evolve {
-                    return Err(TransformError::Widen {
-                        column: col.name.clone(),
-                        from,
-                        to,
-                        precision_scale: ps,
-                    });
-                }
-                if let Some(e) = Self::drift_error(
-                    DriftKind::TypeWidening,
-                    &col.name,
-                    format!("{wider} value in a {from} column"),
-                    policy,
-                ) {
-                    return Err(e);
-                }
-            }
-            let col = &self.contract.columns[i];
-            let action = col.on_error(self.contract.on_error);
-            let kind = value.kind();
-            // Only rescuing columns pay for a copy of each value.
-            let original = (action == OnError::Rescue).then(|| value.clone());
-            data[i] = match value.coerce(col).and_then(Cell::in_delta_range) {
-                Ok(cell) => cell,
-                Err(source) => {
-                    self.column_errors.push((col.name.clone(), action));
-                    if matches!(source, CoerceError::Mismatch { .. }) {
-                        observe(
-                            &mut self.drift,
-                            DriftKind::TypeChange,
-                            &col.name,
-                            kind,
-                            col.ty.as_str(),
-                            action.as_str(),
-                        );
-                    }
-                    match (action, original) {
-                        (OnError::Null, _) => {}
-                        (OnError::Rescue, Some(v)) => {
-                            rescued.insert(field.into(), v.into_json());
-                        }
-                        _ => {
-                            return Err(TransformError::Coerce {
-                                column: col.name.clone(),
-                                source,
-                                action,
-                            });
-                        }
-                    }
-                    Cell::Null
-                }
-            };
-            present[i] = !matches!(data[i], Cell::Null);
+            self.fill_cell(i, field, value, slots, rescued)?;
         }
         Ok(())
+    }
+
+    /// A field the contract does not name and will not grow a column for: rescued, held for
+    /// review, ignored or refused, as the new-column policy says.
+    fn unknown_field<K: Into<String>, V: Incoming>(
+        &mut self,
+        name: &str,
+        field: K,
+        value: V,
+        rescued: &mut Map<String, Value>,
+    ) -> Result<(), TransformError> {
+        let policy = self.contract.drift.new_column;
+        match policy {
+            DriftAction::Review => {
+                // Null says nothing of the type and loses nothing: only values are held.
+                let Some((ty, _)) = value.infer() else {
+                    return Ok(());
+                };
+                let (ty, p) = (ty.as_str(), policy.as_str());
+                observe(&mut self.drift, DriftKind::NewColumn, name, ty, "absent", p);
+                if self.contract.drift.review_hold == ReviewHold::Rescue {
+                    rescued.insert(field.into(), value.into_json());
+                    return Ok(());
+                }
+                Err(TransformError::Drift {
+                    kind: DriftKind::NewColumn,
+                    column: name.to_string(),
+                    detail: format!("{ty} field awaiting review (`bronze schema approve`)"),
+                    policy: policy.as_str(),
+                    action: OnError::DeadLetter,
+                })
+            }
+            _ => {
+                let kind = value.kind();
+                let p = policy.as_str();
+                observe(
+                    &mut self.drift,
+                    DriftKind::NewColumn,
+                    name,
+                    kind,
+                    "absent",
+                    p,
+                );
+                let detail = format!("{kind} field the contract does not name");
+                if let Some(e) = Self::drift_error(DriftKind::NewColumn, name, detail, policy) {
+                    return Err(e);
+                }
+                if policy == DriftAction::Rescue {
+                    rescued.insert(field.into(), value.into_json());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// One value into column `i`: widening checked, coerced under the column's error rule.
+    fn fill_cell<K: Into<String>, V: Incoming>(
+        &mut self,
+        i: usize,
+        field: K,
+        value: V,
+        slots: &mut Slots<'_>,
+        rescued: &mut Map<String, Value>,
+    ) -> Result<(), TransformError> {
+        slots.seen[i] = true;
+        if !self.contract.columns[i].nullable && value.is_null() {
+            self.nulls.push(i);
+        }
+        self.check_widening(i, &value)?;
+        let col = &self.contract.columns[i];
+        let action = col.on_error(self.contract.on_error);
+        let kind = value.kind();
+        // Only rescuing columns pay for a copy of each value.
+        let original = (action == OnError::Rescue).then(|| value.clone());
+        let cell = match value.coerce(col).and_then(Cell::in_delta_range) {
+            Ok(cell) => cell,
+            Err(source) => {
+                self.column_errors.push((col.name.clone(), action));
+                if matches!(source, CoerceError::Mismatch { .. }) {
+                    let (name, ty) = (&col.name, col.ty.as_str());
+                    let a = action.as_str();
+                    observe(&mut self.drift, DriftKind::TypeChange, name, kind, ty, a);
+                }
+                match (action, original) {
+                    (OnError::Null, _) => {}
+                    (OnError::Rescue, Some(v)) => {
+                        rescued.insert(field.into(), v.into_json());
+                    }
+                    _ => {
+                        return Err(TransformError::Coerce {
+                            column: col.name.clone(),
+                            source,
+                            action,
+                        });
+                    }
+                }
+                Cell::Null
+            }
+        };
+        slots.present[i] = !matches!(cell, Cell::Null);
+        slots.data[i] = cell;
+        Ok(())
+    }
+
+    /// A value wider than its column, under the type-widening policy.
+    fn check_widening<V: Incoming>(&mut self, i: usize, value: &V) -> Result<(), TransformError> {
+        let col = &self.contract.columns[i];
+        let Some((to, ps)) = value.widening(col) else {
+            return Ok(());
+        };
+        let policy = self.contract.drift.type_widening;
+        let (from, wider) = (col.ty.as_str(), type_text(to, ps));
+        let p = policy.as_str();
+        observe(
+            &mut self.drift,
+            DriftKind::TypeWidening,
+            &col.name,
+            &wider,
+            from,
+            p,
+        );
+        if policy == DriftAction::Evolve {
+            return Err(TransformError::Widen {
+                column: col.name.clone(),
+                from,
+                to,
+                precision_scale: ps,
+            });
+        }
+        let detail = format!("{wider} value in a {from} column");
+        match Self::drift_error(DriftKind::TypeWidening, &col.name, detail, policy) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }

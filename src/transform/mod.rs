@@ -196,23 +196,59 @@ pub struct Mapper {
     order: OrderSource,
 }
 
+fn mapping_error(dataset: &DatasetConfig, key: &'static str, reason: String) -> MappingError {
+    MappingError {
+        dataset: dataset.name.clone(),
+        key,
+        reason,
+    }
+}
+
+/// The contract column a dataset setting (`key`) names.
+fn column_index(
+    dataset: &DatasetConfig,
+    contract: &Contract,
+    name: &str,
+    key: &'static str,
+    what: &str,
+) -> Result<usize, MappingError> {
+    contract.index_of(name).ok_or_else(|| {
+        let file = dataset.schema_file.display();
+        mapping_error(
+            dataset,
+            key,
+            format!("{what} `{name}` is not a column of {file}"),
+        )
+    })
+}
+
+/// Where a row's partition time comes from: a metadata value, or a timestamp or date column.
+fn time_source(dataset: &DatasetConfig, contract: &Contract) -> Result<TimeSource, MappingError> {
+    const KEY: &str = "partitioning.time_column";
+    let name = dataset.partitioning.time_column.as_str();
+    match name {
+        "_source_ts" => return Ok(TimeSource::SourceTs),
+        "_ingested_at" => return Ok(TimeSource::IngestedAt),
+        _ => {}
+    }
+    let i = column_index(dataset, contract, name, KEY, "partition time column")?;
+    let ty = contract.columns[i].ty;
+    if !matches!(ty, ColumnType::Timestamp | ColumnType::Date) {
+        let reason =
+            format!("partition time column `{name}` must be a timestamp or date, not {ty:?}");
+        return Err(mapping_error(dataset, KEY, reason));
+    }
+    if dataset.partitioning.by == PartitionBy::DateHour && ty == ColumnType::Date {
+        let reason = format!("partition time column `{name}` is a date and cannot give an hour");
+        return Err(mapping_error(dataset, KEY, reason));
+    }
+    Ok(TimeSource::Column(i))
+}
+
 impl Mapper {
     pub fn new(dataset: &DatasetConfig, contract: Contract) -> Result<Mapper, MappingError> {
-        let err = |key: &'static str, reason: String| MappingError {
-            dataset: dataset.name.clone(),
-            key,
-            reason,
-        };
         let column = |name: &str, key: &'static str, what: &str| {
-            contract.index_of(name).ok_or_else(|| {
-                err(
-                    key,
-                    format!(
-                        "{what} `{name}` is not a column of {}",
-                        dataset.schema_file.display()
-                    ),
-                )
-            })
+            column_index(dataset, &contract, name, key, what)
         };
         let key_columns = dataset
             .key_columns
@@ -226,36 +262,15 @@ impl Mapper {
                 let i = column(col, "header_columns", "header column")?;
                 match contract.columns[i].ty {
                     ColumnType::String | ColumnType::Json => Ok((i, header.clone())),
-                    other => Err(err(
+                    other => Err(mapping_error(
+                        dataset,
                         "header_columns",
                         format!("header column `{col}` must be a string column, not {other:?}"),
                     )),
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let time = match dataset.partitioning.time_column.as_str() {
-            "_source_ts" => TimeSource::SourceTs,
-            "_ingested_at" => TimeSource::IngestedAt,
-            name => {
-                let i = column(name, "partitioning.time_column", "partition time column")?;
-                let ty = contract.columns[i].ty;
-                if !matches!(ty, ColumnType::Timestamp | ColumnType::Date) {
-                    return Err(err(
-                        "partitioning.time_column",
-                        format!(
-                            "partition time column `{name}` must be a timestamp or date, not {ty:?}"
-                        ),
-                    ));
-                }
-                if dataset.partitioning.by == PartitionBy::DateHour && ty == ColumnType::Date {
-                    return Err(err(
-                        "partitioning.time_column",
-                        format!("partition time column `{name}` is a date and cannot give an hour"),
-                    ));
-                }
-                TimeSource::Column(i)
-            }
-        };
+        let time = time_source(dataset, &contract)?;
         let order = match dataset.ordering_column.as_str() {
             "_source_ts" => OrderSource::SourceTs,
             "_ingested_at" => OrderSource::IngestedAt,

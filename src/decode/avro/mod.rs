@@ -291,6 +291,27 @@ fn type_name(schema: &Schema, names: &Names<'_>) -> String {
     }
 }
 
+/// A fixed-scale decimal with the precision and scale of its schema.
+fn decimal_field(d: &apache_avro::Decimal, schema: Option<&Schema>) -> AvroField {
+    let (precision, scale) = match schema {
+        Some(Schema::Decimal(ds)) => (
+            u8::try_from(ds.precision).ok(),
+            i32::try_from(ds.scale).unwrap_or(0),
+        ),
+        _ => (None, 0),
+    };
+    match Vec::<u8>::try_from(d).ok().and_then(|b| unscaled(&b)) {
+        Some(unscaled) => AvroField::Decimal {
+            unscaled,
+            scale,
+            precision,
+        },
+        None => AvroField::Nested(Json::String(format!(
+            "decimal wider than 38 digits (scale {scale})"
+        ))),
+    }
+}
+
 /// `source.ts_ms`, and the position: Postgres `lsn`, MySQL `file:pos[:row]`.
 fn source_info(fields: Vec<(String, Avro)>) -> (Option<i64>, Option<CompactString>) {
     let (mut ts, mut lsn, mut file, mut pos, mut row) = (None, None, None, None, None);
@@ -402,38 +423,9 @@ impl<'a> Names<'a> {
             Avro::TimestampNanos(ns) | Avro::LocalTimestampNanos(ns) => {
                 AvroField::Timestamp(ns.div_euclid(1000))
             }
-            Avro::Decimal(d) => {
-                let (precision, scale) = match schema {
-                    Some(Schema::Decimal(ds)) => (
-                        u8::try_from(ds.precision).ok(),
-                        i32::try_from(ds.scale).unwrap_or(0),
-                    ),
-                    _ => (None, 0),
-                };
-                match Vec::<u8>::try_from(&d).ok().and_then(|b| unscaled(&b)) {
-                    Some(unscaled) => AvroField::Decimal {
-                        unscaled,
-                        scale,
-                        precision,
-                    },
-                    None => AvroField::Nested(Json::String(format!(
-                        "decimal wider than 38 digits (scale {scale})"
-                    ))),
-                }
-            }
+            Avro::Decimal(d) => decimal_field(&d, schema),
             Avro::BigDecimal(d) => AvroField::String(d.to_string()),
-            Avro::Record(fields) => {
-                let record = schema.and_then(|s| self.record(s));
-                if let Some(d) = variable_scale_decimal(record, &fields) {
-                    return d;
-                }
-                let mut object = serde_json::Map::new();
-                for (i, (name, v)) in fields.into_iter().enumerate() {
-                    let fs = record.and_then(|r| r.fields.get(i)).map(|f| &f.schema);
-                    object.insert(name, self.nested(v, fs));
-                }
-                AvroField::Nested(Json::Object(object))
-            }
+            Avro::Record(fields) => self.record_field(fields, schema),
             Avro::Array(items) => {
                 let item = match schema {
                     Some(Schema::Array(a)) => Some(a.items.as_ref()),
@@ -461,6 +453,20 @@ impl<'a> Names<'a> {
             Avro::Duration(d) => AvroField::Bytes(<[u8; 12]>::from(d).to_vec()),
             Avro::Union(_, inner) => self.field(*inner, &Schema::Null),
         }
+    }
+
+    /// A record value: a variable-scale decimal, or a nested object.
+    fn record_field(&self, fields: Vec<(String, Avro)>, schema: Option<&'a Schema>) -> AvroField {
+        let record = schema.and_then(|s| self.record(s));
+        if let Some(d) = variable_scale_decimal(record, &fields) {
+            return d;
+        }
+        let mut object = serde_json::Map::new();
+        for (i, (name, v)) in fields.into_iter().enumerate() {
+            let fs = record.and_then(|r| r.fields.get(i)).map(|f| &f.schema);
+            object.insert(name, self.nested(v, fs));
+        }
+        AvroField::Nested(Json::Object(object))
     }
 
     fn nested(&self, v: Avro, schema: Option<&'a Schema>) -> Json {

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use deltalake::kernel::{Add, Transaction};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::info;
 
 use super::partition_swap::{
@@ -33,7 +33,7 @@ use crate::config::{Config, DatasetConfig};
 use crate::decode::{Change, Fields, Op};
 use crate::pipeline::{self, PipelineError};
 use crate::sink::TableSink;
-use crate::transform::{Mapper, MessageContext, span_of_partitions};
+use crate::transform::{Mapper, MessageContext, Row, span_of_partitions};
 use crate::txn;
 use snapshot::Snapshot;
 
@@ -258,13 +258,11 @@ async fn read_rows(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Vec<Add>, PipelineError> {
     let (mut rx, workers) = snapshot.spawn_readers(plan);
-    let pcols = mapper.partition_columns();
     let mut buffer = pipeline::buffer_for(mapper);
     let topic = format!("postgres:{}", d.name);
     let mut adds = Vec::new();
     let mut counts = (0usize, 0usize);
     let mut failed: Option<ExtractError> = None;
-    let no_header = |_: &str| None;
     let mut last_report = Instant::now();
     let total = snapshot.rows.max(0) as u64;
     while let Some(item) = rx.recv().await {
@@ -277,46 +275,12 @@ async fn read_rows(
         };
         let offset = out.rows_read as i64;
         out.rows_read += 1;
-        let row: Map<String, Value> = match serde_json::from_str(&text) {
-            Ok(Value::Object(m)) => m,
-            _ => {
-                *out.still_failing.entry("invalid_json".into()).or_default() += 1;
-                continue;
-            }
-        };
-        let change = Change {
-            op: Op::Read,
-            row: Some(Fields::from_json_map(row)),
-            source_ts_ms: Some(snapshot.taken_us / 1000),
-            source_pos: Some(snapshot.id.as_str().into()),
-        };
-        // The context borrows closures that are not Sync: it must not live across an await.
-        let mapped = {
-            let ctx = MessageContext {
-                offset,
-                key: &|| None,
-                ingested_at_us: chrono::Utc::now().timestamp_micros(),
-                header: &no_header,
-            };
-            let mut unknown = 0;
-            mapper.map(change, &ctx, &mut unknown)
-        };
-        match mapped {
+        match map_row(mapper, plan, snapshot, &text, offset) {
             Ok(row) => {
-                if plan
-                    .targets
-                    .as_ref()
-                    .is_some_and(|t| !t.contains(&sorted(&row.partition_values, pcols)))
-                {
-                    // A row whose contract time is outside the range it was selected by (a time column
-                    // other than the partition column): not in a replaced partition, so not written.
-                    *out.still_failing.entry("outside_range".into()).or_default() += 1;
-                    continue;
-                }
                 pipeline::sync_columns(mapper, &mut buffer);
                 buffer.push(&topic, range as i32, row, std::time::Instant::now());
             }
-            Err(e) => *out.still_failing.entry(e.kind().to_string()).or_default() += 1,
+            Err(reason) => *out.still_failing.entry(reason).or_default() += 1,
         }
         if buffer.bytes() >= d.flush.max_bytes {
             write_chunk(&mut buffer, sink, &mut adds, &mut counts).await?;
@@ -339,6 +303,47 @@ async fn read_rows(
     (out.rows_written, out.duplicates_dropped) = counts;
     progress(out.rows_read, total);
     Ok(adds)
+}
+
+/// One extracted row (`row_to_json` text) through the contract: its row, or the reason it is not
+/// written.
+fn map_row(
+    mapper: &mut Mapper,
+    plan: &Plan,
+    snapshot: &Snapshot,
+    text: &str,
+    offset: i64,
+) -> Result<Row, String> {
+    let Ok(Value::Object(row)) = serde_json::from_str::<Value>(text) else {
+        return Err("invalid_json".into());
+    };
+    let change = Change {
+        op: Op::Read,
+        row: Some(Fields::from_json_map(row)),
+        source_ts_ms: Some(snapshot.taken_us / 1000),
+        source_pos: Some(snapshot.id.as_str().into()),
+    };
+    let no_header = |_: &str| None;
+    let ctx = MessageContext {
+        offset,
+        key: &|| None,
+        ingested_at_us: chrono::Utc::now().timestamp_micros(),
+        header: &no_header,
+    };
+    let row = mapper
+        .map(change, &ctx, &mut 0)
+        .map_err(|e| e.kind().to_string())?;
+    let pcols = mapper.partition_columns();
+    if plan
+        .targets
+        .as_ref()
+        .is_some_and(|t| !t.contains(&sorted(&row.partition_values, pcols)))
+    {
+        // A row whose contract time is outside the range it was selected by (a time column other
+        // than the partition column): not in a replaced partition, so not written.
+        return Err("outside_range".into());
+    }
+    Ok(row)
 }
 
 /// Swap the new files in for the replaced partitions, with the request's txn and the new high
