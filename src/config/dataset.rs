@@ -109,6 +109,8 @@ pub struct DatasetConfig {
     pub extract: Option<ExtractConfig>,
     /// A second table with the newest row per key (`[datasets.latest]`).
     pub latest: Option<LatestConfig>,
+    /// Extracts and maintenance run on cron schedules (`[datasets.schedule]`).
+    pub schedule: Option<super::ScheduleConfig>,
 }
 
 /// `[datasets.latest]`: a table holding the newest row of every key, derived from the dataset's table.

@@ -10,12 +10,14 @@
 mod dataset;
 mod env;
 mod raw;
+mod schedule;
 mod validate;
 
 pub use dataset::{
     DatasetConfig, DeadLetterConfig, ExtractConfig, Format, InvalidMessage, LatestConfig,
     PartitionBy, Partitioning, TopicSelector,
 };
+pub use schedule::{MissedSlots, ScheduleConfig, Scheduled, ScheduledJob, parse_cron};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

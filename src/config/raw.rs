@@ -84,6 +84,8 @@ pub(super) struct RawDataset {
     pub(super) extract: Option<ExtractConfig>,
     #[serde(default)]
     pub(super) latest: Option<RawLatest>,
+    #[serde(default)]
+    pub(super) schedule: Option<super::schedule::RawSchedule>,
 }
 
 fn default_redelivery_window() -> usize {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{DEFAULT_MAX_MESSAGE_BYTES, RawConfig, RawDataset, RawLatest};
+use super::schedule::ScheduleContext;
 use super::{
     AuditConfig, CompactionConfig, Config, ConfigError, ControlConfig, DatasetConfig,
     DeadLetterConfig, FlushLimits, KafkaConfig, LatestConfig, MemoryConfig, MetricsConfig,
@@ -49,6 +50,7 @@ pub(super) fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigErro
         schema_dir: base.join(&raw.schema_dir),
         flush: raw.flush,
         has_registry: raw.schema_registry.is_some(),
+        has_control: raw.control.is_some(),
     };
     let mut datasets = Vec::with_capacity(raw.datasets.len());
     for (i, d) in raw.datasets.into_iter().enumerate() {
@@ -188,6 +190,7 @@ struct DatasetContext<'a> {
     schema_dir: PathBuf,
     flush: FlushLimits,
     has_registry: bool,
+    has_control: bool,
 }
 
 impl DatasetContext<'_> {
@@ -232,6 +235,15 @@ impl DatasetContext<'_> {
             ));
         }
         let latest = self.latest(i, &d.name, !d.key_columns.is_empty(), d.latest)?;
+        let schedule = match d.schedule {
+            Some(s) => Some(s.resolve(&ScheduleContext {
+                file,
+                key: key("schedule"),
+                has_extract: d.extract.is_some(),
+                has_control: self.has_control,
+            })?),
+            None => None,
+        };
         let flush = FlushLimits {
             max_rows: d.flush.max_rows.unwrap_or(self.flush.max_rows),
             max_bytes: d.flush.max_bytes.unwrap_or(self.flush.max_bytes),
@@ -271,6 +283,7 @@ impl DatasetContext<'_> {
             redelivery_window: d.redelivery_window,
             extract: d.extract,
             latest,
+            schedule,
         })
     }
 

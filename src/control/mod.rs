@@ -11,6 +11,7 @@
 //! again unless `force` (a no-op status says so), and a different request under a used id is rejected.
 
 pub mod request;
+pub mod schedule;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -35,7 +36,8 @@ pub struct Status {
     pub request_id: String,
     pub dataset: Option<String>,
     pub kind: Option<String>,
-    /// `accepted`, `running`, `succeeded`, `failed` or `rejected`.
+    /// `accepted`, `running`, `succeeded`, `failed`, `rejected`, or `skipped` (a missed scheduled
+    /// slot, `missed = "skip"`).
     pub status: String,
     /// Rejections: a stable code (see [`Rejection`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,7 +63,10 @@ pub struct Status {
 
 impl Status {
     pub fn is_final(&self) -> bool {
-        matches!(self.status.as_str(), "succeeded" | "failed" | "rejected")
+        matches!(
+            self.status.as_str(),
+            "succeeded" | "failed" | "rejected" | "skipped"
+        )
     }
 }
 
@@ -221,24 +226,88 @@ async fn handle(
     };
     let mut statuses = tokio::task::block_in_place(|| read_statuses(cfg, control))?;
     info!(topic = %control.topic, known_requests = statuses.len(), "control topic handler ready");
+    let mut scheduler = schedule::Scheduler::new(cfg);
     loop {
-        let m = consumer.recv().await?;
-        let payload = m.payload().unwrap_or_default().to_vec();
-        let last = run_request(cfg, &publisher, &statuses, &payload).await;
-        if let Some(a) = audit {
-            a.record(AuditRecord::request(
-                run_id,
-                &last.request_id,
-                last.dataset.as_deref(),
-                &last.status,
-                last.kind.as_deref(),
-                last.reason.as_deref(),
-                last.result.as_ref(),
-            ));
+        let look = scheduler
+            .as_ref()
+            .map_or(Duration::MAX, |s| s.next_look(chrono::Utc::now()));
+        tokio::select! {
+            m = consumer.recv() => {
+                let m = m?;
+                let payload = m.payload().unwrap_or_default().to_vec();
+                let last = run_request(cfg, &publisher, &statuses, &payload).await;
+                record(audit, run_id, &last);
+                remember(&mut statuses, last);
+                consumer.commit_message(&m, CommitMode::Sync)?;
+            }
+            () = tokio::time::sleep(look), if scheduler.is_some() => {
+                let Some(s) = scheduler.as_mut() else { continue };
+                let owns = consumer.assignment().is_ok_and(|a| a.count() > 0);
+                let now = chrono::Utc::now();
+                s.owned(owns, now);
+                for fire in s.due_now(&statuses, now) {
+                    if let Some(skipped) = fire_slot(control, &publisher, &fire).await? {
+                        record(audit, run_id, &skipped);
+                        remember(&mut statuses, skipped);
+                    }
+                }
+            }
         }
-        remember(&mut statuses, last);
-        consumer.commit_message(&m, CommitMode::Sync)?;
     }
+}
+
+/// A final status in the audit ledger.
+fn record(audit: Option<&AuditRecorder>, run_id: &str, s: &Status) {
+    if let Some(a) = audit {
+        a.record(AuditRecord::request(
+            run_id,
+            &s.request_id,
+            s.dataset.as_deref(),
+            &s.status,
+            s.kind.as_deref(),
+            s.reason.as_deref(),
+            s.result.as_ref(),
+        ));
+    }
+}
+
+/// Post a due slot's request on the control topic, or publish its `skipped` status (returned).
+async fn fire_slot(
+    control: &ControlConfig,
+    publisher: &Publisher,
+    fire: &schedule::Fire,
+) -> Result<Option<Status>, KafkaError> {
+    let (dataset, job) = (fire.dataset.as_str(), fire.job.as_str());
+    if fire.skip {
+        metrics::counter!("bronze_schedule_slots_total", "dataset" => dataset.to_string(), "job" => job, "outcome" => "skipped")
+            .increment(1);
+        info!(request_id = %fire.request_id, dataset, job, "scheduled slot missed; skipped");
+        let skipped = Status {
+            request_id: fire.request_id.clone(),
+            dataset: Some(fire.dataset.clone()),
+            kind: Some(job.to_string()),
+            status: "skipped".to_string(),
+            reason: Some(
+                "missed while no member owned the control topic (missed = \"skip\")".into(),
+            ),
+            requested_by: Some("schedule".into()),
+            ..Status::default()
+        };
+        return Ok(Some(publisher.send(skipped).await));
+    }
+    let body = fire.request().to_string();
+    let record = FutureRecord::to(&control.topic)
+        .key(fire.request_id.as_bytes())
+        .payload(&body);
+    publisher
+        .producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)?;
+    metrics::counter!("bronze_schedule_slots_total", "dataset" => dataset.to_string(), "job" => job, "outcome" => "posted")
+        .increment(1);
+    info!(request_id = %fire.request_id, dataset, job, folded = fire.folded, "scheduled slot posted");
+    Ok(None)
 }
 
 /// Validate, run and report one request; returns its final status.
@@ -270,6 +339,21 @@ async fn run_request(
             ),
         };
         return publisher.send(rejected(&rejection)).await;
+    }
+    if let Some(p) = previous
+        && p.is_final()
+        && req.request_id.starts_with(schedule::ID_PREFIX)
+        && !req.force
+    {
+        // A slot posted twice (a restart, a move of the control partition) runs once.
+        let mut s = status_of(&req, &p.status);
+        s.no_op = true;
+        s.reason = Some(format!(
+            "scheduled slot already {} at {}; not run again",
+            p.status, p.at
+        ));
+        s.result = p.result.clone();
+        return publisher.send(s).await;
     }
     if let Some(p) = previous
         && p.status == "succeeded"

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::audit;
-use crate::config::Config;
+use crate::config::{Config, DatasetConfig};
 use crate::sink::{self, TableSink};
 use crate::source::Inspector;
 
@@ -59,6 +59,22 @@ pub struct DatasetStatus {
     /// New columns awaiting review (`bronze schema diff`).
     pub schema_proposals: usize,
     pub partitions: Vec<PartitionStatus>,
+    /// Its scheduled jobs (`[datasets.schedule]`), from the status topic.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<ScheduleStatus>,
+}
+
+/// Where one scheduled job stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleStatus {
+    pub job: &'static str,
+    pub cron: String,
+    pub timezone: String,
+    /// RFC 3339 (UTC).
+    pub next_slot: Option<String>,
+    /// The newest slot with a status, and that status.
+    pub last_slot: Option<String>,
+    pub last_status: Option<String>,
 }
 
 /// How long `status` waits to read the first unread message of the lagging partitions.
@@ -79,6 +95,12 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
     } else {
         Vec::new()
     };
+    let statuses = match &cfg.control {
+        Some(c) if cfg.datasets.iter().any(|d| d.schedule.is_some()) => {
+            tokio::task::block_in_place(|| crate::control::read_statuses(cfg, c))?
+        }
+        _ => Default::default(),
+    };
     let mut out = Vec::with_capacity(cfg.datasets.len());
     for d in &cfg.datasets {
         let table = TableSink::existing(&d.table_uri, &options).await?;
@@ -90,54 +112,7 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
             Some(t) => t.last_commit().await?.and_then(|e| e.timestamp_ms),
             None => None,
         };
-        let (tps, watermarks) = tokio::task::block_in_place(|| {
-            let tps = inspector.partitions(&d.topics)?;
-            let watermarks = inspector.watermarks_of(&tps)?;
-            Ok::<_, rdkafka::error::KafkaError>((tps, watermarks))
-        })?;
-        let mut partitions = Vec::with_capacity(tps.len());
-        for tp in tps {
-            let (low, high) = watermarks.get(&tp).copied().unwrap_or_default();
-            let position = match &table {
-                Some(t) => t
-                    .committed_offset(&crate::txn::streaming(&cfg.kafka.group_id, &tp))
-                    .await?
-                    .map(|v| v + 1),
-                None => None,
-            };
-            partitions.push(PartitionStatus {
-                lag_messages: (high - position.unwrap_or(low).max(low)).max(0),
-                topic: tp.topic,
-                partition: tp.partition,
-                position,
-                high_watermark: high,
-                lag_seconds: None,
-            });
-        }
-        let behind: Vec<_> = partitions
-            .iter()
-            .filter(|p| p.lag_messages > 0)
-            .map(|p| {
-                let from = p.high_watermark - p.lag_messages;
-                (
-                    crate::txn::TopicPartition::new(p.topic.clone(), p.partition),
-                    from,
-                )
-            })
-            .collect();
-        let stamps =
-            tokio::task::block_in_place(|| inspector.timestamps_at(&behind, TIMESTAMP_TIMEOUT))?;
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        for p in &mut partitions {
-            if p.lag_messages == 0 {
-                p.lag_seconds = Some(0.0);
-            } else if let Some(ts) = stamps.get(&crate::txn::TopicPartition::new(
-                p.topic.clone(),
-                p.partition,
-            )) {
-                p.lag_seconds = Some((now_ms - ts).max(0) as f64 / 1000.0);
-            }
-        }
+        let partitions = partitions_of(cfg, &inspector, d, table.as_ref()).await?;
         let stats = stats.unwrap_or_default();
         out.push(DatasetStatus {
             dataset: d.name.clone(),
@@ -164,9 +139,96 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
             )?
             .len(),
             partitions,
+            schedules: schedules_of(d, &statuses),
         });
     }
     Ok(out)
+}
+
+fn schedules_of(
+    d: &DatasetConfig,
+    statuses: &std::collections::HashMap<String, crate::control::Status>,
+) -> Vec<ScheduleStatus> {
+    use crate::control::schedule;
+    let Some(s) = &d.schedule else {
+        return Vec::new();
+    };
+    let now = chrono::Utc::now();
+    s.jobs
+        .iter()
+        .map(|j| {
+            let last = statuses
+                .iter()
+                .filter_map(|(id, st)| Some((schedule::slot_of(id, &d.name, j.job)?, st)))
+                .max_by_key(|(slot, _)| *slot);
+            ScheduleStatus {
+                job: j.job.as_str(),
+                cron: j.expression.clone(),
+                timezone: s.timezone.name().to_string(),
+                next_slot: schedule::next_slot(&j.cron, s.timezone, now).map(|t| t.to_rfc3339()),
+                last_slot: last.map(|(slot, _)| slot.to_rfc3339()),
+                last_status: last.map(|(_, st)| st.status.clone()),
+            }
+        })
+        .collect()
+}
+
+/// Position, lag in messages and lag in seconds of each partition of `d`'s topics.
+async fn partitions_of(
+    cfg: &Config,
+    inspector: &Inspector,
+    d: &DatasetConfig,
+    table: Option<&TableSink>,
+) -> Result<Vec<PartitionStatus>, StatusError> {
+    let (tps, watermarks) = tokio::task::block_in_place(|| {
+        let tps = inspector.partitions(&d.topics)?;
+        let watermarks = inspector.watermarks_of(&tps)?;
+        Ok::<_, rdkafka::error::KafkaError>((tps, watermarks))
+    })?;
+    let mut partitions = Vec::with_capacity(tps.len());
+    for tp in tps {
+        let (low, high) = watermarks.get(&tp).copied().unwrap_or_default();
+        let position = match table {
+            Some(t) => t
+                .committed_offset(&crate::txn::streaming(&cfg.kafka.group_id, &tp))
+                .await?
+                .map(|v| v + 1),
+            None => None,
+        };
+        partitions.push(PartitionStatus {
+            lag_messages: (high - position.unwrap_or(low).max(low)).max(0),
+            topic: tp.topic,
+            partition: tp.partition,
+            position,
+            high_watermark: high,
+            lag_seconds: None,
+        });
+    }
+    let behind: Vec<_> = partitions
+        .iter()
+        .filter(|p| p.lag_messages > 0)
+        .map(|p| {
+            let from = p.high_watermark - p.lag_messages;
+            (
+                crate::txn::TopicPartition::new(p.topic.clone(), p.partition),
+                from,
+            )
+        })
+        .collect();
+    let stamps =
+        tokio::task::block_in_place(|| inspector.timestamps_at(&behind, TIMESTAMP_TIMEOUT))?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for p in &mut partitions {
+        if p.lag_messages == 0 {
+            p.lag_seconds = Some(0.0);
+        } else if let Some(ts) = stamps.get(&crate::txn::TopicPartition::new(
+            p.topic.clone(),
+            p.partition,
+        )) {
+            p.lag_seconds = Some((now_ms - ts).max(0) as f64 / 1000.0);
+        }
+    }
+    Ok(partitions)
 }
 
 impl std::fmt::Display for DatasetStatus {
@@ -194,7 +256,20 @@ impl std::fmt::Display for DatasetStatus {
             self.dead_letters_1h,
             self.commit_failures_1h,
             self.schema_proposals,
-        )
+        )?;
+        for s in &self.schedules {
+            write!(
+                f,
+                "\n  schedule {:<8} `{}` ({}): next {}, last {} {}",
+                s.job,
+                s.cron,
+                s.timezone,
+                s.next_slot.as_deref().unwrap_or("-"),
+                s.last_slot.as_deref().unwrap_or("-"),
+                s.last_status.as_deref().unwrap_or(""),
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -46,6 +46,7 @@ fn dataset() -> DatasetConfig {
         redelivery_window: 0,
         extract: None,
         latest: None,
+        schedule: None,
     }
 }
 
