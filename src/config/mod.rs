@@ -506,3 +506,23 @@ mod humantime_serde_compat {
 
 #[cfg(test)]
 mod tests;
+
+/// A configuration for unit tests elsewhere: one dataset `orders` (contract: an `id` int64) reading
+/// `shop.orders`, with `global` before the dataset and `dataset` inside its entry.
+#[cfg(test)]
+pub(crate) fn for_tests(global: &str, dataset: &str) -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let schema = "[[columns]]\nname = \"id\"\ntype = \"int64\"\n";
+    std::fs::write(dir.path().join("orders.toml"), schema).expect("the contract written");
+    let text = format!(
+        "schema_dir = \"{}\"\n[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\ngroup_id = \"g\"\n\
+         [storage]\nroot = \"{}\"\n{global}\n[[datasets]]\nname = \"orders\"\ntopics = [\"shop.orders\"]\n\
+         format = \"debezium-json\"\nschema = \"orders.toml\"\n{dataset}\n",
+        dir.path().display(),
+        dir.path().join("lake").display()
+    );
+    let file = dir.path().join("bronze.toml");
+    std::fs::write(&file, text).expect("the configuration written");
+    let cfg = Config::load(&file).expect("a valid test configuration");
+    (dir, cfg)
+}

@@ -369,23 +369,7 @@ mod tests {
     use super::*;
 
     fn config() -> (tempfile::TempDir, Config) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("orders.toml"),
-            "[[columns]]\nname = \"id\"\ntype = \"int64\"\n",
-        )
-        .unwrap();
-        let text = format!(
-            "schema_dir = \"{}\"\n[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\ngroup_id = \"g\"\n[storage]\nroot = \"{}\"\n\
-             [[datasets]]\nname = \"orders\"\ntopics = [\"shop.orders\"]\nformat = \"debezium-json\"\nschema = \"orders.toml\"\n\
-             partitioning = {{ by = \"date\" }}\n",
-            dir.path().display(),
-            dir.path().join("lake").display()
-        );
-        let file = dir.path().join("bronze.toml");
-        std::fs::write(&file, text).unwrap();
-        let cfg = Config::load(&file).unwrap();
-        (dir, cfg)
+        crate::config::for_tests("", "partitioning = { by = \"date\" }")
     }
 
     #[test]

@@ -353,24 +353,8 @@ mod tests {
     }
 
     fn config(schedule: &str) -> (tempfile::TempDir, Config) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("orders.toml"),
-            "[[columns]]\nname = \"id\"\ntype = \"int64\"\n",
-        )
-        .unwrap();
-        let text = format!(
-            "schema_dir = \"{}\"\n[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\ngroup_id = \"g\"\n\
-             [storage]\nroot = \"{}\"\n[control]\ntopic = \"c\"\nstatus_topic = \"s\"\n\
-             [[datasets]]\nname = \"orders\"\ntopics = [\"shop.orders\"]\nformat = \"debezium-json\"\n\
-             schema = \"orders.toml\"\nschedule = {schedule}\n",
-            dir.path().display(),
-            dir.path().join("lake").display()
-        );
-        let file = dir.path().join("bronze.toml");
-        std::fs::write(&file, text).unwrap();
-        let cfg = Config::load(&file).unwrap();
-        (dir, cfg)
+        let control = "[control]\ntopic = \"c\"\nstatus_topic = \"s\"";
+        crate::config::for_tests(control, &format!("schedule = {schedule}"))
     }
 
     #[test]
