@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{DEFAULT_MAX_MESSAGE_BYTES, RawConfig, RawDataset, RawLatest};
+use super::raw::{DEFAULT_MAX_MESSAGE_BYTES, RawConfig, RawDataset, RawDeadLetters, RawLatest};
 use super::schedule::ScheduleContext;
 use super::{
     AuditConfig, CompactionConfig, Config, ConfigError, ControlConfig, DatasetConfig,
@@ -205,27 +205,16 @@ impl DatasetContext<'_> {
         let key = |field: &str| format!("datasets[{i}].{field}");
         dataset_name(file, &key("name"), &d.name, before)?;
         if d.format.is_avro() && !self.has_registry {
-            return Err(invalid(
-                file,
-                key("format"),
-                "Avro formats need a `[schema_registry]` section",
-            ));
+            let reason = "Avro formats need a `[schema_registry]` section";
+            return Err(invalid(file, key("format"), reason));
         }
         if let Some(x) = &d.extract
             && !(1..=64).contains(&x.max_parallelism)
         {
-            return Err(invalid(
-                file,
-                key("extract.max_parallelism"),
-                "must be between 1 and 64",
-            ));
+            let reason = "must be between 1 and 64";
+            return Err(invalid(file, key("extract.max_parallelism"), reason));
         }
         let topics = topics(file, i, d.topics, d.topic_pattern, d.extract.is_some())?;
-        let dead_letter_table = d
-            .dead_letters
-            .table
-            .clone()
-            .unwrap_or(format!("_dead_letters/{}", d.name));
         let schema_file = self.schema_dir.join(&d.schema);
         if !schema_file.is_file() {
             return Err(invalid(
@@ -235,15 +224,17 @@ impl DatasetContext<'_> {
             ));
         }
         let latest = self.latest(i, &d.name, !d.key_columns.is_empty(), d.latest)?;
-        let schedule = match d.schedule {
-            Some(s) => Some(s.resolve(&ScheduleContext {
-                file,
-                key: key("schedule"),
-                has_extract: d.extract.is_some(),
-                has_control: self.has_control,
-            })?),
-            None => None,
-        };
+        let schedule = d
+            .schedule
+            .map(|s| {
+                s.resolve(&ScheduleContext {
+                    file,
+                    key: key("schedule"),
+                    has_extract: d.extract.is_some(),
+                    has_control: self.has_control,
+                })
+            })
+            .transpose()?;
         let flush = FlushLimits {
             max_rows: d.flush.max_rows.unwrap_or(self.flush.max_rows),
             max_bytes: d.flush.max_bytes.unwrap_or(self.flush.max_bytes),
@@ -251,12 +242,10 @@ impl DatasetContext<'_> {
         };
         check_limits(file, &key("flush"), &flush)?;
         if d.key_columns.iter().any(|k| k.is_empty()) {
-            return Err(invalid(
-                file,
-                key("key_columns"),
-                "column names must not be empty",
-            ));
+            let reason = "column names must not be empty";
+            return Err(invalid(file, key("key_columns"), reason));
         }
+        let dead_letters = self.dead_letters(&d.name, d.dead_letters);
         Ok(DatasetConfig {
             table_uri: table_uri(self.root, d.table.as_deref().unwrap_or(&d.name)),
             name: d.name,
@@ -270,21 +259,24 @@ impl DatasetContext<'_> {
             header_columns: d.header_columns,
             partitioning: d.partitioning,
             flush,
-            dead_letters: DeadLetterConfig {
-                table_uri: table_uri(self.root, &dead_letter_table),
-                on_invalid: d.dead_letters.on_invalid,
-                max_message_bytes: d
-                    .dead_letters
-                    .max_message_bytes
-                    .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
-                require_key: d.dead_letters.require_key,
-                topic: d.dead_letters.topic,
-            },
+            dead_letters,
             redelivery_window: d.redelivery_window,
             extract: d.extract,
             latest,
             schedule,
         })
+    }
+
+    /// `[datasets.dead_letters]` of dataset `name`, resolved.
+    fn dead_letters(&self, name: &str, raw: RawDeadLetters) -> DeadLetterConfig {
+        let table = raw.table.unwrap_or(format!("_dead_letters/{name}"));
+        DeadLetterConfig {
+            table_uri: table_uri(self.root, &table),
+            on_invalid: raw.on_invalid,
+            max_message_bytes: raw.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            require_key: raw.require_key,
+            topic: raw.topic,
+        }
     }
 
     /// `[datasets.latest]` of dataset `i`, resolved.

@@ -325,48 +325,8 @@ async fn run_request(
         }
     };
     let previous = statuses.get(&req.request_id);
-    if let Some(p) = previous
-        && p.fingerprint != req.fingerprint
-        && !p.fingerprint.is_empty()
-    {
-        let rejection = Rejection {
-            request_id: Some(req.request_id.clone()),
-            dataset: Some(req.dataset.clone()),
-            code: "duplicate_id",
-            reason: format!(
-                "request id `{}` was already used for a different request ({})",
-                req.request_id, p.status
-            ),
-        };
-        return publisher.send(rejected(&rejection)).await;
-    }
-    if let Some(p) = previous
-        && p.is_final()
-        && req.request_id.starts_with(schedule::ID_PREFIX)
-        && !req.force
-    {
-        // A slot posted twice (a restart, a move of the control partition) runs once.
-        let mut s = status_of(&req, &p.status);
-        s.no_op = true;
-        s.reason = Some(format!(
-            "scheduled slot already {} at {}; not run again",
-            p.status, p.at
-        ));
-        s.result = p.result.clone();
-        return publisher.send(s).await;
-    }
-    if let Some(p) = previous
-        && p.status == "succeeded"
-        && !req.force
-    {
-        let mut s = status_of(&req, "succeeded");
-        s.no_op = true;
-        s.reason = Some(format!(
-            "request id already succeeded at {}; not run again (set options.force to rerun)",
-            p.at
-        ));
-        s.result = p.result.clone();
-        return publisher.send(s).await;
+    if let Some(answer) = answer_from_history(&req, previous) {
+        return publisher.send(answer).await;
     }
     let mut accepted = status_of(&req, "accepted");
     if previous.is_some_and(|p| !p.is_final()) {
@@ -396,6 +356,55 @@ async fn run_request(
         .increment(1);
     s = publisher.send(s).await;
     s
+}
+
+/// The status a request gets from what its id did before, when that settles it: a different
+/// request under a used id, a scheduled slot that already ran, a request that already succeeded.
+fn answer_from_history(req: &Request, previous: Option<&Status>) -> Option<Status> {
+    if let Some(p) = previous
+        && p.fingerprint != req.fingerprint
+        && !p.fingerprint.is_empty()
+    {
+        let rejection = Rejection {
+            request_id: Some(req.request_id.clone()),
+            dataset: Some(req.dataset.clone()),
+            code: "duplicate_id",
+            reason: format!(
+                "request id `{}` was already used for a different request ({})",
+                req.request_id, p.status
+            ),
+        };
+        return Some(rejected(&rejection));
+    }
+    if let Some(p) = previous
+        && p.is_final()
+        && req.request_id.starts_with(schedule::ID_PREFIX)
+        && !req.force
+    {
+        // A slot posted twice (a restart, a move of the control partition) runs once.
+        let mut s = status_of(req, &p.status);
+        s.no_op = true;
+        s.reason = Some(format!(
+            "scheduled slot already {} at {}; not run again",
+            p.status, p.at
+        ));
+        s.result = p.result.clone();
+        return Some(s);
+    }
+    if let Some(p) = previous
+        && p.status == "succeeded"
+        && !req.force
+    {
+        let mut s = status_of(req, "succeeded");
+        s.no_op = true;
+        s.reason = Some(format!(
+            "request id already succeeded at {}; not run again (set options.force to rerun)",
+            p.at
+        ));
+        s.result = p.result.clone();
+        return Some(s);
+    }
+    None
 }
 
 type ProgressWatch = tokio::sync::watch::Receiver<Option<(u64, u64)>>;
