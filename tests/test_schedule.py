@@ -61,7 +61,8 @@ def test_scheduled_compactions_run_once_per_slot_across_a_restart(tmp_path):
             return any(s[-1]["status"] == "succeeded" and (s[-1].get("result") or {}).get("files_removed", 0) >= 2
                        for s in runs.values())
         h.wait_until(compacted, 60, interval=1, what="a scheduled compaction that compacts")
-        assert len(h.referenced_files(table)) == 1
+        # A slot may have compacted before the last flush landed; a later slot takes the rest.
+        h.wait_until(lambda: len(h.referenced_files(table)) == 1, 30, interval=1, what="one file left")
         h.wait_until(lambda: len(scheduled(statuses(status), "quiet")) >= 2, 30, interval=1,
                      what="two slots of the quiet schedule")
     finally:
