@@ -165,6 +165,7 @@ impl Run {
                 _ = &mut shutdown => {
                     info!("shutdown requested: flushing and committing");
                     self.handle_rebalance().await?;
+                    self.read_through_markers().await?;
                     return self.flush_all(FlushReason::Shutdown).await;
                 }
                 // Before `recv`: a busy consumer must not starve age flushes and gauges.
@@ -172,6 +173,7 @@ impl Run {
                     self.settle_finished().await?;
                     self.handle_rebalance().await?;
                     self.resume_waiting();
+                    self.read_through_markers().await?;
                     self.flush_due().await?;
                     self.enforce_budget().await?;
                     self.update_gauges();

@@ -98,6 +98,20 @@ pub(super) enum Arrival {
     Take(usize),
 }
 
+/// What the consumer's position says about a partition whose messages are all handled (see
+/// [`Positions::read_through`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReadThrough {
+    /// Nothing beyond what the partition's messages said.
+    Nothing,
+    /// Offsets `from..to` of dataset `dataset` held nothing to ingest (transaction markers, records of
+    /// aborted transactions): the partition reads on at `to`, and the next batch covers them.
+    Markers { dataset: usize, from: i64, to: i64 },
+    /// Only markers arrived since assignment, from an offset the group chose: find the table's
+    /// position as for a first message (at `to`), of this dataset.
+    Locate { dataset: usize, to: i64 },
+}
+
 /// Every assigned partition's state, and the partitions sent elsewhere during the current poll.
 #[derive(Default)]
 pub(super) struct Positions {
@@ -171,6 +185,51 @@ impl Positions {
                 self.set_phase(tp, Phase::Ready);
                 None
             }
+        }
+    }
+
+    /// The consumer has handed out everything of `tp` before `position` (librdkafka steps over
+    /// transaction markers, which are never handed out), and every message it handed out was handled.
+    /// Offsets between the partition's next offset and `position` then held no record: the partition
+    /// reads on at `position`. Without this, a partition ending in a commit marker would never reach
+    /// its high watermark, nor its table the end of the partition. A partition stopped or waiting at a
+    /// message is left alone: its next message is the one it waits at.
+    pub fn read_through(&mut self, tp: &TopicPartition, position: i64) -> ReadThrough {
+        let Some(ps) = self.partitions.get_mut(tp) else {
+            return ReadThrough::Nothing;
+        };
+        if ps.stopped || ps.waiting_until.is_some() {
+            return ReadThrough::Nothing;
+        }
+        let from = match (ps.phase, ps.next_offset) {
+            (Phase::Unknown, _) => {
+                return ReadThrough::Locate {
+                    dataset: ps.dataset,
+                    to: position,
+                };
+            }
+            // The consumer's position is reset by a seek: what it says now was read from `target` on.
+            (Phase::Seeking(target), _) => target,
+            (Phase::Ready, Some(next)) => next,
+            (Phase::Ready, None) => return ReadThrough::Nothing,
+        };
+        if position <= from {
+            return ReadThrough::Nothing;
+        }
+        ps.phase = Phase::Ready;
+        ps.next_offset = Some(position);
+        ReadThrough::Markers {
+            dataset: ps.dataset,
+            from,
+            to: position,
+        }
+    }
+
+    /// A partition located by markers alone ([`ReadThrough::Locate`]) reads on at `position`.
+    pub fn read_on(&mut self, tp: &TopicPartition, position: i64) {
+        self.set_phase(tp, Phase::Ready);
+        if let Some(ps) = self.partitions.get_mut(tp) {
+            ps.next_offset = Some(position);
         }
     }
 
@@ -333,6 +392,63 @@ mod tests {
         p.new_poll();
         assert_eq!(p.arrival(&a, 1), Arrival::Pass);
         assert_eq!(p.arrival(&a, 3), Arrival::Take(0));
+    }
+
+    #[test]
+    fn markers_after_the_last_message_move_the_partition_on() {
+        let tp = TopicPartition::new("t", 0);
+        let mut p = assigned(&[("t", 0)]);
+        // Only markers since assignment: the table decides, as for a first message.
+        assert_eq!(
+            p.read_through(&tp, 5),
+            ReadThrough::Locate { dataset: 0, to: 5 }
+        );
+        p.locate(&tp, 3, None);
+        p.took(&tp, 3, 0);
+        // Offset 4 was the commit marker of the transaction offset 3 was in.
+        assert_eq!(
+            p.read_through(&tp, 5),
+            ReadThrough::Markers {
+                dataset: 0,
+                from: 4,
+                to: 5
+            }
+        );
+        assert_eq!(p.get(&tp).unwrap().next_offset, Some(5));
+        assert_eq!(p.read_through(&tp, 5), ReadThrough::Nothing, "once");
+        assert_eq!(p.arrival(&tp, 5), Arrival::Take(0));
+    }
+
+    #[test]
+    fn after_a_seek_markers_count_from_the_target() {
+        let tp = TopicPartition::new("t", 0);
+        let mut p = assigned(&[("t", 0)]);
+        p.seek(&tp, 7);
+        assert_eq!(p.read_through(&tp, 7), ReadThrough::Nothing);
+        assert_eq!(
+            p.read_through(&tp, 9),
+            ReadThrough::Markers {
+                dataset: 0,
+                from: 7,
+                to: 9
+            }
+        );
+        assert_eq!(p.get(&tp).unwrap().phase, Phase::Ready);
+    }
+
+    #[test]
+    fn a_partition_stopped_or_waiting_at_a_message_stays_there() {
+        let tp = TopicPartition::new("t", 0);
+        let mut p = assigned(&[("t", 0)]);
+        p.locate(&tp, 0, None);
+        p.took(&tp, 0, 0);
+        p.get_mut(&tp).unwrap().waiting_until = Some(Instant::now());
+        assert_eq!(p.read_through(&tp, 4), ReadThrough::Nothing);
+        let ps = p.get_mut(&tp).unwrap();
+        ps.waiting_until = None;
+        ps.stopped = true;
+        assert_eq!(p.read_through(&tp, 4), ReadThrough::Nothing);
+        assert_eq!(p.get(&tp).unwrap().next_offset, Some(1));
     }
 
     #[test]

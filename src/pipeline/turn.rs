@@ -8,10 +8,11 @@ use rdkafka::error::KafkaError;
 use tracing::warn;
 
 use super::message::Message;
-use super::positions::Phase;
+use super::positions::{Phase, ReadThrough};
 use super::state::DatasetState;
 use super::{PipelineError, Run, lanes, sync_columns};
 use crate::buffer::{DatasetBuffer, Segment};
+use crate::source;
 use crate::txn::TopicPartition;
 
 impl Run {
@@ -97,6 +98,32 @@ impl Run {
             if ps.phase == Phase::Unknown && !ps.stopped {
                 let d = ps.dataset;
                 self.find_position(d, &tp, offset).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Between polls (every message handed out is handled): take in what the consumer read past them,
+    /// the markers of transactional topics (see [`Positions::read_through`]). Markers after a
+    /// partition's last message join its buffer as offsets that made no row, so the commit that
+    /// covers them puts the table at the end of the partition: lag 0, and a catch-up run ends.
+    ///
+    /// [`Positions::read_through`]: super::positions::Positions::read_through
+    pub(super) async fn read_through_markers(&mut self) -> Result<(), PipelineError> {
+        let now = Instant::now();
+        for (tp, position) in source::fetch_positions(&self.consumer) {
+            match self.positions.read_through(&tp, position) {
+                ReadThrough::Nothing => {}
+                ReadThrough::Markers { dataset, from, to } => {
+                    self.datasets[dataset]
+                        .buffer
+                        .fill(&tp.topic, tp.partition, from, now, |seg| seg.skip(to - 1));
+                }
+                ReadThrough::Locate { dataset, to } => {
+                    if self.find_position(dataset, &tp, to).await? {
+                        self.positions.read_on(&tp, to);
+                    }
+                }
             }
         }
         Ok(())

@@ -39,22 +39,27 @@ pub struct SourceContext {
     /// Whether `events` holds any: asked once per polled message, so without the lock.
     pending: AtomicBool,
     health: Arc<Health>,
-    /// Low and high watermark per partition, from librdkafka's periodic statistics.
+    /// Low watermark and readable end per partition, from librdkafka's periodic statistics.
     watermarks: Mutex<HashMap<TopicPartition, (i64, i64)>>,
+    /// Whether the member reads committed records only: its readable end is then the last stable
+    /// offset, not the high watermark (an open transaction's records are not lag it can work off).
+    read_committed: bool,
 }
 
 impl SourceContext {
-    fn new(health: Arc<Health>) -> Self {
+    fn new(health: Arc<Health>, read_committed: bool) -> Self {
         SourceContext {
             events: Mutex::default(),
             pending: AtomicBool::new(false),
             health,
             watermarks: Mutex::default(),
+            read_committed,
         }
     }
 
-    /// The latest low and high watermarks librdkafka reported (every `statistics.interval.ms`); unlike
-    /// [`watermarks`], no request to the broker.
+    /// The latest low watermarks and readable ends (the last stable offset when reading committed
+    /// records, else the high watermark) librdkafka reported (every `statistics.interval.ms`); unlike
+    /// [`Inspector::watermarks`], no request to the broker.
     pub fn reported_watermarks(&self) -> HashMap<TopicPartition, (i64, i64)> {
         lock(&self.watermarks).clone()
     }
@@ -95,10 +100,15 @@ impl ClientContext for SourceContext {
         for (topic, t) in statistics.topics {
             // Partition -1 is librdkafka's internal unassigned queue.
             for (partition, p) in t.partitions.into_iter().filter(|(id, _)| *id >= 0) {
-                if p.hi_offset >= 0 {
+                let end = if self.read_committed && p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                if end >= 0 {
                     w.insert(
                         TopicPartition::new(topic.clone(), partition),
-                        (p.lo_offset.max(0), p.hi_offset),
+                        (p.lo_offset.max(0), end),
                     );
                 }
             }
@@ -153,6 +163,9 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     // Defaults first, so `kafka.properties` can override them.
     c.set("partition.assignment.strategy", "cooperative-sticky")
+        // Records of aborted transactions never reach a table, and a transaction's records only once
+        // it commits (librdkafka's default too; spelled out because it is a promise).
+        .set("isolation.level", "read_committed")
         // librdkafka's 45 s default keeps a crashed member's partitions idle for that long.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
@@ -188,7 +201,10 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
 
 /// Create the consumer and subscribe to every dataset's topics.
 pub fn subscribe(cfg: &Config, health: Arc<Health>) -> Result<Source, KafkaError> {
-    let consumer: Source = client_config(cfg).create_with_context(SourceContext::new(health))?;
+    let config = client_config(cfg);
+    let read_committed = config.get("isolation.level") != Some("read_uncommitted");
+    let consumer: Source =
+        config.create_with_context(SourceContext::new(health, read_committed))?;
     let topics: Vec<String> = cfg
         .datasets
         .iter()
@@ -217,6 +233,22 @@ pub fn commit_group_offsets(consumer: &Source, positions: &[(TopicPartition, i64
     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
         debug!(error = %e, "group offset commit failed (lag metrics only)");
     }
+}
+
+/// Each assigned partition's position as librdkafka keeps it: the offset after the last record it
+/// handed out, transaction markers included (they are never handed out, yet take offsets). A partition
+/// nothing was handed out of since its assignment or its last seek is missing.
+pub fn fetch_positions(consumer: &Source) -> HashMap<TopicPartition, i64> {
+    let Ok(tpl) = consumer.position() else {
+        return HashMap::new();
+    };
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((TopicPartition::new(e.topic(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Move a partition's fetch position.
@@ -262,7 +294,7 @@ mod tests {
 
     #[test]
     fn rebalance_events_are_seen_until_taken() {
-        let context = SourceContext::new(Arc::new(Health::default()));
+        let context = SourceContext::new(Arc::new(Health::default()), true);
         assert!(!context.has_events());
         context.push(RebalanceEvent::Revoked(vec![TopicPartition::new("t", 0)]));
         context.push(RebalanceEvent::Assigned(vec![TopicPartition::new("t", 1)]));
