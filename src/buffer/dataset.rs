@@ -7,11 +7,10 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 
 use super::{
-    ColumnBuilder, FlushBatch, FlushReason, PartitionBuffer, Segment, SizeHint, TopicPartition,
-    Unbuilt,
+    ColumnBuilder, FlushBatch, FlushReason, Optional, PartitionBuffer, Segment, SizeHint,
+    TopicPartition, Unbuilt,
 };
 use crate::config::FlushLimits;
-use crate::contract::RESCUED_COLUMN;
 use crate::transform::Row;
 
 /// All buffered rows of one dataset.
@@ -19,8 +18,8 @@ pub struct DatasetBuffer {
     schema: SchemaRef,
     /// Arrow types of the contract's columns (the schema's first fields).
     types: Vec<DataType>,
-    /// The schema has `_rescued_data` after the metadata columns.
-    rescues: bool,
+    /// The columns the schema has after the metadata columns.
+    optional: Optional,
     partition_columns: usize,
     /// Sorted by topic and partition: found without making a key (every row looks its partition up).
     pub(super) partitions: Vec<(TopicPartition, PartitionBuffer)>,
@@ -34,7 +33,7 @@ pub struct DatasetBuffer {
 
 impl DatasetBuffer {
     /// A buffer for `schema`: `data_columns` contract columns, then the metadata columns (and
-    /// `_rescued_data` if the schema has it), then `partition_columns` partition columns.
+    /// `_rescued_data` and `_unavailable_columns` where the schema has them), then `partition_columns` partition columns.
     pub fn new(schema: SchemaRef, data_columns: usize, partition_columns: usize) -> Self {
         let types = schema
             .fields()
@@ -42,9 +41,8 @@ impl DatasetBuffer {
             .take(data_columns)
             .map(|f| f.data_type().clone())
             .collect();
-        let rescues = schema.field_with_name(RESCUED_COLUMN).is_ok();
         DatasetBuffer {
-            rescues,
+            optional: Optional::of(&schema),
             schema,
             types,
             partition_columns,
@@ -219,7 +217,7 @@ impl DatasetBuffer {
         };
         Segment::new(
             &self.types,
-            self.rescues,
+            self.optional,
             self.partition_columns,
             first_offset,
             &hint,

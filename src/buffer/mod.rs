@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
-    Float32Builder, Float64Builder, Int32Array, Int32Builder, Int64Builder, RecordBatch,
-    StringArray, StringBuilder, TimestampMicrosecondBuilder,
+    Float32Builder, Float64Builder, Int32Array, Int32Builder, Int64Builder, ListBuilder,
+    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::error::ArrowError;
 use compact_str::CompactString;
 
@@ -24,6 +24,7 @@ pub use dataset::DatasetBuffer;
 pub use dead_letter::DeadLetter;
 pub use redelivery::{RedeliveryWindow, event_ids_of, source_event_id};
 
+use crate::contract::{RESCUED_COLUMN, UNAVAILABLE_COLUMN};
 use crate::transform::{Cell, OrderValue, Row};
 
 /// Bytes charged per row on top of its values: builders' offsets, validity and side tables.
@@ -207,6 +208,8 @@ pub struct Segment {
     source_pos: StringBuilder,
     /// `_rescued_data`, in tables whose contract rescues.
     rescued: Option<StringBuilder>,
+    /// `_unavailable_columns`, in tables whose source has a placeholder for values it did not deliver.
+    unavailable: Option<ListBuilder<StringBuilder>>,
     partition_values: Vec<StringBuilder>,
     dedup: Vec<(Option<CompactString>, OrderValue)>,
     dead_letters: Vec<DeadLetter>,
@@ -278,10 +281,28 @@ fn with_room(n: usize) -> usize {
     n + n / 8
 }
 
+/// The optional columns between the metadata and the partition columns a buffer's schema has.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Optional {
+    /// `_rescued_data`.
+    rescues: bool,
+    /// `_unavailable_columns`.
+    unavailable: bool,
+}
+
+impl Optional {
+    fn of(schema: &arrow::datatypes::Schema) -> Self {
+        Optional {
+            rescues: schema.field_with_name(RESCUED_COLUMN).is_ok(),
+            unavailable: schema.field_with_name(UNAVAILABLE_COLUMN).is_ok(),
+        }
+    }
+}
+
 impl Segment {
     fn new(
         types: &[DataType],
-        rescues: bool,
+        optional: Optional,
         partition_columns: usize,
         first_offset: i64,
         hint: &SizeHint,
@@ -301,7 +322,14 @@ impl Segment {
             ops: StringBuilder::with_capacity(rows, rows),
             source_ts: TimestampMicrosecondBuilder::with_capacity(rows),
             source_pos: strings(hint.source_pos),
-            rescued: rescues.then(|| strings(hint.rescued)),
+            rescued: optional.rescues.then(|| strings(hint.rescued)),
+            unavailable: optional.unavailable.then(|| {
+                ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new(
+                    "element",
+                    DataType::Utf8,
+                    true,
+                )))
+            }),
             partition_values: (0..partition_columns)
                 .map(|i| strings(hint.partition_values.get(i).copied().unwrap_or(0)))
                 .collect(),
@@ -341,6 +369,7 @@ impl Segment {
             + row.data.iter().map(Cell::approx_bytes).sum::<usize>()
             + row.source_pos.as_ref().map_or(0, |s| s.len())
             + row.rescued.as_ref().map_or(0, String::len)
+            + row.unavailable.iter().map(|c| c.len()).sum::<usize>()
             + row.dedup_key.as_ref().map_or(0, |s| s.len());
         self.skip(row.offset);
         self.source_ids.extend(source_event_id(&row));
@@ -359,6 +388,16 @@ impl Segment {
         self.source_pos.append_option(row.source_pos);
         if let Some(b) = &mut self.rescued {
             b.append_option(row.rescued);
+        }
+        if let Some(b) = &mut self.unavailable {
+            if row.unavailable.is_empty() {
+                b.append_null();
+            } else {
+                for name in &row.unavailable {
+                    b.values().append_value(name);
+                }
+                b.append(true);
+            }
         }
         for (b, v) in self
             .partition_values
@@ -403,6 +442,9 @@ impl Segment {
         columns.push(Arc::new(self.source_ts.finish().with_timezone("UTC")));
         columns.push(Arc::new(self.source_pos.finish()));
         if let Some(b) = &mut self.rescued {
+            columns.push(Arc::new(b.finish()));
+        }
+        if let Some(b) = &mut self.unavailable {
             columns.push(Arc::new(b.finish()));
         }
         for b in &mut self.partition_values {

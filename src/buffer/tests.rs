@@ -11,6 +11,7 @@ fn contract() -> Contract {
     let mut id = Column::new("id", ColumnType::Int64);
     id.nullable = false;
     Contract {
+        tracks_unavailable: false,
         on_error: OnError::default(),
         drift: Default::default(),
         columns: vec![id, Column::new("name", ColumnType::String)],
@@ -34,6 +35,7 @@ fn row(id: i64, name: &str, offset: i64, ts: Option<i64>) -> Row {
         dedup_key: Some(format!("{id}\u{1f}").into()),
         order: ts.map_or(OrderValue::Null, OrderValue::Int),
         rescued: None,
+        unavailable: Vec::new(),
     }
 }
 
@@ -246,6 +248,7 @@ fn event_ids_read_back_from_batches_match_the_rows() {
         })
         .collect();
     let contract = Contract {
+        tracks_unavailable: false,
         on_error: OnError::default(),
         drift: Default::default(),
         columns,

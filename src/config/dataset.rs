@@ -29,7 +29,15 @@ impl Format {
     pub fn is_avro(self) -> bool {
         matches!(self, Format::DebeziumAvro | Format::Avro)
     }
+
+    pub fn is_debezium(self) -> bool {
+        matches!(self, Format::DebeziumJson | Format::DebeziumAvro)
+    }
 }
+
+/// What Debezium puts in a column whose value it did not have (an unchanged TOASTed `text`/`jsonb`
+/// of Postgres, a table without `REPLICA IDENTITY FULL`): its `unavailable.value.placeholder`.
+pub const DEBEZIUM_UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
 
 /// Time granularity of the partition columns.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -105,6 +113,9 @@ pub struct DatasetConfig {
     /// How many recently committed source events (key + source position) are remembered to drop exact
     /// redeliveries in later flushes; 0 turns it off.
     pub redelivery_window: usize,
+    /// The connector's placeholder for a value it did not deliver: such a column is null in the row and
+    /// named in its `_unavailable_columns` (Debezium formats; `None` turns it off).
+    pub unavailable_value: Option<String>,
     /// A database the dataset can be extracted from (`bronze extract`, `extract` requests).
     pub extract: Option<ExtractConfig>,
     /// A second table with the newest row per key (`[datasets.latest]`).

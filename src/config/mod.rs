@@ -14,8 +14,8 @@ mod schedule;
 mod validate;
 
 pub use dataset::{
-    DatasetConfig, DeadLetterConfig, ExtractConfig, Format, InvalidMessage, LatestConfig,
-    PartitionBy, Partitioning, TopicSelector,
+    DEBEZIUM_UNAVAILABLE_VALUE, DatasetConfig, DeadLetterConfig, ExtractConfig, Format,
+    InvalidMessage, LatestConfig, PartitionBy, Partitioning, TopicSelector,
 };
 pub use schedule::{MissedSlots, ScheduleConfig, Scheduled, ScheduledJob, parse_cron};
 

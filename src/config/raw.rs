@@ -80,6 +80,9 @@ pub(super) struct RawDataset {
     pub(super) dead_letters: RawDeadLetters,
     #[serde(default = "default_redelivery_window")]
     pub(super) redelivery_window: usize,
+    /// `""` turns placeholder handling off.
+    #[serde(default)]
+    pub(super) unavailable_value: Option<String>,
     #[serde(default)]
     pub(super) extract: Option<ExtractConfig>,
     #[serde(default)]

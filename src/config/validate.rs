@@ -9,9 +9,9 @@ use std::time::Duration;
 use super::raw::{DEFAULT_MAX_MESSAGE_BYTES, RawConfig, RawDataset, RawDeadLetters, RawLatest};
 use super::schedule::ScheduleContext;
 use super::{
-    AuditConfig, CompactionConfig, Config, ConfigError, ControlConfig, DatasetConfig,
-    DeadLetterConfig, FlushLimits, KafkaConfig, LatestConfig, MemoryConfig, MetricsConfig,
-    PipelineConfig, StorageConfig, TopicSelector, VacuumConfig,
+    AuditConfig, CompactionConfig, Config, ConfigError, ControlConfig, DEBEZIUM_UNAVAILABLE_VALUE,
+    DatasetConfig, DeadLetterConfig, FlushLimits, KafkaConfig, LatestConfig, MemoryConfig,
+    MetricsConfig, PipelineConfig, StorageConfig, TopicSelector, VacuumConfig,
 };
 
 /// Uploads are committed within seconds (a failed commit deletes its files and retries with new
@@ -261,6 +261,14 @@ impl DatasetContext<'_> {
             flush,
             dead_letters,
             redelivery_window: d.redelivery_window,
+            unavailable_value: match d.unavailable_value {
+                Some(v) if v.is_empty() => None,
+                Some(v) => Some(v),
+                None => d
+                    .format
+                    .is_debezium()
+                    .then(|| DEBEZIUM_UNAVAILABLE_VALUE.to_string()),
+            },
             extract: d.extract,
             latest,
             schedule,

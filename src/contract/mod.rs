@@ -88,6 +88,10 @@ pub struct Contract {
     #[serde(default)]
     pub drift: DriftPolicy,
     pub columns: Vec<Column>,
+    /// Rows name the columns the source did not deliver in [`UNAVAILABLE_COLUMN`] (set from the
+    /// dataset's config, not the file).
+    #[serde(skip)]
+    pub tracks_unavailable: bool,
 }
 
 /// Whether values of Arrow type `from` all fit `to` exactly: the widenings `type_widening` applies.
@@ -170,6 +174,16 @@ impl DriftAction {
 /// The column holding what a row could not place: unknown fields and values its columns refused, as one
 /// JSON object keyed by the field names as they arrived. Present only in tables whose contract rescues.
 pub const RESCUED_COLUMN: &str = "_rescued_data";
+
+/// The columns of a row whose value the source did not deliver (Debezium's placeholder for an
+/// unchanged TOASTed value): null in the row, named here, never a fake value. A list of names; null
+/// when every value was delivered. Tables made before it existed get it with their next commit.
+pub const UNAVAILABLE_COLUMN: &str = "_unavailable_columns";
+
+/// Arrow type of [`UNAVAILABLE_COLUMN`], as the Delta kernel names a list's items.
+pub fn unavailable_type() -> DataType {
+    DataType::List(Arc::new(Field::new("element", DataType::Utf8, true)))
+}
 
 impl Contract {
     pub fn load(path: &Path) -> Result<Contract, ContractError> {
@@ -376,6 +390,9 @@ impl Contract {
         ]);
         if self.rescues() {
             fields.push(Field::new(RESCUED_COLUMN, DataType::Utf8, true));
+        }
+        if self.tracks_unavailable {
+            fields.push(Field::new(UNAVAILABLE_COLUMN, unavailable_type(), true));
         }
         fields.extend(
             partition_columns

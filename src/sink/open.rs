@@ -231,7 +231,10 @@ impl TableSink {
             .collect();
         let wanted: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let parts: Vec<String> = snapshot.metadata().partition_columns().to_vec();
-        let missing = wanted.iter().any(|w| !existing.contains(w));
+        // A table made before `_unavailable_columns` existed gets it with its next commit.
+        let missing = wanted
+            .iter()
+            .any(|w| !existing.contains(w) && w != crate::contract::UNAVAILABLE_COLUMN);
         let beyond: Vec<&String> = existing.iter().filter(|e| !wanted.contains(e)).collect();
         if missing || parts != partition_columns || (!beyond.is_empty() && !evolves) {
             let hint = if !missing && parts == partition_columns {

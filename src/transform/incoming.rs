@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use super::coerce::{self, Cell, CoerceError, fit_decimal};
+use super::unavailable::Placeholder;
 use crate::contract::{Column, ColumnType};
 use crate::decode::{AvroField, JsonField};
 
@@ -22,6 +23,8 @@ pub(super) trait Incoming: Clone {
     /// float32→float64, date→timestamp, decimal precision up at the same scale); `None` when the column
     /// takes it as it is or the value is of another type altogether.
     fn widening(&self, col: &Column) -> Option<(ColumnType, Option<(u8, i8)>)>;
+    /// Whether this is the source's placeholder for a value it did not deliver.
+    fn is_placeholder(&self, p: &Placeholder) -> bool;
 }
 
 impl Incoming for JsonField<'_> {
@@ -55,6 +58,14 @@ impl Incoming for JsonField<'_> {
         let n = self.as_i64()?;
         (col.ty == ColumnType::Int32 && i32::try_from(n).is_err())
             .then_some((ColumnType::Int64, None))
+    }
+
+    fn is_placeholder(&self, p: &Placeholder) -> bool {
+        match self {
+            JsonField::Str(s) => p.is_text(s),
+            JsonField::Nested(v) => p.is_json(v),
+            _ => false,
+        }
     }
 }
 
@@ -122,6 +133,15 @@ impl Incoming for AvroField {
                 Some((ColumnType::Decimal, Some((*p, col.scale.unwrap_or(0)))))
             }
             _ => None,
+        }
+    }
+
+    fn is_placeholder(&self, p: &Placeholder) -> bool {
+        match self {
+            AvroField::String(s) => p.is_text(s),
+            AvroField::Bytes(b) => p.is_bytes(b),
+            AvroField::Nested(v) => p.is_json(v),
+            _ => false,
         }
     }
 

@@ -43,6 +43,7 @@ impl Mapper {
     ) -> Result<Row, TransformError> {
         let ncols = self.contract.columns.len();
         self.nulls.clear();
+        self.unavailable.clear();
         let mut data = vec![Cell::Null; ncols];
         let mut present = std::mem::take(&mut self.present);
         present.clear();
@@ -171,7 +172,7 @@ impl Mapper {
         }
         for (i, c) in self.contract.columns.iter().enumerate() {
             let required = !c.nullable && (full_row || self.key_columns.contains(&i));
-            if !required || !matches!(data[i], Cell::Null) {
+            if !required || !matches!(data[i], Cell::Null) || self.unavailable.contains(&i) {
                 continue;
             }
             // `null` is refused for non-nullable columns when the contract loads.
@@ -242,6 +243,11 @@ impl Mapper {
             dedup_key,
             order,
             rescued: (!rescued.is_empty()).then(|| Value::Object(rescued).to_string()),
+            unavailable: self
+                .unavailable
+                .iter()
+                .map(|&i| CompactString::from(self.contract.columns[i].name.as_str()))
+                .collect(),
         }
     }
 
@@ -297,6 +303,11 @@ impl Mapper {
         unknown_fields: &mut u64,
     ) -> Result<(), TransformError> {
         for (field, value) in row {
+            // Not a value: nothing to place, type or evolve.
+            let placeholder = self
+                .placeholder
+                .as_ref()
+                .is_some_and(|p| value.is_placeholder(p));
             let i = match self.column_of(field.as_ref()) {
                 Target::Column(i) => i,
                 Target::Alias(i) => {
@@ -312,6 +323,7 @@ impl Mapper {
                     );
                     i
                 }
+                Target::Unknown(_) if placeholder => continue,
                 Target::Unknown(name) => {
                     *unknown_fields += 1;
                     if self.contract.drift.new_column != DriftAction::Evolve {
@@ -326,6 +338,11 @@ impl Mapper {
                     i
                 }
             };
+            if placeholder {
+                slots.seen[i] = true;
+                self.unavailable.push(i);
+                continue;
+            }
             self.fill_cell(i, field, value, slots, rescued)?;
         }
         Ok(())

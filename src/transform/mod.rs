@@ -12,6 +12,7 @@ mod incoming;
 mod map;
 mod names;
 mod partition;
+mod unavailable;
 
 use compact_str::CompactString;
 use std::collections::BTreeMap;
@@ -164,6 +165,8 @@ pub struct Row {
     pub order: OrderValue,
     /// JSON object of what the row could not place (contracts that rescue).
     pub rescued: Option<String>,
+    /// Columns the source did not deliver a value for (its placeholder came instead): null here.
+    pub unavailable: Vec<CompactString>,
 }
 
 /// Maps changes of one dataset onto its contract. A clone maps alike (on another thread, say) until
@@ -182,6 +185,10 @@ pub struct Mapper {
     last_partition: Option<(i64, i64, Arc<[String]>)>,
     /// Columns of the message being mapped that arrived as an explicit null.
     nulls: Vec<usize>,
+    /// The source's placeholder for a value it did not deliver, and the columns of the message being
+    /// mapped that carried it.
+    placeholder: Option<unavailable::Placeholder>,
+    unavailable: Vec<usize>,
     /// Changes with the contract: evolved, widened or adopted columns.
     generation: u64,
     /// Coercion errors since the last [`Mapper::take_column_errors`].
@@ -246,7 +253,8 @@ fn time_source(dataset: &DatasetConfig, contract: &Contract) -> Result<TimeSourc
 }
 
 impl Mapper {
-    pub fn new(dataset: &DatasetConfig, contract: Contract) -> Result<Mapper, MappingError> {
+    pub fn new(dataset: &DatasetConfig, mut contract: Contract) -> Result<Mapper, MappingError> {
+        contract.tracks_unavailable = dataset.unavailable_value.is_some();
         let column = |name: &str, key: &'static str, what: &str| {
             column_index(dataset, &contract, name, key, what)
         };
@@ -288,6 +296,11 @@ impl Mapper {
             generation: next_generation(),
             column_errors: Vec::new(),
             nulls: Vec::new(),
+            placeholder: dataset
+                .unavailable_value
+                .as_deref()
+                .map(unavailable::Placeholder::new),
+            unavailable: Vec::new(),
             drift: BTreeMap::new(),
             key_columns,
             key_from_message_key: dataset.key_from_message_key,

@@ -44,6 +44,7 @@ fn dataset() -> DatasetConfig {
             topic: None,
         },
         redelivery_window: 0,
+        unavailable_value: Some(crate::config::DEBEZIUM_UNAVAILABLE_VALUE.into()),
         extract: None,
         latest: None,
         schedule: None,
@@ -62,6 +63,7 @@ fn change_of(op: Op, after: serde_json::Value) -> Change<'static> {
 
 fn mapper() -> Mapper {
     let contract = Contract {
+        tracks_unavailable: false,
         on_error: OnError::default(),
         drift: Default::default(),
         columns: vec![
@@ -189,6 +191,7 @@ fn truncate_has_no_key_and_falls_back_to_ingest_time_without_source_ts() {
 #[test]
 fn unknown_key_or_ordering_columns_are_rejected() {
     let contract = Contract {
+        tracks_unavailable: false,
         on_error: OnError::default(),
         drift: Default::default(),
         columns: vec![col("id", ColumnType::Int64, false)],
@@ -211,6 +214,7 @@ fn on_error_rules_decide_per_column() {
     let mut strict = col("first_name", ColumnType::Bool, true);
     strict.on_error = Some(OnError::Fail);
     let contract = Contract {
+        tracks_unavailable: false,
         on_error: OnError::DeadLetter,
         drift: Default::default(),
         columns: vec![col("id", ColumnType::Int64, false), strict, lenient],
@@ -267,6 +271,7 @@ fn drift_is_observed_and_the_policy_decides() {
     let mut email = col("email_address", ColumnType::String, true);
     email.aliases = vec!["email".into()];
     let contract = Contract {
+        tracks_unavailable: false,
         on_error: OnError::DeadLetter,
         drift: DriftPolicy {
             new_column: DriftAction::Quarantine,
@@ -346,6 +351,7 @@ fn drift_is_observed_and_the_policy_decides() {
 fn evolving() -> (DatasetConfig, Contract) {
     use crate::contract::{DriftAction, DriftPolicy};
     let contract = Contract {
+        tracks_unavailable: false,
         on_error: OnError::DeadLetter,
         drift: DriftPolicy {
             new_column: DriftAction::Evolve,
@@ -485,6 +491,7 @@ fn evolve_adds_typed_columns_and_waits_for_a_value() {
 fn review_holds_new_fields_until_the_table_has_their_column() {
     use crate::contract::{DriftAction, DriftPolicy, ReviewHold};
     let mut contract = Contract {
+        tracks_unavailable: false,
         on_error: OnError::DeadLetter,
         drift: DriftPolicy {
             new_column: DriftAction::Review,
@@ -567,6 +574,7 @@ fn avro_fields_coerce_by_type_and_evolve_typed_columns() {
     let mut at = col("at", ColumnType::Timestamp, true);
     at.unit = EpochUnit::Ms;
     let contract = Contract {
+        tracks_unavailable: false,
         on_error: OnError::DeadLetter,
         drift: DriftPolicy {
             new_column: DriftAction::Evolve,
@@ -684,6 +692,7 @@ fn type_widening_and_type_change_are_classified() {
     use crate::contract::{DriftAction, DriftPolicy};
     use crate::decode::AvroField as A;
     let contract = |policy| Contract {
+        tracks_unavailable: false,
         on_error: OnError::DeadLetter,
         drift: DriftPolicy {
             type_widening: policy,
@@ -784,6 +793,7 @@ fn explicit_nulls_in_non_nullable_columns_are_nullability_drift() {
     d.header_columns.clear();
     d.key_from_message_key = false;
     let contract = Contract {
+        tracks_unavailable: false,
         on_error: OnError::DeadLetter,
         drift: Default::default(),
         columns: vec![
@@ -820,5 +830,69 @@ fn explicit_nulls_in_non_nullable_columns_are_nullability_drift() {
             ("missing_column", "name".to_string(), "ignore", 1),
             ("nullability", "name".to_string(), "dead_letter", 1)
         ]
+    );
+}
+
+#[test]
+fn debezium_placeholders_are_not_values() {
+    let mut m = mapper();
+    let mut unknown = 0;
+    let none = |_: &str| None;
+    // An update of a row whose TOASTed columns did not change: a required one and an optional one.
+    let row = m
+        .map(
+            change(
+                Op::Update,
+                json!({"id": 1, "first_name": "__debezium_unavailable_value",
+                       "trace": ["__debezium_unavailable_value"], "blob": "__debezium_unavailable_value"}),
+            ),
+            &ctx(&|| None, &none),
+            &mut unknown,
+        )
+        .unwrap();
+    assert_eq!(row.data, vec![Cell::Int64(1), Cell::Null, Cell::Null]);
+    assert_eq!(row.unavailable, vec!["first_name", "trace"]);
+    assert_eq!(unknown, 0, "a placeholder says nothing of an unknown field");
+    assert!(
+        m.contract()
+            .table_schema(&[])
+            .field_with_name("_unavailable_columns")
+            .is_ok()
+    );
+    let row = m
+        .map(
+            change(
+                Op::Update,
+                json!({"id": 1, "first_name": "Ann", "trace": "t"}),
+            ),
+            &ctx(&|| None, &none),
+            &mut unknown,
+        )
+        .unwrap();
+    assert!(row.unavailable.is_empty());
+    // Turned off (`unavailable_value = ""`, or a format without one), the placeholder is text.
+    let mut d = dataset();
+    d.unavailable_value = None;
+    let mut plain = Mapper::new(&d, mapper().contract().clone()).unwrap();
+    let row = plain
+        .map(
+            change(
+                Op::Update,
+                json!({"id": 1, "first_name": "__debezium_unavailable_value"}),
+            ),
+            &ctx(&|| None, &none),
+            &mut unknown,
+        )
+        .unwrap();
+    assert_eq!(
+        row.data[1],
+        Cell::Str("__debezium_unavailable_value".into())
+    );
+    assert!(
+        plain
+            .contract()
+            .table_schema(&[])
+            .field_with_name("_unavailable_columns")
+            .is_err()
     );
 }
