@@ -70,3 +70,52 @@ def test_placeholders_become_unavailable_columns_across_flushes_and_restarts(tmp
     assert "extra" not in h.read_delta(str(ds.table)).schema.names
     # polars reads the list column too.
     assert h.read_polars(str(ds.table)).filter(id=1).height == 4
+
+
+def test_the_latest_view_carries_the_previous_value_forward(tmp_path):
+    ds = one_dataset(tmp_path, "toastlatest", CONTRACT, keys=["id"], flush_age="200ms")
+    text = ds.config.read_text().replace('format = "debezium-json"',
+                                         'format = "debezium-json"\nlatest = { buckets = 2, interval = "1h" }')
+    ds.config.write_text(text)
+    view = tmp_path / "lake" / "events_latest"
+
+    def row(i, id_, name, notes, op="u", ts=None):
+        return (str(id_), change(i if ts is None else ts, {"id": id_, "name": name, "notes": notes, "doc": None,
+                                                            "blob": None}, op=op))
+
+    def latest():
+        return {r["id"]: r for r in h.read_delta(str(view)).to_pylist()}
+
+    # Run 1, refresh 1: key 1 inserted with its notes.
+    send(ds.topic, [row(0, 1, "a1", "one", op="c")])
+    h.run_bronze(ds.config, "run", "--until-caught-up")
+    h.run_bronze(ds.config, "latest")
+    # Run 2, refresh 2: key 1 updated without its notes (the view knows them); key 2 inserted and updated
+    # without them in the same refresh (an earlier change knows them); key 3 only ever updated without
+    # them (nobody knows them).
+    send(ds.topic, [row(1, 1, "a2", PLACEHOLDER), row(2, 2, "b1", "two", op="c"), row(3, 2, "b2", PLACEHOLDER),
+                    row(4, 3, "c1", PLACEHOLDER)])
+    h.run_bronze(ds.config, "run", "--until-caught-up")
+    h.run_bronze(ds.config, "latest")
+    got = latest()
+    assert {k: (r["name"], r["notes"], r["_unavailable_columns"]) for k, r in got.items()} == {
+        1: ("a2", "one", None), 2: ("b2", "two", None), 3: ("c1", None, ["notes"])}
+    # Run 3, refresh 3: key 1 again without them (carried from the carried value), then with new notes for
+    # key 2 in one flush and without them after it in a later one.
+    send(ds.topic, [row(5, 1, "a3", PLACEHOLDER), row(6, 2, "b3", "two, new")])
+    h.run_bronze(ds.config, "run", "--until-caught-up")
+    send(ds.topic, [row(7, 2, "b4", PLACEHOLDER)])
+    h.run_bronze(ds.config, "run", "--until-caught-up")
+    h.run_bronze(ds.config, "latest")
+    got = latest()
+    assert {k: (r["name"], r["notes"]) for k, r in got.items()} == {
+        1: ("a3", "one"), 2: ("b4", "two, new"), 3: ("c1", None)}
+    # The history keeps what arrived: the placeholder rows are null and say so.
+    history = sorted(h.read_delta(str(ds.table)).to_pylist(), key=lambda r: r["_offset"])
+    assert [r["notes"] for r in history] == ["one", None, "two", None, None, None, "two, new", None]
+    # A rebuild from the whole history (a new view) finds the same values.
+    import shutil
+    shutil.rmtree(view)
+    h.run_bronze(ds.config, "latest")
+    assert {k: (r["name"], r["notes"]) for k, r in latest().items()} == {
+        1: ("a3", "one"), 2: ("b4", "two, new"), 3: ("c1", None)}

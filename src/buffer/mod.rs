@@ -406,7 +406,14 @@ impl Segment {
         {
             b.append_value(v);
         }
-        self.dedup.push((row.dedup_key, row.order));
+        // A row that lacks values (`_unavailable_columns`) neither replaces nor is replaced by another
+        // row of its key in the flush: the row it would replace may be the only one that has them.
+        let key = if row.unavailable.is_empty() {
+            row.dedup_key
+        } else {
+            None
+        };
+        self.dedup.push((key, row.order));
         self.bytes += bytes;
     }
 

@@ -415,3 +415,18 @@ fn segments_of_a_partition_flush_as_one_range_and_dedup_across() {
         .to_vec();
     assert_eq!(offsets, vec![1, 3, 5]);
 }
+
+#[test]
+fn a_row_lacking_values_keeps_the_row_before_it() {
+    let mut b = buffer();
+    let now = Instant::now();
+    b.push("t", 0, row(1, "with notes", 0, Some(10)), now);
+    let mut lacking = row(1, "without", 1, Some(20));
+    lacking.unavailable = vec!["notes".into()];
+    b.push("t", 0, lacking, now);
+    // Another key: the usual rule.
+    b.push("t", 0, row(2, "old", 2, Some(10)), now);
+    b.push("t", 0, row(2, "new", 3, Some(20)), now);
+    let f = b.take("batch-1").unwrap().unwrap();
+    assert_eq!((f.rows_in, f.duplicates_dropped, f.rows()), (4, 1, 3));
+}

@@ -28,7 +28,9 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::MaintenanceError;
+use super::carry_forward::{self, Donors, KeyColumn, earlier_donors, earlier_rows, rows_lacking};
 use crate::config::{Config, DatasetConfig, LatestConfig};
+use crate::contract::UNAVAILABLE_COLUMN;
 use crate::sink::{SinkError, TableSink};
 use crate::transform::{Cell, OrderValue, key_of_arrow};
 
@@ -61,39 +63,42 @@ pub struct LatestReport {
 }
 
 /// The newest change of one key among the new files.
-struct Change {
-    bucket: u32,
-    order: OrderValue,
-    version: u64,
-    offset: i64,
-    delete: bool,
+#[derive(Clone)]
+pub(super) struct Change {
+    pub bucket: u32,
+    pub order: OrderValue,
+    pub version: u64,
+    pub offset: i64,
+    pub delete: bool,
     /// Where its row is: index into the new files, row within the file.
-    file: usize,
-    row: usize,
+    pub file: usize,
+    pub row: usize,
+    /// Columns its row lacks (`_unavailable_columns`): carried forward from the key's previous value.
+    pub unavailable: Vec<String>,
 }
 
 impl Change {
-    fn newer_than(&self, other: &Change) -> bool {
+    pub fn newer_than(&self, other: &Change) -> bool {
         (&self.order, self.version, self.offset) > (&other.order, other.version, other.offset)
     }
 }
 
 /// A history file to read, and the history version that added it.
-struct NewFile {
-    path: String,
-    partition_values: HashMap<String, Option<String>>,
-    size: i64,
-    version: u64,
+pub(super) struct NewFile {
+    pub path: String,
+    pub partition_values: HashMap<String, Option<String>>,
+    pub size: i64,
+    pub version: u64,
 }
 
 /// What every step of one refresh reads.
-struct Sources<'a> {
-    history: &'a TableSink,
-    history_schema: &'a SchemaRef,
-    view_schema: &'a SchemaRef,
-    d: &'a DatasetConfig,
+pub(super) struct Sources<'a> {
+    pub history: &'a TableSink,
+    pub history_schema: &'a SchemaRef,
+    pub view_schema: &'a SchemaRef,
+    pub d: &'a DatasetConfig,
     /// The history files this refresh applies.
-    files: &'a [NewFile],
+    pub files: &'a [NewFile],
 }
 
 /// The view files one refresh removes and adds, in one commit.
@@ -154,12 +159,13 @@ pub async fn refresh(cfg: &Config, d: &DatasetConfig) -> Result<LatestReport, Ma
         files: &files,
     };
     let changes = newest_changes(&src, view_cfg, &mut report).await?;
+    let earlier = earlier_donors(&src, &changes).await?;
     // With nothing but skipped offsets the commit only records the version, so the next refresh
     // starts after it.
     let edits = if changes.is_empty() && !report.rebuilt {
         Edits::default()
     } else {
-        rewrite_buckets(&src, &view, view_cfg, &changes, &mut report).await?
+        rewrite_buckets(&src, &view, view_cfg, &changes, &earlier, &mut report).await?
     };
     commit(&mut view, &view_schema, edits, &app_id, head, &mut report).await?;
     Ok(finish(report, started))
@@ -172,6 +178,7 @@ async fn rewrite_buckets(
     view: &TableSink,
     view_cfg: &LatestConfig,
     changes: &HashMap<String, Change>,
+    earlier: &HashMap<KeyColumn, Change>,
     report: &mut LatestReport,
 ) -> Result<Edits, MaintenanceError> {
     let mut by_bucket: BTreeMap<u32, Vec<(&String, &Change)>> = BTreeMap::new();
@@ -194,7 +201,16 @@ async fn rewrite_buckets(
     report.passes = passes.len();
     let mut edits = Edits::default();
     for pass in &passes {
-        let merged = merge_pass(src, view, &mut view_files, pass, &by_bucket, report.rebuilt).await;
+        let merged = merge_pass(
+            src,
+            view,
+            &mut view_files,
+            pass,
+            &by_bucket,
+            earlier,
+            report.rebuilt,
+        );
+        let merged = merged.await;
         match merged {
             Ok(pass_edits) => {
                 edits.removes.extend(pass_edits.removes);
@@ -303,7 +319,7 @@ fn identity_columns(d: &DatasetConfig) -> Vec<&str> {
 }
 
 /// Key, order value, offset and op of every row of `batch` (which has [`identity_columns`]).
-fn identities(
+pub(super) fn identities(
     batch: &RecordBatch,
     d: &DatasetConfig,
 ) -> Vec<Option<(String, OrderValue, i64, bool)>> {
@@ -343,18 +359,13 @@ async fn newest_changes(
     view_cfg: &LatestConfig,
     report: &mut LatestReport,
 ) -> Result<HashMap<String, Change>, SinkError> {
-    let columns = identity_columns(src.d);
     let mut changes: HashMap<String, Change> = HashMap::new();
     for (f, file) in src.files.iter().enumerate() {
         let mut row = 0;
-        let (path, values, schema) = (&file.path, &file.partition_values, src.history_schema);
-        for batch in src
-            .history
-            .read_file(path, values, schema, Some(&columns))
-            .await?
-        {
+        for batch in read_identities(src, file).await? {
             report.rows_read += batch.num_rows() as u64;
-            for id in identities(&batch, src.d) {
+            let unavailable = batch.column_by_name(UNAVAILABLE_COLUMN);
+            for (i, id) in identities(&batch, src.d).into_iter().enumerate() {
                 if let Some((key, order, offset, delete)) = id {
                     let change = Change {
                         bucket: bucket_of(&key, view_cfg.buckets),
@@ -364,6 +375,7 @@ async fn newest_changes(
                         delete,
                         file: f,
                         row,
+                        unavailable: carry_forward::names_at(unavailable, i),
                     };
                     match changes.get(&key) {
                         Some(old) if !change.newer_than(old) => {}
@@ -377,6 +389,19 @@ async fn newest_changes(
         }
     }
     Ok(changes)
+}
+
+/// A history file's identity columns and its rows' `_unavailable_columns`.
+pub(super) async fn read_identities(
+    src: &Sources<'_>,
+    file: &NewFile,
+) -> Result<Vec<RecordBatch>, SinkError> {
+    let mut columns = identity_columns(src.d);
+    columns.push(UNAVAILABLE_COLUMN);
+    let (path, values, schema) = (&file.path, &file.partition_values, src.history_schema);
+    src.history
+        .read_file(path, values, schema, Some(&columns))
+        .await
 }
 
 /// The view's live files by bucket, as the remove actions a rewrite of the bucket commits.
@@ -443,9 +468,11 @@ async fn merge_pass(
     view_files: &mut HashMap<u32, Vec<deltalake::kernel::Remove>>,
     pass: &[u32],
     by_bucket: &BTreeMap<u32, Vec<(&String, &Change)>>,
+    earlier: &HashMap<KeyColumn, Change>,
     rebuild: bool,
 ) -> Result<Edits, MaintenanceError> {
     let mut new_rows = pass_rows(src, view, pass, by_bucket).await?;
+    let (earlier, by_column) = earlier_rows(src, view, pass, earlier).await?;
     let mut edits = Edits::default();
     for b in pass {
         let bucket = b.to_string();
@@ -458,6 +485,7 @@ async fn merge_pass(
             .collect();
         let mut out: Vec<RecordBatch> = Vec::new();
         let mut superseded: Vec<&String> = Vec::new();
+        let mut prior: Vec<RecordBatch> = Vec::new();
         if !rebuild {
             for r in &old {
                 let values = r.partition_values.clone().unwrap_or_default();
@@ -467,13 +495,27 @@ async fn merge_pass(
                 {
                     let (keep, beaten) = keep_unchanged(&batch, src.d, &changed);
                     superseded.extend(beaten);
+                    let lacking = rows_lacking(&batch, src.d, &changed);
+                    if !lacking.is_empty() {
+                        prior.push(take_rows(&batch, &lacking).map_err(|e| arrow_error(view, e))?);
+                    }
                     out.push(take_rows(&batch, &keep).map_err(|e| arrow_error(view, e))?);
                 }
             }
         }
+        let (prior, by_key) = carry_forward::by_key(&prior, src.view_schema, src.d)
+            .map_err(|e| arrow_error(view, e))?;
+        let donors = Donors {
+            earlier: earlier.as_ref(),
+            by_column: Some(&by_column),
+            prior: prior.as_ref(),
+            by_key,
+        };
         for batch in new_rows.remove(b).unwrap_or_default() {
             let keep = drop_beaten(&batch, src.d, &superseded);
             let batch = take_rows(&batch, &keep).map_err(|e| arrow_error(view, e))?;
+            let batch = carry_forward::fill_rows(&batch, src.d, &donors)
+                .map_err(|e| arrow_error(view, e))?;
             let batch = with_bucket(&batch, src.view_schema, &bucket);
             out.push(batch.map_err(|e| arrow_error(view, e))?);
         }
@@ -561,7 +603,10 @@ fn drop_beaten(batch: &RecordBatch, d: &DatasetConfig, beaten: &[&String]) -> Ve
         .collect()
 }
 
-fn take_rows(batch: &RecordBatch, rows: &[u32]) -> Result<RecordBatch, arrow::error::ArrowError> {
+pub(super) fn take_rows(
+    batch: &RecordBatch,
+    rows: &[u32],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     let indices = UInt32Array::from(rows.to_vec());
     let columns = batch
         .columns()
@@ -582,7 +627,7 @@ fn with_bucket(
     RecordBatch::try_new(view_schema.clone(), columns)
 }
 
-fn arrow_error(view: &TableSink, e: arrow::error::ArrowError) -> MaintenanceError {
+pub(super) fn arrow_error(view: &TableSink, e: arrow::error::ArrowError) -> MaintenanceError {
     MaintenanceError::Sink(Box::new(SinkError::Query {
         uri: view.uri().to_string(),
         message: e.to_string(),

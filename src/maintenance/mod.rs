@@ -9,6 +9,7 @@
 //! blind append through in either order); two compactions of the same files conflict and the loser
 //! gives up that partition until the next round.
 
+mod carry_forward;
 pub mod latest;
 
 use std::collections::HashMap;

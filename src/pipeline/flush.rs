@@ -312,6 +312,21 @@ impl Run {
         ds.pending = Some(pending);
     }
 
+    /// `--until-caught-up`: commit what is buffered (or a kept batch, once its backoff is over) and wait
+    /// for it; whether nothing is left uncommitted. Unlike [`Run::flush_all`], a failed commit keeps its
+    /// batch for the next check: a member that cannot commit yet keeps waiting, as the members waiting
+    /// for its partitions do, rather than end without its rows.
+    pub(super) async fn commit_caught_up(&mut self) -> Result<bool, PipelineError> {
+        let now = Instant::now();
+        for d in 0..self.datasets.len() {
+            if self.datasets[d].retry_at.is_none_or(|t| now >= t) {
+                self.flush(d, FlushReason::CaughtUp).await?;
+                self.settle(d).await?;
+            }
+        }
+        Ok(self.datasets.iter().all(|ds| ds.pending.is_none()))
+    }
+
     pub(super) async fn flush_all(&mut self, reason: FlushReason) -> Result<(), PipelineError> {
         for d in 0..self.datasets.len() {
             for attempt in 0..5 {

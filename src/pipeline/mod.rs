@@ -545,13 +545,14 @@ impl Run {
         // Other members may be waiting for these partitions to be in the table: commit them now
         // rather than at the flush age.
         if !self.catch_up.own_committed {
-            self.flush_all(FlushReason::CaughtUp).await?;
+            if !self.commit_caught_up().await? {
+                return Ok(false);
+            }
             self.catch_up.own_committed = true;
         }
-        if !self.others_caught_up().await? {
+        if !self.others_caught_up().await? || !self.commit_caught_up().await? {
             return Ok(false);
         }
-        self.flush_all(FlushReason::CaughtUp).await?;
         info!("caught up with the high watermarks read at assignment");
         Ok(true)
     }

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use rdkafka::error::KafkaError;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::message::Message;
 use super::positions::{Phase, ReadThrough};
@@ -115,6 +115,7 @@ impl Run {
             match self.positions.read_through(&tp, position) {
                 ReadThrough::Nothing => {}
                 ReadThrough::Markers { dataset, from, to } => {
+                    debug!(topic = %tp.topic, partition = tp.partition, from, to, "read past markers");
                     self.datasets[dataset]
                         .buffer
                         .fill(&tp.topic, tp.partition, from, now, |seg| seg.skip(to - 1));
