@@ -87,6 +87,17 @@ pub fn due(
     if latest <= after {
         return Due::Nothing;
     }
+    // Skipped slots are recorded before the next one runs, however soon it came due after the owner
+    // took over: the owner's first look may come after a slot that was not missed.
+    if missed == MissedSlots::Skip
+        && latest > since
+        && let Ok(missed_slot) = cron.find_previous_occurrence(&since.with_timezone(&tz), true)
+        && missed_slot.with_timezone(&Utc) > after
+    {
+        return Due::Skip {
+            slot: missed_slot.with_timezone(&Utc),
+        };
+    }
     let folded = cron
         .find_next_occurrence(&after.with_timezone(&tz), false)
         .is_ok_and(|first| first.with_timezone(&Utc) < latest);
@@ -332,6 +343,32 @@ mod tests {
             MissedSlots::Skip,
         );
         assert_eq!(skip, Due::Skip { slot: missed_slot });
+        // The owner's first look came after 10, a slot it owned: 08 is skipped first, then 10 runs.
+        let later = at("2026-12-07T10:00:10.300Z");
+        let first = due(
+            &every_2s,
+            chrono_tz::UTC,
+            last,
+            since,
+            later,
+            MissedSlots::Skip,
+        );
+        assert_eq!(first, Due::Skip { slot: missed_slot });
+        let then = due(
+            &every_2s,
+            chrono_tz::UTC,
+            Some(missed_slot),
+            since,
+            later,
+            MissedSlots::Skip,
+        );
+        assert_eq!(
+            then,
+            Due::Run {
+                slot: at("2026-12-07T10:00:10Z"),
+                folded: false
+            }
+        );
         // Owner all along, busy from 10:00:03 to 10:00:07: only 06 runs.
         let since = at("2026-12-07T10:00:00Z");
         let now = at("2026-12-07T10:00:07Z");
