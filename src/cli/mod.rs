@@ -1,6 +1,7 @@
 //! The command line: one room per command (its arguments and what it prints); `main` parses and
 //! dispatches. Everything a command does beyond reading arguments and printing lives in the library.
 
+mod contract;
 mod dlq;
 mod maintenance;
 mod requests;
@@ -67,6 +68,11 @@ pub enum Command {
         #[command(subcommand)]
         command: schema::SchemaCommand,
     },
+    /// Contracts derived from the sources' own schemas (Connect JSON schemas, the Avro registry).
+    Contract {
+        #[command(subcommand)]
+        command: contract::ContractCommand,
+    },
     /// Rebuild the time partitions of a range from Kafka and replace them in one Delta commit.
     /// Idempotent per request id (a rerun is a no-op unless --force).
     Backfill(requests::BackfillArgs),
@@ -96,6 +102,11 @@ pub struct ConfigArgs {
 
 impl Command {
     /// The configuration file the command reads.
+    /// Whether the command needs the datasets' contracts to load (generating them does not).
+    pub fn needs_contracts(&self) -> bool {
+        !matches!(self, Command::Contract { .. })
+    }
+
     pub fn config_path(&self) -> &Path {
         match self {
             Command::Run(a) => &a.config,
@@ -110,6 +121,7 @@ impl Command {
             Command::Vacuum(a) => &a.config,
             Command::Dlq { command } => command.config_path(),
             Command::Schema { command } => command.config_path(),
+            Command::Contract { command } => command.config_path(),
         }
     }
 
@@ -127,6 +139,7 @@ impl Command {
             Command::Vacuum(a) => maintenance::vacuum(&cfg, a).await,
             Command::Dlq { command } => dlq::dlq(&cfg, command).await,
             Command::Schema { command } => schema::schema(&cfg, command).await,
+            Command::Contract { command } => contract::contract(&cfg, command).await,
         }
     }
 }

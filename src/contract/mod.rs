@@ -44,6 +44,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use serde::Deserialize;
 
 mod column;
+pub mod derive;
 
 pub use column::{
     BinaryEncoding, Column, ColumnType, EpochUnit, OnError, Rounding, timestamp_type,

@@ -140,6 +140,21 @@ impl Registry {
         &self,
         subject: &str,
     ) -> Result<Option<(u32, Arc<WriterSchema>)>, RegistryError> {
+        let Some((version, id, text)) = self.latest_text(subject).await? else {
+            return Ok(None);
+        };
+        let unavailable = |e: String| RegistryError::Unavailable(format!("subject {subject}: {e}"));
+        let w = parse(id, &text)
+            .map_err(|e| unavailable(format!("schema does not parse as Avro: {e}")))?;
+        Ok(Some((version, Arc::new(w))))
+    }
+
+    /// The latest version of `subject` as the registry holds it: (version, schema id, schema text),
+    /// custom attributes (`connect.name`, ...) and all.
+    pub async fn latest_text(
+        &self,
+        subject: &str,
+    ) -> Result<Option<(u32, u32, String)>, RegistryError> {
         let path = format!(
             "subjects/{}/versions/latest",
             percent_encoding::utf8_percent_encode(subject, percent_encoding::NON_ALPHANUMERIC)
@@ -154,9 +169,7 @@ impl Registry {
         if let Some(t) = answer.schema_type.filter(|t| t != "AVRO") {
             return Err(unavailable(format!("a {t} schema, not Avro")));
         }
-        let w = parse(answer.id, &answer.schema)
-            .map_err(|e| unavailable(format!("schema does not parse as Avro: {e}")))?;
-        Ok(Some((answer.version, Arc::new(w))))
+        Ok(Some((answer.version, answer.id, answer.schema)))
     }
 
     /// `GET {base}/{path}`: a success or a 404, with the body; errs when the registry cannot be reached

@@ -168,18 +168,36 @@ impl Inspector {
                     }
                 }
                 Some(Err(e)) => return Err(e),
-                None if idle_since.elapsed() > Duration::from_secs(30) => {
-                    return Err(KafkaError::MessageConsumption(
-                        rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-                    ));
+                None => {
+                    self.drop_read_through(ends);
+                    if !ends.is_empty() && idle_since.elapsed() > Duration::from_secs(30) {
+                        return Err(KafkaError::MessageConsumption(
+                            rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                        ));
+                    }
                 }
-                None => {}
             }
         }
         if ends.is_empty() {
             self.consumer.unassign()?;
         }
         Ok(read)
+    }
+
+    /// Partitions whose position has reached their end with no message to say so: transaction markers
+    /// take a partition's last offsets, and librdkafka's position steps over them.
+    fn drop_read_through(&self, ends: &mut HashMap<TopicPartition, i64>) {
+        let Ok(tpl) = self.consumer.position() else {
+            return;
+        };
+        for e in tpl.elements() {
+            if let Offset::Offset(position) = e.offset() {
+                let tp = TopicPartition::new(e.topic(), e.partition());
+                if ends.get(&tp).is_some_and(|&end| position >= end) {
+                    ends.remove(&tp);
+                }
+            }
+        }
     }
 
     /// Kafka timestamp (ms) of the message at each given offset, for those that can be read within
