@@ -199,12 +199,10 @@ impl Scheduler {
         let Some(since) = self.since else {
             return Vec::new();
         };
+        let newest = newest_slots(statuses);
         let mut out = Vec::new();
         for e in &mut self.entries {
-            let known = statuses
-                .keys()
-                .filter_map(|id| slot_of(id, &e.dataset, e.job))
-                .max();
+            let known = newest.get(&(e.dataset.as_str(), e.job.as_str())).copied();
             let last = known.max(e.fired);
             let (slot, folded, skip) = match due(&e.cron, e.tz, last, since, now, e.missed) {
                 Due::Nothing => continue,
@@ -239,6 +237,29 @@ impl Scheduler {
             .min();
         next.map_or(TICK, |n| n.min(TICK))
     }
+}
+
+/// The newest slot with a status of every dataset and job, in one pass over the statuses (asked every
+/// tick: one scan per schedule would cost schedules × requests ever made).
+fn newest_slots(statuses: &HashMap<String, Status>) -> HashMap<(&str, &str), DateTime<Utc>> {
+    let mut out: HashMap<(&str, &str), DateTime<Utc>> = HashMap::new();
+    for id in statuses.keys() {
+        let Some(rest) = id.strip_prefix(ID_PREFIX) else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, ':');
+        let (Some(dataset), Some(job), Some(time)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(slot) = DateTime::parse_from_rfc3339(time) else {
+            continue;
+        };
+        let slot = slot.with_timezone(&Utc);
+        let newest = out.entry((dataset, job)).or_insert(slot);
+        *newest = (*newest).max(slot);
+    }
+    out
 }
 
 /// The next slot of a cron expression after `now`, for `bronze status`.
@@ -387,6 +408,26 @@ mod tests {
                 folded: true
             }
         );
+    }
+
+    #[test]
+    fn the_newest_slot_of_each_schedule_comes_from_one_pass() {
+        let statuses: HashMap<String, Status> = [
+            "schedule:orders:compact:2026-12-07T10:00:02Z",
+            "schedule:orders:compact:2026-12-07T10:00:06Z",
+            "schedule:orders:vacuum:2026-12-07T09:00:00Z",
+            "schedule:users:compact:2026-12-07T10:00:04Z",
+            "backfill-1",
+            "schedule:broken",
+        ]
+        .into_iter()
+        .map(|id| (id.to_string(), Status::default()))
+        .collect();
+        let newest = newest_slots(&statuses);
+        assert_eq!(newest.len(), 3);
+        assert_eq!(newest[&("orders", "compact")], at("2026-12-07T10:00:06Z"));
+        assert_eq!(newest[&("orders", "vacuum")], at("2026-12-07T09:00:00Z"));
+        assert_eq!(newest[&("users", "compact")], at("2026-12-07T10:00:04Z"));
     }
 
     fn config(schedule: &str) -> (tempfile::TempDir, Config) {
