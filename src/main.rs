@@ -58,13 +58,18 @@ fn pin_mmap_threshold() {
 }
 
 fn load_config(path: &Path, contracts: bool) -> anyhow::Result<Config> {
-    let cfg = Config::load(path)?;
+    let mut cfg = Config::load(path)?;
+    bronze::source::expand_fan_outs(&mut cfg);
     if !contracts {
         return Ok(cfg);
     }
-    // Contracts and mappings are configuration too: check them before touching anything.
+    // Contracts and mappings are configuration too: check them before touching anything. A fan-out's
+    // table is checked as it is opened, so that one bad table does not stop the others.
     for (i, d) in cfg.datasets.iter().enumerate() {
-        let contract = Contract::load(&d.schema_file)?;
+        if d.fan_out.is_some() {
+            continue;
+        }
+        let contract = Contract::load_with_drift(&d.schema_file, d.drift)?;
         Mapper::new(d, contract).map_err(|e| bronze::config::ConfigError::Invalid {
             file: path.to_path_buf(),
             key: format!("datasets[{i}].{}", e.key),

@@ -79,3 +79,20 @@ def postgres():
     from harness.postgres import running_postgres
     with running_postgres() as pg:
         yield pg
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test shows the end of every bronze log it wrote: a failure seen once in CI can then be
+    read from CI's output, not only re-run in the hope it happens again."""
+    outcome = yield
+    report = outcome.get_result()
+    tmp = item.funcargs.get("tmp_path") if hasattr(item, "funcargs") else None
+    if report.when != "call" or not report.failed or tmp is None:
+        return
+    for log in sorted(Path(tmp).rglob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        # DEBUG lines drown the story of a run; the last ones are the ones that matter.
+        shown = [line for line in lines if " DEBUG " not in line][-60:]
+        report.sections.append((f"bronze log {log.relative_to(tmp)} (last {len(shown)} lines)",
+                                "\n".join(line[:400] for line in shown)))

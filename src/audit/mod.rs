@@ -363,10 +363,23 @@ impl Ledger {
         )
         .await?
         .with_commit_attempts(cfg.storage.commit_attempts);
-        let mut followed = Vec::with_capacity(cfg.datasets.len() * 2);
+        let mut ledger = Ledger {
+            sink,
+            followed: Vec::with_capacity(cfg.datasets.len() * 2),
+        };
+        ledger.follow(cfg)?;
+        Ok(ledger)
+    }
+
+    /// Follow the tables of `cfg`'s datasets not followed yet (tables fan-outs made).
+    pub fn follow(&mut self, cfg: &Config) -> Result<(), AuditError> {
+        let options = cfg.storage_options();
         for d in &cfg.datasets {
+            if self.followed.iter().any(|f| f.dataset == d.name) {
+                continue;
+            }
             for (uri, dead_letters) in [(&d.table_uri, false), (&d.dead_letters.table_uri, true)] {
-                followed.push(Followed {
+                self.followed.push(Followed {
                     dataset: d.name.clone(),
                     uri: uri.clone(),
                     dead_letters,
@@ -375,7 +388,7 @@ impl Ledger {
                 });
             }
         }
-        Ok(Ledger { sink, followed })
+        Ok(())
     }
 
     /// Record `events` and every dataset commit not yet in the ledger, in one ledger commit.
@@ -472,7 +485,12 @@ impl AuditRecorder {
 const MAX_HELD_EVENTS: usize = 10_000;
 
 impl AuditHandle {
-    pub fn spawn(mut ledger: Ledger, interval: Duration) -> AuditHandle {
+    /// The ledger's task; it follows the tables `updates` adds, from their first commit.
+    pub fn spawn(
+        mut ledger: Ledger,
+        interval: Duration,
+        mut updates: Option<crate::config::ConfigUpdates>,
+    ) -> AuditHandle {
         let (tx, mut rx) = mpsc::unbounded_channel::<AuditRecord>();
         let task = tokio::spawn(async move {
             let mut held: Vec<AuditRecord> = Vec::new();
@@ -494,6 +512,16 @@ impl AuditHandle {
                     let excess = held.len() - MAX_HELD_EVENTS;
                     held.drain(..excess);
                     metrics::counter!("bronze_audit_events_dropped_total").increment(excess as u64);
+                }
+                if let Some(u) = updates
+                    .as_mut()
+                    .filter(|u| u.has_changed().unwrap_or(false))
+                {
+                    let cfg = u.borrow_and_update().clone();
+                    if let Err(e) = ledger.follow(&cfg) {
+                        warn!(error = %e, "cannot follow the new tables; retrying at the next interval");
+                        u.mark_changed();
+                    }
                 }
                 match ledger.sync(&held).await {
                     Ok(n) => {

@@ -106,7 +106,7 @@ pub async fn summary(cfg: &Config, a: SummaryArgs) -> anyhow::Result<ExitCode> {
         );
     }
     for d in &cfg.datasets {
-        let mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
+        let mapper = Mapper::new(d, Contract::load_with_drift(&d.schema_file, d.drift)?)?;
         let pcols = mapper.partition_columns();
         let schema = mapper.contract().table_schema(pcols);
         let stats = match sink::probe(

@@ -122,6 +122,10 @@ pub struct DatasetConfig {
     pub latest: Option<LatestConfig>,
     /// Extracts and maintenance run on cron schedules (`[datasets.schedule]`).
     pub schedule: Option<super::ScheduleConfig>,
+    /// Replaces the `[drift]` of the contract file.
+    pub drift: Option<crate::contract::DriftPolicy>,
+    /// The fan-out this table was made from (by its topic), if any.
+    pub fan_out: Option<String>,
 }
 
 /// `[datasets.latest]`: a table holding the newest row of every key, derived from the dataset's table.

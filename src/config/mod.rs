@@ -9,6 +9,7 @@
 
 mod dataset;
 mod env;
+mod fan_out;
 mod raw;
 mod schedule;
 mod validate;
@@ -17,6 +18,7 @@ pub use dataset::{
     DEBEZIUM_UNAVAILABLE_VALUE, DatasetConfig, DeadLetterConfig, ExtractConfig, Format,
     InvalidMessage, LatestConfig, PartitionBy, Partitioning, TopicSelector,
 };
+pub use fan_out::FanOut;
 pub use schedule::{MissedSlots, ScheduleConfig, Scheduled, ScheduledJob, parse_cron};
 
 use std::collections::BTreeMap;
@@ -55,6 +57,10 @@ impl ConfigError {
     }
 }
 
+/// The configuration as a run has it now: background services (ledger, maintenance, control) see the
+/// tables fan-outs make while running through it.
+pub type ConfigUpdates = tokio::sync::watch::Receiver<Config>;
+
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -74,7 +80,10 @@ pub struct Config {
     pub control: Option<ControlConfig>,
     /// Required by Avro datasets.
     pub schema_registry: Option<SchemaRegistryConfig>,
+    /// The datasets written out, then the tables fan-outs made (see [`Config::claim_topic`]).
     pub datasets: Vec<DatasetConfig>,
+    /// Entries that make a dataset of each topic they match.
+    pub fan_outs: Vec<FanOut>,
 }
 
 /// The control topic (`[control]`): backfill, compaction and vacuum requests as JSON messages, and
@@ -347,6 +356,15 @@ pub struct PipelineConfig {
     pub final_flush_writers: usize,
     #[serde(default = "default_final_flush_min_rows")]
     pub final_flush_min_rows: usize,
+    /// Commits (encode, upload, log write) running at once across all datasets; the others wait their
+    /// turn. With hundreds of tables (fan-outs) this bounds the CPU, memory and object-store
+    /// connections that flushes due together would take.
+    #[serde(default = "default_max_concurrent_commits")]
+    pub max_concurrent_commits: usize,
+}
+
+fn default_max_concurrent_commits() -> usize {
+    16
 }
 
 fn default_decode_threads() -> usize {
@@ -368,6 +386,7 @@ impl Default for PipelineConfig {
             decode_threads: default_decode_threads(),
             final_flush_writers: default_final_flush_writers(),
             final_flush_min_rows: default_final_flush_min_rows(),
+            max_concurrent_commits: default_max_concurrent_commits(),
         }
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::contract::DriftPolicy;
+
 use super::{
     BackfillConfig, CompactionConfig, ControlConfig, ExtractConfig, FlushLimits, Format,
     InvalidMessage, KafkaConfig, MemoryConfig, MetricsConfig, Partitioning, PipelineConfig,
@@ -49,7 +51,7 @@ fn default_schema_dir() -> String {
     "../schemas".to_string()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDataset {
     pub(super) name: String,
@@ -57,6 +59,12 @@ pub(super) struct RawDataset {
     pub(super) topics: Vec<String>,
     #[serde(default)]
     pub(super) topic_pattern: Option<String>,
+    /// Fan-out: one table per topic of `topic_pattern`, named by this template of its capture groups.
+    #[serde(default)]
+    pub(super) table_name: Option<String>,
+    /// Fan-out: what differs for some tables, by table name.
+    #[serde(default)]
+    pub(super) tables: BTreeMap<String, RawTableOverride>,
     pub(super) format: Format,
     /// Table name under `storage.root`, or a full URI.
     #[serde(default)]
@@ -89,6 +97,45 @@ pub(super) struct RawDataset {
     pub(super) latest: Option<RawLatest>,
     #[serde(default)]
     pub(super) schedule: Option<super::schedule::RawSchedule>,
+    /// Replaces the contract's `[drift]`.
+    #[serde(default)]
+    pub(super) drift: Option<DriftPolicy>,
+}
+
+/// `[datasets.tables.<name>]` of a fan-out: the settings of one table that differ from the template.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTableOverride {
+    #[serde(default)]
+    pub(super) schema: Option<String>,
+    #[serde(default)]
+    pub(super) table: Option<String>,
+    #[serde(default)]
+    pub(super) key_columns: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) ordering_column: Option<String>,
+    #[serde(default)]
+    pub(super) partitioning: Option<Partitioning>,
+    #[serde(default)]
+    pub(super) flush: Option<FlushOverrides>,
+    #[serde(default)]
+    pub(super) drift: Option<DriftPolicy>,
+}
+
+impl RawTableOverride {
+    /// `d` with these settings in place of its own.
+    pub(super) fn apply(&self, d: &mut RawDataset) {
+        let o = self.clone();
+        d.schema = o.schema.unwrap_or(std::mem::take(&mut d.schema));
+        d.table = o.table.or(d.table.take());
+        d.key_columns = o.key_columns.unwrap_or(std::mem::take(&mut d.key_columns));
+        d.ordering_column = o
+            .ordering_column
+            .unwrap_or(std::mem::take(&mut d.ordering_column));
+        d.partitioning = o.partitioning.unwrap_or(d.partitioning.clone());
+        d.flush = o.flush.unwrap_or(d.flush);
+        d.drift = o.drift.or(d.drift);
+    }
 }
 
 fn default_redelivery_window() -> usize {

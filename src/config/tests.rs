@@ -284,3 +284,59 @@ fn commit_attempts_default_and_must_allow_one_attempt() {
     let err = load(&text, &[]).unwrap_err().to_string();
     assert!(err.contains("storage.commit_attempts"), "{err}");
 }
+
+#[test]
+fn fan_out_entries_are_checked_when_loaded() {
+    let with_schema = |schema: &str, body: &str| {
+        format!(
+            "{}\n[[datasets]]\nname = \"inventory\"\nformat = \"debezium-json\"\nschema = \"{schema}\"\n{body}\n",
+            base("../lake")
+        )
+    };
+    let fan_out = |body: &str| with_schema("customers.toml", body);
+    let cases = [
+        (
+            fan_out("topic_pattern = '^inv\\.(?P<table>.+)$'\ntable_name = \"{schema}_{table}\""),
+            "`{schema}` is not a capture group",
+        ),
+        (
+            fan_out("topics = [\"inv.a\"]\ntable_name = \"{1}\""),
+            "a fan-out reads `topic_pattern`",
+        ),
+        (
+            fan_out("topic_pattern = '^inv\\.(.+)$'\n[datasets.tables.a]\nkey_columns = [\"id\"]"),
+            "table overrides need a fan-out",
+        ),
+        (
+            fan_out(
+                "topic_pattern = '^inv\\.(.+)$'\ntable_name = \"{1}\"\n[datasets.tables.a]\nschema = \"missing.toml\"",
+            ),
+            "datasets[1].tables.a.schema",
+        ),
+        (
+            fan_out(
+                "topic_pattern = '^inv\\.(.+)$'\ntable_name = \"{1}\"\n[datasets.tables.a]\ncolour = 1",
+            ),
+            "colour",
+        ),
+        (
+            fan_out("topic_pattern = '^db\\.(.+)$'\ntable_name = \"{1}\""),
+            "claimed by `customers` and the fan-out `inventory`",
+        ),
+    ];
+    for (text, needle) in cases {
+        let err = load(&text, &[]).expect_err(needle).to_string();
+        assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    }
+    // A contract path may name the table; it is checked for each table as it is made.
+    let cfg = load(
+        &with_schema(
+            "inv/{table}.toml",
+            "topic_pattern = '^inv\\.(?P<table>.+)$'\ntable_name = \"{table}\"",
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(cfg.fan_outs.len(), 1);
+    assert_eq!(cfg.datasets.len(), 1, "the fan-out is no dataset itself");
+}

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::fan_out::FanOut;
 use super::raw::{DEFAULT_MAX_MESSAGE_BYTES, RawConfig, RawDataset, RawDeadLetters, RawLatest};
 use super::schedule::ScheduleContext;
 use super::{
@@ -45,20 +46,26 @@ pub(super) fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigErro
         ));
     }
     let context = DatasetContext {
-        file,
-        root: &root,
+        file: file.to_path_buf(),
+        root: root.clone(),
         schema_dir: base.join(&raw.schema_dir),
         flush: raw.flush,
         has_registry: raw.schema_registry.is_some(),
         has_control: raw.control.is_some(),
     };
     let mut datasets = Vec::with_capacity(raw.datasets.len());
+    let mut fan_outs: Vec<FanOut> = Vec::new();
     for (i, d) in raw.datasets.into_iter().enumerate() {
+        if d.table_name.is_some() || !d.tables.is_empty() {
+            let f = FanOut::new(&context, i, d, &datasets, &fan_outs)?;
+            fan_outs.push(f);
+            continue;
+        }
         let d = context.dataset(i, d, &datasets)?;
         datasets.push(d);
     }
-    control(file, raw.control.as_ref(), &datasets)?;
-    topic_claims(file, &datasets)?;
+    control(file, raw.control.as_ref(), &datasets, &fan_outs)?;
+    topic_claims(file, &datasets, &fan_outs)?;
     audit(file, &raw.audit)?;
     maintenance(file, &raw.compaction, &raw.vacuum)?;
     let audit = AuditConfig {
@@ -85,6 +92,7 @@ pub(super) fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigErro
         pipeline: raw.pipeline,
         metrics: raw.metrics,
         datasets,
+        fan_outs,
     })
 }
 
@@ -160,6 +168,13 @@ fn pipeline(file: &Path, m: &MemoryConfig, p: &PipelineConfig) -> Result<(), Con
             "must be between 1 and 64",
         ));
     }
+    if !(1..=256).contains(&p.max_concurrent_commits) {
+        return Err(invalid(
+            file,
+            "pipeline.max_concurrent_commits",
+            "must be between 1 and 256",
+        ));
+    }
     if p.final_flush_min_rows == 0 {
         return Err(invalid(
             file,
@@ -183,25 +198,30 @@ fn metrics(file: &Path, m: &MetricsConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// What a dataset's entry is resolved against.
-struct DatasetContext<'a> {
-    file: &'a Path,
-    root: &'a str,
+/// What a dataset's entry is resolved against (kept by fan-outs for the tables they make later).
+#[derive(Debug, Clone)]
+pub(super) struct DatasetContext {
+    file: PathBuf,
+    root: String,
     schema_dir: PathBuf,
     flush: FlushLimits,
     has_registry: bool,
     has_control: bool,
 }
 
-impl DatasetContext<'_> {
+impl DatasetContext {
+    pub(super) fn file(&self) -> &Path {
+        &self.file
+    }
+
     /// Dataset `i` checked (against those before it) and resolved.
-    fn dataset(
+    pub(super) fn dataset(
         &self,
         i: usize,
         d: RawDataset,
         before: &[DatasetConfig],
     ) -> Result<DatasetConfig, ConfigError> {
-        let file = self.file;
+        let file = self.file.as_path();
         let key = |field: &str| format!("datasets[{i}].{field}");
         dataset_name(file, &key("name"), &d.name, before)?;
         if d.format.is_avro() && !self.has_registry {
@@ -216,7 +236,8 @@ impl DatasetContext<'_> {
         }
         let topics = topics(file, i, d.topics, d.topic_pattern, d.extract.is_some())?;
         let schema_file = self.schema_dir.join(&d.schema);
-        if !schema_file.is_file() {
+        // A fan-out's contract path may name its tables: checked for each table as it is made.
+        if !d.schema.contains('{') && !schema_file.is_file() {
             return Err(invalid(
                 file,
                 key("schema"),
@@ -247,7 +268,7 @@ impl DatasetContext<'_> {
         }
         let dead_letters = self.dead_letters(&d.name, d.dead_letters);
         Ok(DatasetConfig {
-            table_uri: table_uri(self.root, d.table.as_deref().unwrap_or(&d.name)),
+            table_uri: table_uri(&self.root, d.table.as_deref().unwrap_or(&d.name)),
             name: d.name,
             topics,
             format: d.format,
@@ -272,6 +293,8 @@ impl DatasetContext<'_> {
             extract: d.extract,
             latest,
             schedule,
+            drift: d.drift,
+            fan_out: None,
         })
     }
 
@@ -279,7 +302,7 @@ impl DatasetContext<'_> {
     fn dead_letters(&self, name: &str, raw: RawDeadLetters) -> DeadLetterConfig {
         let table = raw.table.unwrap_or(format!("_dead_letters/{name}"));
         DeadLetterConfig {
-            table_uri: table_uri(self.root, &table),
+            table_uri: table_uri(&self.root, &table),
             on_invalid: raw.on_invalid,
             max_message_bytes: raw.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
             require_key: raw.require_key,
@@ -299,18 +322,18 @@ impl DatasetContext<'_> {
         match latest {
             None => Ok(None),
             Some(_) if !has_keys => Err(invalid(
-                self.file,
+                &self.file,
                 key("latest"),
                 "a latest view needs `key_columns`",
             )),
             Some(l) if !(1..=1024).contains(&l.buckets) => Err(invalid(
-                self.file,
+                &self.file,
                 key("latest.buckets"),
                 "must be between 1 and 1024",
             )),
             Some(l) => Ok(Some(LatestConfig {
                 table_uri: table_uri(
-                    self.root,
+                    &self.root,
                     l.table.as_deref().unwrap_or(&format!("{name}_latest")),
                 ),
                 buckets: l.buckets,
@@ -378,6 +401,7 @@ fn control(
     file: &Path,
     control: Option<&ControlConfig>,
     datasets: &[DatasetConfig],
+    fan_outs: &[FanOut],
 ) -> Result<(), ConfigError> {
     let Some(c) = control else {
         return Ok(());
@@ -389,35 +413,65 @@ fn control(
             "`topic` and `status_topic` must be two different, non-empty topics",
         ));
     }
-    if let Some(d) = datasets
-        .iter()
-        .find(|d| d.topics.matches(&c.topic) || d.topics.matches(&c.status_topic))
-    {
+    let reads = |t: &str| {
+        let dataset = datasets
+            .iter()
+            .find(|d| d.topics.matches(t))
+            .map(|d| &d.name);
+        dataset.or_else(|| fan_outs.iter().find(|f| f.matches(t)).map(|f| &f.name))
+    };
+    if let Some(name) = reads(&c.topic).or_else(|| reads(&c.status_topic)) {
         return Err(invalid(
             file,
             "control",
-            format!(
-                "the control topics must not be source topics (`{}` reads one)",
-                d.name
-            ),
+            format!("the control topics must not be source topics (`{name}` reads one)"),
         ));
     }
     Ok(())
 }
 
 /// Each source topic feeds one dataset; no dead-letter topic is a source topic.
-fn topic_claims(file: &Path, datasets: &[DatasetConfig]) -> Result<(), ConfigError> {
+fn topic_claims(
+    file: &Path,
+    datasets: &[DatasetConfig],
+    fan_outs: &[FanOut],
+) -> Result<(), ConfigError> {
+    let reader = |t: &str| {
+        let dataset = datasets
+            .iter()
+            .find(|d| d.topics.matches(t))
+            .map(|d| &d.name);
+        dataset.or_else(|| fan_outs.iter().find(|f| f.matches(t)).map(|f| &f.name))
+    };
     // A dead-letter topic read as a source would feed dead letters back into the pipeline.
-    for a in datasets {
-        if let Some(t) = &a.dead_letters.topic
-            && let Some(b) = datasets.iter().find(|b| b.topics.matches(t))
+    let dead_letter_topics = datasets
+        .iter()
+        .map(|d| (&d.name, &d.dead_letters.topic))
+        .chain(fan_outs.iter().map(|f| (&f.name, f.dead_letter_topic())));
+    for (a, topic) in dead_letter_topics {
+        if let Some(t) = topic
+            && let Some(b) = reader(t)
         {
             return Err(invalid(
                 file,
                 "datasets.dead_letters.topic",
+                format!("dead-letter topic `{t}` of `{a}` is a source topic of `{b}`"),
+            ));
+        }
+    }
+    // A fan-out makes a table of every topic it matches: a topic named by a dataset too would feed two.
+    for d in datasets {
+        if let TopicSelector::Names(names) = &d.topics
+            && let Some((t, f)) = names
+                .iter()
+                .find_map(|t| fan_outs.iter().find(|f| f.matches(t)).map(|f| (t, f)))
+        {
+            return Err(invalid(
+                file,
+                "datasets",
                 format!(
-                    "dead-letter topic `{t}` of `{}` is a source topic of `{}`",
-                    a.name, b.name
+                    "topic `{t}` is claimed by `{}` and the fan-out `{}`",
+                    d.name, f.name
                 ),
             ));
         }
@@ -474,7 +528,7 @@ fn maintenance(file: &Path, c: &CompactionConfig, v: &VacuumConfig) -> Result<()
 }
 
 /// No two datasets (their tables, dead-letter tables, latest views) or the ledger share a table.
-fn distinct_tables(
+pub(super) fn distinct_tables(
     file: &Path,
     datasets: &[DatasetConfig],
     audit: &AuditConfig,
@@ -507,7 +561,7 @@ fn distinct_tables(
 }
 
 /// A table name under `root`, or a full URI as it is.
-fn table_uri(root: &str, table: &str) -> String {
+pub(super) fn table_uri(root: &str, table: &str) -> String {
     if table.contains("://") {
         table.to_string()
     } else {

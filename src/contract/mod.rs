@@ -208,6 +208,19 @@ impl Contract {
         Ok(contract)
     }
 
+    /// [`Contract::load`], with the dataset's `drift` (if it sets one) in place of the file's.
+    pub fn load_with_drift(
+        path: &Path,
+        drift: Option<DriftPolicy>,
+    ) -> Result<Contract, ContractError> {
+        let mut contract = Contract::load(path)?;
+        if let Some(drift) = drift {
+            contract.drift = drift;
+            contract.check(&path.display().to_string())?;
+        }
+        Ok(contract)
+    }
+
     fn check(&self, file: &str) -> Result<(), ContractError> {
         if matches!(
             self.drift.missing_column,

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::audit::{AuditRecord, AuditRecorder};
-use crate::config::{Config, ControlConfig};
+use crate::config::{Config, ConfigUpdates, ControlConfig};
 use crate::jobs::backfill;
 use crate::maintenance::{self, Scope};
 use request::{Kind, Rejection, Request};
@@ -183,15 +183,15 @@ fn rejected(r: &Rejection) -> Status {
 
 /// The control handler of `bronze run`: runs until aborted. Final statuses also go to the audit ledger.
 pub fn spawn(
-    cfg: Config,
+    updates: ConfigUpdates,
     run_id: String,
     audit: Option<AuditRecorder>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let control = cfg.control.clone()?;
+    let control = updates.borrow().control.clone()?;
     Some(tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
         loop {
-            if let Err(e) = handle(&cfg, &control, &run_id, audit.as_ref()).await {
+            if let Err(e) = handle(updates.clone(), &control, &run_id, audit.as_ref()).await {
                 metrics::counter!("bronze_control_errors_total").increment(1);
                 warn!(error = %e, retry_in = ?backoff, "control topic handler failed; restarting it");
                 tokio::time::sleep(backoff).await;
@@ -202,11 +202,13 @@ pub fn spawn(
 }
 
 async fn handle(
-    cfg: &Config,
+    mut updates: ConfigUpdates,
     control: &ControlConfig,
     run_id: &str,
     audit: Option<&AuditRecorder>,
 ) -> Result<(), KafkaError> {
+    let mut cfg_now = updates.borrow_and_update().clone();
+    let cfg = &cfg_now;
     let consumer: StreamConsumer = crate::source::connection_config(cfg)
         .set("group.id", format!("{}.control", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
@@ -228,6 +230,15 @@ async fn handle(
     info!(topic = %control.topic, known_requests = statuses.len(), "control topic handler ready");
     let mut scheduler = schedule::Scheduler::new(cfg);
     loop {
+        // Requests and schedules of the tables fan-outs made since.
+        if updates.has_changed().unwrap_or(false) {
+            cfg_now = updates.borrow_and_update().clone();
+            match scheduler.as_mut() {
+                Some(s) => s.add_new(&cfg_now),
+                None => scheduler = schedule::Scheduler::new(&cfg_now),
+            }
+        }
+        let cfg = &cfg_now;
         let look = scheduler
             .as_ref()
             .map_or(Duration::MAX, |s| s.next_look(chrono::Utc::now()));

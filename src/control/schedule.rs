@@ -157,9 +157,22 @@ pub struct Scheduler {
 impl Scheduler {
     /// `None` when no dataset has a schedule.
     pub fn new(cfg: &Config) -> Option<Scheduler> {
-        let entries: Vec<Entry> = cfg
+        let mut s = Scheduler {
+            entries: Vec::new(),
+            since: None,
+        };
+        s.add_new(cfg);
+        (!s.entries.is_empty()).then_some(s)
+    }
+
+    /// The schedules of datasets `cfg` has and this scheduler not yet (tables fan-outs made).
+    pub fn add_new(&mut self, cfg: &Config) {
+        let known: std::collections::HashSet<String> =
+            self.entries.iter().map(|e| e.dataset.clone()).collect();
+        let new = cfg
             .datasets
             .iter()
+            .filter(|d| !known.contains(&d.name))
             .filter_map(|d| Some((d, d.schedule.as_ref()?)))
             .flat_map(|(d, s)| {
                 s.jobs.iter().map(|j| Entry {
@@ -170,12 +183,8 @@ impl Scheduler {
                     missed: s.missed,
                     fired: None,
                 })
-            })
-            .collect();
-        (!entries.is_empty()).then_some(Scheduler {
-            entries,
-            since: None,
-        })
+            });
+        self.entries.extend(new);
     }
 
     /// Whether this member owns the control topic at `now`: slots fire only while it does.

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::MaintenanceError;
 use super::carry_forward::{self, Donors, KeyColumn, earlier_donors, earlier_rows, rows_lacking};
-use crate::config::{Config, DatasetConfig, LatestConfig};
+use crate::config::{Config, ConfigUpdates, DatasetConfig, LatestConfig};
 use crate::contract::UNAVAILABLE_COLUMN;
 use crate::sink::{SinkError, TableSink};
 use crate::transform::{Cell, OrderValue, key_of_arrow};
@@ -681,18 +681,23 @@ async fn commit(
     }
 }
 
+/// How often the views of a fan-out's tables are looked at when no table had one at start.
+const FAN_OUT_LOOK: Duration = Duration::from_secs(10);
+
 /// Refresh every dataset's latest view every `latest.interval`, in the background of `bronze run`.
-pub fn spawn_background(cfg: Config) -> Option<tokio::task::JoinHandle<()>> {
-    let datasets: Vec<DatasetConfig> = cfg
+pub fn spawn_background(updates: ConfigUpdates) -> Option<tokio::task::JoinHandle<()>> {
+    let cfg = updates.borrow().clone();
+    let every = cfg
         .datasets
         .iter()
-        .filter(|d| d.latest.is_some())
-        .cloned()
-        .collect();
-    let every = datasets
-        .iter()
         .filter_map(|d| d.latest.as_ref().map(|l| l.interval))
-        .min()?;
+        .min();
+    // A fan-out's tables (and their views) may all be made later.
+    let every = match every {
+        Some(every) => every,
+        None if !cfg.fan_outs.is_empty() => FAN_OUT_LOOK,
+        None => return None,
+    };
     Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -702,7 +707,8 @@ pub fn spawn_background(cfg: Config) -> Option<tokio::task::JoinHandle<()>> {
         let mut last_run: HashMap<String, Instant> = HashMap::new();
         loop {
             tick.tick().await;
-            for d in &datasets {
+            let cfg = updates.borrow().clone();
+            for d in cfg.datasets.iter().filter(|d| d.latest.is_some()) {
                 let interval = d.latest.as_ref().map_or(every, |l| l.interval);
                 if last_run
                     .get(&d.name)

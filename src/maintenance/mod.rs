@@ -23,7 +23,7 @@ use deltalake::{FilterOp, FilterValue};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::config::{Config, DatasetConfig};
+use crate::config::{Config, ConfigUpdates, DatasetConfig};
 use crate::sink::{self, PartitionFiles, SinkError, TableSink};
 
 #[derive(Debug, thiserror::Error)]
@@ -289,7 +289,8 @@ pub async fn vacuum(
 /// The background compaction of `bronze run`: every `compaction.interval`, the sealed partitions of
 /// every dataset. Aborted at shutdown (an interrupted rewrite leaves only uncommitted files, which the
 /// start-up sweep removes).
-pub fn spawn_background(cfg: Config) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn_background(updates: ConfigUpdates) -> Option<tokio::task::JoinHandle<()>> {
+    let cfg = updates.borrow().clone();
     if !cfg.compaction.enabled {
         return None;
     }
@@ -301,6 +302,8 @@ pub fn spawn_background(cfg: Config) -> Option<tokio::task::JoinHandle<()>> {
         let mut last_error: HashMap<String, String> = HashMap::new();
         loop {
             tick.tick().await;
+            // The tables fan-outs made since the last pass too.
+            let cfg = updates.borrow().clone();
             for d in &cfg.datasets {
                 match compact(&cfg, d, Scope::Sealed, false).await {
                     Ok(_) => {

@@ -79,7 +79,13 @@ impl Run {
             _ => 1,
         };
         let sinks = ds.lend_sinks();
-        let task = tokio::spawn(commit_batch(sinks, flushed, ctx, reason, writers));
+        let turn = self.commit_turns.clone();
+        let task = tokio::spawn(async move {
+            // Waiting here, the batch is already counted against the memory budget: the wait is
+            // backpressure like any other.
+            let _turn = turn.acquire_owned().await;
+            commit_batch(sinks, flushed, ctx, reason, writers).await
+        });
         ds.commit = Some(Commit { task, memory });
         Ok(())
     }

@@ -79,14 +79,16 @@ pub struct RunOptions {
 
 /// Run until `shutdown` resolves (or, with `until_caught_up`, until the assigned partitions are done).
 pub async fn run(
-    cfg: Config,
+    mut cfg: Config,
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, PipelineError> {
-    let datasets = open_datasets(&cfg).await?;
+    let registry = start::registry(&cfg)?;
+    let datasets = open_datasets(&mut cfg, &registry).await?;
     let consumer = source::subscribe(&cfg, options.health.clone())?;
     let run_id = uuid::Uuid::now_v7().to_string();
-    let services = Services::start(&cfg, &run_id).await?;
+    let (config_updates, updates) = tokio::sync::watch::channel(cfg.clone());
+    let services = Services::start(&cfg, &run_id, updates).await?;
     info!(run_id = %run_id, datasets = datasets.len(), "bronze run started");
     metrics::gauge!("bronze_memory_budget_bytes").set(cfg.memory.budget_bytes as f64);
     metrics::gauge!("bronze_up").set(1.0);
@@ -98,6 +100,7 @@ pub async fn run(
     } else {
         None
     };
+    let max_commits = cfg.pipeline.max_concurrent_commits;
     let mut run = Run {
         group_id: cfg.kafka.group_id.clone(),
         budget: cfg.memory.budget_bytes,
@@ -112,6 +115,9 @@ pub async fn run(
         started: Instant::now(),
         last_broker_probe: Instant::now(),
         audit: services.audit.as_ref().map(AuditHandle::recorder),
+        registry,
+        commit_turns: Arc::new(tokio::sync::Semaphore::new(max_commits)),
+        config_updates,
     };
     // Every line of the run carries its id (a field of the span in JSON logs).
     let span = tracing::info_span!("run", run_id = %run.run_id);
@@ -148,6 +154,12 @@ struct Run {
     started: Instant,
     last_broker_probe: Instant,
     audit: Option<AuditRecorder>,
+    /// For the tables of fan-outs made while running.
+    registry: Option<Arc<crate::decode::registry::Registry>>,
+    /// Turns for running commits (`pipeline.max_concurrent_commits`).
+    commit_turns: Arc<tokio::sync::Semaphore>,
+    /// Tells the services beside the loop of the tables fan-outs make.
+    config_updates: tokio::sync::watch::Sender<Config>,
 }
 
 impl Run {
@@ -253,10 +265,15 @@ impl Run {
                     }
                 }
                 RebalanceEvent::Assigned(tps) => {
+                    for tp in &tps {
+                        if self.dataset_of(&tp.topic).await.is_none() {
+                            // Unread, so nothing of it is lost, and not prefetched into memory.
+                            source::pause(&self.consumer, tp);
+                        }
+                    }
                     let highs = self.catch_up.highs_of(&self.cfg, &tps)?;
                     for tp in tps {
                         let Some(d) = self.cfg.dataset_for_topic(&tp.topic) else {
-                            warn!(topic = %tp.topic, "assigned a topic no dataset claims; ignoring it");
                             continue;
                         };
                         self.datasets[d].needs_refresh = true;
@@ -273,6 +290,39 @@ impl Run {
         // Commits running now were decided under the old assignment. Taken in after it is updated, a
         // commit another member made stale re-reads only the partitions still owned.
         self.settle_all().await
+    }
+    /// The dataset `topic` feeds; when a fan-out makes a table of it now, the table is opened (created
+    /// on its topic's first assignment). `None` for a topic nothing claims or whose table cannot be
+    /// made (both with a warning).
+    async fn dataset_of(&mut self, topic: &str) -> Option<usize> {
+        let known = self.cfg.datasets.len();
+        let d = match self.cfg.claim_topic(topic) {
+            Ok(Some(d)) if d < known => return Some(d),
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                warn!(topic = %topic, "assigned a topic no dataset claims; ignoring it");
+                return None;
+            }
+            Err(e) => {
+                metrics::counter!("bronze_fan_out_errors_total").increment(1);
+                warn!(topic = %topic, error = %e, "no table for this topic; it is not read");
+                return None;
+            }
+        };
+        let cfg = &self.cfg.datasets[d];
+        match start::open_state(&self.cfg, cfg, &self.registry).await {
+            Ok(state) => {
+                info!(dataset = %cfg.name, topic = %topic, fan_out = ?cfg.fan_out, "new table of a fan-out");
+                self.datasets.push(state);
+                self.config_updates.send_replace(self.cfg.clone());
+                Some(d)
+            }
+            Err(e) => {
+                start::fan_out_table_failed(cfg, &e);
+                self.cfg.datasets.pop();
+                None
+            }
+        }
     }
     /// Where a partition resumes: the offset after the table's txn version for it. Also recorded as the
     /// partition's committed position (for the lag gauge).

@@ -11,7 +11,7 @@ use super::PipelineError;
 use super::state::DatasetState;
 use crate::audit::{AuditHandle, AuditRecord, Ledger};
 use crate::buffer::DatasetBuffer;
-use crate::config::{Config, DatasetConfig};
+use crate::config::{Config, ConfigUpdates, DatasetConfig};
 use crate::contract::Contract;
 use crate::decode::Decoder;
 use crate::decode::registry::Registry;
@@ -36,11 +36,15 @@ pub(super) struct Services {
 
 impl Services {
     /// Open the ledger (recording the run's start) and spawn the background services.
-    pub async fn start(cfg: &Config, run_id: &str) -> Result<Services, PipelineError> {
+    pub async fn start(
+        cfg: &Config,
+        run_id: &str,
+        updates: ConfigUpdates,
+    ) -> Result<Services, PipelineError> {
         let started_us = chrono::Utc::now().timestamp_micros();
         let audit = if cfg.audit.enabled {
             let ledger = Ledger::open(cfg).await?;
-            let handle = AuditHandle::spawn(ledger, cfg.audit.interval);
+            let handle = AuditHandle::spawn(ledger, cfg.audit.interval, Some(updates.clone()));
             let names: Vec<String> = cfg.datasets.iter().map(|d| d.name.clone()).collect();
             handle.record(AuditRecord::run_started(run_id, &names));
             Some(handle)
@@ -48,10 +52,10 @@ impl Services {
             None
         };
         let publishers = dead_letter_publishers(cfg)?;
-        let compaction = crate::maintenance::spawn_background(cfg.clone());
-        let latest = crate::maintenance::latest::spawn_background(cfg.clone());
+        let compaction = crate::maintenance::spawn_background(updates.clone());
+        let latest = crate::maintenance::latest::spawn_background(updates.clone());
         let control = crate::control::spawn(
-            cfg.clone(),
+            updates,
             run_id.to_string(),
             audit.as_ref().map(AuditHandle::recorder),
         );
@@ -91,63 +95,91 @@ impl Services {
     }
 }
 
-/// Open every dataset's table (creating it if needed) and sweep files left by crashed runs.
-pub async fn open_datasets(cfg: &Config) -> Result<Vec<DatasetState>, PipelineError> {
-    let options = cfg.storage_options();
-    let registry = registry(cfg)?;
+/// Open every dataset's table (creating it if needed) and sweep files left by crashed runs. A fan-out's
+/// table that cannot be opened is left out (with a warning), not the run.
+pub async fn open_datasets(
+    cfg: &mut Config,
+    registry: &Option<Arc<Registry>>,
+) -> Result<Vec<DatasetState>, PipelineError> {
     let mut out = Vec::with_capacity(cfg.datasets.len());
-    for d in &cfg.datasets {
-        let (mapper, sink) = open_dataset(cfg, d).await?;
-        match sink::sweep_orphans(&sink, cfg.storage.orphan_grace).await {
-            Ok(n) => {
-                metrics::counter!("bronze_orphan_files_deleted_total", "dataset" => d.name.clone())
-                    .increment(n as u64)
+    let mut kept = Vec::with_capacity(cfg.datasets.len());
+    for d in std::mem::take(&mut cfg.datasets) {
+        match open_state(cfg, &d, registry).await {
+            Ok(state) => {
+                out.push(state);
+                kept.push(d);
             }
-            Err(e) => warn!(dataset = %d.name, error = %e, "orphan sweep failed; continuing"),
+            Err(e) if d.fan_out.is_some() => fan_out_table_failed(&d, &e),
+            Err(e) => return Err(e),
         }
-        if let Ok(stats) = sink.stats(cfg.compaction.target_file_bytes) {
-            metrics::gauge!("bronze_table_files", "dataset" => d.name.clone())
-                .set(stats.files as f64);
-            metrics::gauge!("bronze_table_small_files", "dataset" => d.name.clone())
-                .set(stats.small_files as f64);
-        }
-        // The "no commit while lagging" alert needs a last commit time from the start, not only after
-        // this run's first commit.
-        if let Ok(Some(ms)) = sink
-            .last_commit()
-            .await
-            .map(|e| e.and_then(|e| e.timestamp_ms))
-        {
-            metrics::gauge!("bronze_last_commit_timestamp_seconds", "dataset" => d.name.clone())
-                .set(ms as f64 / 1000.0);
-        }
-        let buffer = buffer_for(&mapper);
-        let dead_letter_sink = DeadLetterSink::new(
-            &d.dead_letters.table_uri,
-            &options,
-            cfg.storage.commit_attempts,
-        );
-        let mut state = DatasetState::new(
-            d.clone(),
-            Decoder::new(d.format, registry.clone()),
-            mapper,
-            buffer,
-            sink,
-            dead_letter_sink,
-        );
-        match state.seed_redeliveries(&options).await {
-            Ok(0) => {}
-            Ok(n) => {
-                info!(dataset = %d.name, events = n, "redelivery window seeded from the table")
-            }
-            // Only redeliveries across the restart go unnoticed: worth a warning, not a stop.
-            Err(e) => {
-                warn!(dataset = %d.name, error = %e, "cannot seed the redelivery window from the table")
-            }
-        }
-        out.push(state);
     }
+    cfg.datasets = kept;
     Ok(out)
+}
+
+/// A fan-out's table that could not be opened: its topic is not read (its offsets stay unread, so
+/// nothing is lost), and an operator is told.
+pub(super) fn fan_out_table_failed(d: &DatasetConfig, e: &PipelineError) {
+    metrics::counter!("bronze_fan_out_errors_total").increment(1);
+    warn!(dataset = %d.name, error = %e, "cannot open this fan-out table; its topic is not read");
+}
+
+/// One dataset's state for a run: its table opened (created if needed), files left by crashed runs
+/// swept, gauges and the redelivery window seeded from the table.
+pub(super) async fn open_state(
+    cfg: &Config,
+    d: &DatasetConfig,
+    registry: &Option<Arc<Registry>>,
+) -> Result<DatasetState, PipelineError> {
+    let options = cfg.storage_options();
+    let (mapper, sink) = open_dataset(cfg, d).await?;
+    match sink::sweep_orphans(&sink, cfg.storage.orphan_grace).await {
+        Ok(n) => {
+            metrics::counter!("bronze_orphan_files_deleted_total", "dataset" => d.name.clone())
+                .increment(n as u64)
+        }
+        Err(e) => warn!(dataset = %d.name, error = %e, "orphan sweep failed; continuing"),
+    }
+    if let Ok(stats) = sink.stats(cfg.compaction.target_file_bytes) {
+        metrics::gauge!("bronze_table_files", "dataset" => d.name.clone()).set(stats.files as f64);
+        metrics::gauge!("bronze_table_small_files", "dataset" => d.name.clone())
+            .set(stats.small_files as f64);
+    }
+    // The "no commit while lagging" alert needs a last commit time from the start, not only after
+    // this run's first commit.
+    if let Ok(Some(ms)) = sink
+        .last_commit()
+        .await
+        .map(|e| e.and_then(|e| e.timestamp_ms))
+    {
+        metrics::gauge!("bronze_last_commit_timestamp_seconds", "dataset" => d.name.clone())
+            .set(ms as f64 / 1000.0);
+    }
+    let buffer = buffer_for(&mapper);
+    let dead_letter_sink = DeadLetterSink::new(
+        &d.dead_letters.table_uri,
+        &options,
+        cfg.storage.commit_attempts,
+    );
+    let mut state = DatasetState::new(
+        d.clone(),
+        Decoder::new(d.format, registry.clone()),
+        mapper,
+        buffer,
+        sink,
+        dead_letter_sink,
+    );
+    match state.seed_redeliveries(&options).await {
+        Ok(0) => {}
+        Ok(n) => {
+            info!(dataset = %d.name, events = n, "redelivery window seeded from the table")
+        }
+        // Only redeliveries across the restart go unnoticed: worth a warning, not a stop.
+        Err(e) => {
+            warn!(dataset = %d.name, error = %e, "cannot seed the redelivery window from the table")
+        }
+    }
+    Ok(state)
 }
 
 /// The schema registry client, when the config has one (shared by the datasets of one run).
@@ -163,7 +195,7 @@ pub(crate) async fn open_dataset(
     cfg: &Config,
     d: &DatasetConfig,
 ) -> Result<(Mapper, TableSink), PipelineError> {
-    let mut mapper = Mapper::new(d, Contract::load(&d.schema_file)?)?;
+    let mut mapper = Mapper::new(d, Contract::load_with_drift(&d.schema_file, d.drift)?)?;
     let pcols = mapper.partition_columns();
     let schema = mapper.contract().table_schema(pcols);
     let sink = TableSink::open(

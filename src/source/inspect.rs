@@ -29,6 +29,17 @@ impl Inspector {
         })
     }
 
+    /// The names of the cluster's topics (internal `__` ones left out).
+    pub fn topic_names(&self) -> Result<Vec<String>, KafkaError> {
+        let metadata = self.consumer.fetch_metadata(None, REQUEST_TIMEOUT)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .filter(|t| !t.starts_with("__"))
+            .collect())
+    }
+
     /// Every partition of the topics `selector` names, sorted.
     pub fn partitions(&self, selector: &TopicSelector) -> Result<Vec<TopicPartition>, KafkaError> {
         let metadata = self.consumer.fetch_metadata(None, REQUEST_TIMEOUT)?;

@@ -172,11 +172,12 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
         // Watermarks for the lag metrics arrive with the statistics.
         .set("statistics.interval.ms", "5000")
         // librdkafka's prefetch queue lives outside bronze's buffers but inside its memory. Its limit
-        // applies per partition and counts bytes as fetched (compressed), so it gets a small share.
+        // applies per partition and counts bytes as fetched (compressed), so it gets an eighth,
+        // shared by the partitions (at least one per dataset, and no fewer than four).
         .set(
             "queued.max.messages.kbytes",
-            (cfg.memory.budget_bytes / 32 / 1024)
-                .clamp(256, 65536)
+            (cfg.memory.budget_bytes / 8 / cfg.datasets.len().max(4) / 1024)
+                .clamp(64, 65536)
                 .to_string(),
         )
         // With a small queue, librdkafka's default 1 s back-off once the queue is full throttles reading.
@@ -187,6 +188,11 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
                 .clamp(1 << 20, 50 << 20)
                 .to_string(),
         );
+    if !cfg.fan_outs.is_empty() {
+        // librdkafka finds new topics of a pattern subscription when it refreshes its metadata, by
+        // default every 5 minutes: a fan-out's new tables should not wait that long.
+        c.set("topic.metadata.refresh.interval.ms", "30000");
+    }
     for (k, v) in &cfg.kafka.properties {
         c.set(k, v);
     }
@@ -205,11 +211,7 @@ pub fn subscribe(cfg: &Config, health: Arc<Health>) -> Result<Source, KafkaError
     let read_committed = config.get("isolation.level") != Some("read_uncommitted");
     let consumer: Source =
         config.create_with_context(SourceContext::new(health, read_committed))?;
-    let topics: Vec<String> = cfg
-        .datasets
-        .iter()
-        .flat_map(|d| d.topics.subscriptions())
-        .collect();
+    let topics = cfg.subscriptions();
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
     info!(topics = ?topics, group = %cfg.kafka.group_id, "subscribed");
@@ -249,6 +251,26 @@ pub fn fetch_positions(consumer: &Source) -> HashMap<TopicPartition, i64> {
             _ => None,
         })
         .collect()
+}
+
+/// Make the tables of the fan-outs for the topics the cluster has now (the run makes those of topics
+/// created later as they are assigned). Tables that cannot be made, and a cluster that cannot be
+/// asked, are warnings: the other tables go on.
+pub fn expand_fan_outs(cfg: &mut Config) {
+    if cfg.fan_outs.is_empty() {
+        return;
+    }
+    let topics = match Inspector::new(cfg).and_then(|i| i.topic_names()) {
+        Ok(topics) => topics,
+        Err(e) => {
+            warn!(error = %e, "cannot list the cluster's topics; fan-out tables are made as their topics are assigned");
+            return;
+        }
+    };
+    for (topic, e) in cfg.expand_fan_outs(topics.iter().map(String::as_str)) {
+        metrics::counter!("bronze_fan_out_errors_total").increment(1);
+        warn!(topic = %topic, error = %e, "no table for this topic");
+    }
 }
 
 /// Move a partition's fetch position.

@@ -48,6 +48,8 @@ fn dataset() -> DatasetConfig {
         extract: None,
         latest: None,
         schedule: None,
+        drift: None,
+        fan_out: None,
     }
 }
 
