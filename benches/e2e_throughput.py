@@ -88,6 +88,9 @@ def run(work: Path) -> None:
     ap.add_argument("--matrix", action="store_true",
                     help="also the scaling matrix: partitions 1/3/12, 1 vs 2 members, flush sizes")
     ap.add_argument("--matrix-events", type=int, default=200_000, help="events per matrix topic")
+    ap.add_argument("--tables", type=int, default=0,
+                    help="also the many-tables cell: this many source tables (topics) through one fan-out")
+    ap.add_argument("--tables-events", type=int, default=400_000, help="events over all tables of --tables")
     args = ap.parse_args()
     n = 20_000 if args.smoke else args.events
     rng = random.Random(42)
@@ -151,6 +154,8 @@ def run(work: Path) -> None:
         latency(args.bin, work, rate, seconds)
     if args.matrix:
         matrix(args.bin, work, 3_000 if args.smoke else args.matrix_events, base_ms)
+    if args.tables:
+        many_tables(args.bin, work, args.tables, 4_000 if args.smoke else args.tables_events, base_ms)
 
 
 def ingest(binary: str, work: Path, topic: str, n: int, members: int, threads: int, max_rows: int,
@@ -210,6 +215,60 @@ def matrix(binary: str, work: Path, n: int, base_ms: int) -> None:
                    f"m{partitions}-{members}-{threads}-{rows}")
         print(f"  {partitions:>10} {members:>7} {threads:>7} {rows:>10} {n / max(r['seconds'], 1e-3):>10.0f}"
               f" {n / max(r['cpu'], 1e-3):>10.0f} {r['files']:>6} {r['rss']:>12.0f}")
+
+
+def many_tables(binary: str, work: Path, tables: int, n: int, base_ms: int) -> None:
+    """The same events into one table and into `tables` tables (one topic each, one fan-out entry), each
+    `--until-caught-up` with flushes every 1,000 rows or 2 s: events/s, commits/s, files, peak RSS."""
+    rng = random.Random(11)
+    events = [Event(i, rng, base_ms) for i in range(n)]
+    prefix = h.unique("bench.fan").replace("-", "")
+    names = [f"t{j:04d}" for j in range(tables)]
+    h.create_topics({f"{prefix}.{t}": 1 for t in names})
+    for j, t in enumerate(names):
+        h.produce(events[j::tables], {"orders": f"{prefix}.{t}"})
+    single = h.unique("bench.fan1")
+    h.create_topics({single: 12})
+    h.produce(events, {"orders": single})
+    pipeline = "\n[pipeline]\nmax_concurrent_commits = 16\n"
+    print(f"many tables: {n} events, flush every 1,000 rows or 2 s, `--until-caught-up`")
+    print(f"  {'tables':>6} {'events/s':>10} {'per CPU-s':>10} {'commits':>8} {'commits/s':>9} {'files':>6}"
+          f" {'files/table':>11} {'peak RSS MiB':>12}")
+    for label, dataset in (
+        ("1", {"name": '"orders"', "topics": f'["{single}"]', "format": '"debezium-json"',
+               "schema": f'"{SCHEMA}"', "partitioning": '{ by = "none" }'}),
+        (str(tables), {"name": '"fan"', "topic_pattern": f"'^{re.escape(prefix)}\\.(t[0-9]+)$'", "table_name": '"{1}"',
+                       "format": '"debezium-json"', "schema": f'"{SCHEMA}"', "partitioning": '{ by = "none" }'}),
+    ):
+        cell = work / f"fan{label}"
+        cfg = h.write_config(cell, group=h.unique("fan"), root=str(cell / "lake"), datasets=[dataset],
+                             flush_age="2s", max_rows=1_000, budget=512 * 1024 * 1024, extra=pipeline)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.run([binary, "run", "--until-caught-up", "--config", str(cfg)],
+                              env=dict(os.environ, RUST_LOG="info"), capture_output=True, text=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            sys.exit(f"bronze failed ({proc.returncode}) with {label} tables:\n{proc.stderr[-4000:]}")
+        stamps = [(datetime.fromisoformat(line[:27].rstrip("Z")), line) for line in proc.stderr.splitlines()
+                  if line[:4].isdigit()]
+        start = min(t for t, l in stamps if "partitions assigned" in l)
+        end = max(t for t, l in stamps if "caught up" in l)
+        seconds = max((end - start).total_seconds(), 1e-3)
+        from deltalake import DeltaTable
+        lake = cell / "lake"
+        made = [p for p in lake.iterdir() if not p.name.startswith("_")]
+        assert len(made) == int(label), (label, len(made))
+        rows = commits = files = 0
+        for p in made:
+            dt = DeltaTable(str(p))
+            rows += dt.to_pyarrow_dataset().count_rows()
+            commits += dt.version()  # version 0 creates the table
+            files += len(dt.file_uris())
+        assert rows == n, (label, rows, n)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        rss = float(re.search(r"peak RSS: ([0-9.]+) MiB", proc.stdout).group(1))
+        print(f"  {label:>6} {n / seconds:>10.0f} {n / max(cpu, 1e-3):>10.0f} {commits:>8} {commits / seconds:>9.1f}"
+              f" {files:>6} {files / len(made):>11.1f} {rss:>12.0f}")
 
 
 def latency(binary: str, work: Path, rate: int, seconds: int, flush_age: float = 1.0) -> None:

@@ -66,7 +66,7 @@ fn load_config(path: &Path, contracts: bool) -> anyhow::Result<Config> {
     // Contracts and mappings are configuration too: check them before touching anything. A fan-out's
     // table is checked as it is opened, so that one bad table does not stop the others.
     for (i, d) in cfg.datasets.iter().enumerate() {
-        if d.fan_out.is_some() {
+        if d.fan_out.is_some() || d.contract == bronze::config::ContractSource::Derived {
             continue;
         }
         let contract = Contract::load_with_drift(&d.schema_file, d.drift)?;

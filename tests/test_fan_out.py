@@ -1,7 +1,9 @@
 """Fan-outs: one `[[datasets]]` entry makes a Delta table of every topic its pattern matches, the way a
-Debezium connector writes one topic per source table. Topics created while bronze runs get their table
-when the group is assigned them; per-table overrides change one table and not the others; the memory
-budget and the number of commits running at once hold with more than a hundred tables."""
+Debezium connector writes one topic per source table, each with the contract its own Connect schema
+gives (`contract = "derived"`). Topics created while bronze runs get their table when the group is
+assigned them; an empty topic gets its table once a message with a schema arrives; per-table
+overrides change one table and not the others; a restart finds every table and reads on exactly
+once."""
 
 import json
 import random
@@ -9,10 +11,12 @@ import re
 import textwrap
 import time
 
+import pyarrow as pa
+
 import harness as h
 from harness.cdc import BASE_TS_MS, Event
 
-CONTRACT = """\
+ITEM_CONTRACT = """\
 [[columns]]
 name = "id"
 type = "int64"
@@ -27,28 +31,66 @@ name = "qty"
 type = "int64"
 """
 
+# (field, Connect type, optional, logical name) of every source table's rows; some tables have more.
+BASE_FIELDS = [("id", "int64", False, None), ("name", "string", True, None), ("qty", "int32", True, None),
+               ("updatedAt", "int64", True, "io.debezium.time.MicroTimestamp"),
+               ("day", "int32", True, "io.debezium.time.Date")]
+EXTRA_FIELD = ("note", "string", True, None)
+COLOR_FIELD = ("color", "string", True, None)
 
-def table_events(schema: str, table: str, n: int, rng: random.Random, extra: dict | None = None,
-                 first_id: int = 1):
-    """`n` Debezium change events (bare envelopes) of one source table: inserts, and updates of rows
-    inserted before; `extra` fields go into every row."""
+
+def connect_schema(table: str, fields) -> dict:
+    def field(name, ty, optional, logical):
+        return {"field": name, "type": ty, "optional": optional, **({"name": logical} if logical else {})}
+    row = {"type": "struct", "optional": True, "name": f"inventory.public.{table}.Value",
+           "fields": [field(*f) for f in fields]}
+    source = {"type": "struct", "optional": False, "name": "io.debezium.connector.postgresql.Source",
+              "fields": [field("ts_ms", "int64", False, None), field("schema", "string", False, None),
+                         field("table", "string", False, None), field("lsn", "int64", True, None)]}
+    return {"type": "struct", "optional": False, "name": f"inventory.public.{table}.Envelope",
+            "fields": [dict(row, field="before"), dict(row, field="after"), dict(source, field="source"),
+                       field("op", "string", False, None), field("ts_ms", "int64", True, None)]}
+
+
+KEY_SCHEMA = {"type": "struct", "optional": False, "name": "inventory.Key",
+              "fields": [{"field": "id", "type": "int64", "optional": False}]}
+
+
+def fields_of(table: str, altered: bool = False):
+    fields = list(BASE_FIELDS)
+    if int(table[1:]) % 3 == 0:
+        fields.append(EXTRA_FIELD)
+    if altered:
+        fields.append(COLOR_FIELD)
+    return fields
+
+
+def table_events(table: str, n: int, rng: random.Random, first_id: int = 1, altered: bool = False):
+    """`n` Debezium inserts of one source table with the Connect schema wrapper (unique ids: the tables
+    are keyed by the key schema, and the exactly-once check counts every offset)."""
+    fields = fields_of(table, altered)
+    schema = connect_schema(table, fields)
     out = []
     for i in range(n):
-        update = i >= 5 and rng.random() < 0.3
-        row_id = rng.randint(first_id, first_id + i - 1) if update else first_id + i
-        row = {"id": row_id, "name": f"{table}-{row_id}", "qty": rng.randint(0, 1000), **(extra or {})}
-        ts = BASE_TS_MS + i * 1000
-        value = {"before": None, "after": row, "op": "u" if update else "c", "ts_ms": ts + 3,
-                 "source": {"connector": "postgresql", "db": "inventory", "schema": schema, "table": table,
-                            "ts_ms": ts, "lsn": 1000 + i}}
-        out.append(Event(table, json.dumps({"id": row_id}).encode(), json.dumps(value).encode(),
-                               value["op"], row_id, ts))
+        row_id = first_id + i
+        ts = BASE_TS_MS + row_id * 1000
+        row = {"id": row_id, "name": f"{table}-{row_id}", "qty": rng.randint(0, 1000), "updatedAt": ts * 1000,
+               "day": ts // 86_400_000}
+        if EXTRA_FIELD in fields:
+            row["note"] = rng.choice(["a", "b", None])
+        if altered:
+            row["color"] = "red"
+        payload = {"before": None, "after": row, "op": "c", "ts_ms": ts + 3,
+                   "source": {"ts_ms": ts, "schema": "public", "table": table, "lsn": 1000 + row_id}}
+        key = {"schema": KEY_SCHEMA, "payload": {"id": row_id}}
+        out.append(Event(table, json.dumps(key).encode(), json.dumps({"schema": schema, "payload": payload}).encode(),
+                         "c", row_id, ts))
     return out
 
 
 def fan_out_config(tmp_path, group: str, prefix: str) -> tuple:
     (tmp_path / "schemas").mkdir()
-    (tmp_path / "schemas" / "item.toml").write_text(CONTRACT)
+    (tmp_path / "schemas" / "item.toml").write_text(ITEM_CONTRACT)
     port = h.free_port()
     text = textwrap.dedent(f"""\
         schema_dir = "{tmp_path / 'schemas'}"
@@ -82,45 +124,47 @@ def fan_out_config(tmp_path, group: str, prefix: str) -> tuple:
         topic_pattern = '^{re.escape(prefix)}\\.(?P<schema>[a-z]+)\\.(?P<table>[a-z0-9_]+)$'
         table_name = "{{schema}}_{{table}}"
         format = "debezium-json"
-        schema = "item.toml"
+        contract = "derived"
 
         [datasets.tables.public_t007]
         partitioning = {{ by = "none" }}
 
         [datasets.tables.public_t042]
         drift = {{ new_column = "evolve" }}
+
+        [datasets.tables.public_t050]
+        contract = "file"
+        schema = "item.toml"
         """)
     cfg = tmp_path / "bronze.toml"
     cfg.write_text(text)
     return cfg, f"http://127.0.0.1:{port}/metrics"
 
 
-def produce_tables(prefix: str, tables: list[str], per_table: int, seed: int, extra: dict | None = None,
-                   first_id: int = 1) -> list:
+def produce_tables(prefix: str, tables: list[str], per_table: int, seed: int, **kw) -> list:
     rng = random.Random(seed)
-    events = [e for t in tables for e in table_events("public", t, per_table, rng, extra, first_id)]
+    events = [e for t in tables for e in table_events(t, per_table, rng, **kw)]
     rng.shuffle(events)
     return h.produce(events, {t: f"{prefix}.public.{t}" for t in tables})
 
 
-def offsets_by_table(produced) -> dict[str, set]:
-    out: dict[str, set] = {}
+def add_offsets(expected: dict, produced) -> None:
     for p in produced:
-        out.setdefault(f"public_{p.table}", set()).add((p.topic, p.partition, p.offset))
-    return out
+        expected.setdefault(f"public_{p.table}", set()).add((p.topic, p.partition, p.offset))
 
 
-def test_a_fan_out_makes_one_table_per_topic_also_for_topics_created_while_running(tmp_path):
+def test_a_fan_out_makes_a_table_with_its_own_contract_per_topic_also_for_new_topics(tmp_path):
     prefix = h.unique("fan").replace("-", "")
     first = [f"t{i:03d}" for i in range(100)]
     later = [f"t{i:03d}" for i in range(100, 120)]
-    h.create_topics({f"{prefix}.public.{t}": 1 for t in first})
+    empty = "t120"
+    h.create_topics({f"{prefix}.public.{t}": 1 for t in first + [empty]})
     # A topic of another database is not the fan-out's.
     h.create_topics({f"{prefix}.other1.t000": 1})
-    produced = produce_tables(prefix, first, 30, seed=1)
+    expected: dict[str, set] = {}
+    add_offsets(expected, produce_tables(prefix, first, 30, seed=1))
     cfg, url = fan_out_config(tmp_path, h.unique("fan"), prefix)
     lake = tmp_path / "lake"
-    expected = offsets_by_table(produced)
 
     def landed(tables) -> bool:
         return all(len(h.stored_offsets(str(lake / f"public_{t}"))) >= len(expected[f"public_{t}"]) for t in tables)
@@ -128,45 +172,59 @@ def test_a_fan_out_makes_one_table_per_topic_also_for_topics_created_while_runni
     proc = h.start_bronze(cfg, log=tmp_path / "bronze.log")
     try:
         h.wait_until(lambda: landed(first), 180, interval=2, what="the first 100 tables")
-        # New source tables while running: their topics appear, their tables follow.
+        # The empty topic has no schema to derive a contract from: no table yet, and nothing fails.
+        assert not (lake / f"public_{empty}" / "_delta_log").exists()
+        assert proc.poll() is None
+        # New source tables while running: their topics appear, their tables follow; the empty topic
+        # gets its first rows; t042 (drift evolve) and t043 (the default: ignore) gain a column.
         h.create_topics({f"{prefix}.public.{t}": 1 for t in later})
-        more = produce_tables(prefix, later, 30, seed=2)
-        # t042 (drift evolve) and t043 (the contract's default: ignore) gain a column.
-        altered = produce_tables(prefix, ["t042", "t043"], 10, seed=3, extra={"color": "red"}, first_id=1000)
-        for part in (more, altered):
-            for table, offsets in offsets_by_table(part).items():
-                expected.setdefault(table, set()).update(offsets)
-        h.wait_until(lambda: landed(first + later), 120, interval=2, what="the tables of the new topics")
+        add_offsets(expected, produce_tables(prefix, later + [empty], 30, seed=2))
+        add_offsets(expected, produce_tables(prefix, ["t042", "t043"], 10, seed=3, first_id=1000, altered=True))
+        h.wait_until(lambda: landed(first + later + [empty]), 120, interval=2, what="the tables of the new topics")
         # A topic dropped at the source leaves its table alone, and bronze reading on.
         h.delete_topics([f"{prefix}.public.t099"])
         time.sleep(3)
         assert proc.poll() is None, "bronze stopped when a topic of its pattern was deleted"
-        text = h.scrape(url)
-        assert h.metric(text, "bronze_fan_out_errors_total") == 0
+        assert h.metric(h.scrape(url), "bronze_fan_out_errors_total") == 0
         assert h.stop(proc) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    summary = (tmp_path / "bronze.log").read_text()
-    peak = re.search(r"peak RSS: ([0-9.]+) MiB", summary)
-    assert peak, summary[-2000:]
-    print(f"peak RSS with 120 tables: {peak.group(1)} MiB")
+    peak = re.search(r"peak RSS: ([0-9.]+) MiB", (tmp_path / "bronze.log").read_text())
+    assert peak
+    print(f"peak RSS with 121 tables: {peak.group(1)} MiB")
+
+    # A restart finds every table (the contracts derived again agree with them) and reads on.
+    add_offsets(expected, produce_tables(prefix, ["t000", "t043"], 5, seed=4, first_id=2000, altered=True))
+    run = h.run_bronze(cfg, "run", "--until-caught-up", timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
 
     from deltalake import DeltaTable
+    expected.pop("public_t099")  # its topic is gone; its table stays as it was
     tables = sorted(p.name for p in lake.iterdir() if not p.name.startswith("_"))
-    assert tables == sorted(expected), set(tables) ^ set(expected)
+    assert tables == sorted(list(expected) + ["public_t099"])
     for table, offsets in expected.items():
         h.assert_exactly_once(str(lake / table), offsets)
     assert not (lake / "other1_t000").exists()
-    # Per-table overrides: t007 is not partitioned; t042 evolved the new column, t043 kept its columns.
+
+    # Each table's columns are its own source table's, typed from the Connect schema.
+    t000 = h.read_delta(str(lake / "public_t000")).schema
+    t001 = h.read_delta(str(lake / "public_t001")).schema
+    assert "note" in t000.names and "note" not in t001.names
+    assert pa.types.is_timestamp(t001.field("updated_at").type), t001.field("updated_at").type
+    assert t001.field("day").type == pa.date32()
+    assert t001.field("qty").type == pa.int32()
+    # Per-table overrides: t007 is not partitioned; t042 evolved the new column, t043 kept its columns;
+    # t050 has the contract file's columns (qty as int64).
     assert DeltaTable(str(lake / "public_t007")).metadata().partition_columns == []
     assert DeltaTable(str(lake / "public_t008")).metadata().partition_columns == ["event_date"]
     t42 = h.read_delta(str(lake / "public_t042"))
-    assert "color" in t42.column_names
     assert sorted(set(v for v in t42.column("color").to_pylist() if v)) == ["red"]
-    assert "color" not in h.read_delta(str(lake / "public_t043")).column_names
+    assert "color" not in h.read_delta(str(lake / "public_t043")).schema.names
+    t050 = h.read_delta(str(lake / "public_t050")).schema
+    assert t050.field("qty").type == pa.int64() and "updated_at" not in t050.names
     # Each table has its own ledger records, accounting for every row and offset.
     committed = {r["dataset"] for r in h.ledger(str(lake)) if r["kind"] == "commit"}
-    assert committed == set(expected)
-    for table in ("public_t000", "public_t042", "public_t119"):
+    assert committed == set(expected) | {"public_t099"}
+    for table in ("public_t000", "public_t042", "public_t119", f"public_{empty}"):
         h.assert_ledger_complete(str(lake), table)

@@ -45,7 +45,7 @@ pub async fn contract(cfg: &Config, command: ContractCommand) -> anyhow::Result<
         if dataset.as_ref().is_some_and(|n| *n != d.name) {
             continue;
         }
-        let generated = bronze::jobs::contract::generate(cfg, d, sample).await?;
+        let generated = bronze::pipeline::derived::generate(cfg, d, sample).await?;
         let text = generated.derived.to_toml(&generated.source);
         if write {
             std::fs::write(&d.schema_file, &text)?;

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use bronze::audit::RunsFilter;
 use bronze::config::Config;
-use bronze::contract::Contract;
 use bronze::sink::{self, Probe, TableSink};
 use bronze::transform::Mapper;
 
@@ -106,7 +105,7 @@ pub async fn summary(cfg: &Config, a: SummaryArgs) -> anyhow::Result<ExitCode> {
         );
     }
     for d in &cfg.datasets {
-        let mapper = Mapper::new(d, Contract::load_with_drift(&d.schema_file, d.drift)?)?;
+        let mapper = Mapper::new(d, bronze::pipeline::derived::run_contract(cfg, d).await?.0)?;
         let pcols = mapper.partition_columns();
         let schema = mapper.contract().table_schema(pcols);
         let stats = match sink::probe(

@@ -12,7 +12,7 @@ pub async fn validate(cfg: &Config) -> anyhow::Result<ExitCode> {
     let options = cfg.storage_options();
     let mut failed = false;
     for d in &cfg.datasets {
-        let mapper = Mapper::new(d, Contract::load_with_drift(&d.schema_file, d.drift)?)?;
+        let mapper = Mapper::new(d, bronze::pipeline::derived::run_contract(cfg, d).await?.0)?;
         let pcols = mapper.partition_columns();
         let schema = mapper.contract().table_schema(pcols);
         match sink::probe(

@@ -39,6 +39,18 @@ impl Format {
 /// of Postgres, a table without `REPLICA IDENTITY FULL`): its `unavailable.value.placeholder`.
 pub const DEBEZIUM_UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
 
+/// Where a dataset's contract comes from.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ContractSource {
+    /// The TOML file `schema` names.
+    #[default]
+    File,
+    /// The schema the source publishes (Connect schema wrapper, registry): read when the run opens the
+    /// table; later changes follow the dataset's drift policy.
+    Derived,
+}
+
 /// Time granularity of the partition columns.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 pub enum PartitionBy {
@@ -97,7 +109,9 @@ pub struct DatasetConfig {
     pub format: Format,
     /// Full table URI (`file:///...` or `s3://...`).
     pub table_uri: String,
+    /// The contract file (for a derived contract: where `bronze contract generate --write` puts it).
     pub schema_file: PathBuf,
+    pub contract: ContractSource,
     pub key_columns: Vec<String>,
     /// Later value wins among rows with the same key in one flush; ties go to the later offset.
     pub ordering_column: String,

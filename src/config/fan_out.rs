@@ -57,7 +57,7 @@ impl FanOut {
             ));
         };
         let pattern = Regex::new(&pattern).map_err(|e| invalid("topic_pattern", e.to_string()))?;
-        for field in [&table_name, &raw.schema] {
+        for field in std::iter::once(&table_name).chain(raw.schema.as_ref()) {
             if let Some(p) = unknown_placeholder(&pattern, field) {
                 let names: Vec<&str> = pattern.capture_names().flatten().collect();
                 return Err(invalid(
@@ -155,7 +155,7 @@ impl FanOut {
         raw.name = table_name(&render(&self.table_name, &caps));
         raw.topics = vec![topic.to_string()];
         raw.topic_pattern = None;
-        raw.schema = render(&raw.schema, &caps);
+        raw.schema = raw.schema.map(|s| render(&s, &caps));
         if let Some(o) = self.overrides.get(&raw.name) {
             o.apply(&mut raw);
         }
@@ -173,19 +173,26 @@ impl Config {
         if let Some(d) = self.dataset_for_topic(topic) {
             return Ok(Some(d));
         }
-        let Some(made) = self
-            .fan_outs
+        match self.fan_out_table(topic) {
+            Some(made) => self.add_dataset(made?).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The table a fan-out would make of `topic` (not added), if one matches it.
+    pub fn fan_out_table(&self, topic: &str) -> Option<Result<DatasetConfig, ConfigError>> {
+        self.fan_outs
             .iter()
             .find_map(|f| f.make(topic, &self.datasets))
-        else {
-            return Ok(None);
-        };
-        let d = made?;
+    }
+
+    /// Add a dataset made while running (its index), if it shares no table with the others.
+    pub fn add_dataset(&mut self, d: DatasetConfig) -> Result<usize, ConfigError> {
         let mut all = self.datasets.clone();
         all.push(d);
         super::validate::distinct_tables(&self.file, &all, &self.audit)?;
         self.datasets = all;
-        Ok(Some(self.datasets.len() - 1))
+        Ok(self.datasets.len() - 1)
     }
 
     /// A table for every topic of `topics` a fan-out matches (in name order, so every member and

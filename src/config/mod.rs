@@ -15,8 +15,8 @@ mod schedule;
 mod validate;
 
 pub use dataset::{
-    DEBEZIUM_UNAVAILABLE_VALUE, DatasetConfig, DeadLetterConfig, ExtractConfig, Format,
-    InvalidMessage, LatestConfig, PartitionBy, Partitioning, TopicSelector,
+    ContractSource, DEBEZIUM_UNAVAILABLE_VALUE, DatasetConfig, DeadLetterConfig, ExtractConfig,
+    Format, InvalidMessage, LatestConfig, PartitionBy, Partitioning, TopicSelector,
 };
 pub use fan_out::FanOut;
 pub use schedule::{MissedSlots, ScheduleConfig, Scheduled, ScheduledJob, parse_cron};

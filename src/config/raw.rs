@@ -10,8 +10,8 @@ use serde::Deserialize;
 use crate::contract::DriftPolicy;
 
 use super::{
-    BackfillConfig, CompactionConfig, ControlConfig, ExtractConfig, FlushLimits, Format,
-    InvalidMessage, KafkaConfig, MemoryConfig, MetricsConfig, Partitioning, PipelineConfig,
+    BackfillConfig, CompactionConfig, ContractSource, ControlConfig, ExtractConfig, FlushLimits,
+    Format, InvalidMessage, KafkaConfig, MemoryConfig, MetricsConfig, Partitioning, PipelineConfig,
     SchemaRegistryConfig, StorageConfig, VacuumConfig, default_true, humantime_serde_compat,
 };
 
@@ -69,7 +69,11 @@ pub(super) struct RawDataset {
     /// Table name under `storage.root`, or a full URI.
     #[serde(default)]
     pub(super) table: Option<String>,
-    pub(super) schema: String,
+    /// The contract file; for `contract = "derived"` only where `bronze contract generate` writes.
+    #[serde(default)]
+    pub(super) schema: Option<String>,
+    #[serde(default)]
+    pub(super) contract: ContractSource,
     #[serde(default)]
     pub(super) key_columns: Vec<String>,
     #[serde(default = "default_ordering")]
@@ -109,6 +113,8 @@ pub(super) struct RawTableOverride {
     #[serde(default)]
     pub(super) schema: Option<String>,
     #[serde(default)]
+    pub(super) contract: Option<ContractSource>,
+    #[serde(default)]
     pub(super) table: Option<String>,
     #[serde(default)]
     pub(super) key_columns: Option<Vec<String>>,
@@ -126,7 +132,8 @@ impl RawTableOverride {
     /// `d` with these settings in place of its own.
     pub(super) fn apply(&self, d: &mut RawDataset) {
         let o = self.clone();
-        d.schema = o.schema.unwrap_or(std::mem::take(&mut d.schema));
+        d.schema = o.schema.or(d.schema.take());
+        d.contract = o.contract.unwrap_or(d.contract);
         d.table = o.table.or(d.table.take());
         d.key_columns = o.key_columns.unwrap_or(std::mem::take(&mut d.key_columns));
         d.ordering_column = o

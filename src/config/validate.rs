@@ -10,9 +10,10 @@ use super::fan_out::FanOut;
 use super::raw::{DEFAULT_MAX_MESSAGE_BYTES, RawConfig, RawDataset, RawDeadLetters, RawLatest};
 use super::schedule::ScheduleContext;
 use super::{
-    AuditConfig, CompactionConfig, Config, ConfigError, ControlConfig, DEBEZIUM_UNAVAILABLE_VALUE,
-    DatasetConfig, DeadLetterConfig, FlushLimits, KafkaConfig, LatestConfig, MemoryConfig,
-    MetricsConfig, PipelineConfig, StorageConfig, TopicSelector, VacuumConfig,
+    AuditConfig, CompactionConfig, Config, ConfigError, ContractSource, ControlConfig,
+    DEBEZIUM_UNAVAILABLE_VALUE, DatasetConfig, DeadLetterConfig, FlushLimits, KafkaConfig,
+    LatestConfig, MemoryConfig, MetricsConfig, PipelineConfig, StorageConfig, TopicSelector,
+    VacuumConfig,
 };
 
 /// Uploads are committed within seconds (a failed commit deletes its files and retries with new
@@ -235,9 +236,17 @@ impl DatasetContext {
             return Err(invalid(file, key("extract.max_parallelism"), reason));
         }
         let topics = topics(file, i, d.topics, d.topic_pattern, d.extract.is_some())?;
-        let schema_file = self.schema_dir.join(&d.schema);
+        let schema = match (&d.schema, d.contract) {
+            (Some(s), _) => s.clone(),
+            (None, ContractSource::Derived) => format!("{}.toml", d.name),
+            (None, ContractSource::File) => {
+                let reason = "give the contract file (`schema`), or `contract = \"derived\"`";
+                return Err(invalid(file, key("schema"), reason));
+            }
+        };
+        let schema_file = self.schema_dir.join(&schema);
         // A fan-out's contract path may name its tables: checked for each table as it is made.
-        if !d.schema.contains('{') && !schema_file.is_file() {
+        if d.contract == ContractSource::File && !schema.contains('{') && !schema_file.is_file() {
             return Err(invalid(
                 file,
                 key("schema"),
@@ -273,6 +282,7 @@ impl DatasetContext {
             topics,
             format: d.format,
             schema_file,
+            contract: d.contract,
             key_columns: d.key_columns,
             ordering_column: d.ordering_column,
             normalize_names: d.normalize_names,

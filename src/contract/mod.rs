@@ -221,7 +221,8 @@ impl Contract {
         Ok(contract)
     }
 
-    fn check(&self, file: &str) -> Result<(), ContractError> {
+    /// The rules a contract file is held to (`file` names where it came from in errors).
+    pub fn check(&self, file: &str) -> Result<(), ContractError> {
         if matches!(
             self.drift.missing_column,
             DriftAction::Rescue | DriftAction::Evolve | DriftAction::Review

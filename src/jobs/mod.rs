@@ -1,11 +1,10 @@
 //! Batch jobs: bounded runs beside the streaming loop that rebuild or add to a table — backfills
 //! (partitions rebuilt from Kafka), extracts (from the source database), dead-letter replays and the
-//! schema review decisions, and contracts derived from a source's schema. They admit messages through the streaming path's own rules
+//! schema review decisions. They admit messages through the streaming path's own rules
 //! (`pipeline::admission`) and record what they did as txn versions of their own app ids
 //! ([`crate::txn`]), so each is idempotent; backfills and extracts end in one partition swap.
 
 pub mod backfill;
-pub mod contract;
 pub mod extract;
 pub mod partition_swap;
 mod replay;

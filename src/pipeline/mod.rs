@@ -10,6 +10,7 @@
 
 pub(crate) mod admission;
 mod catch_up;
+pub mod derived;
 mod flush;
 mod lanes;
 pub(crate) mod message;
@@ -17,6 +18,7 @@ mod positions;
 mod report;
 pub(crate) mod start;
 mod state;
+mod tables;
 mod turn;
 
 use std::future::Future;
@@ -84,8 +86,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, PipelineError> {
     let registry = start::registry(&cfg)?;
-    let datasets = open_datasets(&mut cfg, &registry).await?;
+    // Subscribed first: a dataset whose table cannot be opened yet still gets its partitions.
     let consumer = source::subscribe(&cfg, options.health.clone())?;
+    let (datasets, unopened) = open_datasets(&mut cfg, &registry).await?;
     let run_id = uuid::Uuid::now_v7().to_string();
     let (config_updates, updates) = tokio::sync::watch::channel(cfg.clone());
     let services = Services::start(&cfg, &run_id, updates).await?;
@@ -118,6 +121,7 @@ pub async fn run(
         registry,
         commit_turns: Arc::new(tokio::sync::Semaphore::new(max_commits)),
         config_updates,
+        unopened: tables::Unopened::new(unopened),
     };
     // Every line of the run carries its id (a field of the span in JSON logs).
     let span = tracing::info_span!("run", run_id = %run.run_id);
@@ -160,6 +164,8 @@ struct Run {
     commit_turns: Arc<tokio::sync::Semaphore>,
     /// Tells the services beside the loop of the tables fan-outs make.
     config_updates: tokio::sync::watch::Sender<Config>,
+    /// Datasets whose table could not be opened yet, retried (see `tables`).
+    unopened: tables::Unopened,
 }
 
 impl Run {
@@ -185,6 +191,7 @@ impl Run {
                     self.settle_finished().await?;
                     self.handle_rebalance().await?;
                     self.resume_waiting();
+                    self.open_unopened().await?;
                     self.read_through_markers().await?;
                     self.flush_due().await?;
                     self.enforce_budget().await?;
@@ -264,65 +271,12 @@ impl Run {
                         self.catch_up.revoked(&tp);
                     }
                 }
-                RebalanceEvent::Assigned(tps) => {
-                    for tp in &tps {
-                        if self.dataset_of(&tp.topic).await.is_none() {
-                            // Unread, so nothing of it is lost, and not prefetched into memory.
-                            source::pause(&self.consumer, tp);
-                        }
-                    }
-                    let highs = self.catch_up.highs_of(&self.cfg, &tps)?;
-                    for tp in tps {
-                        let Some(d) = self.cfg.dataset_for_topic(&tp.topic) else {
-                            continue;
-                        };
-                        self.datasets[d].needs_refresh = true;
-                        if let Some(&high) = highs.get(&tp) {
-                            self.catch_up.target(tp.clone(), high);
-                        }
-                        let consumed = metrics::counter!("bronze_events_consumed_total",
-                            "dataset" => self.cfg.datasets[d].name.clone(), "topic" => tp.topic.clone());
-                        self.positions.assign(tp, d, consumed);
-                    }
-                }
+                RebalanceEvent::Assigned(tps) => self.assigned(tps).await?,
             }
         }
         // Commits running now were decided under the old assignment. Taken in after it is updated, a
         // commit another member made stale re-reads only the partitions still owned.
         self.settle_all().await
-    }
-    /// The dataset `topic` feeds; when a fan-out makes a table of it now, the table is opened (created
-    /// on its topic's first assignment). `None` for a topic nothing claims or whose table cannot be
-    /// made (both with a warning).
-    async fn dataset_of(&mut self, topic: &str) -> Option<usize> {
-        let known = self.cfg.datasets.len();
-        let d = match self.cfg.claim_topic(topic) {
-            Ok(Some(d)) if d < known => return Some(d),
-            Ok(Some(d)) => d,
-            Ok(None) => {
-                warn!(topic = %topic, "assigned a topic no dataset claims; ignoring it");
-                return None;
-            }
-            Err(e) => {
-                metrics::counter!("bronze_fan_out_errors_total").increment(1);
-                warn!(topic = %topic, error = %e, "no table for this topic; it is not read");
-                return None;
-            }
-        };
-        let cfg = &self.cfg.datasets[d];
-        match start::open_state(&self.cfg, cfg, &self.registry).await {
-            Ok(state) => {
-                info!(dataset = %cfg.name, topic = %topic, fan_out = ?cfg.fan_out, "new table of a fan-out");
-                self.datasets.push(state);
-                self.config_updates.send_replace(self.cfg.clone());
-                Some(d)
-            }
-            Err(e) => {
-                start::fan_out_table_failed(cfg, &e);
-                self.cfg.datasets.pop();
-                None
-            }
-        }
     }
     /// Where a partition resumes: the offset after the table's txn version for it. Also recorded as the
     /// partition's committed position (for the lag gauge).

@@ -11,8 +11,7 @@ use super::PipelineError;
 use super::state::DatasetState;
 use crate::audit::{AuditHandle, AuditRecord, Ledger};
 use crate::buffer::DatasetBuffer;
-use crate::config::{Config, ConfigUpdates, DatasetConfig};
-use crate::contract::Contract;
+use crate::config::{Config, ConfigUpdates, ContractSource, DatasetConfig};
 use crate::decode::Decoder;
 use crate::decode::registry::Registry;
 use crate::sink::dead_letter_topic::{DeadLetterTopic, PublisherHandle};
@@ -95,33 +94,42 @@ impl Services {
     }
 }
 
-/// Open every dataset's table (creating it if needed) and sweep files left by crashed runs. A fan-out's
-/// table that cannot be opened is left out (with a warning), not the run.
+/// Open every dataset's table (creating it if needed) and sweep files left by crashed runs. A table of a
+/// fan-out or with a derived contract that cannot be opened yet is left out (returned, to be retried),
+/// not the run.
 pub async fn open_datasets(
     cfg: &mut Config,
     registry: &Option<Arc<Registry>>,
-) -> Result<Vec<DatasetState>, PipelineError> {
+) -> Result<(Vec<DatasetState>, Vec<DatasetConfig>), PipelineError> {
     let mut out = Vec::with_capacity(cfg.datasets.len());
     let mut kept = Vec::with_capacity(cfg.datasets.len());
+    let mut failed = Vec::new();
     for d in std::mem::take(&mut cfg.datasets) {
         match open_state(cfg, &d, registry).await {
             Ok(state) => {
+                kept.push(state.cfg.clone());
                 out.push(state);
-                kept.push(d);
             }
-            Err(e) if d.fan_out.is_some() => fan_out_table_failed(&d, &e),
+            Err(e) if d.fan_out.is_some() || d.contract == ContractSource::Derived => {
+                table_failed(&d, &e, true);
+                failed.push(d);
+            }
             Err(e) => return Err(e),
         }
     }
     cfg.datasets = kept;
-    Ok(out)
+    Ok((out, failed))
 }
 
-/// A fan-out's table that could not be opened: its topic is not read (its offsets stay unread, so
-/// nothing is lost), and an operator is told.
-pub(super) fn fan_out_table_failed(d: &DatasetConfig, e: &PipelineError) {
-    metrics::counter!("bronze_fan_out_errors_total").increment(1);
-    warn!(dataset = %d.name, error = %e, "cannot open this fan-out table; its topic is not read");
+/// A table that could not be opened: its topic is not read (its offsets stay unread, so nothing is
+/// lost) until it can be, and an operator is told (a warning the `first` time, every attempt counted).
+pub(super) fn table_failed(d: &DatasetConfig, e: &PipelineError, first: bool) {
+    metrics::counter!("bronze_table_open_errors_total", "dataset" => d.name.clone()).increment(1);
+    if first {
+        warn!(dataset = %d.name, error = %e, "cannot open this table yet; its topic waits, paused, and is retried every 10s");
+    } else {
+        tracing::debug!(dataset = %d.name, error = %e, "table still cannot be opened");
+    }
 }
 
 /// One dataset's state for a run: its table opened (created if needed), files left by crashed runs
@@ -161,6 +169,11 @@ pub(super) async fn open_state(
         &options,
         cfg.storage.commit_attempts,
     );
+    // A derived contract's keys come from the key schema.
+    let d = &DatasetConfig {
+        key_columns: mapper.key_names(),
+        ..d.clone()
+    };
     let mut state = DatasetState::new(
         d.clone(),
         Decoder::new(d.format, registry.clone()),
@@ -195,7 +208,19 @@ pub(crate) async fn open_dataset(
     cfg: &Config,
     d: &DatasetConfig,
 ) -> Result<(Mapper, TableSink), PipelineError> {
-    let mut mapper = Mapper::new(d, Contract::load_with_drift(&d.schema_file, d.drift)?)?;
+    let (contract, keys) = super::derived::run_contract(cfg, d).await?;
+    let keyed;
+    let d = match keys == d.key_columns {
+        true => d,
+        false => {
+            keyed = DatasetConfig {
+                key_columns: keys,
+                ..d.clone()
+            };
+            &keyed
+        }
+    };
+    let mut mapper = Mapper::new(d, contract)?;
     let pcols = mapper.partition_columns();
     let schema = mapper.contract().table_schema(pcols);
     let sink = TableSink::open(

@@ -315,6 +315,14 @@ impl Mapper {
         &self.contract
     }
 
+    /// The key columns rows are deduplicated by, in order.
+    pub fn key_names(&self) -> Vec<String> {
+        self.key_columns
+            .iter()
+            .map(|&i| self.contract.columns[i].name.clone())
+            .collect()
+    }
+
     pub fn partition_columns(&self) -> &'static [&'static str] {
         self.partition_by.columns()
     }

@@ -26,6 +26,7 @@ fn dataset() -> DatasetConfig {
         format: Format::DebeziumJson,
         table_uri: "file:///tmp/x".into(),
         schema_file: PathBuf::from("x"),
+        contract: crate::config::ContractSource::File,
         key_columns: vec!["id".into()],
         ordering_column: "_source_ts".into(),
         normalize_names: true,

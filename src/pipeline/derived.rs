@@ -1,15 +1,69 @@
-//! `bronze contract generate`: a dataset's contract derived from the schema its source publishes
-//! (see [`crate::contract::derive`]): the registry's latest value (and key) schema for Avro datasets,
-//! else the newest message with the Kafka Connect schema wrapper among the last `sample` messages of
-//! each partition of its topics.
+//! A dataset's contract derived from the schema its source publishes (see
+//! [`crate::contract::derive`]): the registry's latest value (and key) schema for Avro datasets, else the
+//! newest message with the Kafka Connect schema wrapper among the last `sample` messages of each
+//! partition of its topics. `bronze contract generate` writes it out for review; a dataset with
+//! `contract = "derived"` runs on it ([`run_contract`]).
 
 use serde_json::Value;
 
-use crate::config::{Config, DatasetConfig};
+use crate::config::{Config, ContractSource, DatasetConfig};
 use crate::contract::derive::{self, Derived};
+use crate::contract::{ColumnType, Contract, METADATA_COLUMNS, RESCUED_COLUMN, UNAVAILABLE_COLUMN};
 use crate::decode::registry::Registry;
 use crate::pipeline::PipelineError;
+use crate::sink::TableSink;
 use crate::source::Inspector;
+
+/// Messages per partition looked at for a Connect schema when a run derives a contract.
+const RUN_SAMPLE: usize = 100;
+
+/// The contract a run (or a job) uses for `d`, and its key columns: the contract file, or for
+/// `contract = "derived"` the schema the source publishes now, made to agree with the table where
+/// there is one. Columns the source has and the table not yet are left out: the messages that carry
+/// them meet the drift policy like any new column. Columns the table has and the source no longer
+/// names stay. Keys are the configured `key_columns`, else the key schema's fields.
+pub async fn run_contract(
+    cfg: &Config,
+    d: &DatasetConfig,
+) -> Result<(Contract, Vec<String>), PipelineError> {
+    if d.contract == ContractSource::File {
+        let contract = Contract::load_with_drift(&d.schema_file, d.drift)?;
+        return Ok((contract, d.key_columns.clone()));
+    }
+    let generated = generate(cfg, d, RUN_SAMPLE).await?;
+    let keys = match d.key_columns.is_empty() {
+        true => generated.derived.keys.clone(),
+        false => d.key_columns.clone(),
+    };
+    let mut contract = Contract {
+        on_error: Default::default(),
+        drift: d.drift.unwrap_or_default(),
+        columns: generated.derived.columns,
+        tracks_unavailable: false,
+    };
+    if let Some(table) = TableSink::existing(&d.table_uri, &cfg.storage_options()).await? {
+        let schema = table.arrow_schema()?;
+        contract
+            .columns
+            .retain(|c| schema.field_with_name(&c.name).is_ok());
+        let bronze_column = |name: &str| {
+            METADATA_COLUMNS.contains(&name)
+                || [RESCUED_COLUMN, UNAVAILABLE_COLUMN].contains(&name)
+                || d.partitioning.by.columns().contains(&name)
+        };
+        for f in schema.fields() {
+            let name = f.name().as_str();
+            if bronze_column(name) || contract.index_of(name).is_some() {
+                continue;
+            }
+            if let Some((ty, ps)) = ColumnType::from_arrow(f.data_type()) {
+                contract.add_evolved(name, ty, ps);
+            }
+        }
+    }
+    contract.check(&generated.source)?;
+    Ok((contract, keys))
+}
 
 /// A derived contract and where it came from.
 pub struct Generated {
