@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod buffer;
+pub mod catalog;
 pub mod config;
 pub mod contract;
 pub mod control;

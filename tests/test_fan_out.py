@@ -14,6 +14,7 @@ import time
 import pyarrow as pa
 
 import harness as h
+from harness import glue as g
 from harness.cdc import BASE_TS_MS, Event
 
 ITEM_CONTRACT = """\
@@ -88,7 +89,7 @@ def table_events(table: str, n: int, rng: random.Random, first_id: int = 1, alte
     return out
 
 
-def fan_out_config(tmp_path, group: str, prefix: str) -> tuple:
+def fan_out_config(tmp_path, group: str, prefix: str, glue_port: int) -> tuple:
     (tmp_path / "schemas").mkdir()
     (tmp_path / "schemas" / "item.toml").write_text(ITEM_CONTRACT)
     port = h.free_port()
@@ -118,6 +119,12 @@ def fan_out_config(tmp_path, group: str, prefix: str) -> tuple:
 
         [metrics]
         address = "127.0.0.1:{port}"
+
+        [catalog]
+        kind = "glue"
+        database = "inventory"
+        endpoint = "http://127.0.0.1:{glue_port}"
+        interval = "1s"
 
         [[datasets]]
         name = "inventory"
@@ -163,13 +170,17 @@ def test_a_fan_out_makes_a_table_with_its_own_contract_per_topic_also_for_new_to
     h.create_topics({f"{prefix}.other1.t000": 1})
     expected: dict[str, set] = {}
     add_offsets(expected, produce_tables(prefix, first, 30, seed=1))
-    cfg, url = fan_out_config(tmp_path, h.unique("fan"), prefix)
+    glue_port = h.free_port()
+    glue = g.start(glue_port, tmp_path / "glue.log")
+    cfg, url = fan_out_config(tmp_path, h.unique("fan"), prefix, glue_port)
     lake = tmp_path / "lake"
 
     def landed(tables) -> bool:
         return all(len(h.stored_offsets(str(lake / f"public_{t}"))) >= len(expected[f"public_{t}"]) for t in tables)
 
-    proc = h.start_bronze(cfg, log=tmp_path / "bronze.log")
+    # Glue's credentials and region from the environment (the tables are local: no [storage.s3]).
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+    proc = h.start_bronze(cfg, env=env, log=tmp_path / "bronze.log")
     try:
         h.wait_until(lambda: landed(first), 180, interval=2, what="the first 100 tables")
         # The empty topic has no schema to derive a contract from: no table yet, and nothing fails.
@@ -186,6 +197,10 @@ def test_a_fan_out_makes_a_table_with_its_own_contract_per_topic_also_for_new_to
         time.sleep(3)
         assert proc.poll() is None, "bronze stopped when a topic of its pattern was deleted"
         assert h.metric(h.scrape(url), "bronze_fan_out_errors_total") == 0
+        # Every table is in the catalog, with its columns after its evolution.
+        h.wait_until(lambda: len(g.tables(glue_port, "inventory") or {}) == len(expected)
+                     and "color" in g.columns(g.tables(glue_port, "inventory").get("public_t042")), 60,
+                     what="121 tables registered in Glue")
         assert h.stop(proc) == 0
     finally:
         if proc.poll() is None:
@@ -196,8 +211,20 @@ def test_a_fan_out_makes_a_table_with_its_own_contract_per_topic_also_for_new_to
 
     # A restart finds every table (the contracts derived again agree with them) and reads on.
     add_offsets(expected, produce_tables(prefix, ["t000", "t043"], 5, seed=4, first_id=2000, altered=True))
-    run = h.run_bronze(cfg, "run", "--until-caught-up", timeout=300)
+    run = h.run_bronze(cfg, "run", "--until-caught-up", env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+    try:
+        registered = g.tables(glue_port, "inventory")
+        sync = [json.loads(line) for line in h.run_bronze(cfg, "catalog", "sync", "--json", env=env).stdout.splitlines()]
+    finally:
+        glue.terminate()
+    assert {r["status"] for r in sync} == {"unchanged"} and len(sync) == len(expected) - 1, sync
+    assert "note" in g.columns(registered["public_t000"]) and "note" not in g.columns(registered["public_t001"])
+    assert g.columns(registered["public_t042"])["color"] == "string"
+    assert "color" not in g.columns(registered["public_t043"])
+    assert g.columns(registered["public_t050"])["qty"] == "bigint"
+    assert registered["public_t007"]["PartitionKeys"] == []
+    assert [k["Name"] for k in registered["public_t008"]["PartitionKeys"]] == ["event_date"]
 
     from deltalake import DeltaTable
     expected.pop("public_t099")  # its topic is gone; its table stays as it was

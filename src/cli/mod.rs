@@ -1,6 +1,7 @@
 //! The command line: one room per command (its arguments and what it prints); `main` parses and
 //! dispatches. Everything a command does beyond reading arguments and printing lives in the library.
 
+mod catalog;
 mod contract;
 mod dlq;
 mod maintenance;
@@ -73,6 +74,11 @@ pub enum Command {
         #[command(subcommand)]
         command: contract::ContractCommand,
     },
+    /// The catalog (`[catalog]`, AWS Glue) the tables are registered in.
+    Catalog {
+        #[command(subcommand)]
+        command: catalog::CatalogCommand,
+    },
     /// Rebuild the time partitions of a range from Kafka and replace them in one Delta commit.
     /// Idempotent per request id (a rerun is a no-op unless --force).
     Backfill(requests::BackfillArgs),
@@ -122,6 +128,7 @@ impl Command {
             Command::Dlq { command } => command.config_path(),
             Command::Schema { command } => command.config_path(),
             Command::Contract { command } => command.config_path(),
+            Command::Catalog { command } => command.config_path(),
         }
     }
 
@@ -140,6 +147,7 @@ impl Command {
             Command::Dlq { command } => dlq::dlq(&cfg, command).await,
             Command::Schema { command } => schema::schema(&cfg, command).await,
             Command::Contract { command } => contract::contract(&cfg, command).await,
+            Command::Catalog { command } => catalog::catalog(&cfg, command).await,
         }
     }
 }

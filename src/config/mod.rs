@@ -78,12 +78,46 @@ pub struct Config {
     pub backfill: BackfillConfig,
     /// Requests on Kafka (`[control]`); off when absent.
     pub control: Option<ControlConfig>,
+    /// Tables registered for query engines (`[catalog]`); none when absent.
+    pub catalog: Option<CatalogConfig>,
     /// Required by Avro datasets.
     pub schema_registry: Option<SchemaRegistryConfig>,
     /// The datasets written out, then the tables fan-outs made (see [`Config::claim_topic`]).
     pub datasets: Vec<DatasetConfig>,
     /// Entries that make a dataset of each topic they match.
     pub fan_outs: Vec<FanOut>,
+}
+
+/// `[catalog]`: the AWS Glue Data Catalog database every table is registered in, kept up to date with
+/// its schema by `bronze run` and `bronze catalog sync`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    pub kind: CatalogKind,
+    /// Created when missing.
+    pub database: String,
+    /// Default: `storage.s3.region`, else the AWS default chain.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// A Glue endpoint other than AWS's (a VPC endpoint, a test server).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Put before every dataset name to make its catalog table name.
+    #[serde(default)]
+    pub table_prefix: String,
+    /// How often a run compares its tables with the catalog and registers what changed.
+    #[serde(default = "default_catalog_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CatalogKind {
+    Glue,
+}
+
+fn default_catalog_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// The control topic (`[control]`): backfill, compaction and vacuum requests as JSON messages, and

@@ -10,9 +10,10 @@ use serde::Deserialize;
 use crate::contract::DriftPolicy;
 
 use super::{
-    BackfillConfig, CompactionConfig, ContractSource, ControlConfig, ExtractConfig, FlushLimits,
-    Format, InvalidMessage, KafkaConfig, MemoryConfig, MetricsConfig, Partitioning, PipelineConfig,
-    SchemaRegistryConfig, StorageConfig, VacuumConfig, default_true, humantime_serde_compat,
+    BackfillConfig, CatalogConfig, CompactionConfig, ContractSource, ControlConfig, ExtractConfig,
+    FlushLimits, Format, InvalidMessage, KafkaConfig, MemoryConfig, MetricsConfig, Partitioning,
+    PipelineConfig, SchemaRegistryConfig, StorageConfig, VacuumConfig, default_true,
+    humantime_serde_compat,
 };
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +39,8 @@ pub(super) struct RawConfig {
     pub(super) backfill: BackfillConfig,
     #[serde(default)]
     pub(super) control: Option<ControlConfig>,
+    #[serde(default)]
+    pub(super) catalog: Option<CatalogConfig>,
     #[serde(default)]
     pub(super) schema_registry: Option<SchemaRegistryConfig>,
     /// Directory of schema files, relative to the config file.

@@ -68,6 +68,9 @@ pub(super) fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigErro
     control(file, raw.control.as_ref(), &datasets, &fan_outs)?;
     topic_claims(file, &datasets, &fan_outs)?;
     audit(file, &raw.audit)?;
+    if let Some(c) = &raw.catalog {
+        catalog(file, c)?;
+    }
     maintenance(file, &raw.compaction, &raw.vacuum)?;
     let audit = AuditConfig {
         enabled: raw.audit.enabled,
@@ -82,6 +85,7 @@ pub(super) fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigErro
         vacuum: raw.vacuum,
         backfill: raw.backfill,
         control: raw.control,
+        catalog: raw.catalog,
         schema_registry: raw.schema_registry,
         kafka: raw.kafka,
         storage: StorageConfig {
@@ -499,6 +503,22 @@ fn topic_claims(
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+fn catalog(file: &Path, c: &super::CatalogConfig) -> Result<(), ConfigError> {
+    let allowed = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_';
+    if c.database.is_empty() || !c.database.chars().all(allowed) {
+        let reason = "Glue database names use lowercase letters, digits and `_`";
+        return Err(invalid(file, "catalog.database", reason));
+    }
+    if !c.table_prefix.chars().all(allowed) {
+        let reason = "Glue table names use lowercase letters, digits and `_`";
+        return Err(invalid(file, "catalog.table_prefix", reason));
+    }
+    if c.interval < Duration::from_secs(1) {
+        return Err(invalid(file, "catalog.interval", "must be at least 1s"));
     }
     Ok(())
 }

@@ -62,6 +62,9 @@ pub struct DatasetStatus {
     /// Its scheduled jobs (`[datasets.schedule]`), from the status topic.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<ScheduleStatus>,
+    /// Its catalog entry (`[catalog]`): `in sync`, `stale`, `missing`, `no table yet` or `error: ...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<String>,
 }
 
 /// Where one scheduled job stands.
@@ -101,9 +104,17 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
         }
         _ => Default::default(),
     };
+    let glue = match &cfg.catalog {
+        Some(_) => Some(crate::catalog::Glue::connect(cfg).await),
+        None => None,
+    };
     let mut out = Vec::with_capacity(cfg.datasets.len());
     for d in &cfg.datasets {
         let table = TableSink::existing(&d.table_uri, &options).await?;
+        let catalog = match &glue {
+            Some(g) => Some(crate::catalog::state(cfg, g, d).await),
+            None => None,
+        };
         let stats = match &table {
             Some(t) => Some(t.stats(cfg.storage.small_file_bytes)?),
             None => None,
@@ -140,6 +151,7 @@ pub async fn collect(cfg: &Config) -> Result<Vec<DatasetStatus>, StatusError> {
             .len(),
             partitions,
             schedules: schedules_of(d, &statuses),
+            catalog,
         });
     }
     Ok(out)
@@ -257,6 +269,9 @@ impl std::fmt::Display for DatasetStatus {
             self.commit_failures_1h,
             self.schema_proposals,
         )?;
+        if let Some(c) = &self.catalog {
+            write!(f, "\n  catalog: {c}")?;
+        }
         for s in &self.schedules {
             write!(
                 f,

@@ -98,12 +98,13 @@ pub async fn run(
     // Later changes of readiness publish themselves (see `Health`).
     options.health.publish();
     let lanes = lanes::Lanes::start(cfg.pipeline.decode_threads)?;
-    let watermarks = if options.until_caught_up {
-        Some(source::Inspector::new(&cfg)?)
-    } else {
-        None
-    };
-    let max_commits = cfg.pipeline.max_concurrent_commits;
+    let watermarks = options
+        .until_caught_up
+        .then(|| source::Inspector::new(&cfg))
+        .transpose()?;
+    let commit_turns = Arc::new(tokio::sync::Semaphore::new(
+        cfg.pipeline.max_concurrent_commits,
+    ));
     let mut run = Run {
         group_id: cfg.kafka.group_id.clone(),
         budget: cfg.memory.budget_bytes,
@@ -119,7 +120,7 @@ pub async fn run(
         last_broker_probe: Instant::now(),
         audit: services.audit.as_ref().map(AuditHandle::recorder),
         registry,
-        commit_turns: Arc::new(tokio::sync::Semaphore::new(max_commits)),
+        commit_turns,
         config_updates,
         unopened: tables::Unopened::new(unopened),
     };

@@ -29,6 +29,7 @@ pub(super) struct Services {
     publishers: Option<PublisherHandle>,
     compaction: Option<tokio::task::JoinHandle<()>>,
     latest: Option<tokio::task::JoinHandle<()>>,
+    catalog: Option<tokio::task::JoinHandle<()>>,
     control: Option<tokio::task::JoinHandle<()>>,
     started_us: i64,
 }
@@ -53,6 +54,7 @@ impl Services {
         let publishers = dead_letter_publishers(cfg)?;
         let compaction = crate::maintenance::spawn_background(updates.clone());
         let latest = crate::maintenance::latest::spawn_background(updates.clone());
+        let catalog = crate::catalog::spawn_background(updates.clone());
         let control = crate::control::spawn(
             updates,
             run_id.to_string(),
@@ -63,6 +65,7 @@ impl Services {
             publishers,
             compaction,
             latest,
+            catalog,
             control,
             started_us,
         })
@@ -73,7 +76,10 @@ impl Services {
         if let Some(p) = self.publishers {
             p.close(CLOSE_TIMEOUT).await;
         }
-        for task in [self.compaction, self.latest].into_iter().flatten() {
+        for task in [self.compaction, self.latest, self.catalog]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
         // A request cut short is not committed on the control topic: the next owner resumes it.

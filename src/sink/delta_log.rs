@@ -31,6 +31,28 @@ pub async fn read_entry(
     Ok(Some(parse_entry(version, &bytes)?))
 }
 
+/// What the log holds after `version`: the newest version, and whether any entry since changed the
+/// table's metadata (its schema or partitioning). Reads at most `limit` entries; `None` for "more
+/// than that", which a caller treats as a change.
+pub async fn changes_after(
+    store: &dyn LogStore,
+    version: u64,
+    limit: u64,
+) -> Result<Option<(u64, bool)>, DeltaTableError> {
+    let mut newest = version;
+    let mut metadata = false;
+    while newest - version < limit {
+        let Some(bytes) = store.read_commit_entry(newest + 1).await? else {
+            return Ok(Some((newest, metadata)));
+        };
+        metadata |= bytes
+            .split(|b| *b == b'\n')
+            .any(|line| line.starts_with(br#"{"metaData""#));
+        newest += 1;
+    }
+    Ok(None)
+}
+
 /// A data file a commit added.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AddedFile {
