@@ -5,7 +5,6 @@ shown by `bronze status`, and the entries are registered again once it is back. 
 is idempotent."""
 
 import json
-import textwrap
 
 import harness as h
 from harness import glue as g
@@ -18,23 +17,8 @@ DATABASE = "bronze_test"
 
 def catalog_config(tmp_path, s3: str, glue_port: int, prefix: str, root: str) -> tuple:
     port = h.free_port()
-    text = textwrap.dedent(f"""\
-        schema_dir = "{tmp_path}"
-
-        [kafka]
-        bootstrap_servers = "{h.bootstrap()}"
-        group_id = "{h.unique('catalog')}"
-        auto_offset_reset = "earliest"
-        properties = {{ "topic.metadata.refresh.interval.ms" = "1000" }}
-
-        [storage]
-        root = "{root}"
-        """) + s3_extra(s3) + textwrap.dedent(f"""
-        [flush]
-        max_rows = 100000
-        max_bytes = 67108864
-        max_age = "500ms"
-
+    text = h.fan_out_head(schema_dir=tmp_path, group=h.unique("catalog"), root=root, storage=s3_extra(s3),
+                          flush_age="500ms", sections=f"""
         [catalog]
         kind = "glue"
         database = "{DATABASE}"

@@ -8,7 +8,6 @@ once."""
 import json
 import random
 import re
-import textwrap
 import time
 
 import pyarrow as pa
@@ -93,24 +92,8 @@ def fan_out_config(tmp_path, group: str, prefix: str, glue_port: int) -> tuple:
     (tmp_path / "schemas").mkdir()
     (tmp_path / "schemas" / "item.toml").write_text(ITEM_CONTRACT)
     port = h.free_port()
-    text = textwrap.dedent(f"""\
-        schema_dir = "{tmp_path / 'schemas'}"
-
-        [kafka]
-        bootstrap_servers = "{h.bootstrap()}"
-        group_id = "{group}"
-        auto_offset_reset = "earliest"
-        # New topics of the pattern are found within a second, not librdkafka's 5 minutes.
-        properties = {{ "topic.metadata.refresh.interval.ms" = "1000" }}
-
-        [storage]
-        root = "{tmp_path / 'lake'}"
-
-        [flush]
-        max_rows = 100000
-        max_bytes = 67108864
-        max_age = "1s"
-
+    text = h.fan_out_head(schema_dir=tmp_path / "schemas", group=group, root=str(tmp_path / "lake"),
+                          sections=f"""
         [memory]
         budget_bytes = {32 * 1024 * 1024}
 

@@ -198,15 +198,9 @@ impl Inspector {
     /// Partitions whose position has reached their end with no message to say so: transaction markers
     /// take a partition's last offsets, and librdkafka's position steps over them.
     fn drop_read_through(&self, ends: &mut HashMap<TopicPartition, i64>) {
-        let Ok(tpl) = self.consumer.position() else {
-            return;
-        };
-        for e in tpl.elements() {
-            if let Offset::Offset(position) = e.offset() {
-                let tp = TopicPartition::new(e.topic(), e.partition());
-                if ends.get(&tp).is_some_and(|&end| position >= end) {
-                    ends.remove(&tp);
-                }
+        for (tp, position) in super::positions_of(&self.consumer) {
+            if ends.get(&tp).is_some_and(|&end| position >= end) {
+                ends.remove(&tp);
             }
         }
     }

@@ -241,6 +241,14 @@ pub fn commit_group_offsets(consumer: &Source, positions: &[(TopicPartition, i64
 /// handed out, transaction markers included (they are never handed out, yet take offsets). A partition
 /// nothing was handed out of since its assignment or its last seek is missing.
 pub fn fetch_positions(consumer: &Source) -> HashMap<TopicPartition, i64> {
+    positions_of(consumer)
+}
+
+/// The fetch position of each assigned partition that has one, of any consumer (the group member's,
+/// the Inspector's).
+pub(crate) fn positions_of<C: ClientContext + ConsumerContext>(
+    consumer: &impl Consumer<C>,
+) -> HashMap<TopicPartition, i64> {
     let Ok(tpl) = consumer.position() else {
         return HashMap::new();
     };

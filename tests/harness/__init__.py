@@ -140,6 +140,30 @@ def write_config(directory: Path, *, group: str, root: str, datasets: list[dict]
     return path
 
 
+def fan_out_head(*, schema_dir, group: str, root: str, storage: str = "", flush_age: str = "1s",
+                 sections: str = "") -> str:
+    """The sections before the datasets of a config with a fan-out: the broker (new topics of a pattern
+    found within a second, not librdkafka's 5 minutes), the storage (plus `storage`, e.g. `[storage.s3]`),
+    the flush limits, then `sections`."""
+    return textwrap.dedent(f"""\
+        schema_dir = "{schema_dir}"
+
+        [kafka]
+        bootstrap_servers = "{bootstrap()}"
+        group_id = "{group}"
+        auto_offset_reset = "earliest"
+        properties = {{ "topic.metadata.refresh.interval.ms" = "1000" }}
+
+        [storage]
+        root = "{root}"
+        """) + storage + textwrap.dedent(f"""
+        [flush]
+        max_rows = 100000
+        max_bytes = 67108864
+        max_age = "{flush_age}"
+        """) + textwrap.dedent(sections)
+
+
 def cdc_datasets(customers_topic: str, orders_topic: str) -> list[dict]:
     return [
         {"name": '"customers"', "topics": f'["{customers_topic}"]', "format": '"debezium-json"',
