@@ -41,6 +41,10 @@ pub(super) fn progress(high: i64, ps: &PartitionState) -> Progress {
     }
     let position = match (ps.next_offset, ps.phase) {
         (Some(next), _) => Some(next),
+        // The table's position only grows: once it was read at the target, reading it again (a log
+        // read per partition and check) is only cost. With a hundred idle tables those reads took
+        // the whole loop, and the messages of the others were never polled.
+        (None, Phase::Unknown) if ps.committed.is_some_and(|c| c >= high) => ps.committed,
         (None, Phase::Unknown) => return Progress::AskTable(ps.dataset),
         // On the way to the table's position: everything before it is in the table. When that is the
         // end of the partition no message will ever arrive to say so.
@@ -246,6 +250,11 @@ mod tests {
             progress(10, &partition(None, Phase::Unknown)),
             Progress::AskTable(3)
         );
+        // ... and once it was seen to, it is not asked again; a table behind is asked again.
+        let mut known = partition(None, Phase::Unknown);
+        known.committed = Some(10);
+        assert_eq!(progress(10, &known), Progress::Reached);
+        assert_eq!(progress(11, &known), Progress::AskTable(3));
         let mut stopped = partition(Some(10), Phase::Ready);
         stopped.stopped = true;
         assert_eq!(progress(10, &stopped), Progress::Stopped);

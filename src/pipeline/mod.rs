@@ -202,6 +202,10 @@ impl Run {
                     if self.options.until_caught_up && self.caught_up_check().await? {
                         return Ok(());
                     }
+                    // A period from now, not from when this tick began: a tick that took longer
+                    // than the period would otherwise be due again at once and, first in the
+                    // `select`, keep `recv` from ever running.
+                    tick.reset();
                 }
                 msg = consumer.recv() => {
                     // Whatever else is ready is taken too (one turn of the loop for many messages, on

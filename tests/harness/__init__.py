@@ -179,8 +179,14 @@ def run_bronze(config: Path, *args: str, env: dict | None = None, timeout: float
     e = dict(os.environ)
     e.setdefault("RUST_LOG", "info,buoyant_kernel=off,delta_kernel=off")
     e.update(env or {})
-    proc = subprocess.run([bronze_bin(), *args, "--config", str(config)], env=e, capture_output=True,
-                          text=True, timeout=timeout)
+    try:
+        proc = subprocess.run([bronze_bin(), *args, "--config", str(config)], env=e, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as t:
+        # What it was doing when it was killed is the only clue a hang leaves.
+        err = t.stderr.decode(errors="replace") if isinstance(t.stderr, bytes) else (t.stderr or "")
+        tail = "\n".join([line for line in err.splitlines() if " DEBUG " not in line][-80:])
+        raise AssertionError(f"bronze {args} did not finish in {timeout} s; its last log lines:\n{tail}") from None
     if check and proc.returncode != 0:
         raise AssertionError(f"bronze {args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-6000:]}")
     return proc
