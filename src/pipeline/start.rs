@@ -22,6 +22,8 @@ use crate::transform::Mapper;
 
 /// How long a finishing run waits for its last ledger write and its dead-letter publishers.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tables opened at once at start-up.
+const OPEN_CONCURRENCY: usize = 8;
 
 /// What runs beside the loop for the whole run.
 pub(super) struct Services {
@@ -107,11 +109,27 @@ pub async fn open_datasets(
     cfg: &mut Config,
     registry: &Option<Arc<Registry>>,
 ) -> Result<(Vec<DatasetState>, Vec<DatasetConfig>), PipelineError> {
+    use futures::StreamExt;
     let mut out = Vec::with_capacity(cfg.datasets.len());
     let mut kept = Vec::with_capacity(cfg.datasets.len());
     let mut failed = Vec::new();
-    for d in std::mem::take(&mut cfg.datasets) {
-        match open_state(cfg, &d, registry).await {
+    let datasets = std::mem::take(&mut cfg.datasets);
+    let shared = Arc::new(cfg.clone());
+    // Each open waits mostly on the broker (a derived contract's sample) and the store: a whole
+    // database's tables open side by side, in the file's order.
+    let mut opened = futures::stream::iter(datasets)
+        .map(|d| {
+            let (cfg, registry) = (shared.clone(), registry.clone());
+            tokio::spawn(async move {
+                let state = open_state(&cfg, &d, &registry).await;
+                (d, state)
+            })
+        })
+        .buffered(OPEN_CONCURRENCY);
+    while let Some(joined) = opened.next().await {
+        let (d, state) =
+            joined.map_err(|e| PipelineError::Stopped(format!("opening a table failed: {e}")))?;
+        match state {
             Ok(state) => {
                 kept.push(state.cfg.clone());
                 out.push(state);
