@@ -15,13 +15,6 @@ fn main() -> ExitCode {
     pin_mmap_threshold();
     let cli = cli::Cli::parse();
     bronze::observability::init_logging(cli.log_format);
-    let cfg = match load_config(cli.command.config_path(), cli.command.needs_contracts()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("bronze: configuration error: {e:#}");
-            return ExitCode::from(cli::EXIT_CONFIG);
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -30,6 +23,17 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("bronze: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    let loaded = runtime.block_on(load_config(
+        cli.command.config_path(),
+        cli.command.needs_contracts(),
+    ));
+    let cfg = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bronze: configuration error: {e:#}");
+            return ExitCode::from(cli::EXIT_CONFIG);
         }
     };
     let result = runtime.block_on(cli.command.execute(cfg));
@@ -57,9 +61,9 @@ fn pin_mmap_threshold() {
     }
 }
 
-fn load_config(path: &Path, contracts: bool) -> anyhow::Result<Config> {
+async fn load_config(path: &Path, contracts: bool) -> anyhow::Result<Config> {
     let mut cfg = Config::load(path)?;
-    bronze::source::expand_fan_outs(&mut cfg);
+    bronze::source::expand_fan_outs(&mut cfg).await;
     if !contracts {
         return Ok(cfg);
     }

@@ -238,3 +238,68 @@ def test_a_fan_out_makes_a_table_with_its_own_contract_per_topic_also_for_new_to
     assert committed == set(expected) | {"public_t099"}
     for table in ("public_t000", "public_t042", "public_t119", f"public_{empty}"):
         h.assert_ledger_complete(str(lake), table)
+
+
+def test_tables_named_by_the_source_block_of_their_messages(tmp_path):
+    """Topics whose names do not tell the table (routed, renamed): `{source.schema}_{source.table}` names
+    each topic's table by the Debezium `source` block of its first messages. An empty topic gets its
+    table once a message arrives; a topic carrying two source tables gets none (it would mix them) and
+    the others go on; a restart names every table the same."""
+    prefix = h.unique("routed").replace("-", "")
+    topics = {t: f"{prefix}.r{i}" for i, t in enumerate(["t101", "t102", "t103"], start=1)}
+    mixed = f"{prefix}.r4"
+    h.create_topics({**{t: 1 for t in topics.values()}, mixed: 1})
+    port = h.free_port()
+    cfg = tmp_path / "bronze.toml"
+    (tmp_path / "schemas").mkdir()
+    cfg.write_text(h.fan_out_head(schema_dir=tmp_path / "schemas", group=h.unique("routed"),
+                                  root=str(tmp_path / "lake"), sections=f"""
+        [metrics]
+        address = "127.0.0.1:{port}"
+
+        [[datasets]]
+        name = "routed"
+        topic_pattern = '^{re.escape(prefix)}\\.r[0-9]+$'
+        table_name = "{{source.schema}}_{{source.table}}"
+        format = "debezium-json"
+        contract = "derived"
+        """))
+    url = f"http://127.0.0.1:{port}/metrics"
+    rng = random.Random(5)
+    expected: dict[str, set] = {}
+
+    def produce(table: str, n: int, first_id: int = 1, topic: str | None = None) -> None:
+        produced = h.produce(table_events(table, n, rng, first_id=first_id), {table: topic or topics[table]})
+        if topic is None:
+            expected.setdefault(f"public_{table}", set()).update((p.topic, p.partition, p.offset) for p in produced)
+
+    produce("t101", 40)
+    produce("t102", 30)
+    produce("t104", 5, topic=mixed)
+    produce("t105", 5, topic=mixed)
+    lake = tmp_path / "lake"
+
+    def landed(tables) -> bool:
+        return all(len(h.stored_offsets(str(lake / t))) >= len(expected[t]) for t in tables)
+
+    proc = h.start_bronze(cfg, log=tmp_path / "bronze.log")
+    try:
+        h.wait_until(lambda: landed(["public_t101", "public_t102"]), 60, interval=1, what="the named tables")
+        assert not (lake / "public_t103").exists(), "an empty topic names no table"
+        produce("t103", 20)
+        h.wait_until(lambda: landed(list(expected)), 60, interval=1, what="the table named by its first message")
+        assert proc.poll() is None, "bronze stopped over a topic of two source tables"
+        assert h.metric(h.scrape(url), "bronze_fan_out_errors_total") >= 1
+        assert h.stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    produce("t101", 10, first_id=41)
+    run = h.run_bronze(cfg, "run", "--until-caught-up", timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    made = sorted(p.name for p in lake.iterdir() if not p.name.startswith("_"))
+    assert made == ["public_t101", "public_t102", "public_t103"], made
+    for table, offsets in expected.items():
+        h.assert_exactly_once(str(lake / table), offsets)
+    log = (tmp_path / "bronze.log").read_text()
+    assert "carries changes of several source tables (public_t104, public_t105)" in log, log[-3000:]

@@ -1,7 +1,8 @@
 //! Fan-outs: one `[[datasets]]` entry that makes a table of every topic its `topic_pattern` matches,
-//! named by `table_name` from the pattern's capture groups (`{schema}_{table}`, `{1}`), with
-//! `[datasets.tables.<name>]` for what differs per table. A whole Debezium connector (one topic per
-//! source table) is then one declaration.
+//! named by `table_name` from the pattern's capture groups (`{schema}_{table}`, `{1}`) or from the
+//! Debezium `source` block of the topic's first messages (`{source.db}_{source.table}`, for topics
+//! whose names do not tell the table), with `[datasets.tables.<name>]` for what differs per table. A
+//! whole Debezium connector (one topic per source table) is then one declaration.
 //!
 //! A fan-out's tables are ordinary datasets once made: the configuration grows by one
 //! [`DatasetConfig`] per topic (at start from the cluster's topics, later when the group assigns a new
@@ -14,6 +15,10 @@ use regex::{Captures, Regex};
 use super::raw::{RawDataset, RawTableOverride};
 use super::validate::DatasetContext;
 use super::{Config, ConfigError, DatasetConfig};
+
+/// The scalar fields of a Debezium envelope's `source` block as text (`db`, `schema`, `table`, ...):
+/// what `{source.<field>}` of a `table_name` reads.
+pub type SourceBlock = BTreeMap<String, String>;
 
 /// `(?P<name>`, `(?<name>` and `(?:` of a pattern.
 static GROUP_SYNTAX: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
@@ -64,7 +69,7 @@ impl FanOut {
                     "table_name",
                     format!(
                         "`{{{p}}}` is not a capture group of `topic_pattern` (named: {names:?}, or \
-                         {{1}}..{{{}}})",
+                         {{1}}..{{{}}}) nor a field of the messages' source block ({{source.table}})",
                         pattern.captures_len() - 1
                     ),
                 ));
@@ -128,34 +133,53 @@ impl FanOut {
         }
     }
 
+    /// Whether the table names come from the messages (`{source.<field>}`), not the topic alone.
+    pub fn names_from_messages(&self) -> bool {
+        std::iter::once(&self.table_name)
+            .chain(self.template.schema.as_ref())
+            .any(|t| t.contains(SOURCE_PLACEHOLDER))
+    }
+
     pub(super) fn dead_letter_topic(&self) -> &Option<String> {
         &self.template.dead_letters.topic
     }
 
-    /// The table name `topic` gets, if the pattern matches it.
-    pub fn table_for(&self, topic: &str) -> Option<String> {
-        let caps = self
-            .pattern
-            .captures(topic)
-            .filter(|_| self.matches(topic))?;
-        Some(table_name(&render(&self.table_name, &caps)))
-    }
-
-    /// The dataset of `topic`, checked against the datasets there are (`before`).
+    /// The dataset of `topic`, checked against the datasets there are (`before`). `sources`: the
+    /// source blocks of the topic's first messages, for names made of them (which must all agree).
     fn make(
         &self,
         topic: &str,
         before: &[DatasetConfig],
+        sources: &[SourceBlock],
     ) -> Option<Result<DatasetConfig, ConfigError>> {
         let caps = self
             .pattern
             .captures(topic)
             .filter(|_| self.matches(topic))?;
+        let source = match self.agreed_source(topic, &caps, sources) {
+            Ok(source) => source,
+            Err(e) => return Some(Err(e)),
+        };
+        let rendered = |t: &str| {
+            render(t, &caps, source).map_err(|field| {
+                ConfigError::invalid(
+                    self.context.file(),
+                    format!("datasets[{}].schema", self.index),
+                    format!("a message of `{topic}` has no `{field}` in its source block"),
+                )
+            })
+        };
         let mut raw = self.template.clone();
-        raw.name = table_name(&render(&self.table_name, &caps));
         raw.topics = vec![topic.to_string()];
         raw.topic_pattern = None;
-        raw.schema = raw.schema.map(|s| render(&s, &caps));
+        let named = rendered(&self.table_name).and_then(|name| {
+            let schema = raw.schema.as_deref().map(rendered).transpose()?;
+            Ok((table_name(&name), schema))
+        });
+        match named {
+            Ok((name, schema)) => (raw.name, raw.schema) = (name, schema),
+            Err(e) => return Some(Err(e)),
+        }
         if let Some(o) = self.overrides.get(&raw.name) {
             o.apply(&mut raw);
         }
@@ -166,24 +190,91 @@ impl FanOut {
     }
 }
 
+impl FanOut {
+    /// The source block names are rendered from: none when names come from the topic alone, else
+    /// the first of `sources`, once every one of them gives the same table name (a topic that carries
+    /// several source tables would mix them in one table).
+    fn agreed_source<'s>(
+        &self,
+        topic: &str,
+        caps: &Captures<'_>,
+        sources: &'s [SourceBlock],
+    ) -> Result<Option<&'s SourceBlock>, ConfigError> {
+        if !self.names_from_messages() {
+            return Ok(None);
+        }
+        let invalid = |reason: String| {
+            ConfigError::invalid(
+                self.context.file(),
+                format!("datasets[{}].table_name", self.index),
+                reason,
+            )
+        };
+        let Some(first) = sources.first() else {
+            return Err(invalid(format!(
+                "the table of `{topic}` is named by its messages' source block, and it has no \
+                 message with one yet"
+            )));
+        };
+        let mut names = std::collections::BTreeSet::new();
+        for source in sources {
+            let name = render(&self.table_name, caps, Some(source)).map_err(|field| {
+                invalid(format!(
+                    "a message of `{topic}` has no `{field}` in its source block"
+                ))
+            })?;
+            names.insert(table_name(&name));
+        }
+        if names.len() > 1 {
+            return Err(invalid(format!(
+                "`{topic}` carries changes of several source tables ({}); a fan-out makes one \
+                 table per topic: route each source table to a topic of its own",
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(Some(first))
+    }
+}
+
 impl Config {
     /// The dataset `topic` feeds: a dataset of the file, a table a fan-out made before, or a table a
     /// fan-out makes now (then the last dataset). `None` when nothing claims the topic.
-    pub fn claim_topic(&mut self, topic: &str) -> Result<Option<usize>, ConfigError> {
+    pub fn claim_topic(
+        &mut self,
+        topic: &str,
+        sources: &[SourceBlock],
+    ) -> Result<Option<usize>, ConfigError> {
         if let Some(d) = self.dataset_for_topic(topic) {
             return Ok(Some(d));
         }
-        match self.fan_out_table(topic) {
+        match self.fan_out_table(topic, sources) {
             Some(made) => self.add_dataset(made?).map(Some),
             None => Ok(None),
         }
     }
 
-    /// The table a fan-out would make of `topic` (not added), if one matches it.
-    pub fn fan_out_table(&self, topic: &str) -> Option<Result<DatasetConfig, ConfigError>> {
-        self.fan_outs
-            .iter()
-            .find_map(|f| f.make(topic, &self.datasets))
+    /// The table a fan-out would make of `topic` (not added), if one matches it; `sources` as for
+    /// [`Config::fan_out_reads_messages`].
+    pub fn fan_out_table(
+        &self,
+        topic: &str,
+        sources: &[SourceBlock],
+    ) -> Option<Result<DatasetConfig, ConfigError>> {
+        self.fan_out_of(topic)
+            .and_then(|f| f.make(topic, &self.datasets, sources))
+    }
+
+    /// The format of `topic`'s messages when the fan-out that claims it names its table by them: the
+    /// source blocks of the topic's first messages are then needed to make the table.
+    pub fn fan_out_reads_messages(&self, topic: &str) -> Option<super::Format> {
+        self.fan_out_of(topic)
+            .filter(|f| f.names_from_messages())
+            .map(|f| f.template.format)
+    }
+
+    /// The first fan-out whose pattern matches `topic`.
+    fn fan_out_of(&self, topic: &str) -> Option<&FanOut> {
+        self.fan_outs.iter().find(|f| f.matches(topic))
     }
 
     /// Add a dataset made while running (its index), if it shares no table with the others.
@@ -196,17 +287,20 @@ impl Config {
     }
 
     /// A table for every topic of `topics` a fan-out matches (in name order, so every member and
-    /// command makes the same datasets). A topic whose table cannot be made is returned with why; the
-    /// others are made regardless.
+    /// command makes the same datasets), with the source blocks of its first messages where names
+    /// come from them. A topic whose table cannot be made is returned with why; the others are made
+    /// regardless.
     pub fn expand_fan_outs<'a>(
         &mut self,
         topics: impl IntoIterator<Item = &'a str>,
+        sources: &std::collections::HashMap<String, Vec<SourceBlock>>,
     ) -> Vec<(String, ConfigError)> {
         let mut topics: Vec<&str> = topics.into_iter().collect();
         topics.sort_unstable();
         let mut errors = Vec::new();
         for t in topics {
-            if let Err(e) = self.claim_topic(t) {
+            let blocks = sources.get(t).map_or(&[][..], Vec::as_slice);
+            if let Err(e) = self.claim_topic(t, blocks) {
                 errors.push((t.to_string(), e));
             }
         }
@@ -226,9 +320,17 @@ impl Config {
     }
 }
 
+/// How a placeholder names a field of the messages' source block.
+const SOURCE_PLACEHOLDER: &str = "{source.";
+
 /// `{name}` and `{n}` of `template` replaced by the capture groups (an unmatched optional group is
-/// empty).
-fn render(template: &str, caps: &Captures<'_>) -> String {
+/// empty), `{source.<field>}` by the field of `source`; the placeholder of a field `source` lacks (or
+/// of any field, with no `source`) is the error.
+fn render(
+    template: &str,
+    caps: &Captures<'_>,
+    source: Option<&SourceBlock>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -236,18 +338,25 @@ fn render(template: &str, caps: &Captures<'_>) -> String {
         let after = &rest[open + 1..];
         let Some(close) = after.find('}') else {
             out.push_str(&rest[open..]);
-            return out;
+            return Ok(out);
         };
         let p = &after[..close];
-        let value = match p.parse::<usize>() {
-            Ok(n) => caps.get(n),
-            Err(_) => caps.name(p),
-        };
-        out.push_str(value.map_or("", |m| m.as_str()));
+        if let Some(field) = p.strip_prefix("source.") {
+            let value = source
+                .and_then(|s| s.get(field))
+                .ok_or_else(|| p.to_string())?;
+            out.push_str(value);
+        } else {
+            let value = match p.parse::<usize>() {
+                Ok(n) => caps.get(n),
+                Err(_) => caps.name(p),
+            };
+            out.push_str(value.map_or("", |m| m.as_str()));
+        }
         rest = &after[close + 1..];
     }
     out.push_str(rest);
-    out
+    Ok(out)
 }
 
 /// The first placeholder of `template` that is no capture group of `pattern`.
@@ -257,9 +366,12 @@ fn unknown_placeholder(pattern: &Regex, template: &str) -> Option<String> {
         let after = &rest[open + 1..];
         let close = after.find('}')?;
         let p = &after[..close];
-        let known = match p.parse::<usize>() {
-            Ok(n) => n >= 1 && n < pattern.captures_len(),
-            Err(_) => pattern.capture_names().flatten().any(|n| n == p),
+        let known = match (p.parse::<usize>(), p.strip_prefix("source.")) {
+            (Ok(n), _) => n >= 1 && n < pattern.captures_len(),
+            (_, Some(field)) => {
+                !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            }
+            _ => pattern.capture_names().flatten().any(|n| n == p),
         };
         if !known {
             return Some(p.to_string());
@@ -292,10 +404,29 @@ mod tests {
     fn names_come_from_named_and_numbered_groups() {
         let re = Regex::new(r"^db1\.(?P<schema>[^.]+)\.(?P<table>.+)$").unwrap();
         let caps = re.captures("db1.public.order lines").unwrap();
-        assert_eq!(render("{schema}_{table}", &caps), "public_order lines");
         assert_eq!(
-            table_name(&render("{1}__{2}", &caps)),
+            render("{schema}_{table}", &caps, None).unwrap(),
+            "public_order lines"
+        );
+        assert_eq!(
+            table_name(&render("{1}__{2}", &caps, None).unwrap()),
             "public__order_lines"
+        );
+        let source: SourceBlock = [("db", "shop"), ("table", "orders")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
+        assert_eq!(
+            render("{source.db}_{source.table}_{1}", &caps, Some(&source)).unwrap(),
+            "shop_orders_public"
+        );
+        assert_eq!(
+            render("{source.schema}", &caps, Some(&source)).unwrap_err(),
+            "source.schema"
+        );
+        assert_eq!(unknown_placeholder(&re, "{source.table}"), None);
+        assert_eq!(
+            unknown_placeholder(&re, "{source.}").as_deref(),
+            Some("source.")
         );
         assert_eq!(unknown_placeholder(&re, "{schema}_{table}"), None);
         assert_eq!(unknown_placeholder(&re, "{2}"), None);
@@ -332,14 +463,15 @@ mod tests {
             vec![r"^db\.([a-z]+)\.((t|u)\d+)$".to_string()]
         );
         assert!(cfg.datasets.is_empty());
-        assert_eq!(cfg.claim_topic("db.public.t7").unwrap(), Some(0));
-        assert_eq!(cfg.claim_topic("db.public.t8").unwrap(), Some(1));
+        assert_eq!(cfg.claim_topic("db.public.t7", &[]).unwrap(), Some(0));
+        assert_eq!(cfg.claim_topic("db.public.t8", &[]).unwrap(), Some(1));
         assert_eq!(
-            cfg.claim_topic("db.public.t7").unwrap(),
+            cfg.claim_topic("db.public.t7", &[]).unwrap(),
             Some(0),
             "made once"
         );
-        assert_eq!(cfg.claim_topic("db.public.x1").unwrap(), None);
+        assert_eq!(cfg.claim_topic("db.public.x1", &[]).unwrap(), None);
+        assert_eq!(cfg.fan_out_reads_messages("db.public.t9"), None);
         let (t7, t8) = (&cfg.datasets[0], &cfg.datasets[1]);
         assert_eq!(
             (t7.name.as_str(), t8.name.as_str()),
@@ -367,5 +499,49 @@ mod tests {
         );
         assert_eq!(t8.fan_out.as_deref(), Some("db"));
         assert_eq!(cfg.dataset_for_topic("db.public.t8"), Some(1));
+    }
+
+    #[test]
+    fn names_from_the_source_block_need_messages_that_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("c.toml"),
+            "[[columns]]\nname = \"id\"\ntype = \"int64\"\n",
+        )
+        .unwrap();
+        let text = format!(
+            "schema_dir = \"{}\"\n[kafka]\nbootstrap_servers = \"b:9092\"\ngroup_id = \"g\"\n\
+             [storage]\nroot = \"{}\"\n[[datasets]]\nname = \"routed\"\n\
+             topic_pattern = '^cdc\\.r[0-9]+$'\ntable_name = \"{{source.schema}}_{{source.table}}\"\n\
+             format = \"debezium-json\"\nschema = \"c.toml\"\n",
+            dir.path().display(),
+            dir.path().join("lake").display()
+        );
+        let file = dir.path().join("bronze.toml");
+        std::fs::write(&file, text).unwrap();
+        let mut cfg = Config::load(&file).unwrap();
+        let block = |schema: &str, table: &str| -> SourceBlock {
+            [("schema", schema), ("table", table), ("lsn", "7")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into()
+        };
+        assert_eq!(
+            cfg.fan_out_reads_messages("cdc.r1"),
+            Some(super::super::Format::DebeziumJson)
+        );
+        let unnamed = cfg.claim_topic("cdc.r1", &[]).unwrap_err().to_string();
+        assert!(unnamed.contains("no message with one yet"), "{unnamed}");
+        let mixed = [block("public", "orders"), block("public", "items")];
+        let mixed = cfg.claim_topic("cdc.r1", &mixed).unwrap_err().to_string();
+        assert!(mixed.contains("public_items, public_orders"), "{mixed}");
+        let agreed = [block("public", "orders"), block("public", "orders")];
+        assert_eq!(cfg.claim_topic("cdc.r1", &agreed).unwrap(), Some(0));
+        assert_eq!(cfg.datasets[0].name, "public_orders");
+        let lacking: SourceBlock = [("db".to_string(), "x".to_string())].into();
+        let lacking = cfg
+            .claim_topic("cdc.r2", &[lacking])
+            .unwrap_err()
+            .to_string();
+        assert!(lacking.contains("no `source.schema`"), "{lacking}");
     }
 }

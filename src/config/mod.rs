@@ -18,7 +18,7 @@ pub use dataset::{
     ContractSource, DEBEZIUM_UNAVAILABLE_VALUE, DatasetConfig, DeadLetterConfig, ExtractConfig,
     Format, InvalidMessage, LatestConfig, PartitionBy, Partitioning, TopicSelector,
 };
-pub use fan_out::FanOut;
+pub use fan_out::{FanOut, SourceBlock};
 pub use schedule::{MissedSlots, ScheduleConfig, Scheduled, ScheduledJob, parse_cron};
 
 use std::collections::BTreeMap;

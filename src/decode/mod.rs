@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::config::Format;
+use crate::config::{Format, SourceBlock};
 pub use avro::AvroField;
 pub use json::{JsonField, JsonRow};
 use registry::{Registry, RegistryError};
@@ -232,6 +232,31 @@ impl Decoder {
                 "no schema registry is configured for an Avro dataset".to_string(),
             )),
             (format, _) => decode(format, Some(bytes)),
+        }
+    }
+
+    /// The `source` block of a Debezium envelope (after [`Decoder::prepare`] for Avro); `None` for
+    /// a message without one (a tombstone, a heartbeat, a row without an envelope).
+    pub fn source_block(&self, value: Option<&[u8]>) -> Option<SourceBlock> {
+        let bytes = value?;
+        match (self.format, &self.registry) {
+            (Format::DebeziumAvro, Some(registry)) => avro::source_block(registry, bytes),
+            (Format::DebeziumJson, _) => {
+                let v: Value = serde_json::from_slice(bytes).ok()?;
+                let envelope = v.get("payload").filter(|p| p.is_object()).unwrap_or(&v);
+                let source = envelope.get("source")?.as_object()?;
+                Some(
+                    source
+                        .iter()
+                        .filter_map(|(k, v)| match v {
+                            Value::String(s) => Some((k.clone(), s.clone())),
+                            Value::Number(_) | Value::Bool(_) => Some((k.clone(), v.to_string())),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            }
+            _ => None,
         }
     }
 

@@ -196,6 +196,18 @@ fn every_fixture_decodes_to_what_its_name_says() {
                     assert_eq!(c.op.as_str(), op, "{name}[{i}]");
                     assert!(c.source_ts_ms.is_some(), "{name}[{i}]: source ts");
                     assert!(c.source_pos.is_some(), "{name}[{i}]: source position");
+                    // What a fan-out names a table by (`{source.db}`, `{source.table}`).
+                    let block = Decoder::new(Format::DebeziumJson, None)
+                        .source_block(Some(&serde_json::to_vec(value).unwrap()))
+                        .unwrap_or_else(|| panic!("{name}[{i}]: no source block"));
+                    if name.contains("customers") {
+                        assert_eq!(block["table"], "customers", "{name}[{i}]");
+                    }
+                    assert!(
+                        block.get("db").is_some_and(|d| !d.is_empty())
+                            && block.contains_key("table"),
+                        "{name}[{i}]: {block:?}"
+                    );
                     match c.op {
                         Op::Truncate => assert!(c.row.is_none(), "{name}"),
                         _ => {

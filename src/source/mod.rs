@@ -18,7 +18,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 mod inspect;
+mod naming;
 pub use inspect::Inspector;
+pub use naming::{expand_fan_outs, source_blocks};
 
 use crate::config::Config;
 use crate::observability::Health;
@@ -260,26 +262,6 @@ pub(crate) fn positions_of<C: ClientContext + ConsumerContext>(
             _ => None,
         })
         .collect()
-}
-
-/// Make the tables of the fan-outs for the topics the cluster has now (the run makes those of topics
-/// created later as they are assigned). Tables that cannot be made, and a cluster that cannot be
-/// asked, are warnings: the other tables go on.
-pub fn expand_fan_outs(cfg: &mut Config) {
-    if cfg.fan_outs.is_empty() {
-        return;
-    }
-    let topics = match Inspector::new(cfg).and_then(|i| i.topic_names()) {
-        Ok(topics) => topics,
-        Err(e) => {
-            warn!(error = %e, "cannot list the cluster's topics; fan-out tables are made as their topics are assigned");
-            return;
-        }
-    };
-    for (topic, e) in cfg.expand_fan_outs(topics.iter().map(String::as_str)) {
-        metrics::counter!("bronze_fan_out_errors_total").increment(1);
-        warn!(topic = %topic, error = %e, "no table for this topic");
-    }
 }
 
 /// Move a partition's fetch position.

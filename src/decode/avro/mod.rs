@@ -336,6 +336,35 @@ fn source_info(fields: Vec<(String, Avro)>) -> (Option<i64>, Option<CompactStrin
     (ts, position)
 }
 
+/// The scalar fields of a framed `debezium-avro` value's `source` block, as text.
+pub fn source_block(registry: &Registry, value: &[u8]) -> Option<crate::config::SourceBlock> {
+    let (value, _) = read(registry, value).ok()?;
+    let Avro::Record(fields) = value else {
+        return None;
+    };
+    let (_, mut source) = fields.into_iter().find(|(name, _)| name == "source")?;
+    while let Avro::Union(_, inner) = source {
+        source = *inner;
+    }
+    let Avro::Record(fields) = source else {
+        return None;
+    };
+    let scalar = |v: Avro| {
+        text(v.clone())
+            .or_else(|| long(v.clone()).map(|i| i.to_string()))
+            .or(match v {
+                Avro::Boolean(b) => Some(b.to_string()),
+                _ => None,
+            })
+    };
+    Some(
+        fields
+            .into_iter()
+            .filter_map(|(k, v)| scalar(v).map(|t| (k, t)))
+            .collect(),
+    )
+}
+
 fn long(v: Avro) -> Option<i64> {
     match v {
         Avro::Union(_, v) => long(*v),

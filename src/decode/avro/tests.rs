@@ -191,6 +191,16 @@ fn every_fixture_record_decodes() {
                 ops.push(c.op.as_str());
                 let source = &record["value"]["source"];
                 assert_eq!(c.source_ts_ms, source["ts_ms"].as_i64());
+                // What a fan-out names a table by: the block's scalars as text, unions unwrapped.
+                let block = decoder
+                    .source_block(value.as_deref())
+                    .expect("a source block");
+                assert_eq!(Some(block["table"].as_str()), source["table"].as_str());
+                assert_eq!(Some(block["schema"].as_str()), source["schema"].as_str());
+                assert_eq!(
+                    block["lsn"],
+                    source["lsn"]["long"].as_i64().unwrap().to_string()
+                );
                 assert_eq!(
                     c.source_pos,
                     Some(source["lsn"]["long"].as_i64().unwrap().to_string().into())
