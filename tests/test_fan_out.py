@@ -248,7 +248,7 @@ def test_tables_named_by_the_source_block_of_their_messages(tmp_path):
     prefix = h.unique("routed").replace("-", "")
     topics = {t: f"{prefix}.r{i}" for i, t in enumerate(["t101", "t102", "t103"], start=1)}
     mixed = f"{prefix}.r4"
-    h.create_topics({**{t: 1 for t in topics.values()}, mixed: 1})
+    h.create_topics({**{t: 1 for t in topics.values()}, mixed: 1, f"{prefix}.r5": 1})
     port = h.free_port()
     cfg = tmp_path / "bronze.toml"
     (tmp_path / "schemas").mkdir()
@@ -277,6 +277,12 @@ def test_tables_named_by_the_source_block_of_their_messages(tmp_path):
     produce("t102", 30)
     produce("t104", 5, topic=mixed)
     produce("t105", 5, topic=mixed)
+    # Named by its bare envelopes, but with no Connect schema to derive a contract from: its table waits.
+    bare = [Event(e.table, e.key, json.dumps(json.loads(e.value)["payload"]).encode(), e.op, e.row_id, e.source_ts_ms)
+            for e in table_events("t106", 5, rng)]
+    h.produce(bare, {"t106": f"{prefix}.r5"})
+    check = h.run_bronze(cfg, "validate")
+    assert "public_t106: ok, its contract cannot be derived yet" in check.stdout, check.stdout
     lake = tmp_path / "lake"
 
     def landed(tables) -> bool:
@@ -299,6 +305,7 @@ def test_tables_named_by_the_source_block_of_their_messages(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     made = sorted(p.name for p in lake.iterdir() if not p.name.startswith("_"))
     assert made == ["public_t101", "public_t102", "public_t103"], made
+    assert not (lake / "public_t106").exists()
     for table, offsets in expected.items():
         h.assert_exactly_once(str(lake / table), offsets)
     log = (tmp_path / "bronze.log").read_text()
