@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::PipelineError;
 use super::positions::{PartitionState, Phase, Positions};
@@ -208,6 +208,80 @@ fn read_group_targets(
         .collect();
     debug!(partitions = out.len(), "group targets read");
     Ok(out)
+}
+
+impl super::Run {
+    /// `--until-caught-up`: done when every assigned partition has reached the high watermark it had
+    /// at assignment and everything is committed.
+    pub(super) async fn caught_up_check(&mut self) -> Result<bool, PipelineError> {
+        if !self.catch_up.assigned()? {
+            return Ok(false);
+        }
+        let mut all = true;
+        for (tp, high) in self.catch_up.targets() {
+            let Some(ps) = self.positions.get(&tp) else {
+                continue;
+            };
+            let progress = match progress(high, ps) {
+                Progress::AskTable(d) => reached(self.table_position(d, &tp).await?, high),
+                p => p,
+            };
+            match progress {
+                Progress::Stopped => {
+                    return Err(PipelineError::Stopped(format!(
+                        "{tp} stopped on a message it cannot ingest; see the error above"
+                    )));
+                }
+                Progress::Reached => {}
+                _ => all = false,
+            }
+        }
+        if !all {
+            return Ok(false);
+        }
+        // Other members may be waiting for these partitions to be in the table: commit them now
+        // rather than at the flush age.
+        if !self.catch_up.own_committed {
+            if !self.commit_caught_up().await? {
+                return Ok(false);
+            }
+            self.catch_up.own_committed = true;
+        }
+        if !self.others_caught_up().await? || !self.commit_caught_up().await? {
+            return Ok(false);
+        }
+        info!("caught up with the high watermarks read at assignment");
+        Ok(true)
+    }
+    /// Whether the table holds, for every partition this member does not own, everything up to the
+    /// high watermark read at the first assignment.
+    async fn others_caught_up(&mut self) -> Result<bool, PipelineError> {
+        let Some(others) = self.catch_up.others_due(&self.positions) else {
+            return Ok(false);
+        };
+        self.settle_all().await?;
+        let mut refreshed = vec![false; self.datasets.len()];
+        let mut behind = 0;
+        for (tp, d, high) in others {
+            let ds = &mut self.datasets[d];
+            if !refreshed[d] {
+                ds.sink().refresh().await?;
+                refreshed[d] = true;
+            }
+            let app_id = crate::txn::streaming(&self.group_id, &tp);
+            let position = ds.sink().committed_offset(&app_id).await?.map(|v| v + 1);
+            if reached(position, high) != Progress::Reached {
+                behind += 1;
+            }
+        }
+        if behind > 0 {
+            debug!(
+                behind,
+                "own partitions caught up; waiting for partitions other members own or are taking over"
+            );
+        }
+        Ok(behind == 0)
+    }
 }
 
 #[cfg(test)]
