@@ -400,6 +400,27 @@ fn table_name(rendered: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A configuration of one `[[datasets]]` entry (`dataset`, its keys), with a one-column contract
+    /// `c.toml`, in a directory of its own.
+    fn load(dataset: &str) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("c.toml"),
+            "[[columns]]\nname = \"id\"\ntype = \"int64\"\n",
+        )
+        .unwrap();
+        let text = format!(
+            "schema_dir = \"{}\"\n[kafka]\nbootstrap_servers = \"b:9092\"\ngroup_id = \"g\"\n\
+             [storage]\nroot = \"{}\"\n[[datasets]]\n{dataset}",
+            dir.path().display(),
+            dir.path().join("lake").display()
+        );
+        let file = dir.path().join("bronze.toml");
+        std::fs::write(&file, text).unwrap();
+        let cfg = Config::load(&file).unwrap();
+        (dir, cfg)
+    }
+
     #[test]
     fn names_come_from_named_and_numbered_groups() {
         let re = Regex::new(r"^db1\.(?P<schema>[^.]+)\.(?P<table>.+)$").unwrap();
@@ -440,24 +461,12 @@ mod tests {
 
     #[test]
     fn librdkafka_subscribes_to_the_pattern_without_group_names() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("c.toml"),
-            "[[columns]]\nname = \"id\"\ntype = \"int64\"\n",
-        )
-        .unwrap();
-        let text = format!(
-            "schema_dir = \"{}\"\n[kafka]\nbootstrap_servers = \"b:9092\"\ngroup_id = \"g\"\n\
-             [storage]\nroot = \"{}\"\n[[datasets]]\nname = \"db\"\n\
+        let (_dir, mut cfg) = load(
+            "name = \"db\"\n\
              topic_pattern = '^db\\.(?P<schema>[a-z]+)\\.(?<table>(?:t|u)\\d+)$'\n\
-             table_name = \"{{schema}}_{{table}}\"\nformat = \"debezium-json\"\nschema = \"c.toml\"\n\
-             [datasets.tables.public_t7]\npartitioning = {{ by = \"none\" }}\n",
-            dir.path().display(),
-            dir.path().join("lake").display()
+             table_name = \"{schema}_{table}\"\nformat = \"debezium-json\"\nschema = \"c.toml\"\n\
+             [datasets.tables.public_t7]\npartitioning = { by = \"none\" }\n",
         );
-        let file = dir.path().join("bronze.toml");
-        std::fs::write(&file, text).unwrap();
-        let mut cfg = Config::load(&file).unwrap();
         assert_eq!(
             cfg.subscriptions(),
             vec![r"^db\.([a-z]+)\.((t|u)\d+)$".to_string()]
@@ -503,23 +512,11 @@ mod tests {
 
     #[test]
     fn names_from_the_source_block_need_messages_that_agree() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("c.toml"),
-            "[[columns]]\nname = \"id\"\ntype = \"int64\"\n",
-        )
-        .unwrap();
-        let text = format!(
-            "schema_dir = \"{}\"\n[kafka]\nbootstrap_servers = \"b:9092\"\ngroup_id = \"g\"\n\
-             [storage]\nroot = \"{}\"\n[[datasets]]\nname = \"routed\"\n\
-             topic_pattern = '^cdc\\.r[0-9]+$'\ntable_name = \"{{source.schema}}_{{source.table}}\"\n\
-             format = \"debezium-json\"\nschema = \"c.toml\"\n",
-            dir.path().display(),
-            dir.path().join("lake").display()
+        let (_dir, mut cfg) = load(
+            "name = \"routed\"\ntopic_pattern = '^cdc\\.r[0-9]+$'\n\
+             table_name = \"{source.schema}_{source.table}\"\nformat = \"debezium-json\"\n\
+             schema = \"c.toml\"\n",
         );
-        let file = dir.path().join("bronze.toml");
-        std::fs::write(&file, text).unwrap();
-        let mut cfg = Config::load(&file).unwrap();
         let block = |schema: &str, table: &str| -> SourceBlock {
             [("schema", schema), ("table", table), ("lsn", "7")]
                 .map(|(k, v)| (k.to_string(), v.to_string()))
