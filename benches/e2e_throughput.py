@@ -91,6 +91,9 @@ def run(work: Path) -> None:
     ap.add_argument("--tables", type=int, default=0,
                     help="also the many-tables cell: this many source tables (topics) through one fan-out")
     ap.add_argument("--tables-events", type=int, default=400_000, help="events over all tables of --tables")
+    ap.add_argument("--store-latency", default="",
+                    help="also the object-store cells: S3 (moto) behind a proxy adding these latencies, ms (0,25,100)")
+    ap.add_argument("--store-events", type=int, default=500_000, help="events of each object-store cell")
     args = ap.parse_args()
     n = 20_000 if args.smoke else args.events
     rng = random.Random(42)
@@ -156,6 +159,13 @@ def run(work: Path) -> None:
         matrix(args.bin, work, 3_000 if args.smoke else args.matrix_events, base_ms)
     if args.tables:
         many_tables(args.bin, work, args.tables, 4_000 if args.smoke else args.tables_events, base_ms)
+    if args.store_latency:
+        import object_store
+        store_rng = random.Random(11)
+        count = 4_000 if args.smoke else args.store_events
+        object_store.cells(args.bin, work, [Event(i, store_rng, base_ms) for i in range(count)], SCHEMA,
+                           [int(x) for x in args.store_latency.split(",")],
+                           steady=(2_000, 3) if args.smoke else (args.rate, args.seconds))
 
 
 def ingest(binary: str, work: Path, topic: str, n: int, members: int, threads: int, max_rows: int,

@@ -1,9 +1,7 @@
 """Shared fixtures. The broker is started by scripts/test.sh (scripts/kafka.sh), once per run."""
 
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,43 +31,24 @@ def _broker_up():
     admin.list_topics(timeout=30)
 
 
-BUCKET = "bronze-lake"
+from harness.moto import BUCKET, CREDENTIALS, running_moto  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A real S3-compatible server (moto) with the bucket BUCKET; its endpoint. AWS_* point at it meanwhile."""
-    port = harness.free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        import boto3
-        deadline = time.time() + 30
-        while True:
-            try:
-                client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                                      aws_access_key_id="test", aws_secret_access_key="test")
-                client.create_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                if time.time() > deadline or moto.poll() is not None:
-                    raise
-                time.sleep(0.3)
-        yield endpoint
-    finally:
-        moto.terminate()
-        moto.wait(timeout=30)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with running_moto(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        env = {"AWS_ENDPOINT_URL": endpoint, **CREDENTIALS}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield endpoint
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

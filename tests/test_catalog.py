@@ -10,14 +10,14 @@ import harness as h
 from harness import glue as g
 from conftest import BUCKET
 from test_fan_out import add_offsets, produce_tables
-from test_s3 import s3_extra
+from harness.moto import s3_storage_block
 
 DATABASE = "bronze_test"
 
 
 def catalog_config(tmp_path, s3: str, glue_port: int, prefix: str, root: str) -> tuple:
     port = h.free_port()
-    text = h.fan_out_head(schema_dir=tmp_path, group=h.unique("catalog"), root=root, storage=s3_extra(s3),
+    text = h.fan_out_head(schema_dir=tmp_path, group=h.unique("catalog"), root=root, storage=s3_storage_block(s3),
                           flush_age="500ms", sections=f"""
         [catalog]
         kind = "glue"

@@ -106,6 +106,75 @@ def test_reading_goes_on_while_a_commit_runs_and_a_kill_then_loses_nothing(tmp_p
     assert h.parquet_files_on_disk(table_dir) == h.referenced_files(table_dir)
 
 
+def pipelined_member(tmp_path, name: str):
+    """A topic of orders and a member that flushes by rows, three batches of them, with its commits
+    held between upload and log write while `hold` exists."""
+    topic = h.unique(f"{name}.orders")
+    # One partition: a partition's first message waits for a running commit (its position is read
+    # from the table), so with two the second could wait behind the held commit.
+    h.create_topics({topic: 1})
+    produced = h.produce(events_for(11, 3_000), {"orders": topic})
+    expected = h.data_offsets(produced)
+    root = tmp_path / "lake"
+    cfg, url = h.orders_member(tmp_path, h.unique(name), root, topic, flush_age="10m",
+                               max_rows=len(expected) // 3)
+    hold = tmp_path / "hold-commits"
+    hold.touch()
+    log = tmp_path / "bronze.log"
+    env = {"BRONZE_HOLD_COMMITS_WHILE": str(hold),
+           "RUST_LOG": "info,bronze::pipeline::upload_ahead=debug,buoyant_kernel=off,delta_kernel=off"}
+    proc = h.start_bronze(cfg, env=env, log=log)
+    # The first batch's commit is held; the second is uploaded meanwhile.
+    try:
+        h.wait_until(lambda: "uploaded ahead of the commit before it" in log.read_text(), 60,
+                     what="the second batch uploaded while the first commit is held")
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=30)
+        raise
+    return proc, cfg, url, hold, root / "orders", expected
+
+
+def test_the_next_batch_uploads_while_one_commits_and_both_commit_in_order(tmp_path):
+    """`commits_in_flight = 2` (the default): with the first batch's commit held, the second is built
+    and uploaded meanwhile, and commits, with the file it uploaded, only after the first landed."""
+    proc, cfg, url, hold, table_dir, expected = pipelined_member(tmp_path, "pipelined")
+    try:
+        time.sleep(1)
+        assert h.stored_offsets(str(table_dir)) == [], "neither committed: the second waits for the first"
+        uploaded = h.parquet_files_on_disk(table_dir)
+        hold.unlink()
+        h.wait_until(lambda: len([c for c in h.delta_history(str(table_dir)) if c.get("bronze")]) >= 2, 60,
+                     what="both batches committed")
+    finally:
+        hold.unlink(missing_ok=True)
+        # The rest is committed by the shutdown's last flush.
+        assert h.stop(proc) == 0
+    h.assert_exactly_once(str(table_dir), expected)
+    commits = [c["bronze"] for c in reversed(h.delta_history(str(table_dir))) if c.get("bronze")]
+    last = {}
+    for c in commits:
+        for r in c["offsets"]:
+            tp = (r["topic"], r["partition"])
+            assert r["first_offset"] > last.get(tp, -1), "a later batch committed before an earlier one"
+            last[tp] = r["last_offset"]
+    # The second commit took the file uploaded ahead: nothing was written twice or left behind.
+    assert uploaded <= h.referenced_files(table_dir)
+    assert h.parquet_files_on_disk(table_dir) == h.referenced_files(table_dir)
+
+
+def test_a_kill_with_one_batch_committing_and_the_next_uploaded_loses_nothing(tmp_path):
+    proc, cfg, url, hold, table_dir, expected = pipelined_member(tmp_path, "pipekill")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    hold.unlink()
+    assert h.stored_offsets(str(table_dir)) == []
+    h.age_files(table_dir, 2 * 3600)
+    h.run_bronze(cfg, "run", "--until-caught-up")
+    h.assert_exactly_once(str(table_dir), expected)
+    assert h.parquet_files_on_disk(table_dir) == h.referenced_files(table_dir)
+
+
 def test_until_caught_up_ends_when_the_table_is_ahead_of_the_group_offsets(tmp_path):
     """A crash between a Delta commit and the group-offset commit leaves the group behind the table. The
     next `--until-caught-up` run either reads the table's position before any message (it is the end of

@@ -6,25 +6,14 @@ import time
 import harness as h
 from conftest import BUCKET
 from harness import cdc
+from harness.moto import s3_storage_block
 from test_e2e import check_tables
-
-
-def s3_extra(endpoint: str) -> str:
-    # Credentials come from the environment through ${env:...}, as production secrets would.
-    return f"""
-[storage.s3]
-endpoint = "{endpoint}"
-region = "us-east-1"
-access_key_id = "${{env:AWS_ACCESS_KEY_ID}}"
-secret_access_key = "${{env:AWS_SECRET_ACCESS_KEY}}"
-allow_http = true
-"""
 
 
 def s3_config(tmp_path, endpoint, prefix, datasets, **kw):
     cfg = h.write_config(tmp_path, group=h.unique("s3"), root=f"s3://{BUCKET}/{prefix}", datasets=datasets, **kw)
     # [storage.s3] must follow [storage]: insert it right after the storage block.
-    text = cfg.read_text().replace("\n[flush]", s3_extra(endpoint) + "\n[flush]", 1)
+    text = cfg.read_text().replace("\n[flush]", s3_storage_block(endpoint) + "\n[flush]", 1)
     cfg.write_text(text)
     return cfg
 

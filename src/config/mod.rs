@@ -322,6 +322,19 @@ pub struct S3Config {
     pub secret_access_key: Option<String>,
     #[serde(default)]
     pub allow_http: bool,
+    /// How long one request may take before the client gives up on it and retries (object_store's
+    /// default: 30 s). A slow store past this counts as a failed request.
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub connect_timeout: Option<Duration>,
+    /// Retries of one failed request (5xx, timeouts, dropped connections) inside the client, and how
+    /// long they may go on (object_store's defaults: 10 and 3 min). Past them the commit fails and
+    /// bronze retries the whole commit with backoff.
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub retry_timeout: Option<Duration>,
 }
 
 fn default_region() -> String {
@@ -395,6 +408,16 @@ pub struct PipelineConfig {
     /// connections that flushes due together would take.
     #[serde(default = "default_max_concurrent_commits")]
     pub max_concurrent_commits: usize,
+    /// Batches of one dataset in flight at once: with 2 (the default), the next batch is encoded and
+    /// uploaded while the previous one's log entry is written, so a store's latency is paid once
+    /// per commit rather than once per step. Commits stay in order: a batch commits only after the
+    /// one before it landed. 1 writes and commits each batch before the next is taken.
+    #[serde(default = "default_commits_in_flight")]
+    pub commits_in_flight: usize,
+}
+
+fn default_commits_in_flight() -> usize {
+    2
 }
 
 fn default_max_concurrent_commits() -> usize {
@@ -421,6 +444,7 @@ impl Default for PipelineConfig {
             final_flush_writers: default_final_flush_writers(),
             final_flush_min_rows: default_final_flush_min_rows(),
             max_concurrent_commits: default_max_concurrent_commits(),
+            commits_in_flight: default_commits_in_flight(),
         }
     }
 }
@@ -531,6 +555,17 @@ impl Config {
             }
             if s3.allow_http {
                 opts.insert("AWS_ALLOW_HTTP".to_string(), "true".to_string());
+            }
+            let millis = |d: &Duration| format!("{}ms", d.as_millis());
+            for (key, value) in [
+                ("timeout", s3.request_timeout.as_ref().map(millis)),
+                ("connect_timeout", s3.connect_timeout.as_ref().map(millis)),
+                ("max_retries", s3.max_retries.map(|n| n.to_string())),
+                ("retry_timeout", s3.retry_timeout.as_ref().map(millis)),
+            ] {
+                if let Some(value) = value {
+                    opts.insert(key.to_string(), value);
+                }
             }
         }
         opts

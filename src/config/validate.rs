@@ -180,6 +180,13 @@ fn pipeline(file: &Path, m: &MemoryConfig, p: &PipelineConfig) -> Result<(), Con
             "must be between 1 and 256",
         ));
     }
+    if !(1..=2).contains(&p.commits_in_flight) {
+        return Err(invalid(
+            file,
+            "pipeline.commits_in_flight",
+            "must be 1 or 2 (one batch committing, the next uploading)",
+        ));
+    }
     if p.final_flush_min_rows == 0 {
         return Err(invalid(
             file,

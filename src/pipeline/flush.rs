@@ -21,10 +21,11 @@ impl Run {
         for d in 0..self.datasets.len() {
             let ds = &self.datasets[d];
             let retry_ready = ds.retry_at.is_none_or(|t| now >= t);
-            if ds.pending.is_some() && retry_ready {
+            if (ds.pending.is_some() || ds.queued.is_some()) && retry_ready {
                 self.flush(d, FlushReason::Age).await?;
             } else if let Some(reason) = ds.buffer.due(&ds.cfg.flush, now)
                 && ds.pending.is_none()
+                && ds.queued.is_none()
             {
                 self.flush(d, reason).await?;
             }
@@ -32,53 +33,69 @@ impl Run {
         Ok(())
     }
 
-    /// Write and commit dataset `d`'s buffer (or its pending batch from a failed attempt) in the
-    /// background: the loop goes on reading while the batch is encoded and committed. One commit per
-    /// dataset at a time, in order: a running one is settled first (the wait is the backpressure).
+    /// Write and commit dataset `d`'s buffer (or a batch kept from a failed attempt) in the
+    /// background: the loop goes on reading while the batch is encoded and committed. Batches commit
+    /// one at a time and in order; with `commits_in_flight = 2` the next one is uploaded while one
+    /// commits (see `upload_ahead`). When both are taken, the older is settled first (the wait is the
+    /// backpressure).
     pub(super) async fn flush(
         &mut self,
         d: usize,
         reason: FlushReason,
     ) -> Result<(), PipelineError> {
-        self.settle(d).await?;
+        loop {
+            let ds = &self.datasets[d];
+            if ds.commit.is_none() && ds.upload.is_none() {
+                break;
+            }
+            if self.can_upload_ahead(d) {
+                self.upload_ahead(d, reason);
+                return Ok(());
+            }
+            self.settle_one(d).await?;
+        }
         let ds = &mut self.datasets[d];
-        let (flushed, memory, rows) = match ds.pending.take() {
-            Some(batch) => {
-                let (memory, rows) = (batch.batch.memory_bytes(), batch.batch.rows());
-                (Flushed::Kept(batch), memory, rows)
-            }
-            None => {
-                let Some(rows) = ds.buffer.take_unbuilt() else {
-                    return Ok(());
-                };
-                for ps in self.positions.values_mut().filter(|p| p.dataset == d) {
-                    if let Some(ts) = ps.buffered_ts.take() {
-                        ps.pending_ts = Some(ts);
-                    }
-                }
-                let (memory, count) = (rows.bytes(), rows.rows());
-                let flushed = Flushed::Taken {
-                    rows,
-                    id: uuid::Uuid::now_v7().to_string(),
-                    started_ms: chrono::Utc::now().timestamp_millis(),
-                };
-                (flushed, memory, count)
-            }
+        let flushed = match ds.pending.take().or_else(|| ds.queued.take()) {
+            Some(batch) => Flushed::Kept(batch),
+            None => match self.take_buffer(d) {
+                Some(flushed) => flushed,
+                None => return Ok(()),
+            },
         };
+        self.start_commit(d, flushed, reason);
+        Ok(())
+    }
+
+    /// Dataset `d`'s buffered rows as a batch to build, their positions marked pending.
+    pub(super) fn take_buffer(&mut self, d: usize) -> Option<Flushed> {
+        let rows = self.datasets[d].buffer.take_unbuilt()?;
+        for ps in self.positions.values_mut().filter(|p| p.dataset == d) {
+            if let Some(ts) = ps.buffered_ts.take() {
+                ps.pending_ts = Some(ts);
+            }
+        }
+        Some(Flushed::Taken {
+            rows,
+            id: uuid::Uuid::now_v7().to_string(),
+            started_ms: chrono::Utc::now().timestamp_millis(),
+        })
+    }
+
+    /// Commit `flushed` on a task of its own, lending it the dataset's sinks.
+    pub(super) fn start_commit(&mut self, d: usize, flushed: Flushed, reason: FlushReason) {
         let ds = &mut self.datasets[d];
+        let (memory, rows) = flushed.size();
         let ctx = CommitContext {
             group_id: self.group_id.clone(),
             run_id: self.run_id.clone(),
             dataset: ds.cfg.name.clone(),
             started_ms: flushed.started_ms(),
         };
-        let writers = match reason {
-            FlushReason::CaughtUp | FlushReason::Shutdown => {
-                self.cfg.pipeline.final_flush_writers_for(rows)
-            }
-            _ => 1,
-        };
+        let writers = writers_for(&self.cfg.pipeline, reason, rows);
         let sinks = ds.lend_sinks();
+        if self.cfg.pipeline.commits_in_flight > 1 {
+            ds.uploader = Some(sinks.table.clone());
+        }
         let turn = self.commit_turns.clone();
         let task = tokio::spawn(async move {
             // Waiting here, the batch is already counted against the memory budget: the wait is
@@ -87,32 +104,40 @@ impl Run {
             commit_batch(sinks, flushed, ctx, reason, writers).await
         });
         ds.commit = Some(Commit { task, memory });
+    }
+
+    /// Wait until nothing of dataset `d` is in flight, taking in every outcome.
+    pub(super) async fn settle(&mut self, d: usize) -> Result<(), PipelineError> {
+        while self.datasets[d].commit.is_some() || self.datasets[d].upload.is_some() {
+            self.settle_one(d).await?;
+        }
         Ok(())
     }
 
-    /// Wait for dataset `d`'s running commit, if any, and take in its outcome.
-    pub(super) async fn settle(&mut self, d: usize) -> Result<(), PipelineError> {
-        let Some(commit) = self.datasets[d].commit.take() else {
-            return Ok(());
-        };
-        let done = commit.task.await.map_err(|e| {
-            PipelineError::Stopped(format!(
-                "dataset `{}`: the commit task failed: {e}",
-                self.datasets[d].cfg.name
-            ))
-        })?;
-        self.committed(d, done).await
+    /// Wait for dataset `d`'s running commit, if any, and take in its outcome; then the batch
+    /// uploaded behind it becomes the running commit (or waits, when the one before it failed).
+    pub(super) async fn settle_one(&mut self, d: usize) -> Result<(), PipelineError> {
+        if let Some(commit) = self.datasets[d].commit.take() {
+            let done = commit.task.await.map_err(|e| {
+                PipelineError::Stopped(format!(
+                    "dataset `{}`: the commit task failed: {e}",
+                    self.datasets[d].cfg.name
+                ))
+            })?;
+            self.committed(d, done).await?;
+        }
+        self.promote_upload(d).await
     }
 
     /// Take in the outcome of every commit that has finished, without waiting for the others.
     pub(super) async fn settle_finished(&mut self) -> Result<(), PipelineError> {
         for d in 0..self.datasets.len() {
-            if self.datasets[d]
-                .commit
-                .as_ref()
-                .is_some_and(|c| c.task.is_finished())
-            {
-                self.settle(d).await?;
+            let ds = &self.datasets[d];
+            let commit_done = ds.commit.as_ref().is_some_and(|c| c.task.is_finished());
+            let upload_done =
+                ds.commit.is_none() && ds.upload.as_ref().is_some_and(|u| u.task.is_finished());
+            if commit_done || upload_done {
+                self.settle_one(d).await?;
             }
         }
         Ok(())
@@ -255,39 +280,43 @@ impl Run {
         source::commit_group_offsets(&self.consumer, &positions);
     }
 
-    /// Another member committed some of a batch's offsets first: the batch is dropped and its
-    /// partitions read again from the table.
+    /// Another member committed some of a batch's offsets first: the batch is dropped, with any
+    /// uploaded behind it, and their partitions read again from the table.
     async fn dropped_stale(
         &mut self,
         d: usize,
         pending: &state::PendingBatch,
         partitions: &[TopicPartition],
     ) -> Result<(), PipelineError> {
+        let later = self.take_later_batches(d).await?;
         let ds = &mut self.datasets[d];
-        let (batch, batch_id) = (&pending.batch, pending.id.as_str());
-        warn!(dataset = %ds.cfg.name, stale = %crate::txn::Listed(partitions),
+        warn!(dataset = %ds.cfg.name, stale = %crate::txn::Listed(partitions), later = later.len(),
             "another member already committed some of these offsets; batch dropped, re-reading from the table");
         metrics::counter!("bronze_stale_batches_total", "dataset" => ds.cfg.name.clone())
-            .increment(1);
-        if let Some(a) = &self.audit {
-            a.record(AuditRecord::batch_dropped(
-                &self.run_id,
-                &ds.cfg.name,
-                batch_id,
-                batch.rows_in,
-            ));
+            .increment(1 + later.len() as u64);
+        let mut ranges = pending.batch.ranges.clone();
+        for dropped in std::iter::once(pending).chain(&later) {
+            if let Some(a) = &self.audit {
+                a.record(AuditRecord::batch_dropped(
+                    &self.run_id,
+                    &ds.cfg.name,
+                    &dropped.id,
+                    dropped.batch.rows_in,
+                ));
+            }
         }
+        ranges.extend(later.iter().flat_map(|b| b.batch.ranges.iter().cloned()));
         ds.needs_refresh = true;
         ds.retry_at = None;
         ds.failures = 0;
         // The whole batch is gone, so every partition in it that is still ours is read again from
         // the table's position, or from the batch's first offset where the table has none.
-        for r in &batch.ranges {
+        for r in &ranges {
             self.datasets[d]
                 .buffer
                 .drop_partition(&r.topic, r.partition);
         }
-        for (tp, first) in self.positions.after_stale(&batch.ranges) {
+        for (tp, first) in self.positions.after_stale(&ranges) {
             let pos = self.read_position(d, &tp).await?.unwrap_or(first);
             self.seek(&tp, pos)?;
         }
@@ -330,7 +359,10 @@ impl Run {
                 self.settle(d).await?;
             }
         }
-        Ok(self.datasets.iter().all(|ds| ds.pending.is_none()))
+        Ok(self
+            .datasets
+            .iter()
+            .all(|ds| ds.pending.is_none() && ds.queued.is_none()))
     }
 
     pub(super) async fn flush_all(&mut self, reason: FlushReason) -> Result<(), PipelineError> {
@@ -338,12 +370,12 @@ impl Run {
             for attempt in 0..5 {
                 self.flush(d, reason).await?;
                 self.settle(d).await?;
-                if self.datasets[d].pending.is_none() {
+                if self.datasets[d].pending.is_none() && self.datasets[d].queued.is_none() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
             }
-            if self.datasets[d].pending.is_some() {
+            if self.datasets[d].pending.is_some() || self.datasets[d].queued.is_some() {
                 return Err(PipelineError::Stopped(format!(
                     "dataset `{}`: could not commit its last batch; it will be re-read on restart",
                     self.datasets[d].cfg.name
@@ -365,15 +397,17 @@ impl Run {
         while used(&self.datasets) >= flush_at && attempts < 2 * self.datasets.len() {
             attempts += 1;
             // Waiting frees the batch's memory; flushing another buffer now would only add a commit.
-            if let Some(running) =
-                (0..self.datasets.len()).find(|&d| self.datasets[d].commit.is_some())
+            if let Some(running) = (0..self.datasets.len())
+                .find(|&d| self.datasets[d].commit.is_some() || self.datasets[d].upload.is_some())
             {
-                self.settle(running).await?;
+                self.settle_one(running).await?;
                 continue;
             }
             let Some(largest) = (0..self.datasets.len())
                 .filter(|&d| {
-                    self.datasets[d].pending.is_none() && !self.datasets[d].buffer.is_empty()
+                    self.datasets[d].pending.is_none()
+                        && self.datasets[d].queued.is_none()
+                        && !self.datasets[d].buffer.is_empty()
                 })
                 .max_by_key(|&d| self.datasets[d].buffer.bytes())
             else {
@@ -386,8 +420,11 @@ impl Run {
             // A waiting partition (registry, widening) is paused already and resumes on its own clock.
             let ds = &self.datasets[ps.dataset];
             // Also while a retry is running: the failed batch is in the commit then, not pending.
-            let blocked =
-                over && (ds.pending.is_some() || ds.commit.is_some()) && ps.waiting_until.is_none();
+            let in_flight = ds.pending.is_some()
+                || ds.queued.is_some()
+                || ds.commit.is_some()
+                || ds.upload.is_some();
+            let blocked = over && in_flight && ps.waiting_until.is_none();
             if blocked && !ps.paused_for_memory && !ps.stopped {
                 source::pause(&self.consumer, tp);
                 ps.paused_for_memory = true;
@@ -397,6 +434,19 @@ impl Run {
             }
         }
         Ok(())
+    }
+}
+
+/// Writers that encode a batch at once: the last flush of a catch-up run or a shutdown has nothing
+/// left to overlap its encoding, so it takes the cores (see `final_flush_writers`).
+pub(super) fn writers_for(
+    cfg: &crate::config::PipelineConfig,
+    reason: FlushReason,
+    rows: usize,
+) -> usize {
+    match reason {
+        FlushReason::CaughtUp | FlushReason::Shutdown => cfg.final_flush_writers_for(rows),
+        _ => 1,
     }
 }
 
@@ -451,7 +501,7 @@ async fn commit_batch(
         Ok(()) => {
             sinks
                 .table
-                .commit(&batch.batch, &ctx, &batch.id, writers)
+                .commit(&batch.batch, &ctx, &batch.id, writers, &mut batch.written)
                 .await
         }
         Err(e) => Err(e),

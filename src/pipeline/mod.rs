@@ -20,6 +20,7 @@ pub(crate) mod start;
 mod state;
 mod tables;
 mod turn;
+mod upload_ahead;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -423,7 +424,7 @@ impl Run {
         self.settle(d).await?;
         let ds = &mut self.datasets[d];
         let name = ds.cfg.name.clone();
-        let failed = if ds.pending.is_some() || !ds.buffer.is_empty() {
+        let failed = if ds.pending.is_some() || ds.queued.is_some() || !ds.buffer.is_empty() {
             Some("the buffered rows are not committed yet".to_string())
         } else {
             let mut column = crate::contract::Column::new(&w.column, w.to);

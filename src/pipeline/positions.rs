@@ -251,18 +251,20 @@ impl Positions {
 
     /// A batch of these ranges was found stale (another member committed some of its offsets): its rows
     /// are gone, so every partition of it still owned must read again from the table's position. Those
-    /// partitions, each with the batch's first offset as the position when the table has none.
+    /// partitions, each with the batch's first offset as the position when the table has none (the
+    /// earliest, when ranges of several batches name it).
     pub fn after_stale(&mut self, ranges: &[OffsetRange]) -> Vec<(TopicPartition, i64)> {
-        let mut again = Vec::new();
+        let mut again: std::collections::BTreeMap<TopicPartition, i64> = Default::default();
         for r in ranges {
             let tp = r.topic_partition();
             if let Some(ps) = self.partitions.get_mut(&tp) {
                 ps.buffered_ts = None;
                 ps.pending_ts = None;
-                again.push((tp, r.first));
+                let first = again.entry(tp).or_insert(r.first);
+                *first = (*first).min(r.first);
             }
         }
-        again
+        again.into_iter().collect()
     }
 
     fn set_phase(&mut self, tp: &TopicPartition, phase: Phase) {

@@ -102,6 +102,8 @@ pub(super) struct PendingBatch {
     pub started_ms: i64,
     /// Its dead letters are committed (only the rows are left to commit).
     pub dead_letters_done: bool,
+    /// Files uploaded by a failed attempt, for the retry to commit (see [`crate::sink::Written`]).
+    pub written: Option<crate::sink::Written>,
 }
 
 /// What a flush hands to its commit task: rows just taken from the buffer, whose batch the task builds,
@@ -124,6 +126,14 @@ impl Flushed {
         }
     }
 
+    /// Its memory and rows: as the buffer counted them until it is built, the Arrow memory after.
+    pub fn size(&self) -> (usize, usize) {
+        match self {
+            Flushed::Taken { rows, .. } => (rows.bytes(), rows.rows()),
+            Flushed::Kept(batch) => (batch.batch.memory_bytes(), batch.batch.rows()),
+        }
+    }
+
     /// The batch, built if it is not yet.
     pub fn build(self, dataset: &str) -> Result<PendingBatch, ArrowError> {
         match self {
@@ -142,6 +152,7 @@ impl Flushed {
                     id,
                     started_ms,
                     dead_letters_done: false,
+                    written: None,
                 })
             }
         }
@@ -160,6 +171,15 @@ pub(super) struct Commit {
     /// The batch's memory: as the buffer counted its rows until the task builds it, the Arrow memory
     /// of a batch kept from a failed attempt (the Parquet writer's buffers come on top).
     pub memory: usize,
+}
+
+/// The next batch of a dataset, encoded and uploaded while the one before it commits
+/// (`pipeline.commits_in_flight = 2`). It commits, with these files, only once that one has landed.
+pub(super) struct Upload {
+    pub task: tokio::task::JoinHandle<Result<PendingBatch, ArrowError>>,
+    /// As [`Commit::memory`].
+    pub memory: usize,
+    pub reason: FlushReason,
 }
 
 /// What a background commit hands back: the sinks and how it went.
@@ -190,10 +210,16 @@ pub struct DatasetState {
     /// touches the table again.
     sinks: Option<Box<DatasetSinks>>,
     pub(super) commit: Option<Commit>,
+    /// The batch after the committing one, uploading meanwhile (see [`Upload`]).
+    pub(super) upload: Option<Upload>,
+    /// A copy of the table as the running commit found it, which writes the uploading batch's files.
+    pub(super) uploader: Option<TableSink>,
     /// Source events committed recently, to drop exact redeliveries.
     pub(super) redeliveries: RedeliveryWindow,
     /// A taken batch whose commit failed, kept to retry (its rows are no longer in `buffer`).
     pub(super) pending: Option<PendingBatch>,
+    /// A batch uploaded ahead of `pending`, waiting for it to land: batches commit in order.
+    pub(super) queued: Option<PendingBatch>,
     pub(super) retry_at: Option<Instant>,
     pub(super) failures: u32,
     /// The table must be re-read before its txn versions are trusted (after a rebalance).
@@ -227,6 +253,9 @@ impl DatasetState {
             })),
             commit: None,
             pending: None,
+            queued: None,
+            upload: None,
+            uploader: None,
             retry_at: None,
             failures: 0,
             needs_refresh: true,
@@ -339,5 +368,7 @@ impl DatasetState {
         self.buffer.bytes()
             + self.pending.as_ref().map_or(0, |p| p.batch.memory_bytes())
             + self.commit.as_ref().map_or(0, |c| c.memory)
+            + self.upload.as_ref().map_or(0, |u| u.memory)
+            + self.queued.as_ref().map_or(0, |p| p.batch.memory_bytes())
     }
 }

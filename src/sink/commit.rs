@@ -9,6 +9,7 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, Transactio
 use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use serde_json::json;
+use tracing::warn;
 
 use super::failpoints::{failpoint, held_commit, injected_outage};
 use super::{SinkError, TableSink};
@@ -47,18 +48,51 @@ pub enum CommitOutcome {
     Stale { partitions: Vec<TopicPartition> },
 }
 
+/// Files of a batch uploaded by an attempt whose commit failed, kept with the batch for its retry.
+///
+/// A failed commit may still land: its log entry written and the answer lost, or its PUT still on
+/// its way. Deleting its files would then lose rows, and uploading new ones for each retry would
+/// leave one orphan per attempt through an outage; so the retry commits these same files (and finds
+/// them in the table if the first attempt landed after all).
+#[derive(Debug, Clone)]
+pub struct Written {
+    adds: Vec<Add>,
+    /// The table schema the files were conformed to: once it changes, the files are written anew.
+    table_schema: arrow::datatypes::SchemaRef,
+}
+
+impl Written {
+    pub fn files(&self) -> usize {
+        self.adds.len()
+    }
+}
+
 impl TableSink {
     /// Write `flush` as Parquet, `writers` files at once (see [`TableSink::write_files_in`]), and
-    /// commit it with its offsets.
+    /// commit it with its offsets. `written` holds the files of an earlier failed attempt, reused
+    /// while the table schema is the same; after a failure it holds this attempt's files.
     pub async fn commit(
         &mut self,
         flush: &FlushBatch,
         ctx: &CommitContext,
         batch_id: &str,
         writers: usize,
+        written: &mut Option<Written>,
     ) -> Result<CommitOutcome, SinkError> {
-        let adds = self.write_files_in(&flush.batches, writers).await?;
-        failpoint("after_upload");
+        let table_schema = self.arrow_schema()?;
+        let adds = match written.take() {
+            Some(w) if w.table_schema == table_schema => w.adds,
+            stale => {
+                if let Some(w) = stale {
+                    // The schema changed, so the table moved past the version the failed attempt
+                    // aimed at: that attempt can no longer land, and its files can go.
+                    self.discard_files(&w.adds).await;
+                }
+                let adds = self.write_files_in(&flush.batches, writers).await?;
+                failpoint("after_upload");
+                adds
+            }
+        };
         held_commit().await;
         let result = if injected_outage() {
             Err(SinkError::InjectedOutage {
@@ -69,16 +103,54 @@ impl TableSink {
         };
         match result {
             Ok(CommitOutcome::Stale { partitions }) => {
+                if let Some(done) = self.landed_unanswered(&adds).await {
+                    return Ok(done);
+                }
                 self.discard_files(&adds).await;
                 Ok(CommitOutcome::Stale { partitions })
             }
             Ok(done) => Ok(done),
             Err(e) => {
-                // The caller keeps the batch and retries with fresh files; these would be orphans.
-                self.discard_files(&adds).await;
+                if let Some(done) = self.landed_unanswered(&adds).await {
+                    return Ok(done);
+                }
+                *written = Some(Written { adds, table_schema });
                 Err(e)
             }
         }
+    }
+
+    /// Upload `flush`'s files ahead of its commit (while the batch before it commits): the commit,
+    /// given them as `written`, only writes the log entry.
+    pub async fn upload(&self, flush: &FlushBatch, writers: usize) -> Result<Written, SinkError> {
+        let table_schema = self.arrow_schema()?;
+        let adds = self.write_files_in(&flush.batches, writers).await?;
+        failpoint("after_upload");
+        Ok(Written { adds, table_schema })
+    }
+
+    /// Delete the files of a batch that will not commit (see [`TableSink::discard_files`]).
+    pub async fn discard_written(&self, written: &Written) {
+        self.discard_files(&written.adds).await;
+    }
+
+    /// When every file of `adds` is in the newest version, an earlier attempt of this batch landed
+    /// though its writer was told otherwise (a lost answer): the batch is committed.
+    async fn landed_unanswered(&mut self, adds: &[Add]) -> Option<CommitOutcome> {
+        if self.landed(adds).await != Some(true) {
+            return None;
+        }
+        warn!(table = %self.uri, files = adds.len(),
+            "a commit of this batch landed although its answer was lost; counted as committed");
+        metrics::counter!("bronze_commits_landed_unanswered_total").increment(1);
+        self.refresh().await.ok();
+        Some(CommitOutcome::Committed {
+            version: self.version().unwrap_or_default(),
+            files: adds.iter().map(|a| a.size).collect(),
+            bytes: adds.iter().map(|a| a.size).sum(),
+            conflicts: 0,
+            table_files: self.table.snapshot().ok().map(|s| s.log_data().num_files()),
+        })
     }
 
     /// One commit attempt of `adds` with `txns`, against the loaded snapshot: `Ok(None)` when a
@@ -335,7 +407,7 @@ mod tests {
         let mut owner = open(dir.path()).await;
         let mut zombie = open(dir.path()).await;
         let done = owner
-            .commit(&flush(0, 9), &ctx("owner"), "b1", 1)
+            .commit(&flush(0, 9), &ctx("owner"), "b1", 1, &mut None)
             .await
             .unwrap();
         assert!(
@@ -343,7 +415,7 @@ mod tests {
             "{done:?}"
         );
         let stale = zombie
-            .commit(&flush(5, 14), &ctx("zombie"), "b2", 1)
+            .commit(&flush(5, 14), &ctx("zombie"), "b2", 1, &mut None)
             .await
             .unwrap();
         let CommitOutcome::Stale { partitions } = stale else {
@@ -359,7 +431,7 @@ mod tests {
         assert_eq!(parquet_files(dir.path()), 1);
         // The offsets after the owner's position are not stale: the next batch commits.
         let next = zombie
-            .commit(&flush(10, 14), &ctx("owner"), "b3", 1)
+            .commit(&flush(10, 14), &ctx("owner"), "b3", 1, &mut None)
             .await
             .unwrap();
         assert!(
@@ -370,13 +442,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_commit_that_landed_unanswered_is_found_not_dropped() {
+        // The log entry was written but the writer saw an error (a 500 after the PUT, a timeout):
+        // its retry, with the same files, must find them in the table and neither drop nor delete
+        // them (the stale check alone would call the batch another member's).
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = open(dir.path()).await;
+        let mut landed_by = open(dir.path()).await;
+        let batch = flush(0, 9);
+        let adds = sink.write_files(&batch.batches).await.unwrap();
+        let app_id = ctx("r").app_id(&batch.ranges[0]);
+        let txns = vec![Transaction::new(app_id.clone(), 9)];
+        let first = landed_by.try_commit(&adds, txns, Vec::new(), None).await;
+        assert_eq!(first.unwrap(), Some(1));
+        let mut written = Some(Written {
+            adds: adds.clone(),
+            table_schema: sink.arrow_schema().unwrap(),
+        });
+        let retry = sink
+            .commit(&batch, &ctx("r"), "b", 1, &mut written)
+            .await
+            .unwrap();
+        assert!(
+            matches!(retry, CommitOutcome::Committed { version: 1, .. }),
+            "{retry:?}"
+        );
+        assert!(written.is_none());
+        assert_eq!(sink.stats(0).unwrap().rows, 10);
+        assert_eq!(sink.committed_offset(&app_id).await.unwrap(), Some(9));
+        assert_eq!(parquet_files(dir.path()), 1, "the committed file is kept");
+    }
+
+    #[tokio::test]
     async fn a_batch_committed_twice_is_stale_the_second_time() {
         // A retry after a commit that landed but whose answer was lost (a timeout on the log write).
         let dir = tempfile::tempdir().unwrap();
         let mut sink = open(dir.path()).await;
         let batch = flush(0, 4);
-        sink.commit(&batch, &ctx("r"), "b", 1).await.unwrap();
-        let again = sink.commit(&batch, &ctx("r"), "b", 1).await.unwrap();
+        sink.commit(&batch, &ctx("r"), "b", 1, &mut None)
+            .await
+            .unwrap();
+        let again = sink
+            .commit(&batch, &ctx("r"), "b", 1, &mut None)
+            .await
+            .unwrap();
         assert!(matches!(again, CommitOutcome::Stale { .. }), "{again:?}");
         assert_eq!(sink.stats(0).unwrap().rows, 5);
     }

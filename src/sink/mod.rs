@@ -39,7 +39,7 @@ use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::{DeltaTable, DeltaTableError};
 
 pub(crate) use commit::is_conflict;
-pub use commit::{CommitContext, CommitOutcome};
+pub use commit::{CommitContext, CommitOutcome, Written};
 pub(crate) use failpoints::failpoint;
 pub(crate) use open::table_url;
 pub use open::{Probe, load_existing, open_log, probe};
@@ -75,7 +75,9 @@ pub enum SinkError {
     },
 }
 
-/// One dataset's Delta table.
+/// One dataset's Delta table. A clone shares the store and starts from the same snapshot (the
+/// pipeline's upload of the next batch writes through one while the table commits).
+#[derive(Clone)]
 pub struct TableSink {
     uri: String,
     table: DeltaTable,

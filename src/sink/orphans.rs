@@ -61,7 +61,7 @@ pub async fn sweep_orphans(sink: &TableSink, grace: Duration) -> Result<usize, S
     Ok(deleted)
 }
 
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()

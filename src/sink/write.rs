@@ -12,6 +12,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use object_store::ObjectStoreExt;
 use tracing::warn;
 
+use super::orphans::percent_decode;
 use super::{SinkError, TableSink, dictionary, table_url};
 use crate::config::Compression;
 
@@ -138,9 +139,27 @@ impl TableSink {
     }
 
     /// Delete files written by [`TableSink::write_files`] that will not be committed.
+    ///
+    /// A commit whose answer was lost (a timeout, a 500 after the log entry was written, a retried
+    /// conditional PUT that finds its own entry) looks failed or stale to its writer although its
+    /// files are in the table: deleting them would lose the rows. So the newest version is read
+    /// first and files it references are kept; when it cannot be read (the store is down), nothing is
+    /// deleted and the start-up sweep removes what no commit took.
     pub async fn discard_files(&self, adds: &[Add]) {
+        if adds.is_empty() {
+            return;
+        }
+        let live = match self.live_files().await {
+            Ok(live) => live,
+            Err(e) => return keep_for_sweep(&self.uri, adds, &e.to_string()),
+        };
         let store = self.table.object_store();
         for add in adds {
+            if live.contains(&percent_decode(&add.path)) {
+                warn!(table = %self.uri, file = %add.path,
+                    "a file about to be discarded is in the table (a commit's answer was lost); kept");
+                continue;
+            }
             let path = match object_store::path::Path::from_url_path(&add.path) {
                 Ok(p) => p,
                 Err(e) => {
@@ -153,6 +172,31 @@ impl TableSink {
             }
         }
     }
+
+    /// Whether every file of `adds` is in the newest version of the table: a commit of them landed
+    /// although its writer was told otherwise. `None` when the table cannot be read.
+    pub async fn landed(&self, adds: &[Add]) -> Option<bool> {
+        let live = self.live_files().await.ok()?;
+        Some(!adds.is_empty() && adds.iter().all(|a| live.contains(&percent_decode(&a.path))))
+    }
+
+    /// The (decoded) paths of the files in the newest version, read afresh: the loaded snapshot is
+    /// older than the commit in question.
+    async fn live_files(&self) -> Result<std::collections::HashSet<String>, DeltaTableError> {
+        let mut latest = self.table.clone();
+        latest.update_state().await?;
+        let snapshot = latest.snapshot()?;
+        Ok(snapshot
+            .log_data()
+            .iter()
+            .map(|f| f.path().into_owned())
+            .collect())
+    }
+}
+
+fn keep_for_sweep(uri: &str, adds: &[Add], error: &str) {
+    warn!(table = %uri, files = adds.len(), error = %error,
+        "cannot read the table to tell whether these files were committed; left for the start-up sweep");
 }
 
 async fn write_part(
