@@ -44,6 +44,16 @@ def content(uri):
     return sorted(rows, key=lambda r: r["_offset"])
 
 
+def dictionary_columns(path: Path) -> dict:
+    """Column name -> whether every row group of the Parquet file at `path` dictionary-encodes it."""
+    import pyarrow.parquet as pq
+    meta = pq.ParquetFile(path).metadata
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    return {name: all("DICTIONARY" in " ".join(meta.row_group(r).column(i).encodings)
+                      for r in range(meta.num_row_groups))
+            for i, name in enumerate(names)}
+
+
 def last_commit_actions(table_dir: Path) -> list[dict]:
     last = sorted((table_dir / "_delta_log").glob("*.json"))[-1]
     return [json.loads(line) for line in last.read_text().splitlines() if line]
@@ -75,6 +85,10 @@ def test_small_files_of_sealed_partitions_are_compacted_and_vacuumed(tmp_path):
     assert ops == ["OPTIMIZE"]
     assert all(not a[k]["dataChange"] for a in actions for k in ("add", "remove") if k in a)
     assert h.read_polars(str(table)).height == 1100
+    # The rewrite chooses dictionaries from a sample of the partition, as the sink does per flush:
+    # none for the unique key, one for a column whose values repeat.
+    encodings = dictionary_columns(table / after[old][0])
+    assert encodings["id"] is False and encodings["_op"] is True, encodings
     removed_old = set(parts[old])
 
     # Vacuum: the guard first, then only files removed longer ago than the retention go.

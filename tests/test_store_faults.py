@@ -48,7 +48,7 @@ def test_exactly_once_through_a_slow_store_that_fails_and_loses_answers(tmp_path
     prefix = h.unique("flaky")
     with StoreProxy(s3) as proxy:
         proxy.latency_ms, proxy.jitter_ms = 20, 10
-        proxy.add(Fault(rate=0.10, status=503))
+        proxy.add(Fault(rate=0.05, status=503))
         proxy.add(Fault(methods={"PUT"}, path_contains=".parquet", rate=0.2, status=500))
         # Commits that land and are answered 500, or answered after the client gave up: each must be
         # found in the table by its retry, neither dropped as another member's nor its files deleted.
@@ -57,7 +57,7 @@ def test_exactly_once_through_a_slow_store_that_fails_and_loses_answers(tmp_path
         late = proxy.add(Fault(methods={"PUT"}, path_contains="_delta_log/0", status=None,
                                stall_s=3, rate=0.3, count=2))
         # Random 503s hit every kind of request, start-up reads included: the client's own retries
-        # absorb them (a request failing 4 times in a row is one in 10^4 at this rate).
+        # absorb them (a request failing 4 times in a row is one in 160,000 at this rate).
         cfg = faulty_s3_config(tmp_path, proxy.endpoint, prefix, topic, max_retries=3, max_rows=700,
                                flush_age="200ms")
         run = h.run_bronze(cfg, "run", "--until-caught-up", timeout=240)

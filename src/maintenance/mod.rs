@@ -108,7 +108,8 @@ pub async fn compact(
     }
     let mut table = sink.table().clone();
     for values in &candidates {
-        table = compact_partition(cfg, d, table, values, &mut report).await?;
+        let properties = rewrite_properties(cfg, &sink, values).await;
+        table = compact_partition(cfg, d, table, values, properties, &mut report).await?;
     }
     report.files_after = (report.files_before as u64 + report.files_added)
         .saturating_sub(report.files_removed) as usize;
@@ -141,6 +142,27 @@ fn candidates(
     candidates
 }
 
+/// The Parquet settings of a partition's rewrite: the sink's, with the dictionary only for columns
+/// whose values repeat in a sample of the partition (one of its small files), as the sink chooses
+/// for each flush. Without a sample (the file cannot be read), every column keeps its dictionary.
+async fn rewrite_properties(
+    cfg: &Config,
+    sink: &TableSink,
+    values: &PartitionValues,
+) -> deltalake::parquet::file::properties::WriterProperties {
+    match sink
+        .sample_partition(values, cfg.compaction.target_file_bytes)
+        .await
+    {
+        Ok(sample) => sink::writer_properties_for(cfg.storage.compression, &sample),
+        Err(e) => {
+            warn!(table = %sink.uri(), partition = ?values, error = %e,
+                "cannot sample the partition for its dictionary choice; every column keeps one");
+            sink::writer_properties(cfg.storage.compression)
+        }
+    }
+}
+
 /// One partition's bin-packing commit. A conflict (another member compacted these files first)
 /// leaves the partition for the next round.
 async fn compact_partition(
@@ -148,6 +170,7 @@ async fn compact_partition(
     d: &DatasetConfig,
     table: deltalake::DeltaTable,
     values: &PartitionValues,
+    properties: deltalake::parquet::file::properties::WriterProperties,
     report: &mut CompactionReport,
 ) -> Result<deltalake::DeltaTable, MaintenanceError> {
     let delta_error = |source| MaintenanceError::Delta {
@@ -167,7 +190,7 @@ async fn compact_partition(
         .optimize()
         .with_filters(&filters)
         .with_target_size(target_size)
-        .with_writer_properties(sink::writer_properties(cfg.storage.compression))
+        .with_writer_properties(properties)
         .with_commit_properties(
             CommitProperties::default().with_metadata([("bronze".to_string(), metadata)]),
         )

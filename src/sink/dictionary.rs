@@ -15,7 +15,7 @@ use deltalake::parquet::schema::types::ColumnPath;
 
 /// Values sampled per column: enough for a few collisions in a column of a few hundred thousand
 /// distinct values, a few milliseconds for a whole batch.
-const SAMPLE: usize = 4096;
+pub(super) const SAMPLE: usize = 4096;
 
 /// Fewer non-null values than this in the sample tell nothing; the default stands.
 const MIN_SAMPLE: usize = 64;

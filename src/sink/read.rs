@@ -133,6 +133,42 @@ impl TableSink {
         Ok(stats)
     }
 
+    /// Rows of the live files below `below` bytes in the partition `values` (sorted by column), as
+    /// the table's schema, read until they hold enough for the dictionary choice (or 32 files): a
+    /// sample of what a compaction of the partition will write. Empty when it has no such file.
+    pub async fn sample_partition(
+        &self,
+        values: &[(String, Option<String>)],
+        below: u64,
+    ) -> Result<Vec<arrow::array::RecordBatch>, SinkError> {
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        let schema = snapshot.snapshot().arrow_schema();
+        let files: Vec<(String, HashMap<String, Option<String>>)> = snapshot
+            .log_data()
+            .iter()
+            .filter(|f| (f.size().max(0) as u64) < below)
+            .filter_map(|f| {
+                let map: HashMap<String, Option<String>> =
+                    f.partition_values_map().into_iter().collect();
+                let mut sorted: Vec<(String, Option<String>)> = map.clone().into_iter().collect();
+                sorted.sort();
+                (sorted == values).then(|| (f.path().to_string(), map))
+            })
+            .take(32)
+            .collect();
+        let mut sample = Vec::new();
+        let mut rows = 0;
+        for (path, map) in files {
+            if rows >= super::dictionary::SAMPLE {
+                break;
+            }
+            let batches = self.read_file(&path, &map, &schema, None).await?;
+            rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
+            sample.extend(batches);
+        }
+        Ok(sample)
+    }
+
     /// Sizes of the live files, by partition (partition column -> value, sorted by column).
     pub fn files_by_partition(&self) -> Result<PartitionFiles, SinkError> {
         let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
