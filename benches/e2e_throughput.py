@@ -94,6 +94,8 @@ def run(work: Path) -> None:
     ap.add_argument("--store-latency", default="",
                     help="also the object-store cells: S3 (moto) behind a proxy adding these latencies, ms (0,25,100)")
     ap.add_argument("--store-events", type=int, default=500_000, help="events of each object-store cell")
+    ap.add_argument("--runs", type=int, default=1, help="measured runs of the main cell (median and spread)")
+    ap.add_argument("--warmup", type=int, default=0, help="unmeasured runs of the main cell before them")
     args = ap.parse_args()
     n = 20_000 if args.smoke else args.events
     rng = random.Random(42)
@@ -110,44 +112,26 @@ def run(work: Path) -> None:
         produced += len(h.produce(events, {"orders": topic}))
     produce_s = time.time() - t0
 
-    dataset = {"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": f'"{SCHEMA}"',
-               "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
-    cfg = h.write_config(work, group=h.unique("bench"), root=str(work / "lake"), datasets=[dataset],
-                         flush_age="5s", max_rows=500_000, budget=512 * 1024 * 1024,
-                         extra="" if args.decode_threads is None
-                         else f"\n[pipeline]\ndecode_threads = {args.decode_threads}\n")
-    cfg.write_text(cfg.read_text().replace("max_bytes = 67108864", "max_bytes = 134217728"))
-    env = dict(os.environ, RUST_LOG="info")
-    started = time.time()
-    proc = subprocess.Popen([args.bin, "run", "--until-caught-up", "--config", str(cfg)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate()
-    wall = time.time() - started
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        sys.exit(f"bronze failed ({proc.returncode}):\n{err[-4000:]}")
-    cpu = usage.ru_utime + usage.ru_stime
-    # Ingest time: from the partition assignment (after the group join) to the last commit.
-    stamps = [(line[:27], line) for line in err.splitlines() if line[:4].isdigit()]
-    assigned = next(datetime.fromisoformat(s.rstrip("Z")) for s, l in stamps if "partitions assigned" in l)
-    finished = [datetime.fromisoformat(s.rstrip("Z")) for s, l in stamps if "caught up" in l][-1]
-    ingest = (finished - assigned).total_seconds()
-    table = h.read_delta(str(work / "lake" / "orders"))
-    assert table.num_rows == n, (table.num_rows, n)
-    from deltalake import DeltaTable
-    dt = DeltaTable(str(work / "lake" / "orders"))
-    files = dt.file_uris()
-    sizes = [os.path.getsize(u.replace("file://", "")) for u in files]
-    rss = re.search(r"peak RSS: ([0-9.]+) MiB", out).group(1)
     mb = payload_bytes / 1e6
+    # One warm-up run (page cache, the broker's segments, the allocator), then `runs` measured ones:
+    # the median is the figure, the spread says how far to trust it.
+    runs = [main_run(args, work / f"run{i}", topic, n) for i in range(args.warmup + args.runs)][args.warmup:]
+    runs.sort(key=lambda r: r["ingest"])
+    r = runs[len(runs) // 2]
+    cfg, ingest, cpu = r["cfg"], r["ingest"], r["cpu"]
+    rates = [n / x["ingest"] for x in runs]
+    spread = (max(rates) - min(rates)) / (n / ingest) * 100
     print(f"bronze end-to-end bench ({'smoke' if args.smoke else 'full'}), {n} events, {args.partitions} partitions,"
           f" {mb:.1f} MB of JSON (mean {payload_bytes / n:.0f} B/event); produced in {produce_s:.1f}s")
-    print(f"  wall time (incl. start-up and group join)  {wall:8.2f} s")
+    print(f"  runs (after {args.warmup} warm-up)                    "
+          f"{', '.join(f'{x:.0f}' for x in sorted(rates))} events/s; median below, spread {spread:.1f} %")
+    print(f"  wall time (incl. start-up and group join)  {r['wall']:8.2f} s")
     print(f"  ingest time (assignment -> last commit)    {ingest:8.2f} s")
     print(f"  throughput                                 {n / ingest:10.0f} events/s  {mb / ingest:7.1f} MB/s")
     print(f"  CPU time                                   {cpu:8.2f} s  -> {n / cpu:10.0f} events per CPU-second")
-    print(f"  peak RSS                                   {rss:>8} MiB")
-    print(f"  files                                      {len(files):8d}  mean {sum(sizes) / len(sizes) / 1e6:.2f} MB")
+    print(f"  peak RSS                                   {r['rss']:>8} MiB")
+    print(f"  files                                      {len(r['sizes']):8d}  mean "
+          f"{sum(r['sizes']) / len(r['sizes']) / 1e6:.2f} MB")
     if args.ceilings:
         ceilings(args.ceilings, cfg, n, work, n / ingest, mb)
     if args.maintenance:
@@ -166,6 +150,39 @@ def run(work: Path) -> None:
         object_store.cells(args.bin, work, [Event(i, store_rng, base_ms) for i in range(count)], SCHEMA,
                            [int(x) for x in args.store_latency.split(",")],
                            steady=(2_000, 3) if args.smoke else (args.rate, args.seconds))
+
+
+def main_run(args, work: Path, topic: str, n: int) -> dict:
+    """One `bronze run --until-caught-up` of the main cell into a fresh table under `work`."""
+    dataset = {"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": f'"{SCHEMA}"',
+               "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
+    cfg = h.write_config(work, group=h.unique("bench"), root=str(work / "lake"), datasets=[dataset],
+                         flush_age="5s", max_rows=500_000, budget=512 * 1024 * 1024,
+                         extra="" if args.decode_threads is None
+                         else f"\n[pipeline]\ndecode_threads = {args.decode_threads}\n")
+    cfg.write_text(cfg.read_text().replace("max_bytes = 67108864", "max_bytes = 134217728"))
+    env = dict(os.environ, RUST_LOG="info")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    proc = subprocess.Popen([args.bin, "run", "--until-caught-up", "--config", str(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    wall = time.time() - started
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"bronze failed ({proc.returncode}):\n{err[-4000:]}")
+    cpu = (usage.ru_utime + usage.ru_stime) - (before.ru_utime + before.ru_stime)
+    # Ingest time: from the partition assignment (after the group join) to the last commit.
+    stamps = [(line[:27], line) for line in err.splitlines() if line[:4].isdigit()]
+    assigned = next(datetime.fromisoformat(s.rstrip("Z")) for s, l in stamps if "partitions assigned" in l)
+    finished = [datetime.fromisoformat(s.rstrip("Z")) for s, l in stamps if "caught up" in l][-1]
+    table = h.read_delta(str(work / "lake" / "orders"))
+    assert table.num_rows == n, (table.num_rows, n)
+    from deltalake import DeltaTable
+    files = DeltaTable(str(work / "lake" / "orders")).file_uris()
+    return {"cfg": cfg, "wall": wall, "ingest": (finished - assigned).total_seconds(), "cpu": cpu,
+            "rss": re.search(r"peak RSS: ([0-9.]+) MiB", out).group(1),
+            "sizes": [os.path.getsize(u.replace("file://", "")) for u in files]}
 
 
 def ingest(binary: str, work: Path, topic: str, n: int, members: int, threads: int, max_rows: int,
