@@ -282,8 +282,11 @@ fn publish_in_transaction(
         }
         send(&session.producer, record)?;
     }
-    if std::env::var("BRONZE_FAILPOINT").is_ok_and(|f| f == "dead_letter_topic_before_commit") {
-        // The crash test needs the open transaction's messages on the broker first.
+    // A transaction of versions without dead letters carries only progress: the crash test needs
+    // one with letters, flushed to the broker, left open.
+    if !letters.is_empty()
+        && std::env::var("BRONZE_FAILPOINT").is_ok_and(|f| f == "dead_letter_topic_before_commit")
+    {
         session.producer.flush(KAFKA_TIMEOUT)?;
         crate::sink::failpoint("dead_letter_topic_before_commit");
     }
