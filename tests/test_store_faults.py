@@ -5,6 +5,8 @@ gone for 30 s in the middle of a commit and between the upload and the commit. E
 by an independent reader (Python deltalake, straight to moto): nothing lost, nothing doubled."""
 
 import time
+from collections import Counter
+from urllib.parse import unquote
 
 import harness as h
 from conftest import BUCKET
@@ -120,3 +122,41 @@ def test_store_down_for_30s_mid_commit_and_between_upload_and_commit(tmp_path, s
     text = log.read_text()
     assert "commit failed; batch kept for retry" in text, "the outage reached bronze's own retries"
     h.assert_ledger_complete(f"s3://{BUCKET}/{prefix}", "orders")
+
+
+def test_a_steady_commit_costs_a_handful_of_log_requests(tmp_path, s3):
+    """Against a remote store each request is a round trip, so what a commit asks of the table's log
+    bounds its latency: after its own commit a sink goes ahead unread, finds txn versions it knows
+    without a log replay, keeps the post-commit snapshot instead of reading the entry again, and
+    leaves log cleanup to the commits that write a checkpoint."""
+    topic = h.unique("faults.requests")
+    h.create_topics({topic: 1})
+    produced = produce_orders(topic, 6_000, seed=75)
+    prefix = h.unique("requests")
+    with StoreProxy(s3) as proxy:
+        proxy.trace = []
+        cfg = faulty_s3_config(tmp_path, proxy.endpoint, prefix, topic, max_rows=250, flush_age="200ms")
+        h.run_bronze(cfg, "run", "--until-caught-up", timeout=180)
+        trace = list(proxy.trace)
+    uri = f"s3://{BUCKET}/{prefix}/orders"
+    h.assert_exactly_once(uri, h.data_offsets(produced))
+    commits = assert_commits_in_order(uri)
+    assert commits >= 8
+    log = f"{prefix}/orders/_delta_log/"
+    entries = [(start, unquote(path)) for start, _s, method, path, _st in trace
+               if method == "PUT" and unquote(path).startswith(f"/{BUCKET}/{log}0")]
+    # Steady state: from the first streaming commit's entry (version 1) to the last one's, so start-up
+    # (creating and loading the table) is not counted.
+    first, last = entries[1][0], entries[-1][0]
+    kinds = Counter()
+    for start, _seconds, method, path, _status in trace:
+        path = unquote(path)
+        if first < start <= last and log in path:
+            kinds["LIST" if "list-type=2" in path else method] += 1
+    per_commit = sum(kinds.values()) / (len(entries) - 2)
+    print(f"{commits} commits, log requests between the first and the last: {dict(kinds)}, "
+          f"{per_commit:.2f} per commit")
+    # A commit: delta-rs's check for a newer version (a LIST), the conditional PUT of its entry, and
+    # its post-commit read of it (a LIST and two GETs); the ledger reads each entry once more. Before:
+    # a re-read of the table, a log replay per partition and the whole log listed for cleanup, 21.
+    assert per_commit <= 6.5, (per_commit, dict(kinds))

@@ -8,11 +8,12 @@ use deltalake::DeltaTableError;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt as _;
 use serde_json::json;
 use tracing::warn;
 
 use super::failpoints::{failpoint, held_commit, injected_outage};
-use super::{SinkError, TableSink};
+use super::{SinkError, TableSink, write};
 use crate::buffer::FlushBatch;
 use crate::txn::{OffsetRange, TopicPartition};
 
@@ -101,19 +102,24 @@ impl TableSink {
         } else {
             self.commit_adds(&adds, flush, ctx, batch_id).await
         };
+        if matches!(result, Ok(CommitOutcome::Committed { .. })) {
+            return result;
+        }
+        // Stale or failed: either may hide an earlier attempt of this batch that landed with its
+        // answer lost. One read of the newest version tells, and serves the discard.
+        let reread = self.refresh().await;
+        if reread.is_ok() && write::all_live(&self.table, &adds) {
+            return Ok(self.landed_unanswered(&adds));
+        }
         match result {
-            Ok(CommitOutcome::Stale { partitions }) => {
-                if let Some(done) = self.landed_unanswered(&adds).await {
-                    return Ok(done);
+            Ok(stale) => {
+                match reread {
+                    Ok(()) => self.discard_files_not_in(&adds, &self.table).await,
+                    Err(e) => write::keep_for_sweep(&self.uri, &adds, &e.to_string()),
                 }
-                self.discard_files(&adds).await;
-                Ok(CommitOutcome::Stale { partitions })
+                Ok(stale)
             }
-            Ok(done) => Ok(done),
             Err(e) => {
-                if let Some(done) = self.landed_unanswered(&adds).await {
-                    return Ok(done);
-                }
                 *written = Some(Written { adds, table_schema });
                 Err(e)
             }
@@ -134,23 +140,19 @@ impl TableSink {
         self.discard_files(&written.adds).await;
     }
 
-    /// When every file of `adds` is in the newest version, an earlier attempt of this batch landed
-    /// though its writer was told otherwise (a lost answer): the batch is committed.
-    async fn landed_unanswered(&mut self, adds: &[Add]) -> Option<CommitOutcome> {
-        if self.landed(adds).await != Some(true) {
-            return None;
-        }
+    /// Every file of `adds` is in the newest version (just read): an earlier attempt of this batch
+    /// landed though its writer was told otherwise (a lost answer), so the batch is committed.
+    fn landed_unanswered(&self, adds: &[Add]) -> CommitOutcome {
         warn!(table = %self.uri, files = adds.len(),
             "a commit of this batch landed although its answer was lost; counted as committed");
         metrics::counter!("bronze_commits_landed_unanswered_total").increment(1);
-        self.refresh().await.ok();
-        Some(CommitOutcome::Committed {
+        CommitOutcome::Committed {
             version: self.version().unwrap_or_default(),
             files: adds.iter().map(|a| a.size).collect(),
             bytes: adds.iter().map(|a| a.size).sum(),
             conflicts: 0,
             table_files: self.table.snapshot().ok().map(|s| s.log_data().num_files()),
-        })
+        }
     }
 
     /// One commit attempt of `adds` with `txns`, against the loaded snapshot: `Ok(None)` when a
@@ -239,24 +241,42 @@ impl TableSink {
         metadata: Vec<(String, serde_json::Value)>,
         operation: DeltaOperation,
     ) -> Result<Option<u64>, SinkError> {
+        let committed_txns = txns.clone();
+        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
+        // delta-rs cleans up expired log entries after every commit, listing the whole log each
+        // time (a round trip per commit); entries can only go once a checkpoint covers them, so the
+        // commit that writes one (every `checkpointInterval`) cleans up, and the others do not.
+        let config = snapshot.table_config();
+        let checkpoints =
+            (snapshot.version() + 2).is_multiple_of(config.checkpoint_interval().get());
         let properties = CommitProperties::default()
             .with_application_transactions(txns)
             // Retrying is the caller's: it must re-verify its txn versions against every new version.
             .with_max_retries(0)
+            .with_cleanup_expired_logs(Some(config.enable_expired_log_cleanup() && checkpoints))
             .with_metadata(metadata);
-        let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
         let result = CommitBuilder::from(properties)
             .with_actions(actions)
             .build(Some(snapshot), self.table.log_store(), operation)
             .await;
         match result {
             Ok(finalized) => {
+                // The post-commit snapshot delta-rs read is the table as of this commit: taking it
+                // saves reading the entry again.
                 let version = finalized.version();
-                self.table.update_incremental(Some(version)).await.ok();
+                self.table.state = Some(finalized.snapshot);
+                self.own_commit_snapshot = true;
+                self.txns.committed(version, &committed_txns);
                 Ok(Some(version))
             }
-            Err(e) if is_conflict(&e) => Ok(None),
-            Err(e) => Err(self.delta_err(e)),
+            Err(e) if is_conflict(&e) => {
+                self.own_commit_snapshot = false;
+                Ok(None)
+            }
+            Err(e) => {
+                self.own_commit_snapshot = false;
+                Err(self.delta_err(e))
+            }
         }
     }
 
@@ -284,8 +304,10 @@ impl TableSink {
             let metadata = commit_metadata(flush, ctx, batch_id);
             let schema = flush.batches.first().map(|b| b.schema_ref().as_ref());
             let Some(version) = self.try_commit(adds, txns, metadata, schema).await? else {
-                metrics::counter!("bronze_commit_conflicts_total", "dataset" => ctx.dataset.clone())
-                    .increment(1);
+                if !retry.unread() {
+                    metrics::counter!("bronze_commit_conflicts_total", "dataset" => ctx.dataset.clone())
+                        .increment(1);
+                }
                 continue;
             };
             metrics::histogram!("bronze_commit_duration_seconds", "dataset" => ctx.dataset.clone())

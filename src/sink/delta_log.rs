@@ -53,6 +53,43 @@ pub async fn changes_after(
     Ok(None)
 }
 
+/// The txn actions (app id, version) of commit `version`, in the order written; `None` when the
+/// log no longer has that version.
+pub(super) async fn read_txns(
+    store: &dyn LogStore,
+    version: u64,
+) -> Result<Option<Vec<(String, i64)>>, DeltaTableError> {
+    let Some(bytes) = store.read_commit_entry(version).await? else {
+        return Ok(None);
+    };
+    parse_txns(version, &bytes).map(Some)
+}
+
+fn parse_txns(version: u64, bytes: &[u8]) -> Result<Vec<(String, i64)>, DeltaTableError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Txn {
+        app_id: String,
+        version: i64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Line {
+        txn: Option<Txn>,
+    }
+    let mut out = Vec::new();
+    for line in bytes.split(|b| *b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let action: Line = serde_json::from_slice(line)
+            .map_err(|e| DeltaTableError::Generic(format!("log version {version}: {e}")))?;
+        if let Some(t) = action.txn {
+            out.push((t.app_id, t.version));
+        }
+    }
+    Ok(out)
+}
+
 /// A data file a commit added.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AddedFile {
@@ -173,6 +210,21 @@ mod tests {
             adds[0].partition_values["event_date"].as_deref(),
             Some("2026-01-01")
         );
+    }
+
+    #[test]
+    fn txns_are_read_in_order() {
+        let log = br#"{"commitInfo":{"operation":"WRITE"}}
+{"txn":{"appId":"g:t:0","version":41,"lastUpdated":1}}
+{"add":{"path":"a.parquet","size":100,"dataChange":true}}
+{"txn":{"appId":"g:t:1","version":7}}
+"#;
+        let txns = parse_txns(2, log).unwrap();
+        assert_eq!(
+            txns,
+            vec![("g:t:0".to_string(), 41), ("g:t:1".to_string(), 7)]
+        );
+        assert!(parse_txns(2, b"{\"txn\":{\"appId\":").is_err());
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod scan;
 mod schema;
 #[cfg(test)]
 mod testing;
+mod txn_versions;
 mod widen;
 mod write;
 
@@ -86,6 +87,11 @@ pub struct TableSink {
     target_file_size: u64,
     /// Limit of [`TableSink::commit_with_retry`].
     commit_attempts: usize,
+    /// Txn versions looked up, kept current (the stale check of every commit asks for them).
+    txns: txn_versions::TxnVersions,
+    /// The loaded snapshot is the one this sink's own last commit made: the next attempt can go
+    /// ahead without re-reading the table (a newer version makes it conflict, and retry re-read).
+    own_commit_snapshot: bool,
 }
 
 impl TableSink {
@@ -102,6 +108,7 @@ impl TableSink {
 
     /// Read the newest table version.
     pub async fn refresh(&mut self) -> Result<(), SinkError> {
+        self.own_commit_snapshot = false;
         self.table
             .update_state()
             .await
@@ -112,13 +119,25 @@ impl TableSink {
         self.table.version()
     }
 
-    /// Last offset of `app_id` recorded in the loaded snapshot.
+    /// Last offset of `app_id` recorded in the loaded snapshot (see `txn_versions`).
     pub async fn committed_offset(&self, app_id: &str) -> Result<Option<i64>, SinkError> {
         let snapshot = self.table.snapshot().map_err(|e| self.delta_err(e))?;
-        snapshot
-            .transaction_version(self.table.log_store().as_ref(), app_id)
+        let version = snapshot.version();
+        let log = self.table.log_store();
+        if let Some(known) = self
+            .txns
+            .get(log.as_ref(), version, app_id)
             .await
-            .map_err(|e| self.delta_err(e))
+            .map_err(|e| self.delta_err(e))?
+        {
+            return Ok(known);
+        }
+        let txn = snapshot
+            .transaction_version(log.as_ref(), app_id)
+            .await
+            .map_err(|e| self.delta_err(e))?;
+        self.txns.learned(version, app_id, txn);
+        Ok(txn)
     }
 
     pub(crate) fn table(&self) -> &DeltaTable {

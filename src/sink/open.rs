@@ -212,6 +212,8 @@ impl TableSink {
             writer_properties: writer_properties(Compression::default()),
             target_file_size: 0,
             commit_attempts: DEFAULT_COMMIT_ATTEMPTS,
+            txns: Default::default(),
+            own_commit_snapshot: false,
         }
     }
 

@@ -31,14 +31,28 @@ pub struct Retry {
     writer: &'static str,
     limit: usize,
     attempt: usize,
+    /// The last attempt went ahead on the snapshot of the sink's own previous commit, unread: when
+    /// another writer had committed since, it lost without a conflict of its own.
+    unread: bool,
 }
 
 impl Retry {
-    /// Begin the next attempt on a freshly read snapshot: its number, from 1. Reaching here again
-    /// means the previous attempt conflicted (it is counted and logged); past the limit the commit
-    /// gives up with [`SinkError::TooManyConflicts`].
+    /// Begin the next attempt on a freshly read snapshot (or, first, on the one the sink's own last
+    /// commit made): its number, from 1. Reaching here again means the previous attempt conflicted
+    /// (it is counted and logged, unless it only ran unread); past the limit the commit gives up
+    /// with [`SinkError::TooManyConflicts`].
     pub async fn next(&mut self, sink: &mut TableSink) -> Result<usize, SinkError> {
-        if self.attempt > 0 {
+        if std::mem::take(&mut self.unread) {
+            // Not a conflict: the table had only moved on since the sink's own commit.
+            self.attempt -= 1;
+        } else if self.attempt == 0 && sink.own_commit_snapshot {
+            // Against a remote store a re-read is a round trip per commit, and a snapshot the
+            // sink's own commit made is as new as a re-read would give unless another writer
+            // committed since, which the attempt then finds out and this comes here again.
+            self.attempt = 1;
+            self.unread = true;
+            return Ok(1);
+        } else if self.attempt > 0 {
             metrics::counter!("bronze_commit_retries_total", "writer" => self.writer).increment(1);
             warn!(table = %sink.uri, writer = self.writer, attempt = self.attempt, limit = self.limit,
                 "commit conflict; re-reading the table and retrying");
@@ -54,6 +68,12 @@ impl Retry {
         Ok(self.attempt)
     }
 
+    /// Whether the current attempt goes ahead unread (on the sink's own last commit's snapshot):
+    /// losing it is no conflict.
+    pub fn unread(&self) -> bool {
+        self.unread
+    }
+
     /// Attempts that lost to another commit so far.
     pub fn conflicts(&self) -> usize {
         self.attempt.saturating_sub(1)
@@ -67,6 +87,7 @@ impl TableSink {
             writer,
             limit: self.commit_attempts,
             attempt: 0,
+            unread: false,
         }
     }
 
@@ -113,6 +134,45 @@ mod tests {
         );
         assert_eq!((version, retry.conflicts()), (2, 1));
         assert_eq!(ours.stats(0).unwrap().rows, 5);
+    }
+
+    #[tokio::test]
+    async fn after_its_own_commit_a_sink_goes_ahead_unread_and_rereads_when_it_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ours = table(dir.path()).await;
+        let mut theirs = table(dir.path()).await;
+        // Commit `v` through `sink`'s retry loop: (attempt, version seen, unread) of each attempt.
+        async fn commit(
+            sink: &mut TableSink,
+            v: i64,
+        ) -> (u64, Vec<(usize, Option<u64>, bool)>, usize) {
+            let mut retry = sink.retry("test");
+            let mut seen = Vec::new();
+            loop {
+                let n = retry.next(sink).await.unwrap();
+                seen.push((n, sink.version(), retry.unread()));
+                let adds = sink.write_files(&[rows(v..v + 1)]).await.unwrap();
+                match sink.try_commit(&adds, vec![], vec![], None).await.unwrap() {
+                    Some(version) => return (version, seen, retry.conflicts()),
+                    None => sink.discard_files(&adds).await,
+                }
+            }
+        }
+        assert_eq!(
+            commit(&mut ours, 0).await,
+            (1, vec![(1, Some(0), false)], 0)
+        );
+        // Nothing else committed: the next attempt goes ahead on the snapshot of its own commit.
+        assert_eq!(commit(&mut ours, 1).await, (2, vec![(1, Some(1), true)], 0));
+        // Another writer commits: the unread attempt loses, the next re-reads; not a conflict.
+        theirs.refresh().await.unwrap();
+        assert_eq!(commit(&mut theirs, 2).await.0, 3);
+        assert_eq!(
+            commit(&mut ours, 3).await,
+            (4, vec![(1, Some(2), true), (1, Some(3), false)], 0)
+        );
+        ours.refresh().await.unwrap();
+        assert_eq!(ours.stats(0).unwrap().rows, 4);
     }
 
     #[tokio::test]

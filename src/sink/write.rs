@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema};
-use deltalake::DeltaTableError;
 use deltalake::kernel::Add;
 use deltalake::parquet::basic::{Compression as ParquetCompression, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError};
 use object_store::ObjectStoreExt;
 use tracing::warn;
 
@@ -149,7 +149,16 @@ impl TableSink {
         if adds.is_empty() {
             return;
         }
-        let live = match self.live_files().await {
+        let mut latest = self.table.clone();
+        match latest.update_state().await {
+            Ok(()) => self.discard_files_not_in(adds, &latest).await,
+            Err(e) => keep_for_sweep(&self.uri, adds, &e.to_string()),
+        }
+    }
+
+    /// [`TableSink::discard_files`] against `latest`, a table just read: its files are kept.
+    pub(super) async fn discard_files_not_in(&self, adds: &[Add], latest: &DeltaTable) {
+        let live = match live_paths(latest) {
             Ok(live) => live,
             Err(e) => return keep_for_sweep(&self.uri, adds, &e.to_string()),
         };
@@ -172,29 +181,26 @@ impl TableSink {
             }
         }
     }
-
-    /// Whether every file of `adds` is in the newest version of the table: a commit of them landed
-    /// although its writer was told otherwise. `None` when the table cannot be read.
-    pub async fn landed(&self, adds: &[Add]) -> Option<bool> {
-        let live = self.live_files().await.ok()?;
-        Some(!adds.is_empty() && adds.iter().all(|a| live.contains(&percent_decode(&a.path))))
-    }
-
-    /// The (decoded) paths of the files in the newest version, read afresh: the loaded snapshot is
-    /// older than the commit in question.
-    async fn live_files(&self) -> Result<std::collections::HashSet<String>, DeltaTableError> {
-        let mut latest = self.table.clone();
-        latest.update_state().await?;
-        let snapshot = latest.snapshot()?;
-        Ok(snapshot
-            .log_data()
-            .iter()
-            .map(|f| f.path().into_owned())
-            .collect())
-    }
 }
 
-fn keep_for_sweep(uri: &str, adds: &[Add], error: &str) {
+/// Whether every file of `adds` is in `table`'s loaded version: a commit of them landed.
+pub(super) fn all_live(table: &DeltaTable, adds: &[Add]) -> bool {
+    live_paths(table).is_ok_and(|live| {
+        !adds.is_empty() && adds.iter().all(|a| live.contains(&percent_decode(&a.path)))
+    })
+}
+
+/// The (decoded) paths of the files in `table`'s loaded version.
+fn live_paths(table: &DeltaTable) -> Result<std::collections::HashSet<String>, DeltaTableError> {
+    Ok(table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| f.path().into_owned())
+        .collect())
+}
+
+pub(super) fn keep_for_sweep(uri: &str, adds: &[Add], error: &str) {
     warn!(table = %uri, files = adds.len(), error = %error,
         "cannot read the table to tell whether these files were committed; left for the start-up sweep");
 }

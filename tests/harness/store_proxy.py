@@ -76,6 +76,9 @@ class StoreProxy:
         self.bandwidth_bytes_per_s: float | None = None
         self.faults: list[Fault] = []
         self.counts: Counter = Counter()
+        # When a list, every request answered is appended as (monotonic start, seconds, method,
+        # path, status): what a commit costs in round trips, read by the benches.
+        self.trace: list | None = None
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._server = _Server(("127.0.0.1", port), _handler(self))
@@ -205,6 +208,7 @@ def _handler(proxy: StoreProxy):
                 proxy.counts["refused"] += 1
                 return self._drop()
             body = self._body()
+            started = time.monotonic()
             proxy.counts[self.command] += 1
             fault = proxy._fault_for(self.command, self.path)
             answer = None
@@ -227,6 +231,8 @@ def _handler(proxy: StoreProxy):
                 # The store went away while this request was on its way.
                 proxy.counts["refused"] += 1
                 return self._drop()
+            if proxy.trace is not None:
+                proxy.trace.append((started, time.monotonic() - started, self.command, self.path, answer[0]))
             self._answer(*answer)
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _serve
