@@ -21,11 +21,10 @@ impl Run {
         for d in 0..self.datasets.len() {
             let ds = &self.datasets[d];
             let retry_ready = ds.retry_at.is_none_or(|t| now >= t);
-            if (ds.pending.is_some() || ds.queued.is_some()) && retry_ready {
+            if ds.has_kept() && retry_ready {
                 self.flush(d, FlushReason::Age).await?;
             } else if let Some(reason) = ds.buffer.due(&ds.cfg.flush, now)
-                && ds.pending.is_none()
-                && ds.queued.is_none()
+                && !ds.has_kept()
             {
                 self.flush(d, reason).await?;
             }
@@ -69,11 +68,7 @@ impl Run {
     /// Dataset `d`'s buffered rows as a batch to build, their positions marked pending.
     pub(super) fn take_buffer(&mut self, d: usize) -> Option<Flushed> {
         let rows = self.datasets[d].buffer.take_unbuilt()?;
-        for ps in self.positions.values_mut().filter(|p| p.dataset == d) {
-            if let Some(ts) = ps.buffered_ts.take() {
-                ps.pending_ts = Some(ts);
-            }
-        }
+        self.positions.batch_taken(d);
         Some(Flushed::Taken {
             rows,
             id: uuid::Uuid::now_v7().to_string(),
@@ -270,13 +265,9 @@ impl Run {
                 ps.committed = Some(*next);
             }
         }
-        let now = Instant::now();
-        for ps in self.positions.values_mut().filter(|p| p.dataset == d) {
-            ps.pending_ts = None;
-            if ps.buffered_ts.is_none() {
-                ps.settled_since = now;
-            }
-        }
+        let ds = &self.datasets[d];
+        let behind = ds.upload.is_some() || ds.queued.is_some();
+        self.positions.batch_landed(d, &batch.ranges, behind);
         source::commit_group_offsets(&self.consumer, &positions);
     }
 
@@ -359,10 +350,7 @@ impl Run {
                 self.settle(d).await?;
             }
         }
-        Ok(self
-            .datasets
-            .iter()
-            .all(|ds| ds.pending.is_none() && ds.queued.is_none()))
+        Ok(self.datasets.iter().all(|ds| !ds.has_kept()))
     }
 
     pub(super) async fn flush_all(&mut self, reason: FlushReason) -> Result<(), PipelineError> {
@@ -370,12 +358,12 @@ impl Run {
             for attempt in 0..5 {
                 self.flush(d, reason).await?;
                 self.settle(d).await?;
-                if self.datasets[d].pending.is_none() && self.datasets[d].queued.is_none() {
+                if !self.datasets[d].has_kept() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
             }
-            if self.datasets[d].pending.is_some() || self.datasets[d].queued.is_some() {
+            if self.datasets[d].has_kept() {
                 return Err(PipelineError::Stopped(format!(
                     "dataset `{}`: could not commit its last batch; it will be re-read on restart",
                     self.datasets[d].cfg.name
@@ -404,11 +392,7 @@ impl Run {
                 continue;
             }
             let Some(largest) = (0..self.datasets.len())
-                .filter(|&d| {
-                    self.datasets[d].pending.is_none()
-                        && self.datasets[d].queued.is_none()
-                        && !self.datasets[d].buffer.is_empty()
-                })
+                .filter(|&d| !self.datasets[d].has_kept() && !self.datasets[d].buffer.is_empty())
                 .max_by_key(|&d| self.datasets[d].buffer.bytes())
             else {
                 break;
@@ -420,10 +404,7 @@ impl Run {
             // A waiting partition (registry, widening) is paused already and resumes on its own clock.
             let ds = &self.datasets[ps.dataset];
             // Also while a retry is running: the failed batch is in the commit then, not pending.
-            let in_flight = ds.pending.is_some()
-                || ds.queued.is_some()
-                || ds.commit.is_some()
-                || ds.upload.is_some();
+            let in_flight = ds.has_kept() || ds.commit.is_some() || ds.upload.is_some();
             let blocked = over && in_flight && ps.waiting_until.is_none();
             if blocked && !ps.paused_for_memory && !ps.stopped {
                 source::pause(&self.consumer, tp);

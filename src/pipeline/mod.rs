@@ -291,6 +291,20 @@ impl Run {
         d: usize,
         tp: &TopicPartition,
     ) -> Result<Option<i64>, PipelineError> {
+        // A commit running now cannot hold this partition's rows (commits from before its
+        // assignment were settled at the rebalance): a copy of the table, read afresh, tells its
+        // position without waiting for that commit's round trips.
+        if self.datasets[d].commit.is_some()
+            && let Some(mut reader) = self.datasets[d].uploader.clone()
+        {
+            reader.refresh().await?;
+            let app_id = crate::txn::streaming(&self.group_id, tp);
+            let position = reader.committed_offset(&app_id).await?.map(|v| v + 1);
+            if let Some(ps) = self.positions.get_mut(tp) {
+                ps.committed = position;
+            }
+            return Ok(position);
+        }
         self.settle(d).await?;
         self.read_position(d, tp).await
     }
@@ -424,7 +438,7 @@ impl Run {
         self.settle(d).await?;
         let ds = &mut self.datasets[d];
         let name = ds.cfg.name.clone();
-        let failed = if ds.pending.is_some() || ds.queued.is_some() || !ds.buffer.is_empty() {
+        let failed = if ds.has_kept() || !ds.buffer.is_empty() {
             Some("the buffered rows are not committed yet".to_string())
         } else {
             let mut column = crate::contract::Column::new(&w.column, w.to);

@@ -41,9 +41,11 @@ pub(super) struct PartitionState {
     /// Failed attempts in a row, for the backoff.
     pub wait_failures: u32,
     /// Kafka timestamps (ms) of the oldest uncommitted message: in the buffer, in the batch being
-    /// committed, and the message the partition stopped on. They make `bronze_consumer_lag_seconds`.
+    /// committed, in the batch uploaded behind it, and the message the partition stopped on. They
+    /// make `bronze_consumer_lag_seconds`.
     pub buffered_ts: Option<i64>,
     pub pending_ts: Option<i64>,
+    pub behind_ts: Option<i64>,
     pub stopped_ts: Option<i64>,
     /// Since when everything consumed from this partition is committed (assignment or last commit).
     pub settled_since: Instant,
@@ -64,6 +66,7 @@ impl PartitionState {
             wait_failures: 0,
             buffered_ts: None,
             pending_ts: None,
+            behind_ts: None,
             stopped_ts: None,
             settled_since: Instant::now(),
             consumed,
@@ -74,10 +77,15 @@ impl PartitionState {
     /// waiting in Kafka but none consumed (paused, or not fetched yet), the time since the partition was
     /// last fully committed: an upper bound, so an alert on it never fires late.
     pub fn lag_seconds(&self, lag: i64, now_ms: i64) -> f64 {
-        let oldest = [self.buffered_ts, self.pending_ts, self.stopped_ts]
-            .into_iter()
-            .flatten()
-            .min();
+        let oldest = [
+            self.buffered_ts,
+            self.pending_ts,
+            self.behind_ts,
+            self.stopped_ts,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         match oldest {
             Some(ts) => ((now_ms - ts).max(0)) as f64 / 1000.0,
             None if lag > 0 => self.settled_since.elapsed().as_secs_f64(),
@@ -249,6 +257,39 @@ impl Positions {
         }
     }
 
+    /// Dataset `d`'s buffer was taken as a batch: its partitions' buffered times move to the batch
+    /// (behind the one committing, when there is one).
+    pub fn batch_taken(&mut self, d: usize) {
+        for ps in self.partitions.values_mut().filter(|p| p.dataset == d) {
+            if let Some(ts) = ps.buffered_ts.take() {
+                if ps.pending_ts.is_some() {
+                    ps.behind_ts.get_or_insert(ts);
+                } else {
+                    ps.pending_ts = Some(ts);
+                }
+            }
+        }
+    }
+
+    /// A batch of dataset `d` with these ranges committed; `behind`: another of its batches is in
+    /// flight after it, which now holds the oldest uncommitted message of its partitions (one it
+    /// has and the landed batch had not keeps its time).
+    pub fn batch_landed(&mut self, d: usize, ranges: &[OffsetRange], behind: bool) {
+        let now = Instant::now();
+        for (tp, ps) in self.partitions.iter_mut().filter(|(_, p)| p.dataset == d) {
+            if !behind
+                || ranges
+                    .iter()
+                    .any(|r| r.topic == tp.topic && r.partition == tp.partition)
+            {
+                ps.pending_ts = ps.behind_ts.take();
+            }
+            if ps.buffered_ts.is_none() && ps.pending_ts.is_none() {
+                ps.settled_since = now;
+            }
+        }
+    }
+
     /// A batch of these ranges was found stale (another member committed some of its offsets): its rows
     /// are gone, so every partition of it still owned must read again from the table's position. Those
     /// partitions, each with the batch's first offset as the position when the table has none (the
@@ -260,6 +301,7 @@ impl Positions {
             if let Some(ps) = self.partitions.get_mut(&tp) {
                 ps.buffered_ts = None;
                 ps.pending_ts = None;
+                ps.behind_ts = None;
                 let first = again.entry(tp).or_insert(r.first);
                 *first = (*first).min(r.first);
             }
@@ -302,10 +344,6 @@ impl Positions {
 
     pub fn values(&self) -> impl Iterator<Item = &PartitionState> {
         self.partitions.values()
-    }
-
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut PartitionState> {
-        self.partitions.values_mut()
     }
 }
 
@@ -366,6 +404,33 @@ mod tests {
         );
         p.get_mut(&tp).unwrap().stopped = true;
         assert_eq!(p.arrival(&tp, 13), Arrival::Pass, "stopped");
+    }
+
+    #[test]
+    fn the_lag_follows_the_oldest_uncommitted_batch_with_two_in_flight() {
+        let (a, b) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        let mut p = assigned(&[("t", 0), ("t", 1)]);
+        let range = |tp: &TopicPartition| OffsetRange {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            first: 0,
+            last: 0,
+            rows: 1,
+        };
+        let lag = |p: &Positions, tp: &TopicPartition| p.get(tp).unwrap().lag_seconds(0, 10_000);
+        // Batch 1 holds t[0] (time 1 s); batch 2, uploaded behind it, t[0] (3 s) and t[1] (4 s).
+        p.took(&a, 0, 1_000);
+        p.batch_taken(0);
+        p.took(&a, 1, 3_000);
+        p.took(&b, 0, 4_000);
+        p.batch_taken(0);
+        assert_eq!((lag(&p, &a), lag(&p, &b)), (9.0, 6.0));
+        // Batch 1 lands: batch 2 is the oldest uncommitted of both.
+        p.batch_landed(0, &[range(&a)], true);
+        assert_eq!((lag(&p, &a), lag(&p, &b)), (7.0, 6.0));
+        // Batch 2 lands with nothing behind it: nothing is uncommitted.
+        p.batch_landed(0, &[range(&a), range(&b)], false);
+        assert_eq!((lag(&p, &a), lag(&p, &b)), (0.0, 0.0));
     }
 
     #[test]

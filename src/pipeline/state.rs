@@ -285,6 +285,11 @@ impl DatasetState {
         self.sinks = Some(sinks);
     }
 
+    /// Whether a batch waits to commit (a failed one kept for its retry, or one uploaded behind it).
+    pub(super) fn has_kept(&self) -> bool {
+        self.pending.is_some() || self.queued.is_some()
+    }
+
     /// The table version loaded, when no commit is running.
     pub(super) fn version(&self) -> Option<u64> {
         self.sinks.as_ref().and_then(|s| s.table.version())

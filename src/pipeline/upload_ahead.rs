@@ -22,8 +22,7 @@ impl Run {
         self.cfg.pipeline.commits_in_flight > 1
             && ds.commit.is_some()
             && ds.upload.is_none()
-            && ds.pending.is_none()
-            && ds.queued.is_none()
+            && !ds.has_kept()
             && ds.uploader.is_some()
             && !ds.buffer.is_empty()
     }
