@@ -60,7 +60,7 @@ pub enum Fields<'a> {
     /// Text borrowed from the message where it can.
     Json(JsonRow<'a>),
     /// In the writer schema's field order.
-    Avro(Vec<(String, AvroField)>),
+    Avro(Vec<(compact_str::CompactString, AvroField)>),
 }
 
 impl Fields<'_> {
@@ -71,7 +71,10 @@ impl Fields<'_> {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone().into_json()))
                 .collect(),
-            Fields::Avro(row) => row.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
+            Fields::Avro(row) => row
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_json()))
+                .collect(),
         }
     }
 
@@ -111,7 +114,7 @@ impl Skip {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Decoded<'a> {
     Change(Change<'a>),
     Skip(Skip),

@@ -23,6 +23,9 @@ pub struct WriterSchema {
     /// Named types, for references inside the schema.
     pub names: ResolvedSchema<'static>,
     pub reader: GenericDatumReader<'static>,
+    /// The schema compiled for reading datums straight into fields; `None` for the few types only
+    /// the value tree reads.
+    pub plan: Option<super::avro::Plan>,
 }
 
 /// What the registry said about one id.
@@ -251,11 +254,13 @@ pub fn parse(id: u32, text: &str) -> Result<WriterSchema, apache_avro::Error> {
     let reader = GenericDatumReader::builder(schema)
         .resolved_writer_schemata(names.clone())
         .build()?;
+    let plan = super::avro::Plan::compile(schema, &names).ok();
     Ok(WriterSchema {
         id,
         schema,
         names,
         reader,
+        plan,
     })
 }
 

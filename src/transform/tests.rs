@@ -602,12 +602,7 @@ fn avro_fields_coerce_by_type_and_evolve_typed_columns() {
     let mut m = Mapper::new(&d, contract).unwrap();
     let no_header = |_: &str| None;
     let map = |m: &mut Mapper, fields: Vec<(&str, A)>| {
-        let row = Fields::Avro(
-            fields
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v))
-                .collect(),
-        );
+        let row = Fields::Avro(fields.into_iter().map(|(n, v)| (n.into(), v)).collect());
         let change = Change {
             op: Op::Create,
             row: Some(row),

@@ -10,6 +10,11 @@ use base64::Engine;
 use compact_str::{CompactString, ToCompactString, format_compact};
 use serde_json::Value as Json;
 
+mod plan;
+
+pub use plan::Plan;
+use plan::Side;
+
 use super::registry::{Lookup, Registry, WriterSchema};
 use super::{Change, DecodeError, Decoded, Fields, Op, Skip};
 
@@ -153,8 +158,75 @@ fn read(
     Ok((value, w))
 }
 
-/// Decode an `avro` (row per message) or `debezium-avro` (envelope) value.
+/// Decode an `avro` (row per message) or `debezium-avro` (envelope) value: along the writer
+/// schema's plan (see `plan`), or its value tree when it has none.
 pub fn decode(
+    registry: &Registry,
+    value: &[u8],
+    envelope: bool,
+) -> Result<Decoded<'static>, DecodeError> {
+    let (id, datum) = frame(value)?;
+    if let Some(plan) = &writer(registry, id)?.plan {
+        return decode_planned(plan, datum, envelope);
+    }
+    decode_tree(registry, value, envelope)
+}
+
+fn decode_planned(
+    plan: &Plan,
+    datum: &[u8],
+    envelope: bool,
+) -> Result<Decoded<'static>, DecodeError> {
+    let not_a_record = DecodeError::NotAnObject("non-record Avro value");
+    if !envelope {
+        let row = plan.row(datum)?.ok_or(not_a_record)?;
+        return Ok(Decoded::Change(Change {
+            op: Op::Create,
+            row: Some(Fields::Avro(row)),
+            source_ts_ms: None,
+            source_pos: None,
+        }));
+    }
+    let e = plan.envelope(datum)?.ok_or(not_a_record)?;
+    let op_str = e.op.ok_or(DecodeError::MissingOp)?;
+    if op_str == "m" {
+        return Ok(Decoded::Skip(Skip::LogicalMessage));
+    }
+    let op = Op::parse(&op_str).ok_or(DecodeError::UnknownOp(op_str))?;
+    let row_of = |side: Option<(usize, usize)>, field: &'static str| {
+        let read = match side {
+            Some(side) => plan.side(datum, side)?,
+            None => Side::Null,
+        };
+        match read {
+            Side::Row(fields) => Ok(Fields::Avro(fields)),
+            // A delete without `before` still carries its key in the message key.
+            Side::Null if op == Op::Delete => Ok(Fields::Avro(Vec::new())),
+            Side::Null => Err(DecodeError::MissingRow {
+                op: op.as_str(),
+                field,
+            }),
+            Side::NotARecord => Err(DecodeError::RowNotObject {
+                field,
+                found: "non-record Avro value",
+            }),
+        }
+    };
+    let row = match op {
+        Op::Truncate => None,
+        Op::Delete => Some(row_of(e.before, "before")?),
+        Op::Create | Op::Update | Op::Read => Some(row_of(e.after, "after")?),
+    };
+    Ok(Decoded::Change(Change {
+        op,
+        row,
+        source_ts_ms: e.source_ts_ms.or(e.ts_ms),
+        source_pos: e.source_pos,
+    }))
+}
+
+/// [`decode`] through apache-avro's value tree.
+fn decode_tree(
     registry: &Registry,
     value: &[u8],
     envelope: bool,
@@ -233,6 +305,15 @@ pub fn decode(
 
 /// The fields of a framed Avro key record; `None` when the key is not one.
 pub fn decode_key(registry: &Registry, key: &[u8]) -> Option<Fields<'static>> {
+    let (id, datum) = frame(key).ok()?;
+    if let Some(plan) = &writer(registry, id).ok()?.plan {
+        return plan.row(datum).ok()?.map(Fields::Avro);
+    }
+    decode_key_tree(registry, key)
+}
+
+/// [`decode_key`] through apache-avro's value tree.
+fn decode_key_tree(registry: &Registry, key: &[u8]) -> Option<Fields<'static>> {
     let (value, w) = read(registry, key).ok()?;
     let names = Names(&w);
     match value {
@@ -325,15 +406,24 @@ fn source_info(fields: Vec<(String, Avro)>) -> (Option<i64>, Option<CompactStrin
             _ => {}
         }
     }
-    let position = match (lsn, file, pos) {
+    (ts, source_position(lsn, file, pos, row))
+}
+
+/// The source position: Postgres `lsn`, MySQL `file:pos[:row]`.
+fn source_position(
+    lsn: Option<i64>,
+    file: Option<String>,
+    pos: Option<i64>,
+    row: Option<i64>,
+) -> Option<CompactString> {
+    match (lsn, file, pos) {
         (Some(lsn), _, _) => Some(lsn.to_compact_string()),
         (None, Some(file), Some(pos)) => Some(match row.filter(|r| *r > 0) {
             Some(row) => format_compact!("{file}:{pos}:{row}"),
             None => format_compact!("{file}:{pos}"),
         }),
         _ => None,
-    };
-    (ts, position)
+    }
 }
 
 /// The scalar fields of a framed `debezium-avro` value's `source` block, as text.
@@ -422,11 +512,11 @@ impl<'a> Names<'a> {
         &self,
         record: &'a RecordSchema,
         values: Vec<(String, Avro)>,
-    ) -> Vec<(String, AvroField)> {
+    ) -> Vec<(CompactString, AvroField)> {
         values
             .into_iter()
             .zip(&record.fields)
-            .map(|((name, v), f)| (name, self.field(v, &f.schema)))
+            .map(|((name, v), f)| (name.into(), self.field(v, &f.schema)))
             .collect()
     }
 

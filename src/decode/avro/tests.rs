@@ -8,6 +8,7 @@ use apache_avro::Schema;
 use apache_avro::schema::ResolvedSchema;
 use apache_avro::types::Value as Avro;
 use apache_avro::writer::datum::GenericDatumWriter;
+use compact_str::CompactString;
 use serde_json::{Value as Json, json};
 
 use super::AvroField;
@@ -152,14 +153,14 @@ fn fixture_messages() -> (Registry, Vec<Message>) {
     (registry, messages)
 }
 
-fn avro_row<'a>(c: &'a Change<'_>) -> &'a [(String, AvroField)] {
+fn avro_row<'a>(c: &'a Change<'_>) -> &'a [(CompactString, AvroField)] {
     match c.row.as_ref().expect("row") {
         Fields::Avro(f) => f,
         Fields::Json(_) => panic!("expected Avro fields"),
     }
 }
 
-fn field<'a>(row: &'a [(String, AvroField)], name: &str) -> &'a AvroField {
+fn field<'a>(row: &'a [(CompactString, AvroField)], name: &str) -> &'a AvroField {
     &row.iter().find(|(n, _)| n == name).expect(name).1
 }
 
@@ -343,6 +344,11 @@ fn logical_types_coerce_into_columns() {
         ("small".into(), Avro::Int(7)),
     ]);
     let bytes = framed(9, &schema, value);
+    assert_eq!(
+        super::decode(&registry, &bytes, false).unwrap(),
+        super::decode_tree(&registry, &bytes, false).unwrap(),
+        "plan and value tree agree"
+    );
     let decoder = Decoder::new(Format::Avro, Some(Arc::new(registry)));
     let Decoded::Change(c) = decoder.decode(Some(&bytes)).unwrap() else {
         panic!("a change");
@@ -376,4 +382,36 @@ fn logical_types_coerce_into_columns() {
         field(row, "at").to_json(),
         json!("2023-11-14T22:13:20.123Z")
     );
+}
+
+/// The plan reads every fixture message, and a row of every logical type, exactly as apache-avro's
+/// value tree does; and it is the plan that reads them.
+#[test]
+fn the_plan_reads_what_the_value_tree_reads() {
+    let (registry, messages) = fixture_messages();
+    for id in [KEY_ID, ENVELOPE_ID] {
+        let Some(super::Lookup::Found(w)) = registry.cached(id) else {
+            panic!("schema {id} preloaded");
+        };
+        assert!(w.plan.is_some(), "schema {id} compiles to a plan");
+    }
+    for (key, value) in &messages {
+        assert_eq!(
+            super::decode_key(&registry, key),
+            super::decode_key_tree(&registry, key)
+        );
+        let Some(value) = value else { continue };
+        assert_eq!(
+            super::decode(&registry, value, true).unwrap(),
+            super::decode_tree(&registry, value, true).unwrap()
+        );
+        // The same datum cut anywhere is an Avro error, never a panic or a row.
+        for cut in 5..value.len() {
+            let planned = super::decode(&registry, &value[..cut], true);
+            assert!(
+                matches!(planned, Err(crate::decode::DecodeError::Avro(_))),
+                "cut at {cut}: {planned:?}"
+            );
+        }
+    }
 }
