@@ -456,13 +456,21 @@ impl PipelineConfig {
     }
 }
 
+/// Where `/metrics`, `/healthz` and `/readyz` listen (`[metrics]`; off without the section).
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// `host:port` for `/metrics`, `/healthz` and `/readyz`; metrics are off when absent.
+    /// `host:port`; [`DEFAULT_METRICS_ADDRESS`] (loopback) when the section does not say.
     #[serde(default)]
     pub address: Option<String>,
+    /// An address beyond loopback (`0.0.0.0`, a host's IP) serves run state to the network:
+    /// only with this set, so that it is never done by accident.
+    #[serde(default)]
+    pub public: bool,
 }
+
+/// The listener of a `[metrics]` section without an address: this host only.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9898";
 
 /// A Confluent-compatible schema registry (`[schema_registry]`), where Avro writer schemas are looked up
 /// by the id in each message.

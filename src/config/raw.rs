@@ -27,8 +27,9 @@ pub(super) struct RawConfig {
     pub(super) memory: MemoryConfig,
     #[serde(default)]
     pub(super) pipeline: PipelineConfig,
+    /// Absent: no listener; present: on its address, loopback by default.
     #[serde(default)]
-    pub(super) metrics: MetricsConfig,
+    pub(super) metrics: Option<MetricsConfig>,
     #[serde(default)]
     pub(super) audit: RawAudit,
     #[serde(default)]

@@ -160,6 +160,14 @@ fn broken_configs_name_key_and_reason() {
             "metrics.address",
         ),
         (
+            format!("{good}\n[metrics]\naddress = \"0.0.0.0:9898\"\n"),
+            "set `metrics.public = true`",
+        ),
+        (
+            format!("{good}\n[metrics]\naddress = \"[::]:9898\"\n"),
+            "listens beyond this host",
+        ),
+        (
             format!("{good}\n[audit]\ninterval = \"1ms\"\n"),
             "audit.interval",
         ),
@@ -182,6 +190,23 @@ fn broken_configs_name_key_and_reason() {
         assert!(err.contains(needle), "expected `{needle}` in: {err}");
         assert!(err.contains("bronze.toml"), "file named: {err}");
     }
+}
+
+#[test]
+fn metrics_listen_on_loopback_unless_made_public() {
+    let good = base("lake");
+    let address = |text: &str| load(text, &[]).unwrap().metrics.address;
+    assert_eq!(address(&good), None, "no section: no listener");
+    assert_eq!(
+        address(&format!("{good}\n[metrics]\n")).as_deref(),
+        Some(DEFAULT_METRICS_ADDRESS)
+    );
+    assert_eq!(
+        address(&format!("{good}\n[metrics]\naddress = \"[::1]:9000\"\n")).as_deref(),
+        Some("[::1]:9000")
+    );
+    let public = format!("{good}\n[metrics]\naddress = \"0.0.0.0:9898\"\npublic = true\n");
+    assert_eq!(address(&public).as_deref(), Some("0.0.0.0:9898"));
 }
 
 #[test]

@@ -28,7 +28,7 @@ const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "bootstrap.servers",
 ];
 
-pub(super) fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+pub(super) fn validate(file: &Path, mut raw: RawConfig) -> Result<Config, ConfigError> {
     let base = file
         .parent()
         .map(Path::to_path_buf)
@@ -37,7 +37,7 @@ pub(super) fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigErro
     check_limits(file, "flush", &raw.flush)?;
     storage(file, &raw.storage)?;
     pipeline(file, &raw.memory, &raw.pipeline)?;
-    metrics(file, &raw.metrics)?;
+    let metrics = metrics(file, raw.metrics.take())?;
     let root = resolve_root(file, &base, &raw.storage.root)?;
     if raw.datasets.is_empty() {
         return Err(invalid(
@@ -95,7 +95,7 @@ pub(super) fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigErro
         flush: raw.flush,
         memory: raw.memory,
         pipeline: raw.pipeline,
-        metrics: raw.metrics,
+        metrics,
         datasets,
         fan_outs,
     })
@@ -197,17 +197,37 @@ fn pipeline(file: &Path, m: &MemoryConfig, p: &PipelineConfig) -> Result<(), Con
     Ok(())
 }
 
-fn metrics(file: &Path, m: &MetricsConfig) -> Result<(), ConfigError> {
-    if let Some(addr) = &m.address
-        && addr.parse::<std::net::SocketAddr>().is_err()
-    {
+/// The listener of a `[metrics]` section: its address (loopback unless it says), refused beyond
+/// loopback unless `public` says so.
+fn metrics(file: &Path, m: Option<MetricsConfig>) -> Result<MetricsConfig, ConfigError> {
+    let Some(m) = m else {
+        return Ok(MetricsConfig::default());
+    };
+    let address = m
+        .address
+        .unwrap_or_else(|| super::DEFAULT_METRICS_ADDRESS.to_string());
+    let socket = address.parse::<std::net::SocketAddr>().map_err(|_| {
+        invalid(
+            file,
+            "metrics.address",
+            format!("`{address}` is not a host:port socket address"),
+        )
+    })?;
+    if !socket.ip().is_loopback() && !m.public {
         return Err(invalid(
             file,
             "metrics.address",
-            format!("`{addr}` is not a host:port socket address"),
+            format!(
+                "`{address}` listens beyond this host; metrics, health and readiness (dataset names, \
+                 lag, errors) would be served to the network: set `metrics.public = true` to do \
+                 that deliberately, or use a loopback address"
+            ),
         ));
     }
-    Ok(())
+    Ok(MetricsConfig {
+        address: Some(address),
+        public: m.public,
+    })
 }
 
 /// What a dataset's entry is resolved against (kept by fan-outs for the tables they make later).
