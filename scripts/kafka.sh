@@ -2,6 +2,7 @@
 # Local single-node Apache Kafka (KRaft) on loopback, shared by the demo, the tests and CI.
 #   scripts/kafka.sh start   fetch jars (cached), format storage, start, wait until ready
 #   scripts/kafka.sh stop    stop the broker started by `start`
+#   scripts/kafka.sh resume  start it again on the state it left (topics, offsets), for restart tests
 #   scripts/kafka.sh env     print BRONZE_KAFKA_BOOTSTRAP=... for the running broker
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -65,8 +66,22 @@ PROPS
   java -cp "$jars/*" kafka.tools.StorageTool format --cluster-id="$cluster_id" \
     -c "$state/server.properties" >"$state/format.log" 2>&1 \
     || { cat "$state/format.log" >&2; exit 1; }
+  launch
+}
+
+resume() {
+  if [[ ! -f "$state/server.properties" ]]; then
+    echo "kafka.sh: no broker state in $state to resume" >&2; exit 1
+  fi
+  if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "kafka.sh: broker already running (pid $(cat "$pidfile"))" >&2; return 0
+  fi
+  launch
+}
+
+launch() {
   nohup java -Xms256m -Xmx512m -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$jars/*" kafka.Kafka "$state/server.properties" \
-    >"$state/kafka.log" 2>&1 &
+    >>"$state/kafka.log" 2>&1 &
   echo $! > "$pidfile"
   for _ in $(seq 1 120); do
     if is_up; then echo "kafka.sh: broker ready on 127.0.0.1:$port" >&2; return 0; fi
@@ -91,7 +106,8 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  resume) fetch_jars; resume ;;
   fetch) fetch_jars ;;
   env) echo "BRONZE_KAFKA_BOOTSTRAP=127.0.0.1:$port" ;;
-  *) echo "usage: $0 start|stop|fetch|env" >&2; exit 64 ;;
+  *) echo "usage: $0 start|stop|resume|fetch|env" >&2; exit 64 ;;
 esac
