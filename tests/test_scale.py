@@ -196,3 +196,55 @@ def test_until_caught_up_members_stop_only_when_the_group_is_done(tmp_path):
     finally:
         kill_survivors(a, b)
     h.assert_exactly_once(uri, expected)
+
+
+def test_group_churn_under_load_for_a_minute(tmp_path):
+    """Three members under a steady load for 60 s; every 5 s one of them goes (SIGKILL and SIGTERM in
+    turn) and a new one joins in its place, so the group rebalances a dozen times while commits run."""
+    import random
+    topic = h.unique("scale.churn")
+    h.create_topics({topic: 6})
+    root = tmp_path / "lake"
+    uri = str(root / "orders")
+    cfg = h.write_config(tmp_path, group=h.unique("churn"), root=str(root), datasets=h.keyless_orders(topic),
+                         flush_age="300ms", max_rows=1000)
+    produced = []
+    stop = threading.Event()
+
+    def producer():
+        seed = 100
+        while not stop.is_set():
+            seed += 1
+            plan = cdc.generate(600, seed=seed)
+            produced.extend(h.produce([e for e in plan.events if e.table == "orders"], {"orders": topic}))
+            time.sleep(0.3)
+
+    t = threading.Thread(target=producer, daemon=True)
+    t.start()
+    members = [h.start_bronze(cfg, log=tmp_path / f"m{i}.log") for i in range(3)]
+    rng = random.Random(5)
+    exits = []
+    try:
+        end = time.time() + 60
+        while time.time() < end:
+            time.sleep(5)
+            i = rng.randrange(len(members))
+            sig = signal.SIGKILL if len(exits) % 2 == 0 else signal.SIGTERM
+            members[i].send_signal(sig)
+            exits.append((sig.name, members[i].wait(timeout=90)))
+            members[i] = h.start_bronze(cfg, log=tmp_path / f"m{len(exits) + 2}.log")
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    expected = h.data_offsets(produced)
+    try:
+        h.wait_until(lambda: len(h.stored_offsets(uri)) >= len(expected), 180, interval=1,
+                     what="the members to catch up")
+    finally:
+        final = [h.stop(m) for m in members]
+    print(f"{len(expected)} events, {len(exits)} members gone and replaced: {exits}; final exits {final}")
+    assert all(code == -signal.SIGKILL for name, code in exits if name == "SIGKILL")
+    assert all(code == 0 for name, code in exits if name == "SIGTERM"), exits
+    assert final == [0, 0, 0]
+    h.assert_exactly_once(uri, expected)
+    h.assert_ledger_complete(str(root), "orders")
