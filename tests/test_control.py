@@ -63,7 +63,8 @@ def test_requests_on_the_control_topic(tmp_path):
         tmp_path, group=h.unique("ctl"), root=str(root), flush_age="300ms", max_rows=40,
         extra=f'[control]\ntopic = "{control}"\nstatus_topic = "{status}"\n',
         datasets=[{"name": '"events"', "topics": f'["{topic}"]', "format": '"debezium-json"',
-                   "schema": f'"{schema}"', "partitioning": '{ by = "date" }'},
+                   "schema": f'"{schema}"', "partitioning": '{ by = "date" }',
+                   "control": '{ allow = ["backfill", "extract", "compact", "vacuum"] }'},
                   {"name": '"flat"', "topics": f'["{flat}"]', "format": '"debezium-json"',
                    "schema": f'"{tmp_path / "flat.toml"}"', "partitioning": '{ by = "none" }'}])
     produce(topic, [(i, i % 5) for i in range(500)])
@@ -86,6 +87,10 @@ def test_requests_on_the_control_topic(tmp_path):
             "missing_range": {k: v for k, v in backfill_request("b9").items() if k != "range"},
             "bad_option": {"request_id": "b10", "dataset": "events", "kind": "vacuum",
                            "options": {"retention": "soon"}},
+            # What the control topic may ask is the dataset's to say: `flat` takes no vacuums, and
+            # neither dataset lets a request `force`, whoever it says it is from.
+            "not_allowed": {"request_id": "b11", "dataset": "flat", "kind": "vacuum", "requested_by": "admin"},
+            "force_not_allowed": {**backfill_request("b12"), "options": {"force": True}},
         }
         for request in bad.values():
             post(control, request)

@@ -117,14 +117,19 @@ def test_scheduled_compactions_run_once_per_slot_across_a_restart(tmp_path):
 
 
 def test_schedule_settings_are_checked(tmp_path):
-    def load(schedule, control=True):
+    def load(schedule, control=True, allow=None):
         extra = '[control]\ntopic = "c"\nstatus_topic = "s"\n' if control else ""
-        cfg = h.write_config(tmp_path, group="g", root=str(tmp_path / "lake"), extra=extra,
-                             datasets=[{"name": '"events"', "topics": '["t"]', "format": '"debezium-json"',
-                                        "schema": f'"{tmp_path / "events.toml"}"', "schedule": schedule}])
+        dataset = {"name": '"events"', "topics": '["t"]', "format": '"debezium-json"',
+                   "schema": f'"{tmp_path / "events.toml"}"', "schedule": schedule}
+        if allow is not None:
+            dataset["control"] = "{ allow = [%s] }" % ", ".join(f'"{k}"' for k in allow)
+        cfg = h.write_config(tmp_path, group="g", root=str(tmp_path / "lake"), extra=extra, datasets=[dataset])
         return h.run_bronze(cfg, "validate", check=False)
     (tmp_path / "events.toml").write_text(CONTRACT)
-    assert load('{ compact = "0 3 * * *", vacuum = "@weekly" }').returncode == 0
+    assert load('{ compact = "0 3 * * *", vacuum = "@weekly" }', allow=["compact", "vacuum"]).returncode == 0
+    # Scheduled jobs are requests on the control topic: a kind the dataset does not allow is refused.
+    r = load('{ compact = "0 3 * * *", vacuum = "@weekly" }')
+    assert r.returncode != 0 and 'add "vacuum" to `control.allow`' in r.stderr, r.stderr
     cases = {
         '{ compact = "every night" }': "datasets[0].schedule.compact",
         '{ extract = "0 * * * *" }': "needs a database source",

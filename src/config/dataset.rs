@@ -140,6 +140,39 @@ pub struct DatasetConfig {
     pub drift: Option<crate::contract::DriftPolicy>,
     /// The fan-out this table was made from (by its topic), if any.
     pub fan_out: Option<String>,
+    /// Which requests the control topic may make of this dataset (`control = { ... }`).
+    pub control: ControlPolicy,
+}
+
+/// Request kinds a control message may name.
+pub const REQUEST_KINDS: [&str; 4] = ["backfill", "extract", "compact", "vacuum"];
+
+/// `control = { allow = [...], force = ... }` of a dataset. Write access to the control topic is the
+/// authority to replace data (a message's `requested_by` is recorded, never trusted), so what it may
+/// ask of each dataset is said here: by default backfills, extracts and compactions, and neither
+/// vacuums (which delete the files time travel needs) nor `force` (which reruns a request id that
+/// already succeeded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPolicy {
+    pub allow: Vec<String>,
+    pub force: bool,
+}
+
+impl Default for ControlPolicy {
+    fn default() -> Self {
+        ControlPolicy {
+            allow: ["backfill", "extract", "compact"]
+                .map(String::from)
+                .to_vec(),
+            force: false,
+        }
+    }
+}
+
+impl ControlPolicy {
+    pub fn allows(&self, kind: &str) -> bool {
+        self.allow.iter().any(|k| k == kind)
+    }
 }
 
 /// `[datasets.latest]`: a table holding the newest row of every key, derived from the dataset's table.

@@ -15,8 +15,9 @@ mod schedule;
 mod validate;
 
 pub use dataset::{
-    ContractSource, DEBEZIUM_UNAVAILABLE_VALUE, DatasetConfig, DeadLetterConfig, ExtractConfig,
-    Format, InvalidMessage, LatestConfig, PartitionBy, Partitioning, TopicSelector,
+    ContractSource, ControlPolicy, DEBEZIUM_UNAVAILABLE_VALUE, DatasetConfig, DeadLetterConfig,
+    ExtractConfig, Format, InvalidMessage, LatestConfig, PartitionBy, Partitioning, REQUEST_KINDS,
+    TopicSelector,
 };
 pub use fan_out::{FanOut, SourceBlock};
 pub use schedule::{MissedSlots, ScheduleConfig, Scheduled, ScheduledJob, parse_cron};

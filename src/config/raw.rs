@@ -105,6 +105,8 @@ pub(super) struct RawDataset {
     pub(super) latest: Option<RawLatest>,
     #[serde(default)]
     pub(super) schedule: Option<super::schedule::RawSchedule>,
+    #[serde(default)]
+    pub(super) control: Option<RawControlPolicy>,
     /// Replaces the contract's `[drift]`.
     #[serde(default)]
     pub(super) drift: Option<DriftPolicy>,
@@ -237,3 +239,13 @@ pub(super) struct RawDeadLetters {
 
 /// Default `max_message_bytes`: far above Kafka's default 1 MiB message limit.
 pub(super) const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// `control = { ... }` of a dataset, as written (see [`super::ControlPolicy`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControlPolicy {
+    #[serde(default)]
+    pub(super) allow: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) force: bool,
+}

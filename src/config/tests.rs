@@ -160,6 +160,14 @@ fn broken_configs_name_key_and_reason() {
             "metrics.address",
         ),
         (
+            format!("{good}control = {{ allow = [\"rebuild\"] }}\n"),
+            "`rebuild` is not a request kind",
+        ),
+        (
+            format!("{good}control = {{ nope = true }}\n"),
+            "unknown field",
+        ),
+        (
             format!("{good}\n[metrics]\naddress = \"0.0.0.0:9898\"\n"),
             "set `metrics.public = true`",
         ),

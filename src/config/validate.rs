@@ -197,6 +197,43 @@ fn pipeline(file: &Path, m: &MemoryConfig, p: &PipelineConfig) -> Result<(), Con
     Ok(())
 }
 
+/// A dataset's `control` policy: known kinds only, and every kind it schedules allowed (scheduled
+/// jobs arrive as requests on the control topic like any other).
+fn control_policy(
+    file: &Path,
+    key: &str,
+    raw: Option<super::raw::RawControlPolicy>,
+    schedule: Option<&super::ScheduleConfig>,
+) -> Result<super::ControlPolicy, ConfigError> {
+    let raw = raw.unwrap_or_default();
+    let mut policy = super::ControlPolicy::default();
+    if let Some(allow) = raw.allow {
+        if let Some(k) = allow
+            .iter()
+            .find(|k| !super::REQUEST_KINDS.contains(&k.as_str()))
+        {
+            let reason = format!(
+                "`{k}` is not a request kind; expected some of {}",
+                super::REQUEST_KINDS.join(", ")
+            );
+            return Err(invalid(file, format!("{key}.allow"), reason));
+        }
+        policy.allow = allow;
+    }
+    policy.force = raw.force;
+    for job in schedule.map(|s| s.jobs.as_slice()).unwrap_or_default() {
+        let kind = job.job.as_str();
+        if !policy.allows(kind) {
+            let reason = format!(
+                "the dataset schedules `{kind}`, which its control topic may not request: add \
+                 \"{kind}\" to `control.allow` (scheduled jobs are requests on the control topic)"
+            );
+            return Err(invalid(file, format!("{key}.allow"), reason));
+        }
+    }
+    Ok(policy)
+}
+
 /// The listener of a `[metrics]` section: its address (loopback unless it says), refused beyond
 /// loopback unless `public` says so.
 fn metrics(file: &Path, m: Option<MetricsConfig>) -> Result<MetricsConfig, ConfigError> {
@@ -296,6 +333,7 @@ impl DatasetContext {
                 })
             })
             .transpose()?;
+        let control = control_policy(file, &key("control"), d.control, schedule.as_ref())?;
         let flush = FlushLimits {
             max_rows: d.flush.max_rows.unwrap_or(self.flush.max_rows),
             max_bytes: d.flush.max_bytes.unwrap_or(self.flush.max_bytes),
@@ -336,6 +374,7 @@ impl DatasetContext {
             schedule,
             drift: d.drift,
             fan_out: None,
+            control,
         })
     }
 

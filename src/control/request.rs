@@ -179,6 +179,25 @@ fn validate(cfg: &Config, raw: &RawRequest) -> Result<Request, Refusal> {
     let d = cfg
         .dataset(&dataset)
         .ok_or_else(|| ("unknown_dataset", format!("unknown dataset `{dataset}`")))?;
+    // Anyone who can write the control topic gets this far (`requested_by` proves nothing): the
+    // dataset's own policy says what such a writer may do to its table.
+    if !d.control.allows(kind.as_str()) {
+        return Err((
+            "not_allowed",
+            format!(
+                "dataset `{dataset}` takes no `{}` requests from the control topic (its \
+                 control.allow is {:?})",
+                kind.as_str(),
+                d.control.allow
+            ),
+        ));
+    }
+    if raw.options.force && !d.control.force {
+        return Err((
+            "force_not_allowed",
+            format!("dataset `{dataset}` does not let requests `force` (control.force = false)"),
+        ));
+    }
     let source = source_of(kind, raw.source.as_deref(), d)?;
     let range = range_of(kind, raw.range.as_ref(), d)?;
     if let Some(e) = range.and_then(|(from, to)| backfill::range_too_long(cfg, from, to)) {
@@ -368,8 +387,13 @@ pub fn to_json(r: &Request) -> serde_json::Value {
 mod tests {
     use super::*;
 
+    /// A dataset whose control topic may ask everything.
     fn config() -> (tempfile::TempDir, Config) {
-        crate::config::for_tests("", "partitioning = { by = \"date\" }")
+        crate::config::for_tests(
+            "",
+            "partitioning = { by = \"date\" }\n\
+             control = { allow = [\"backfill\", \"extract\", \"compact\", \"vacuum\"], force = true }",
+        )
     }
 
     #[test]
@@ -403,5 +427,32 @@ mod tests {
         assert_eq!(first.fingerprint, forced.fingerprint);
         let other = parse(&cfg, br#"{"request_id": "a", "dataset": "orders", "kind": "backfill", "range": {"from": "2026-11-01", "to": "2026-11-03"}}"#).unwrap();
         assert_ne!(first.fingerprint, other.fingerprint);
+    }
+
+    #[test]
+    fn the_dataset_policy_decides_what_the_control_topic_may_ask() {
+        let (_dir, cfg) = crate::config::for_tests("", "partitioning = { by = \"date\" }");
+        let code = |json: &[u8]| parse(&cfg, json).err().map(|e| e.code);
+        // By default: backfills, extracts' kin and compactions, neither vacuums nor `force`.
+        assert_eq!(
+            code(br#"{"request_id": "c", "dataset": "orders", "kind": "compact"}"#),
+            None
+        );
+        assert_eq!(
+            code(br#"{"request_id": "v", "dataset": "orders", "kind": "vacuum", "requested_by": "admin"}"#),
+            Some("not_allowed"),
+            "requested_by proves nothing"
+        );
+        let forced = br#"{"request_id": "f", "dataset": "orders", "kind": "backfill", "range": {"from": "2026-11-01", "to": "2026-11-02"}, "options": {"force": true}}"#;
+        assert_eq!(code(forced), Some("force_not_allowed"));
+        let (_dir, narrow) = crate::config::for_tests(
+            "",
+            "partitioning = { by = \"date\" }\ncontrol = { allow = [\"compact\"] }",
+        );
+        let backfill = br#"{"request_id": "b", "dataset": "orders", "kind": "backfill", "range": {"from": "2026-11-01", "to": "2026-11-02"}}"#;
+        assert_eq!(
+            parse(&narrow, backfill).err().map(|e| e.code),
+            Some("not_allowed")
+        );
     }
 }

@@ -51,6 +51,7 @@ fn dataset() -> DatasetConfig {
         schedule: None,
         drift: None,
         fan_out: None,
+        control: Default::default(),
     }
 }
 
