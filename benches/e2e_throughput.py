@@ -94,6 +94,12 @@ def run(work: Path) -> None:
     ap.add_argument("--store-latency", default="",
                     help="also the object-store cells: S3 (moto) behind a proxy adding these latencies, ms (0,25,100)")
     ap.add_argument("--store-events", type=int, default=500_000, help="events of each object-store cell")
+    ap.add_argument("--members", default="",
+                    help="also the scale-out cells: this many members (1,2,4) into one S3 table and into separate ones")
+    ap.add_argument("--members-events", type=int, default=300_000, help="events of each scale-out cell")
+    ap.add_argument("--members-latency", type=int, default=25, help="ms the proxy adds in the scale-out cells")
+    ap.add_argument("--format", choices=["json", "avro"], default="json",
+                    help="avro: also the main cell's events as Debezium Avro (test registry), beside JSON")
     ap.add_argument("--runs", type=int, default=1, help="measured runs of the main cell (median and spread)")
     ap.add_argument("--warmup", type=int, default=0, help="unmeasured runs of the main cell before them")
     args = ap.parse_args()
@@ -134,6 +140,9 @@ def run(work: Path) -> None:
           f"{sum(r['sizes']) / len(r['sizes']) / 1e6:.2f} MB")
     if args.ceilings:
         ceilings(args.ceilings, cfg, n, work, n / ingest, mb)
+    if args.format == "avro":
+        import avro_format
+        avro_format.cell(args, work, n, Event, base_ms, main_run, json_rate=n / ingest)
     if args.maintenance:
         maintenance(args.bin, cfg, topic, n, work, base_ms)
     if args.latency:
@@ -150,16 +159,23 @@ def run(work: Path) -> None:
         object_store.cells(args.bin, work, [Event(i, store_rng, base_ms) for i in range(count)], SCHEMA,
                            [int(x) for x in args.store_latency.split(",")],
                            steady=(2_000, 3) if args.smoke else (args.rate, args.seconds))
+    if args.members:
+        import scale_out
+        scale_rng = random.Random(13)
+        count = 4_000 if args.smoke else args.members_events
+        scale_out.cells(args.bin, work, [Event(i, scale_rng, base_ms) for i in range(count)], SCHEMA,
+                        [int(x) for x in args.members.split(",")], latency=args.members_latency)
 
 
-def main_run(args, work: Path, topic: str, n: int) -> dict:
-    """One `bronze run --until-caught-up` of the main cell into a fresh table under `work`."""
-    dataset = {"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": f'"{SCHEMA}"',
+def main_run(args, work: Path, topic: str, n: int, fmt: str = "debezium-json", sections: str = "") -> dict:
+    """One `bronze run --until-caught-up` of the main cell into a fresh table under `work` (events in
+    format `fmt`; `sections` adds config, such as the schema registry of Avro)."""
+    dataset = {"name": '"orders"', "topics": f'["{topic}"]', "format": f'"{fmt}"', "schema": f'"{SCHEMA}"',
                "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
     cfg = h.write_config(work, group=h.unique("bench"), root=str(work / "lake"), datasets=[dataset],
                          flush_age="5s", max_rows=500_000, budget=512 * 1024 * 1024,
-                         extra="" if args.decode_threads is None
-                         else f"\n[pipeline]\ndecode_threads = {args.decode_threads}\n")
+                         extra=sections + ("" if args.decode_threads is None
+                                           else f"\n[pipeline]\ndecode_threads = {args.decode_threads}\n"))
     cfg.write_text(cfg.read_text().replace("max_bytes = 67108864", "max_bytes = 134217728"))
     env = dict(os.environ, RUST_LOG="info")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -298,18 +314,23 @@ def many_tables(binary: str, work: Path, tables: int, n: int, base_ms: int) -> N
               f" {files:>6} {files / len(made):>11.1f} {rss:>12.0f}")
 
 
-def latency(binary: str, work: Path, rate: int, seconds: int, flush_age: float = 1.0) -> None:
+def latency(binary: str, work: Path, rate: int, seconds: int, flush_age: float = 1.0, store=None,
+            label: str | None = None) -> dict:
     """End-to-end latency under a steady load: each event carries its produce time as the source time;
     a row's latency is the time of the Delta commit that holds it (commitInfo timestamp of its batch) minus
-    that. Compared with the flush age (target: p99 <= 2x)."""
+    that. Compared with the flush age (target: p99 <= 2x). `store(topic, flush_age)`, when given, writes
+    the config of another table root (the object-store cells) and returns it with the table's URI."""
     topic = h.unique("bench.latency")
     h.create_topics({topic: 6})
-    lwork = work / "latency"
-    dataset = {"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": f'"{SCHEMA}"',
-               "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
-    cfg = h.write_config(lwork, group=h.unique("bench-latency"), root=str(lwork / "lake"), datasets=[dataset],
-                         flush_age=f"{int(flush_age * 1000)}ms", max_rows=500_000, budget=512 * 1024 * 1024)
-    uri = str(lwork / "lake" / "orders")
+    if store is None:
+        lwork = work / "latency"
+        dataset = {"name": '"orders"', "topics": f'["{topic}"]', "format": '"debezium-json"', "schema": f'"{SCHEMA}"',
+                   "key_columns": '["id"]', "partitioning": '{ by = "date" }'}
+        cfg = h.write_config(lwork, group=h.unique("bench-latency"), root=str(lwork / "lake"), datasets=[dataset],
+                             flush_age=f"{int(flush_age * 1000)}ms", max_rows=500_000, budget=512 * 1024 * 1024)
+        uri = str(lwork / "lake" / "orders")
+    else:
+        cfg, uri = store(topic, f"{int(flush_age * 1000)}ms")
     proc = subprocess.Popen([binary, "run", "--config", str(cfg)], env=dict(os.environ, RUST_LOG="warn"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rng = random.Random(7)
@@ -338,16 +359,22 @@ def latency(binary: str, work: Path, rate: int, seconds: int, flush_age: float =
         h.wait_until(lambda: len(h.stored_offsets(uri)) >= n, 120, interval=0.5, what="every event committed")
     finally:
         proc.terminate()
-        proc.wait(timeout=60)
+        proc.wait(timeout=120)
     commits = {c["bronze"]["batch_id"]: c["timestamp"] for c in h.delta_history(uri)
                if isinstance(c.get("bronze"), dict) and "batch_id" in c["bronze"]}
     table = h.read_delta(uri).select(["id", "_batch_id", "_source_ts"]).to_pylist()
     lat = sorted(commits[r["_batch_id"]] - r["_source_ts"].timestamp() * 1000 for r in table if r["id"] > 0)
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
-    print(f"  latency (produce -> committed), {rate} events/s for {seconds} s, flush max_age {flush_age:.1f} s,"
-          f" {len(lat)} events")
-    print(f"    p50 {p(0.50):7.0f} ms   p99 {p(0.99):7.0f} ms   max {lat[-1]:7.0f} ms"
-          f"   (target p99 <= {2 * flush_age * 1000:.0f} ms)")
+    result = {"p50": p(0.50), "p99": p(0.99), "max": lat[-1], "events": len(lat), "commits": len(commits)}
+    if label is None:
+        print(f"  latency (produce -> committed), {rate} events/s for {seconds} s, flush max_age {flush_age:.1f} s,"
+              f" {len(lat)} events")
+        print(f"    p50 {p(0.50):7.0f} ms   p99 {p(0.99):7.0f} ms   max {lat[-1]:7.0f} ms"
+              f"   (target p99 <= {2 * flush_age * 1000:.0f} ms)")
+    else:
+        print(f"    steady {rate} events/s for {seconds} s {label}, flush max_age {flush_age:.1f} s: "
+              f"p50 {p(0.50):6.0f} ms  p99 {p(0.99):6.0f} ms  max {lat[-1]:6.0f} ms")
+    return result
 
 
 def run_json(binary: str, cfg: Path, *args: str) -> dict:

@@ -78,29 +78,7 @@ fn events() -> Vec<Vec<u8>> {
 }
 
 /// The row as the Confluent AvroConverter writes it for Debezium with `decimal.handling.mode=precise`.
-const AVRO_ENVELOPE: &str = r#"{"type": "record", "name": "Envelope", "namespace": "shop.public.orders", "fields": [
-  {"name": "before", "type": ["null", {"type": "record", "name": "Value", "fields": [
-    {"name": "id", "type": "long"}, {"name": "customer_id", "type": "long"}, {"name": "store_id", "type": "int"},
-    {"name": "status", "type": "string"}, {"name": "currency", "type": "string"},
-    {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}},
-    {"name": "tax", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}},
-    {"name": "discount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}},
-    {"name": "quantity", "type": "int"}, {"name": "sku", "type": "string"}, {"name": "channel", "type": "string"},
-    {"name": "country", "type": "string"}, {"name": "city", "type": "string"}, {"name": "email", "type": "string"},
-    {"name": "is_gift", "type": "boolean"},
-    {"name": "order_date", "type": {"type": "int", "connect.name": "io.debezium.time.Date"}},
-    {"name": "created_at", "type": {"type": "long", "connect.name": "io.debezium.time.MicroTimestamp"}},
-    {"name": "updated_at", "type": {"type": "long", "connect.name": "io.debezium.time.MicroTimestamp"}},
-    {"name": "notes", "type": ["null", "string"]},
-    {"name": "attributes", "type": {"type": "string", "connect.name": "io.debezium.data.Json"}}]}]},
-  {"name": "after", "type": ["null", "Value"]},
-  {"name": "source", "type": {"type": "record", "name": "Source", "fields": [
-    {"name": "version", "type": "string"}, {"name": "connector", "type": "string"}, {"name": "name", "type": "string"},
-    {"name": "ts_ms", "type": "long"}, {"name": "snapshot", "type": "string"}, {"name": "db", "type": "string"},
-    {"name": "schema", "type": "string"}, {"name": "table", "type": "string"}, {"name": "txId", "type": "long"},
-    {"name": "lsn", "type": "long"}, {"name": "xmin", "type": ["null", "long"]}]}},
-  {"name": "op", "type": "string"}, {"name": "ts_ms", "type": ["null", "long"]},
-  {"name": "transaction", "type": ["null", "string"]}]}"#;
+const AVRO_ENVELOPE: &str = include_str!("schemas/wide_orders_envelope.avsc");
 
 const AVRO_SCHEMA_ID: u32 = 1;
 
