@@ -145,6 +145,7 @@ impl Plan {
         let mut cur = Cursor {
             buf: datum,
             pos: at,
+            depth: 0,
         };
         let node = self.branch(node, &mut cur)?;
         Ok(match &self.nodes[node] {
@@ -179,6 +180,13 @@ impl Plan {
     }
 
     fn field(&self, node: usize, cur: &mut Cursor<'_>) -> Result<AvroField, DecodeError> {
+        cur.enter()?;
+        let out = self.field_at(node, cur);
+        cur.depth -= 1;
+        out
+    }
+
+    fn field_at(&self, node: usize, cur: &mut Cursor<'_>) -> Result<AvroField, DecodeError> {
         let node = self.branch(node, cur)?;
         Ok(match &self.nodes[node] {
             Node::Null => AvroField::Null,
@@ -287,6 +295,13 @@ impl Plan {
 
     /// Move past a value without building it.
     fn skip(&self, node: usize, cur: &mut Cursor<'_>) -> Result<(), DecodeError> {
+        cur.enter()?;
+        let out = self.skip_at(node, cur);
+        cur.depth -= 1;
+        out
+    }
+
+    fn skip_at(&self, node: usize, cur: &mut Cursor<'_>) -> Result<(), DecodeError> {
         let node = self.branch(node, cur)?;
         match &self.nodes[node] {
             Node::Null => {}
@@ -506,7 +521,13 @@ impl Compiler<'_, '_> {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Values being read inside one another: a recursive schema lets a datum nest as deep as its
+    /// bytes go, and the reader recurses with it.
+    depth: usize,
 }
+
+/// Nesting beyond this is refused rather than risking the stack; CDC rows nest a few levels.
+const MAX_DEPTH: usize = 64;
 
 fn avro_err(what: String) -> DecodeError {
     DecodeError::Avro(what)
@@ -514,7 +535,19 @@ fn avro_err(what: String) -> DecodeError {
 
 impl<'a> Cursor<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        Cursor { buf, pos: 0 }
+        Cursor {
+            buf,
+            pos: 0,
+            depth: 0,
+        }
+    }
+
+    fn enter(&mut self) -> Result<(), DecodeError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(avro_err(format!("values nested deeper than {MAX_DEPTH}")));
+        }
+        Ok(())
     }
 
     fn finish(&self) -> Result<(), DecodeError> {
@@ -646,5 +679,27 @@ mod tests {
         }
         assert!(Cursor::new(&[0x80, 0x80]).long().is_err(), "cut short");
         assert!(Cursor::new(&[0xff; 11]).long().is_err(), "too long");
+    }
+
+    #[test]
+    fn a_datum_nesting_past_the_limit_is_refused_not_overflowing() {
+        // A linked list: each `next` is null or another node, so a datum can nest without end.
+        let schema = Schema::parse_str(
+            r#"{"type": "record", "name": "Node", "fields": [{"name": "next", "type": ["null", "Node"]}]}"#,
+        )
+        .unwrap();
+        let names = ResolvedSchema::try_from(&schema).unwrap();
+        let plan = Plan::compile(&schema, &names).unwrap();
+        // Branch 1 (a node) ten thousand times, then branch 0 (null).
+        let mut deep = vec![2u8; 10_000];
+        deep.push(0);
+        let err = plan.row(&deep).unwrap_err();
+        assert!(err.to_string().contains("nested deeper"), "{err}");
+        // Shallow lists read as nested JSON.
+        let row = plan.row(&[2, 2, 0]).unwrap().unwrap();
+        assert_eq!(
+            row[0].1.to_json(),
+            serde_json::json!({"next": {"next": null}})
+        );
     }
 }
