@@ -72,7 +72,9 @@ def test_exactly_once_through_a_slow_store_that_fails_and_loses_answers(tmp_path
           f"counts={counts} lost_answers={lost.hits} late_answers={late.hits} found_by_retry={found} "
           f"commit_errors={log.count('commit failed; batch kept for retry')}")
     assert counts.get("injected_503", 0) > 0 and counts.get("injected_500", 0) > 0
-    assert assert_commits_in_order(uri) >= 5
+    # Several commits, in order (fewer than rows / max_rows: while a failed batch waits for its
+    # retry, the buffer behind it grows past max_rows and goes as one batch).
+    assert assert_commits_in_order(uri) >= 3
     assert lost.hits + late.hits > 0, "no commit lost its answer: the case was not exercised"
     # Every commit the table holds is one bronze reported: the rows of the log add up to the table.
     history = [c for c in h.delta_history(uri) if c.get("bronze")]
